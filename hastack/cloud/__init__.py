@@ -1,0 +1,1 @@
+"""Pulumi components: Hetzner Cloud servers and the AWS backup bucket."""

@@ -1,0 +1,79 @@
+"""Stack outputs -> a pyinfra inventory, in memory.
+
+Reads what `pulumi stack output --json --show-secrets` prints (the way
+pyinfra's terraform connector reads `terraform output -json`): the ``hosts``
+output gives names, groups, addresses and data; secrets come from the
+``secrets`` output and go only to the hosts that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from pyinfra.api import Inventory
+
+REQUIRED_OUTPUTS = ("hosts", "floatingIp")
+
+
+class InventoryError(ValueError):
+    pass
+
+
+def stack_outputs(stack: str, cwd: str | None = None) -> dict[str, Any]:
+    """Ask the Pulumi CLI for a deployed stack's outputs (secrets included, never printed)."""
+    proc = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack],
+                          capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise InventoryError(f"pulumi stack output for {stack!r} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[str, dict[str, Any]]:
+    """name -> pyinfra host data (connection, topology data, the secrets its roles need)."""
+    missing = [k for k in REQUIRED_OUTPUTS if k not in outputs]
+    if missing:
+        raise InventoryError(f"stack outputs lack {', '.join(missing)}; has `pulumi up` completed for this stack?")
+    secrets = outputs.get("secrets") or {}
+    if isinstance(secrets, str):
+        raise InventoryError("the 'secrets' output is still encrypted; read outputs with --show-secrets")
+    entries: dict[str, dict[str, Any]] = {}
+    for name, host in outputs["hosts"].items():
+        data = dict(host.get("data") or {})
+        groups = host.get("groups") or []
+        address = host.get("public_ipv4") or host.get("private_ip")
+        if not address:
+            raise InventoryError(f"hosts.{name}: no address (public_ipv4 or private_ip) in the stack outputs")
+        data.update(
+            ssh_hostname=address,
+            ssh_user=ssh_user or data["admins"][0]["name"],
+            _sudo=True,
+            groups=groups,
+            server_id=host.get("server_id"),
+            volume_id=host.get("volume_id"),
+            floating_ip=outputs["floatingIp"],
+            floating_ip_id=outputs.get("floatingIpId"),
+        )
+        if "loadbalancer" in groups and "failover_token" in secrets:
+            data["failover_token"] = secrets["failover_token"]
+        if "backup" in groups and "backup_writer" in secrets:
+            data["backup_credentials"] = dict(secrets["backup_writer"], bucket=outputs.get("backupBucket"),
+                                              region=outputs.get("backupRegion"))
+        entries[name] = data
+    return entries
+
+
+def make_inventory(entries: dict[str, dict[str, Any]]) -> Inventory:
+    groups: dict[str, list[str]] = {}
+    for name, data in entries.items():
+        for group in data.get("groups", []):
+            groups.setdefault(group, []).append(name)
+    return Inventory(
+        ([(name, data) for name, data in entries.items()], {}),
+        **{group: (names, {}) for group, names in groups.items()},
+    )
+
+
+def inventory_from_outputs(outputs: dict[str, Any], ssh_user: str | None = None) -> Inventory:
+    return make_inventory(host_entries(outputs, ssh_user))

@@ -1,0 +1,88 @@
+"""Offline plan: what `pulumi up` would create for a stack, without cloud or CLI."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from hastack import recording
+from hastack.stackfile import read_stack_file
+from hastack.topology import REQUIRED_SECRETS, Topology, load
+from hastack.stackfile import hastack_config
+
+
+@dataclass
+class Plan:
+    topology: Topology
+    recording: recording.Recording
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """(resource type, role) -> count; components and providers are left out."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for r in self.recording.resources:
+            if r.type.startswith("hastack:") or r.type.startswith("pulumi:providers:"):
+                continue
+            role = r.labels.get("role") or ("backup" if r.type.startswith("aws:") else "-")
+            counts[(r.type, role)] += 1
+        return counts
+
+
+def make_plan(stack: str) -> Plan:
+    flat, secret_keys = read_stack_file(stack)
+    topo = load(stack, hastack_config(flat), secret_keys=secret_keys, require_secrets=False)
+    if topo.provider != "hetzner":
+        raise ValueError(f"stack {stack!r} runs on local machines (hastack:provider {topo.provider!r}); "
+                         "it has no cloud resources to plan")
+    plain = {k: v for k, v in flat.items() if k not in secret_keys}
+    # Secrets cannot be decrypted here; the program sees placeholders.
+    secrets = {k: recording.PLACEHOLDER_SECRET for k in set(secret_keys) | set(REQUIRED_SECRETS[topo.provider])}
+    return Plan(topo, recording.run(stack, plain, secrets))
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    topo = plan.topology
+    console.print(f"[bold]Stack {topo.stack}[/bold]: {len(topo.hosts)} hosts in {', '.join(topo.locations)} "
+                  f"(network {topo.ip_range}, subnet {topo.subnet}), backups in {topo.backup.region}")
+
+    counts = plan.counts()
+    table = Table(title="Resources `pulumi up` would create")
+    table.add_column("type")
+    table.add_column("role")
+    table.add_column("count", justify="right")
+    for (type_, role), n in sorted(counts.items()):
+        table.add_row(type_, role, str(n))
+    table.add_row("[bold]total[/bold]", "", f"[bold]{sum(counts.values())}[/bold]")
+    console.print(table)
+
+    hosts = Table(title="Hosts")
+    for col in ("host", "role", "location", "server type", "private IP", "volume GB", "protected"):
+        hosts.add_column(col)
+    for h in topo.hosts:
+        rec = plan.recording.named(h.name)
+        hosts.add_row(h.name, h.role, h.location, h.server_type, h.private_ip,
+                      str(h.volume_size or "-"), "yes" if rec.protect else "no")
+    console.print(hosts)
+
+    fw = Table(title="Hetzner firewall (public interface; everything not listed is dropped)")
+    for col in ("role", "rule", "protocol", "port", "allowed from"):
+        fw.add_column(col)
+    for role in topo.roles_in_use:
+        for rule in topo.public_rules(role):
+            fw.add_row(role, rule.port.name, rule.port.protocol, str(rule.port.port or "-"), ", ".join(rule.cidrs))
+    console.print(fw)
+
+    nft = Table(title="Host firewall (nftables on every host, private network included; default drop)")
+    for col in ("role", "rule", "protocol", "port", "allowed from"):
+        nft.add_column(col)
+    for role in topo.roles_in_use:
+        for rule in topo.host_rules(topo.hosts_with_role(role)[0]):
+            sources = ", ".join(rule.port.sources)
+            nft.add_row(role, rule.port.name, rule.port.protocol, str(rule.port.port or "-"), sources)
+    console.print(nft)
+
+    for key in topo.secrets_missing:
+        console.print(f"[yellow]warning[/yellow]: secret {key} is not set; before `pulumi up` run "
+                      f"`pulumi config set --secret {key} <value>`")

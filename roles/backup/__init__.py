@@ -1,0 +1,1 @@
+PORTS = ()  # backups push to S3; nothing listens

@@ -1,0 +1,8 @@
+from hastack.ports import Port
+
+# Prometheus and Alertmanager stay private: admins reach them through an SSH tunnel.
+PORTS = (
+    Port("prometheus", 9090, sources=("monitoring",), description="Prometheus"),
+    Port("alertmanager", 9093, sources=("monitoring",), description="Alertmanager"),
+    Port("redis-sentinel-monitoring", 26379, sources=("app", "redis", "monitoring"), description="third Redis Sentinel"),
+)

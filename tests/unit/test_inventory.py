@@ -1,0 +1,56 @@
+"""Stack outputs (as `pulumi stack output --json --show-secrets` prints them) -> pyinfra inventory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hastack.inventory import InventoryError, host_entries, inventory_from_outputs
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "prod-stack-outputs.json"
+
+
+@pytest.fixture
+def outputs():
+    return json.loads(FIXTURE.read_text())
+
+
+def test_every_host_with_groups_and_connection(outputs):
+    inv = inventory_from_outputs(outputs)
+    names = sorted(h.name for h in inv)
+    assert names == sorted(outputs["hosts"])
+    lbs = sorted(h.name for h in inv.get_group("loadbalancer"))
+    assert lbs == ["prod-lb1", "prod-lb2"]
+    assert sorted(h.name for h in inv.get_group("backup")) == ["prod-cass1", "prod-cass2", "prod-cass3", "prod-db1", "prod-db2"]
+    assert len(inv.get_group("base")) == 13
+    assert len(inv.get_group("nbg1")) + len(inv.get_group("fsn1")) == 13
+    lb1 = inv.get_host("prod-lb1")
+    assert lb1.data.ssh_hostname == outputs["hosts"]["prod-lb1"]["public_ipv4"]
+    assert lb1.data.ssh_user == "alice"
+    assert lb1.data.private_ip == "10.20.1.10"
+    assert lb1.data.vrrp_peer_ip == "10.20.1.11"
+    assert lb1.data.floating_ip == outputs["floatingIp"]
+
+
+def test_secrets_only_where_needed(outputs):
+    inv = inventory_from_outputs(outputs)
+    assert inv.get_host("prod-lb2").data.failover_token == "recorded-failover-token"
+    assert inv.get_host("prod-app1").data.get("failover_token") is None
+    creds = inv.get_host("prod-db1").data.backup_credentials
+    assert creds["bucket"] == outputs["backupBucket"] and creds["secret_access_key"]
+    assert inv.get_host("prod-lb1").data.get("backup_credentials") is None
+
+
+def test_ssh_user_override(outputs):
+    assert host_entries(outputs, ssh_user="bob")["prod-app1"]["ssh_user"] == "bob"
+
+
+def test_encrypted_secrets_are_refused(outputs):
+    outputs["secrets"] = "[secret]"
+    with pytest.raises(InventoryError, match="--show-secrets"):
+        host_entries(outputs)
+
+
+def test_incomplete_outputs_are_refused():
+    with pytest.raises(InventoryError, match="lack hosts, floatingIp"):
+        host_entries({"backupBucket": "x"})

@@ -1,0 +1,245 @@
+"""The Pulumi program (__main__.py) under a recording engine: no cloud, no CLI."""
+
+import json
+
+import pulumi
+import pytest
+
+from hastack import recording
+from hastack.stackfile import read_stack_file
+from hastack.topology import HOST_ROLES
+from hastack.stackfile import load_stack
+
+TOKEN = "test-failover-token-7f3a"
+SECRETS = {"hastack:failoverToken": TOKEN, "hcloud:token": "test-hcloud-token-91bc"}
+SERVER = "hcloud:index/server:Server"
+STACKS = ["prod", "staging", "dr"]
+
+
+def run(stack, flat=None, secrets=SECRETS):
+    if flat is None:
+        flat = read_stack_file(stack)[0]
+    return recording.run(stack, flat, secrets)
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def rec(request):
+    return run(request.param)
+
+
+def policy(rec, name):
+    return json.loads(rec.named(name).inputs["policy"])
+
+
+def test_hosts_per_role_match_the_topology(rec):
+    topo = load_stack(rec.stack)
+    servers = rec.of_type(SERVER)
+    assert sorted(s.inputs["name"] for s in servers) == sorted(h.name for h in topo.hosts)
+    for role in HOST_ROLES:
+        assert len([s for s in servers if s.inputs["labels"]["role"] == role]) == len(topo.hosts_with_role(role))
+
+
+def test_servers_are_labelled_debian_and_on_the_private_network(rec):
+    topo = load_stack(rec.stack)
+    for s in rec.of_type(SERVER):
+        host = topo.host(s.inputs["name"])
+        assert s.inputs["labels"] == {"stack": rec.stack, "role": host.role}
+        assert s.inputs["image"] == "debian-12"
+        assert s.inputs["location"] == host.location
+        assert s.inputs["serverType"] == host.server_type
+        assert s.inputs["networks"][0]["ip"] == host.private_ip
+        assert len(s.inputs["firewallIds"]) == 1
+        assert "placementGroupId" in s.inputs
+        assert set(s.ignore_changes) >= {"image", "userData", "sshKeys"}
+        assert s.parent.endswith("hastack:hetzner:Stack::hetzner")
+
+
+def test_one_spread_placement_group_per_role(rec):
+    groups = rec.of_type("hcloud:index/placementGroup:PlacementGroup")
+    assert all(g.inputs["type"] == "spread" for g in groups)
+    assert sorted(g.inputs["labels"]["role"] for g in groups) == sorted(HOST_ROLES)
+
+
+def test_large_roles_are_split_into_placement_groups_of_ten(prod_flat):
+    prod_flat["hastack:roles"]["app"]["count"] = 25
+    rec = run("prod", prod_flat)
+    app_groups = [g for g in rec.of_type("hcloud:index/placementGroup:PlacementGroup") if g.inputs["labels"]["role"] == "app"]
+    assert len(app_groups) == 3
+
+
+def test_data_servers_and_volumes_are_protected(rec):
+    for s in rec.of_type(SERVER):
+        data = s.inputs["labels"]["role"] in ("mariadb", "cassandra")
+        assert s.protect is data
+        assert s.inputs["deleteProtection"] is data and s.inputs["rebuildProtection"] is data
+    volumes = rec.of_type("hcloud:index/volume:Volume")
+    assert len(volumes) == len(load_stack(rec.stack).hosts_with_role("mariadb")) + len(load_stack(rec.stack).hosts_with_role("cassandra"))
+    for v in volumes:
+        assert v.protect and v.inputs["deleteProtection"] is True
+    assert len(rec.of_type("hcloud:index/volumeAttachment:VolumeAttachment")) == len(volumes)
+
+
+def test_hetzner_firewalls_expose_only_web_and_admin_ssh(rec):
+    topo = load_stack(rec.stack)
+    admin = sorted(topo.admin_cidrs)
+    for fw in rec.of_type("hcloud:index/firewall:Firewall"):
+        role = fw.inputs["labels"]["role"]
+        rules = {(r["protocol"], r.get("port")): sorted(r["sourceIps"]) for r in fw.inputs["rules"]}
+        assert all(r["direction"] == "in" for r in fw.inputs["rules"])
+        assert rules[("tcp", "22")] == admin
+        for (proto, port), sources in rules.items():
+            if port == "22":
+                continue
+            # nothing but 80/443 on the load balancers is reachable from outside
+            assert role == "loadbalancer" and port in ("80", "443"), (role, port)
+            assert sources == ["0.0.0.0/0", "::/0"]
+        for port in ("3306", "6379", "26379", "9042", "7000", "9100", "8080", "9090"):
+            assert ("tcp", port) not in rules, (role, port)
+
+
+def test_floating_ip_assignment_ignores_server_id(rec):
+    fip = rec.of_type("hcloud:index/floatingIp:FloatingIp")
+    assert len(fip) == 1 and fip[0].inputs["type"] == "ipv4"
+    assert fip[0].inputs["homeLocation"] == load_stack(rec.stack).floating_ip_home
+    assignment = rec.named("floating-ip-assignment")
+    assert assignment.ignore_changes == ["serverId"]
+    first_lb = rec.named(f"{rec.stack}-lb1")
+    assert assignment.inputs["serverId"] == int(rec.outputs["hosts"].value[f"{rec.stack}-lb1"]["server_id"])
+    assert first_lb.inputs["labels"]["role"] == "loadbalancer"
+
+
+def test_bucket_controls(rec):
+    bucket = rec.of_type("aws:s3/bucket:Bucket")[0]
+    assert bucket.inputs["objectLockEnabled"] is True and bucket.protect
+    assert bucket.inputs.get("forceDestroy") is False
+    provider = rec.of_type("pulumi:providers:aws")[0]
+    assert provider.inputs["region"] == "eu-central-1"
+    assert rec.named("backups-versioning").inputs["versioningConfiguration"]["status"] == "Enabled"
+    sse = rec.named("backups-encryption").inputs["rules"][0]["applyServerSideEncryptionByDefault"]
+    key = rec.of_type("aws:kms/key:Key")[0]
+    assert sse["sseAlgorithm"] == "aws:kms" and sse["kmsMasterKeyId"].startswith("arn:aws:kms:eu-central-1")
+    assert key.inputs["enableKeyRotation"] is True and key.protect
+    lock = rec.named("backups-object-lock").inputs
+    assert lock["objectLockEnabled"] == "Enabled"
+    assert lock["rule"]["defaultRetention"] == {"mode": "COMPLIANCE", "days": load_stack(rec.stack).backup.retention_days}
+    rule = rec.named("backups-lifecycle").inputs["rules"][0]
+    assert rule["status"] == "Enabled"
+    assert rule["noncurrentVersionExpiration"]["noncurrentDays"] > lock["rule"]["defaultRetention"]["days"]
+    assert rule["transitions"][0]["storageClass"] == "GLACIER_IR"
+    pab = rec.named("backups-public-access").inputs
+    assert all(pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    deny = policy(rec, "backups-policy")["Statement"]
+    tls = next(s for s in deny if s["Sid"] == "DenyInsecureTransport")
+    assert tls["Effect"] == "Deny" and tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_writer_can_write_and_read_but_never_delete_or_reconfigure(rec):
+    statements = policy(rec, "backup-writer-policy")["Statement"]
+    actions = [a for s in statements for a in s["Action"]]
+    assert all(s["Effect"] == "Allow" for s in statements)
+    assert {"s3:PutObject", "s3:GetObject"} <= set(actions)
+    for action in actions:
+        assert "Delete" not in action and "*" not in action, action
+        assert not action.startswith(("s3:PutBucket", "s3:PutObjectRetention", "s3:PutObjectLegalHold",
+                                      "s3:BypassGovernanceRetention", "s3:PutLifecycle")), action
+    write = next(s for s in statements if s["Sid"] == "WriteBackups")
+    assert write["Resource"].endswith("/backups/*")
+
+
+def test_restore_reader_is_separate_and_read_only(rec):
+    users = sorted(u.inputs["name"] for u in rec.of_type("aws:iam/user:User"))
+    assert users == [f"hastack-{rec.stack}-backup-writer", f"hastack-{rec.stack}-restore-reader"]
+    actions = [a for s in policy(rec, "restore-reader-policy")["Statement"] for a in s["Action"]]
+    assert all(a.startswith(("s3:Get", "s3:List", "kms:Decrypt")) for a in actions), actions
+
+
+def test_access_keys_only_as_secrets(rec):
+    for key in rec.of_type("aws:iam/accessKey:AccessKey"):
+        assert "secret" in key.secret_outputs
+    assert rec.outputs["secrets"].secret
+
+
+def test_no_secret_in_a_plain_output(rec):
+    secret = rec.outputs["secrets"].value
+    needles = [TOKEN, SECRETS["hcloud:token"], secret["backup_writer"]["secret_access_key"],
+               secret["restore_reader"]["secret_access_key"]]
+    for name, out in rec.outputs.items():
+        if out.secret:
+            continue
+        text = json.dumps(out.value)
+        for needle in needles:
+            assert needle not in text, (name, needle[:8])
+    assert secret["failover_token"] == TOKEN
+
+
+def test_hosts_output_has_groups_addresses_and_data(rec):
+    hosts = rec.outputs["hosts"].value
+    topo = load_stack(rec.stack)
+    assert set(hosts) == {h.name for h in topo.hosts}
+    lb = hosts[f"{rec.stack}-lb1"]
+    assert lb["groups"][:2] == ["base", "loadbalancer"]
+    assert lb["public_ipv4"] and lb["private_ip"] == topo.host(f"{rec.stack}-lb1").private_ip
+    assert lb["data"]["vrrp_peer_ip"] == topo.host(f"{rec.stack}-lb2").private_ip
+    db = hosts[f"{rec.stack}-db1"]
+    assert "backup" in db["groups"] and db["volume_id"]
+    assert rec.outputs["floatingIp"].value and not rec.outputs["floatingIp"].secret
+
+
+def test_cloud_init_gives_admins_keys_and_no_password_login(rec):
+    import yaml
+    server = rec.of_type(SERVER)[0]
+    doc = yaml.safe_load(server.inputs["userData"])
+    topo = load_stack(rec.stack)
+    assert doc["ssh_pwauth"] is False and doc["disable_root"] is True
+    assert [u["name"] for u in doc["users"]] == [a.name for a in topo.admins]
+    assert doc["users"][0]["ssh_authorized_keys"] == [topo.admins[0].ssh_key]
+    sshd = doc["write_files"][0]
+    assert "PasswordAuthentication no" in sshd["content"] and "PermitRootLogin no" in sshd["content"]
+
+
+# ------------------------------------------------------------------ bad config: nothing registered
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["hastack:roles"]["cassandra"].update(count=2), "hastack:roles.cassandra.count = 2"),
+    (lambda c: c["hastack:roles"]["mariadb"].update(count=3), "hastack:roles.mariadb.count = 3"),
+    (lambda c: c["hastack:roles"]["loadbalancer"].update(count=1), "hastack:roles.loadbalancer.count = 1"),
+    (lambda c: c["hastack:network"].update(subnet="192.168.0.0/24"), "must lie inside hastack:network.ipRange"),
+    (lambda c: c["hastack:network"].update(ipRange="8.8.0.0/16", subnet="8.8.1.0/24"), "not a private range"),
+    (lambda c: c.update({"hastack:locations": ["nbg1", "ber1"]}), "hastack:locations[1] = 'ber1': unknown location"),
+    (lambda c: c["hastack:roles"]["app"].update(serverType="cx99"), "hastack:roles.app.serverType = 'cx99'"),
+    (lambda c: c.update({"hastack:admins": []}), "hastack:admins = []"),
+    (lambda c: c.update({"hastack:adminCidrs": ["0.0.0.0/0"]}), "would open SSH to the whole internet"),
+    (lambda c: c["hastack:roles"]["redis"].update(names=["prod-db1", "prod-db9"]), "host name 'prod-db1' is also used"),
+    (lambda c: c["hastack:roles"].update(webserver={"count": 1, "serverType": "cx22"}), "hastack:roles.webserver: unknown role"),
+])
+def test_bad_config_fails_before_any_resource(prod_flat, mutate, message):
+    mutate(prod_flat)
+    with pytest.raises(pulumi.RunError) as exc:
+        run("prod", prod_flat)
+    assert message in str(exc.value)
+    assert "invalid stack config" in str(exc.value)
+
+
+def test_missing_secret_fails_before_any_resource(prod_flat):
+    with pytest.raises(pulumi.RunError, match=r"hastack:failoverToken: required secret is not set"):
+        run("prod", prod_flat, secrets={})
+
+
+def test_failed_run_registers_nothing(prod_flat):
+    prod_flat["hastack:roles"]["cassandra"]["count"] = 2
+    rec = recording.Recording(stack="prod")
+    try:
+        rec = run("prod", prod_flat)
+    except pulumi.RunError:
+        pass
+    assert rec.resources == []
+    # and the recorder state of that failed run holds no resource either
+    from pulumi.runtime import settings
+    monitor = settings.SETTINGS.monitor
+    assert monitor.recording.resources == []
+
+
+def test_lab_stack_is_refused_by_pulumi_up():
+    with pytest.raises(pulumi.RunError, match="use `hastack lab up`"):
+        run("lab", secrets={})

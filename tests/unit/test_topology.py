@@ -1,0 +1,257 @@
+"""The topology model: good stacks produce the expected hosts, bad ones fail with clear messages."""
+
+import ipaddress
+
+import pytest
+
+from hastack.stackfile import available_stacks, load_stack
+from hastack.topology import TopologyError, load
+
+SECRETS = {"hastack:failoverToken"}
+
+
+def problems_of(config, stack="prod", secrets=SECRETS):
+    with pytest.raises(TopologyError) as exc:
+        load(stack, config, secret_keys=secrets)
+    return exc.value.problems
+
+
+def only_problem(config, **kw):
+    problems = problems_of(config, **kw)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# ------------------------------------------------------------------ good stacks
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "dr", "lab", "example"])
+def test_every_stack_file_is_valid(stack):
+    assert stack in available_stacks()
+    topo = load_stack(stack)
+    assert len(topo.hosts) >= 10
+
+
+def test_prod_shape():
+    topo = load_stack("prod")
+    counts = {r: len(topo.hosts_with_role(r)) for r in topo.roles_in_use}
+    assert counts == {"loadbalancer": 2, "app": 3, "mariadb": 2, "redis": 2, "cassandra": 3, "monitoring": 1}
+    # spread over both German locations, every role that has two hosts uses both
+    for role in ("loadbalancer", "app", "mariadb", "redis", "cassandra"):
+        assert {h.location for h in topo.hosts_with_role(role)} == {"nbg1", "fsn1"}, role
+    names = [h.name for h in topo.hosts]
+    assert len(set(names)) == len(names)
+    assert names[:2] == ["prod-lb1", "prod-lb2"]
+
+
+def test_private_ips_are_unique_inside_the_subnet_and_stable():
+    topo = load_stack("prod")
+    subnet = ipaddress.ip_network(topo.subnet)
+    ips = [ipaddress.ip_address(h.private_ip) for h in topo.hosts]
+    assert len(set(ips)) == len(ips)
+    assert all(ip in subnet for ip in ips)
+    assert topo.host("prod-db1").private_ip == "10.20.1.60"
+
+
+def test_growing_one_role_does_not_renumber_another(prod_config):
+    before = load("prod", prod_config, SECRETS)
+    prod_config["roles"]["app"]["count"] = 10
+    prod_config["roles"]["cassandra"]["count"] = 6
+    after = load("prod", prod_config, SECRETS)
+    for host in before.hosts:
+        assert after.host(host.name).private_ip == host.private_ip
+        assert after.host(host.name).location == host.location
+
+
+def test_mariadb_pair_facts():
+    topo = load_stack("prod")
+    assert [(n.server_id, n.gtid_domain_id, n.auto_increment_offset) for n in topo.mariadb] == [(1, 1, 1), (2, 2, 2)]
+    assert topo.mariadb_auto_increment_increment == 2
+    data = topo.host_data(topo.host("prod-db2"))
+    assert data["mariadb_peer"] == "prod-db1" and data["auto_increment_offset"] == 2
+
+
+def test_cassandra_seeds_one_per_rack_never_every_node(prod_config):
+    topo = load_stack("prod")
+    seeds = [n for n in topo.cassandra if n.seed]
+    assert {n.rack for n in topo.cassandra} == {"nbg1", "fsn1"}
+    assert sorted(n.rack for n in seeds) == ["fsn1", "nbg1"]
+    prod_config["roles"]["cassandra"]["count"] = 9
+    big = load("prod", prod_config, SECRETS)
+    seeds = [n for n in big.cassandra if n.seed]
+    assert len(seeds) == 2 and len(big.cassandra) == 9
+    # a single location: two seeds in the one rack, not all three nodes
+    staging = load_stack("staging")
+    assert sum(n.seed for n in staging.cassandra) == 2 and len(staging.cassandra) == 3
+
+
+def test_redis_primary_replica_and_three_sentinels():
+    topo = load_stack("prod")
+    assert topo.redis_primary == "prod-redis1"
+    assert topo.redis_replicas == ("prod-redis2",)
+    assert topo.redis_sentinels == ("prod-redis1", "prod-redis2", "prod-mon1")
+    assert load_stack("staging").redis_sentinels == ()  # one Redis host: no failover to vote on
+
+
+def test_floating_ip_home_and_monitoring_host():
+    topo = load_stack("prod")
+    assert topo.floating_ip_home == "nbg1"
+    assert topo.monitoring == "prod-mon1"
+
+
+def test_database_ports_are_private_and_only_for_their_clients():
+    topo = load_stack("prod")
+    app_ips = {f"{h.private_ip}/32" for h in topo.hosts_with_role("app")}
+    db_ips = {f"{h.private_ip}/32" for h in topo.hosts_with_role("mariadb")}
+    lb_ips = {f"{h.private_ip}/32" for h in topo.loadbalancers}
+    mysql = next(r for r in topo.host_rules(topo.host("prod-db1")) if r.port.port == 3306)
+    assert set(mysql.cidrs) == app_ips | db_ips
+    assert not set(mysql.cidrs) & lb_ips
+    for role in ("mariadb", "redis", "cassandra", "app", "monitoring"):
+        public = topo.public_rules(role)
+        assert [r.port.port for r in public] == [22], role
+    lb_public = {r.port.port: r.cidrs for r in topo.public_rules("loadbalancer")}
+    assert lb_public == {22: ("203.0.113.0/24",), 80: ("0.0.0.0/0", "::/0"), 443: ("0.0.0.0/0", "::/0")}
+
+
+def test_node_exporter_only_from_monitoring():
+    topo = load_stack("prod")
+    mon = f"{topo.host(topo.monitoring).private_ip}/32"
+    for host in topo.hosts:
+        rule = next(r for r in topo.host_rules(host) if r.port.name == "node-exporter")
+        assert rule.cidrs == (mon,)
+
+
+# ------------------------------------------------------------------ bad stacks
+
+
+def test_two_cassandra_nodes_refused(prod_config):
+    prod_config["roles"]["cassandra"]["count"] = 2
+    problems = problems_of(prod_config)
+    assert "hastack:roles.cassandra.count = 2: must be at least 3 and at most 60" in problems
+    assert any("fewer nodes than hastack:cassandra.replicationFactor (3)" in p for p in problems)
+
+
+def test_fewer_cassandra_nodes_than_replication_factor(prod_config):
+    prod_config["cassandra"]["replicationFactor"] = 5
+    assert only_problem(prod_config) == (
+        "hastack:roles.cassandra.count = 3: fewer nodes than hastack:cassandra.replicationFactor (5); "
+        "give at least 5 nodes or lower the replication factor")
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_mariadb_must_be_a_pair(prod_config, count):
+    prod_config["roles"]["mariadb"]["count"] = count
+    assert only_problem(prod_config) == f"hastack:roles.mariadb.count = {count}: must be exactly 2: a master-master pair"
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_loadbalancers_must_be_two(prod_config, count):
+    prod_config["roles"]["loadbalancer"]["count"] = count
+    assert only_problem(prod_config) == (
+        f"hastack:roles.loadbalancer.count = {count}: must be exactly 2: one active, one standby sharing the floating IP")
+
+
+def test_subnet_outside_ip_range(prod_config):
+    prod_config["network"]["subnet"] = "10.99.1.0/24"
+    assert only_problem(prod_config) == "hastack:network.subnet = '10.99.1.0/24': must lie inside hastack:network.ipRange (10.20.0.0/16)"
+
+
+def test_public_ip_range_refused(prod_config):
+    prod_config["network"]["ipRange"] = "8.8.0.0/16"
+    problem = only_problem(prod_config)
+    assert problem.startswith("hastack:network.ipRange = '8.8.0.0/16': not a private range; use one inside 10.0.0.0/8")
+
+
+def test_overlapping_lab_and_private_ranges():
+    import copy
+    from hastack.stackfile import hastack_config, read_stack_file
+    config = copy.deepcopy(hastack_config(read_stack_file("lab")[0]))
+    config["lab"]["publicRange"] = "10.77.0.0/24"
+    config["lab"]["floatingIp"] = "10.77.0.100"
+    problems = problems_of(config, stack="lab", secrets=set())
+    assert "hastack:lab.publicRange = '10.77.0.0/24': overlaps hastack:network.ipRange (10.77.0.0/16); choose ranges that do not overlap" in problems
+
+
+def test_malformed_cidr(prod_config):
+    prod_config["network"]["subnet"] = "10.20.1.0/33"
+    assert only_problem(prod_config).startswith("hastack:network.subnet = '10.20.1.0/33': not a network in CIDR form")
+
+
+def test_unknown_location(prod_config):
+    prod_config["locations"] = ["nbg1", "ber1"]
+    assert only_problem(prod_config) == (
+        "hastack:locations[1] = 'ber1': unknown location; valid: fsn1, nbg1, hel1, ash, hil, sin")
+
+
+def test_locations_in_two_network_zones(prod_config):
+    prod_config["locations"] = ["nbg1", "ash"]
+    assert "span network zones ['eu-central', 'us-east']" in only_problem(prod_config)
+
+
+def test_unknown_server_type(prod_config):
+    prod_config["roles"]["app"]["serverType"] = "cx99"
+    problem = only_problem(prod_config)
+    assert problem.startswith("hastack:roles.app.serverType = 'cx99': unknown server type; valid: cax11")
+
+
+def test_no_admins(prod_config):
+    prod_config["admins"] = []
+    assert only_problem(prod_config) == (
+        "hastack:admins = []: at least one admin with a name and an SSH public key is required (SSH is key-only)")
+
+
+def test_mangled_admin_key(prod_config):
+    prod_config["admins"][0]["sshKey"] = "ssh-ed25519 AAAAC3NzaC1yc2EAAAADAQABAAABAQ alice"
+    assert "hastack:admins[0].sshKey" in only_problem(prod_config)
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0"])
+def test_ssh_from_everywhere_refused(prod_config, cidr):
+    prod_config["adminCidrs"] = ["203.0.113.0/24", cidr]
+    assert only_problem(prod_config) == (
+        f"hastack:adminCidrs[1] = '{cidr}': would open SSH to the whole internet; "
+        "list your office or VPN ranges instead, e.g. 203.0.113.0/24")
+
+
+def test_duplicate_host_names(prod_config):
+    prod_config["roles"]["redis"]["names"] = ["prod-cache1", "prod-db1"]
+    prod_config["roles"]["mariadb"]["names"] = ["prod-db1", "prod-db2"]
+    assert only_problem(prod_config) == (
+        "hastack:roles.redis.names: host name 'prod-db1' is also used by role mariadb; host names must be unique")
+
+
+def test_missing_required_secret(prod_config):
+    assert only_problem(prod_config, secrets=set()) == (
+        "hastack:failoverToken: required secret is not set; run `pulumi config set --secret hastack:failoverToken <value>`")
+
+
+def test_secret_in_plain_text_refused(prod_config):
+    prod_config["failoverToken"] = "abc"
+    problems = problems_of(prod_config, secrets=set())
+    assert problems[0] == ("hastack:failoverToken: is stored in plain text; remove it and run "
+                           "`pulumi config set --secret hastack:failoverToken <value>`")
+
+
+def test_unknown_role(prod_config):
+    prod_config["roles"]["webserver"] = {"count": 2, "serverType": "cx22"}
+    assert only_problem(prod_config) == (
+        "hastack:roles.webserver: unknown role; valid roles: loadbalancer, app, mariadb, redis, cassandra, monitoring")
+
+
+def test_unknown_key_names_the_valid_ones(prod_config):
+    prod_config["cassandra"]["replication"] = 3
+    problem = only_problem(prod_config)
+    assert problem.startswith("hastack:cassandra.replication: unknown key; valid keys here: clusterName, datacenter")
+
+
+def test_wrong_type(prod_config):
+    prod_config["roles"]["app"]["count"] = "many"
+    assert only_problem(prod_config).startswith("hastack:roles.app.count = 'many': Input should be a valid integer")
+
+
+def test_every_problem_is_reported_at_once(prod_config):
+    prod_config["roles"]["mariadb"]["count"] = 3
+    prod_config["adminCidrs"] = ["0.0.0.0/0"]
+    prod_config["locations"] = ["nbg1", "ber1"]
+    assert len(problems_of(prod_config)) == 3
