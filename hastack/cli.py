@@ -79,5 +79,162 @@ def inventory(outputs: Path = typer.Argument(..., help="JSON from `pulumi stack 
     console.print(table)
 
 
+lab_app = typer.Typer(no_args_is_help=True, help="The local lab: the stack as real machines on this host.")
+app.add_typer(lab_app, name="lab")
+LabStack = typer.Option("lab", "--stack", "-s", help="lab stack: stacks/Pulumi.<stack>.yaml with hastack:provider lab")
+
+
+def _lab(stack: str):
+    from hastack.lab import Lab, LabError
+
+    try:
+        return Lab(stack, log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
+    except (TopologyError, StackFileError, LabError, ValueError) as e:
+        _fail(str(e))
+
+
+def _print_converge(report) -> None:
+    table = Table(title=f"converge: {report.changes} changes in {report.seconds:.1f}s")
+    for col in ("host", "operations", "changed", "result"):
+        table.add_column(col)
+    for r in report.hosts.values():
+        table.add_row(r.name, str(r.operations), str(r.changed), f"[red]FAILED {r.failed}[/red]" if r.failed else "ok")
+    console.print(table)
+
+
+@lab_app.command("up")
+def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-converge")) -> None:
+    """Build what is missing, boot every machine, converge. Idempotent; recovers a half-finished run."""
+    from hastack.lab import LabError
+
+    lab = _lab(stack)
+    try:
+        result = lab.up(converge=not no_converge)
+    except LabError as e:
+        _fail(str(e))
+    report = result.get("converge")
+    if report is not None:
+        _print_converge(report)
+    _print_status(lab)
+    t = result["timings"]
+    console.print(f"lab up took {t['total']:.0f}s (image {t['image']:.0f}s, network {t['network']:.0f}s, "
+                  f"boot {t['boot']:.0f}s" + (f", converge {t['converge']:.0f}s" if "converge" in t else "") + ")")
+    console.print(f"log in: [bold]hastack lab ssh {lab.topo.hosts[0].name}[/bold]  "
+                  f"(or ssh -i {lab.paths.admin_key(lab.admin)} {lab.admin}@<public IP>); "
+                  f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace")
+    if report is not None and not report.ok:
+        failed = next(r for r in report.hosts.values() if r.failed)
+        _fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+
+
+def _print_status(lab) -> None:
+    table = Table(title=f"lab {lab.stack}")
+    for col in ("machine", "role", "location", "state", "public IP", "private IP"):
+        table.add_column(col)
+    for row in lab.status():
+        table.add_row(row["name"], row["role"], row["location"], row["state"], row["public_ip"], row["private_ip"])
+    console.print(table)
+
+
+@lab_app.command("status")
+def lab_status(stack: str = LabStack, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every machine, its state and addresses."""
+    lab = _lab(stack)
+    if as_json:
+        print(lab.status_json())
+    else:
+        _print_status(lab)
+
+
+@lab_app.command("stop")
+def lab_stop(host: str, stack: str = LabStack,
+             hard: bool = typer.Option(False, "--hard", help="kill it like a power cut instead of a clean poweroff")) -> None:
+    """Power a machine off (for failure tests)."""
+    from hastack.lab import LabError
+
+    try:
+        _lab(stack).stop(host, hard=hard)
+    except LabError as e:
+        _fail(str(e))
+    console.print(f"{host} stopped")
+
+
+@lab_app.command("start")
+def lab_start(host: str, stack: str = LabStack) -> None:
+    """Power a machine on again and wait for it to boot."""
+    from hastack.lab import LabError
+
+    try:
+        state = _lab(stack).start(host)
+    except LabError as e:
+        _fail(str(e))
+    console.print(f"{host} {state}")
+
+
+@lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lab_exec(ctx: typer.Context, host: str, stack: str = LabStack) -> None:
+    """Run a command as root in a machine: hastack lab exec HOST -- CMD..."""
+    from hastack.lab import LabError
+
+    if not ctx.args:
+        _fail("give a command after --, e.g. hastack lab exec lab-db1 -- systemctl status")
+    try:
+        proc = _lab(stack).exec(host, list(ctx.args))
+    except LabError as e:
+        _fail(str(e))
+    print(proc.stdout, end="")
+    err_console.print(proc.stderr, end="", highlight=False, markup=False)
+    raise typer.Exit(proc.returncode)
+
+
+@lab_app.command("ssh")
+def lab_ssh(host: str, stack: str = LabStack) -> None:
+    """Log in to a machine over SSH as the first admin, as an operator would."""
+    import os
+
+    lab = _lab(stack)
+    cmd = lab.ssh_command(host, batch=False)
+    os.execvp(cmd[0], cmd)
+
+
+@lab_app.command("down")
+def lab_down(stack: str = LabStack) -> None:
+    """Remove every machine, namespace, bridge, mount and process of the lab."""
+    lab = _lab(stack)
+    removed = lab.down()
+    left = lab.leftovers()
+    console.print(f"removed {len(removed)} items")
+    if left:
+        _fail("still present: " + ", ".join(left), code=1)
+
+
+@app.command("converge")
+def converge_cmd(stack: str = StackOption,
+                 outputs: Path = typer.Option(None, help="stack outputs JSON (default: ask `pulumi stack output`)")) -> None:
+    """Converge every host of a stack (drift repair). Lab stacks use the lab's machines."""
+    from hastack.converge import converge
+    from hastack.inventory import InventoryError, host_entries, stack_outputs
+    from hastack.stackfile import read_stack_file
+    from hastack.topology import NAMESPACE
+
+    try:
+        flat, _ = read_stack_file(stack)
+    except StackFileError as e:
+        _fail(str(e))
+    if flat.get(f"{NAMESPACE}:provider") == "lab":
+        entries = _lab(stack).inventory_entries()
+    else:
+        try:
+            data = json.loads(outputs.read_text()) if outputs else stack_outputs(stack)
+            entries = host_entries(data)
+        except (InventoryError, OSError, ValueError) as e:
+            _fail(str(e))
+    report = converge(entries, progress=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
+    _print_converge(report)
+    if not report.ok:
+        failed = next(r for r in report.hosts.values() if r.failed)
+        _fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+
+
 if __name__ == "__main__":
     app()

@@ -32,6 +32,9 @@ class Plan:
 
 def make_plan(stack: str) -> Plan:
     flat, secret_keys = read_stack_file(stack)
+    if flat.get("hastack:provider", "hetzner") != "hetzner":
+        raise ValueError(f"stack {stack!r} runs on local machines (hastack:provider {flat['hastack:provider']!r}); "
+                         "it has no cloud resources to plan")
     topo = load(stack, hastack_config(flat), secret_keys=secret_keys, require_secrets=False)
     if topo.provider != "hetzner":
         raise ValueError(f"stack {stack!r} runs on local machines (hastack:provider {topo.provider!r}); "

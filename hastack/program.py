@@ -41,14 +41,14 @@ def hosts_output(topo: topology.Topology, hetzner: HetznerStack) -> dict[str, An
 def main() -> None:
     stack = pulumi.get_stack()
     config, secret_keys = read_config()
+    if config.get("provider", "hetzner") != "hetzner":
+        raise pulumi.RunError(f"stack {stack!r} has hastack:provider {config['provider']!r}; it runs on local machines: "
+                              "use `hastack lab up`, not `pulumi up`")
     try:
         topo = topology.load(stack, config, secret_keys=secret_keys)
     except topology.TopologyError as err:
         # RunError: the message, without a Python traceback; nothing was registered.
         raise pulumi.RunError(str(err)) from None
-    if topo.provider != "hetzner":
-        raise pulumi.RunError(f"stack {stack!r} has hastack:provider {topo.provider!r}; it runs on local machines: "
-                              "use `hastack lab up`, not `pulumi up`")
 
     failover_token = pulumi.Config("hastack").require_secret("failoverToken")
     hetzner = HetznerStack("hetzner", topo)

@@ -25,11 +25,23 @@ def only_problem(config, **kw):
 # ------------------------------------------------------------------ good stacks
 
 
-@pytest.mark.parametrize("stack", ["prod", "staging", "dr", "lab", "example"])
+@pytest.mark.parametrize("stack", ["prod", "staging", "dr", "example"])
 def test_every_stack_file_is_valid(stack):
     assert stack in available_stacks()
     topo = load_stack(stack)
     assert len(topo.hosts) >= 10
+
+
+def test_lab_stack_gets_generated_admin_keys(tmp_path):
+    from hastack.lab.layout import Paths, lab_topology
+    paths = Paths(tmp_path)
+    topo = lab_topology("lab", paths)
+    assert [a.name for a in topo.admins] == ["labadmin", "labops"]
+    assert topo.admins[0].ssh_key == (tmp_path / "ssh/labadmin.pub").read_text().strip()
+    assert oct((tmp_path / "ssh/labadmin").stat().st_mode & 0o777) == "0o600"
+    # keys are generated once and reused
+    assert lab_topology("lab", paths).admins == topo.admins
+    assert [a.name for a in lab_topology("lab", paths, drop_admins=("labops",)).admins] == ["labadmin"]
 
 
 def test_prod_shape():
@@ -167,6 +179,8 @@ def test_overlapping_lab_and_private_ranges():
     import copy
     from hastack.stackfile import hastack_config, read_stack_file
     config = copy.deepcopy(hastack_config(read_stack_file("lab")[0]))
+    for admin in config["admins"]:
+        admin["sshKey"] = load_stack("prod").admins[0].ssh_key
     config["lab"]["publicRange"] = "10.77.0.0/24"
     config["lab"]["floatingIp"] = "10.77.0.100"
     problems = problems_of(config, stack="lab", secrets=set())

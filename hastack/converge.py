@@ -1,0 +1,114 @@
+"""Converge: run the pyinfra roles over every host of a stack, in parallel.
+
+The same entry point serves the lab (addresses from the lab) and a real
+stack (addresses from `pulumi stack output`). Each host runs ``base``, its
+own role and, on data hosts, ``backup``, in that order; a role without a
+deploy module has nothing to configure yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pyinfra import host
+from pyinfra.api import Config, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.deploy import add_deploy, deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+
+from hastack.inventory import make_inventory
+
+
+@dataclass
+class HostReport:
+    name: str
+    operations: int = 0
+    changed: int = 0
+    changed_operations: list[str] = field(default_factory=list)
+    failed: str | None = None  # "operation name: error"
+
+
+@dataclass
+class ConvergeReport:
+    hosts: dict[str, HostReport]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(h.failed is None for h in self.hosts.values())
+
+    @property
+    def changes(self) -> int:
+        return sum(h.changed for h in self.hosts.values())
+
+
+def role_deploy(role: str) -> Callable | None:
+    try:
+        module = importlib.import_module(f"roles.{role}.deploy")
+    except ModuleNotFoundError as e:
+        if e.name == f"roles.{role}.deploy":
+            return None
+        raise
+    return getattr(module, role)
+
+
+@deploy("hastack")
+def converge_host() -> None:
+    for role in host.data.roles:
+        fn = role_deploy(role)
+        if fn is not None:
+            fn()
+
+
+def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
+             progress: Callable[[str], None] | None = None) -> ConvergeReport:
+    """Converge every host in ``entries`` (name -> pyinfra host data)."""
+    started = time.monotonic()
+    logging.getLogger("pyinfra").setLevel(logging.WARNING)
+    inventory = make_inventory(entries)
+    config = Config(PARALLEL=parallel or len(entries), CONNECT_TIMEOUT=20, FAIL_PERCENT=100)
+    state = State(inventory, config)
+    reports = {name: HostReport(name) for name in entries}
+    say = progress or (lambda _m: None)
+
+    say(f"connecting to {len(entries)} hosts")
+    connect_all(state)
+    for h in inventory:
+        if h not in state.activated_hosts:
+            reports[h.name].failed = "connect: could not connect over SSH"
+    try:
+        say("preparing operations (gathering facts)")
+        add_deploy(state, converge_host)
+        say(f"running {len(state.get_op_order())} operations")
+        run_ops(state)
+    except PyinfraError as e:
+        for h in inventory:
+            if reports[h.name].failed is None and h in state.failed_hosts:
+                reports[h.name].failed = str(e)
+        if not any(r.failed for r in reports.values()):
+            raise
+    finally:
+        disconnect_all(state)
+
+    for h in inventory:
+        report = reports[h.name]
+        for op_hash in state.get_op_order():
+            if op_hash not in state.get_meta_for_host(h).op_hashes:
+                continue
+            meta = state.get_op_data_for_host(h, op_hash).operation_meta
+            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            report.operations += 1
+            if not meta.is_complete():
+                continue
+            if meta.did_error() and report.failed is None:
+                err = "; ".join(meta.stderr_lines[-3:]) if meta._combined_output else ""
+                report.failed = f"{name}: {err}".strip()
+            elif meta.did_change():
+                report.changed += 1
+                report.changed_operations.append(name)
+    return ConvergeReport(reports, time.monotonic() - started)

@@ -1,0 +1,197 @@
+"""The local lab: a stack's topology as real systemd machines on this host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from hastack.lab import image, network, services
+from hastack.lab.layout import Addresses, Paths, default_paths, lab_topology
+from hastack.lab.machine import Machine
+from hastack.lab.system import LabError, preflight
+from hastack.topology import Topology
+
+__all__ = ["Lab", "LabError"]
+
+
+class Lab:
+    def __init__(self, stack: str = "lab", paths: Paths | None = None, topo: Topology | None = None,
+                 log: Callable[[str], None] = print):
+        self.paths = paths or default_paths()
+        self.stack = stack
+        self.topo = topo or lab_topology(stack, self.paths)
+        self.addr = Addresses(self.topo)
+        self.log = log
+        self.machines = {h.name: Machine(self.paths, self.addr, h) for h in self.topo.hosts}
+
+    def machine(self, name: str) -> Machine:
+        if name not in self.machines:
+            raise LabError(f"no machine {name!r} in the {self.stack} lab; machines: {', '.join(self.machines)}")
+        return self.machines[name]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def up(self, converge: bool = True) -> dict[str, Any]:
+        """Build what is missing, boot every machine, converge. Safe to re-run after a crash."""
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        preflight()
+        image.build(self.paths, log=self.log)
+        timings["image"] = time.monotonic() - t0
+
+        t = time.monotonic()
+        self.log("networks: private bridge, public bridge, one namespace per machine, the internet namespace")
+        network.setup(self.addr)
+        services.start(self.paths, self.addr)
+        timings["network"] = time.monotonic() - t
+
+        t = time.monotonic()
+        for m in self.machines.values():
+            m.prepare(self.topo)
+        self._write_known_hosts()
+        to_boot = [m for m in self.machines.values() if not m.running()]
+        self.log(f"booting {len(to_boot)} machines ({len(self.machines) - len(to_boot)} already running)")
+        for m in to_boot:
+            m.start()
+        with ThreadPoolExecutor(max_workers=len(self.machines)) as pool:
+            states = dict(zip(self.machines, pool.map(lambda m: m.wait_booted(), self.machines.values())))
+        degraded = [n for n, s in states.items() if s != "running"]
+        for name in degraded:
+            failed = self.machines[name].exec(["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
+            self.log(f"warning: {name} booted degraded: {failed.strip()}")
+        network.route_floating_ip(self.addr, self.addr.public_ip(self.topo.loadbalancers[0]))
+        timings["boot"] = time.monotonic() - t
+
+        result: dict[str, Any] = {"timings": timings}
+        if converge:
+            from hastack.converge import converge as run_converge
+
+            t = time.monotonic()
+            self.log("converging every machine with the pyinfra roles")
+            report = run_converge(self.inventory_entries(), progress=self.log)
+            timings["converge"] = time.monotonic() - t
+            result["converge"] = report
+        timings["total"] = time.monotonic() - t0
+        return result
+
+    def down(self) -> list[str]:
+        """Remove every machine, mount, namespace, bridge and process of the lab. Keeps the base image and caches."""
+        removed = []
+        for m in self.machines.values():
+            if m.running() or m.mounted() or m.dir.exists():
+                m.remove()
+                removed.append(f"machine {m.name}")
+        # machines of an earlier lab with another topology
+        if self.paths.machines.exists():
+            for stale in self.paths.machines.iterdir():
+                if stale.name not in self.machines:
+                    Machine(self.paths, self.addr, _stale_host(stale.name)).remove()
+                    removed.append(f"machine {stale.name}")
+        removed += services.stop(self.paths)
+        removed += network.teardown()
+        shutil.rmtree(self.paths.run, ignore_errors=True)
+        return removed
+
+    def leftovers(self) -> list[str]:
+        """What of a lab still exists on the host (empty after `down`)."""
+        found = network.leftovers()
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        found += [f"mount {m}" for m in mounts if m.startswith(str(self.paths.machines))]
+        found += [f"process {n} ({pid})" for n, pid in services.running(self.paths).items() if pid]
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if cmd and cmd[0].endswith(b"systemd-nspawn") and any(str(self.paths.machines).encode() in c for c in cmd):
+                    found.append(f"process systemd-nspawn ({proc.name})")
+        return found
+
+    # ------------------------------------------------------------ day to day
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = []
+        for h in self.topo.hosts:
+            m = self.machines[h.name]
+            state = "running" if m.running() else ("stopped" if m.dir.exists() else "absent")
+            rows.append({
+                "name": h.name, "role": h.role, "location": h.location, "state": state,
+                "private_ip": h.private_ip, "public_ip": self.addr.public_ip(h), "pid": m.nspawn_pid(),
+            })
+        return rows
+
+    def status_json(self) -> str:
+        return json.dumps({
+            "stack": self.stack,
+            "machines": self.status(),
+            "floating_ip": self.addr.floating_ip,
+            "internet_namespace": {"name": "hsl-internet", "address": self.addr.internet},
+            "operator_address": self.addr.host_public,
+            "services": services.running(self.paths),
+        }, indent=2)
+
+    def stop(self, name: str, hard: bool = False) -> None:
+        self.machine(name).stop(hard=hard)
+
+    def start(self, name: str) -> str:
+        m = self.machine(name)
+        m.start()
+        return m.wait_booted()
+
+    def exec(self, name: str, cmd: list[str], check: bool = False):
+        return self.machine(name).exec(cmd, check=check)
+
+    # ------------------------------------------------------------ access
+
+    @property
+    def admin(self) -> str:
+        return self.topo.admins[0].name
+
+    def ssh_command(self, name: str, user: str | None = None, key: Path | None = None,
+                    batch: bool = True) -> list[str]:
+        h = self.machine(name).host
+        cmd = ["ssh", "-i", str(key or self.paths.admin_key(user or self.admin)),
+               "-o", f"UserKnownHostsFile={self.paths.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+               "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"]
+        if batch:
+            cmd += ["-o", "BatchMode=yes"]
+        return cmd + [f"{user or self.admin}@{self.addr.public_ip(h)}"]
+
+    def inventory_entries(self, topo: Topology | None = None) -> dict[str, dict[str, Any]]:
+        """pyinfra host data for every machine: the topology's data plus how to reach it."""
+        topo = topo or self.topo
+        entries = {}
+        for h in topo.hosts:
+            data = topo.host_data(h)
+            data.update(
+                ssh_hostname=self.addr.public_ip(h),
+                ssh_user=self.admin,
+                ssh_key=str(self.paths.admin_key(self.admin)),
+                ssh_known_hosts_file=str(self.paths.known_hosts),
+                ssh_strict_host_key_checking="yes",
+                _sudo=True,
+                groups=list(topo.host_roles(h)) + [h.location],
+                public_ip=self.addr.public_ip(h),
+                floating_ip=self.addr.floating_ip,
+                lab=True,
+            )
+            entries[h.name] = data
+        return entries
+
+    def _write_known_hosts(self) -> None:
+        self.paths.ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lines = [m.host_key_line() for m in self.machines.values()]
+        self.paths.known_hosts.write_text("\n".join(lines) + "\n")
+        os.chmod(self.paths.known_hosts, 0o600)
+
+
+def _stale_host(name: str):
+    from hastack.topology import Host
+
+    return Host(name=name, role="app", index=1, location="-", server_type="-", private_ip="0.0.0.0")

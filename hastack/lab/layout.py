@@ -1,0 +1,154 @@
+"""Where the lab keeps things, what it names them, and which addresses it uses.
+
+One lab per machine at a time. Every name the lab creates on the host starts
+with ``hsl`` so `lab down` (and a human) can find all of it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from hastack.stackfile import PROJECT_DIR, hastack_config, read_stack_file
+from hastack.topology import Host, Topology, load
+
+PREFIX = "hsl"
+PRIVATE_BRIDGE = f"{PREFIX}-priv"
+PUBLIC_BRIDGE = f"{PREFIX}-pub"
+INTERNET_NS = f"{PREFIX}-internet"
+APT_CACHE_PORT = 3142
+ARTIFACT_PORT = 8700
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SUITE = "bookworm"
+# What a fresh Hetzner Debian 12 server has that minbase lacks (cloud-init
+# applies the same first-boot user-data as in the cloud).
+BASE_PACKAGES = ("systemd,systemd-sysv,dbus,iproute2,openssh-server,python3,sudo,cloud-init,python3-cffi-backend,"
+                 "ca-certificates,netbase,iputils-ping,curl,less")
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def base_marker(self) -> Path:
+        return self.root / "base.complete"
+
+    @property
+    def machines(self) -> Path:
+        return self.root / "machines"
+
+    def machine(self, name: str) -> Path:
+        return self.machines / name
+
+    @property
+    def ssh(self) -> Path:
+        return self.root / "ssh"
+
+    def admin_key(self, admin: str) -> Path:
+        return self.ssh / admin
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh / "known_hosts"
+
+    @property
+    def apt_cache(self) -> Path:
+        return self.root / "apt-cache"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def default_paths() -> Paths:
+    return Paths(Path(os.environ.get("HASTACK_LAB_DIR", PROJECT_DIR / ".lab")))
+
+
+def netns(host: str) -> str:
+    return f"{PREFIX}-{host}"
+
+
+def veth(index: int, side: str) -> str:
+    """Host-side veth names (15 characters at most): hsl<index><p|u>."""
+    return f"{PREFIX}{index}{side}"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    topo: Topology
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(self.topo.subnet)
+
+    @property
+    def public(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(self.topo.lab.public_range)
+
+    @property
+    def host_private(self) -> str:
+        """The host's address on the private network: the gateway, as on Hetzner."""
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def host_public(self) -> str:
+        """The operator's address on the public network (the lab's admin CIDR)."""
+        return str(self.public.network_address + 1)
+
+    @property
+    def internet(self) -> str:
+        return str(self.public.broadcast_address - 5)
+
+    @property
+    def floating_ip(self) -> str:
+        return self.topo.lab.floating_ip
+
+    def public_ip(self, host: Host) -> str:
+        return str(self.public.network_address + 10 + self.topo.hosts.index(host))
+
+
+def generate_admin_key(paths: Paths, admin: str) -> str:
+    key = paths.admin_key(admin)
+    if not key.exists():
+        paths.ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{admin}@hastack-lab", "-f", str(key)],
+                       check=True)
+    return key.with_suffix(".pub").read_text().strip()
+
+
+def lab_topology(stack: str = "lab", paths: Paths | None = None, drop_admins: tuple[str, ...] = ()) -> Topology:
+    """The lab stack's topology; admins without a key get one generated in .lab/ssh.
+
+    ``drop_admins`` leaves admins out, as if removed from the config.
+    """
+    paths = paths or default_paths()
+    flat, secrets = read_stack_file(stack)
+    config = hastack_config(flat)
+    admins = []
+    for admin in config.get("admins") or []:
+        if admin.get("name") in drop_admins:
+            continue
+        if isinstance(admin, dict) and "sshKey" not in admin and "name" in admin:
+            admin = {**admin, "sshKey": generate_admin_key(paths, admin["name"])}
+        admins.append(admin)
+    config["admins"] = admins
+    topo = load(stack, config, secret_keys=secrets)
+    if topo.provider != "lab":
+        raise ValueError(f"stack {stack!r} is a {topo.provider} stack, not a lab (hastack:provider must be 'lab')")
+    return topo

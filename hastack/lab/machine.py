@@ -1,0 +1,160 @@
+"""One lab machine: an overlay over the base image, booted by systemd-nspawn
+in its own network namespace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from hastack.cloud.hetzner import render_user_data
+from hastack.lab.layout import Addresses, Paths, netns
+from hastack.lab.services import proxy_url
+from hastack.lab.system import LabError, pid_alive, read_pid, run
+from hastack.topology import Host, Topology
+
+
+class Machine:
+    def __init__(self, paths: Paths, addr: Addresses, host: Host):
+        self.paths = paths
+        self.addr = addr
+        self.host = host
+        self.name = host.name
+        self.dir = paths.machine(host.name)
+        self.root = self.dir / "root"
+        self.pidfile = self.dir / "nspawn.pid"
+        self.prepared_marker = self.dir / "prepared"
+
+    # ------------------------------------------------------------ filesystem
+
+    def mounted(self) -> bool:
+        target = str(self.root)
+        return any(line.split()[4] == target for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+    def mount(self) -> None:
+        if self.mounted():
+            return
+        for d in ("upper", "work", "root"):
+            (self.dir / d).mkdir(parents=True, exist_ok=True)
+        run("mount", "-t", "overlay", f"{self.name}-overlay", "-o",
+            f"lowerdir={self.paths.base},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}", str(self.root))
+
+    def unmount(self) -> None:
+        if self.mounted():
+            run("umount", str(self.root))
+
+    def prepare(self, topo: Topology) -> None:
+        """First-boot identity: hostname, host keys, apt proxy, cloud-init seed. Once per machine."""
+        if self.prepared_marker.exists():
+            return
+        if self.running():
+            raise LabError(f"{self.name} runs but was never prepared; run `hastack lab down` first")
+        # A half-prepared machine from a crashed run starts over from the base.
+        self.unmount()
+        for d in ("upper", "work"):
+            shutil.rmtree(self.dir / d, ignore_errors=True)
+        self.mount()
+        r = self.root
+        (r / "etc/hostname").write_text(self.name + "\n")
+        (r / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        run("ssh-keygen", "-A", "-f", str(r))
+        (r / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(f'Acquire::http::Proxy "{proxy_url(self.addr)}";\n')
+        seed = r / "var/lib/cloud/seed/nocloud"
+        seed.mkdir(parents=True, exist_ok=True)
+        (seed / "user-data").write_text(render_user_data(topo, self.host))
+        (seed / "meta-data").write_text(f"instance-id: {self.name}-{uuid.uuid4().hex[:8]}\nlocal-hostname: {self.name}\n")
+        self.prepared_marker.write_text("")
+
+    def host_key_line(self) -> str:
+        key = (self.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        return f"{self.name},{self.addr.public_ip(self.host)},{self.host.private_ip} {key[0]} {key[1]}"
+
+    # ------------------------------------------------------------ process
+
+    def nspawn_pid(self) -> int | None:
+        pid = read_pid(self.pidfile)
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.nspawn_pid() is not None
+
+    def leader(self) -> int:
+        """PID (on the host) of the machine's init."""
+        pid = self.nspawn_pid()
+        if pid is None:
+            raise LabError(f"{self.name} is not running (`hastack lab start {self.name}`)")
+        for _ in range(100):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+            time.sleep(0.05)
+        raise LabError(f"{self.name}: systemd-nspawn ({pid}) has no machine process")
+
+    def start(self) -> None:
+        if self.running():
+            return
+        self.mount()
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.paths.logs / f"{self.name}.console.log", "ab")
+        proc = subprocess.Popen([
+            "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
+            f"--directory={self.root}", f"--machine={self.name}", f"--hostname={self.name}",
+            f"--network-namespace-path=/run/netns/{netns(self.name)}",
+            "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+            "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=pipe",
+        ], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self.pidfile.write_text(str(proc.pid))
+
+    def wait_booted(self, timeout: float = 180) -> str:
+        """Wait until systemd in the machine has finished starting; returns its state."""
+        deadline = time.monotonic() + timeout
+        state = "unknown"
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise LabError(f"{self.name} exited while booting; see .lab/logs/{self.name}.console.log")
+            proc = self.exec(["systemctl", "is-system-running"], check=False, timeout=10)
+            state = proc.stdout.strip()
+            if state in ("running", "degraded"):
+                return state
+            time.sleep(0.5)
+        raise LabError(f"{self.name} did not finish booting in {timeout:.0f}s (state: {state})")
+
+    def stop(self, hard: bool = False, timeout: float = 60) -> None:
+        """Power off (SIGTERM makes nspawn shut the machine down cleanly) or, hard, kill it like a power cut."""
+        pid = self.nspawn_pid()
+        if pid is None:
+            return
+        if hard:
+            try:
+                os.kill(self.leader(), signal.SIGKILL)
+            except (LabError, ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        self.pidfile.unlink(missing_ok=True)
+
+    def exec(self, cmd: list[str], check: bool = True, timeout: float | None = 600,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command as root inside the machine (all its namespaces)."""
+        full = ["nsenter", f"--target={self.leader()}", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
+                "--", "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C.UTF-8", *cmd]
+        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise LabError(f"{self.name}: `{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+        return proc
+
+    def remove(self) -> None:
+        self.stop()
+        self.unmount()
+        shutil.rmtree(self.dir, ignore_errors=True)

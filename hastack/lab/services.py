@@ -1,0 +1,99 @@
+"""Host services the machines use: an apt cache and an artifact server.
+
+The machines reach nothing but the host, so Debian packages come through
+apt-cacher-ng and everything else (wheels, bundles) from a plain HTTP
+server, both bound to the host's private-network address only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from hastack.lab.layout import APT_CACHE_PORT, ARTIFACT_PORT, DEBIAN_MIRROR, Addresses, Paths
+from hastack.lab.system import LabError, pid_alive, read_pid
+
+SERVICES = ("apt-cacher-ng", "artifacts")
+
+
+def _start(paths: Paths, name: str, cmd: list[str]) -> int:
+    pidfile = paths.run / f"{name}.pid"
+    pid = read_pid(pidfile)
+    if pid_alive(pid):
+        return pid
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log = open(paths.logs / f"{name}.log", "ab")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _wait_port(host: str, port: int, name: str, timeout: float = 15) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise LabError(f"{name} did not start listening on {host}:{port}; see its log in .lab/logs/{name}.log")
+
+
+def start(paths: Paths, addr: Addresses) -> None:
+    paths.run.mkdir(parents=True, exist_ok=True)
+    paths.apt_cache.mkdir(parents=True, exist_ok=True)
+    paths.artifacts.mkdir(parents=True, exist_ok=True)
+
+    # Our own copy of the config: the shipped backend mirror list does not
+    # resolve here, the host's own Debian mirror does.
+    conf = paths.run / "acng"
+    if not conf.exists():
+        shutil.copytree("/etc/apt-cacher-ng", conf)
+    (conf / "backends_debian").write_text(DEBIAN_MIRROR.rstrip("/") + "/\n")
+    _start(paths, "apt-cacher-ng", [
+        "/usr/sbin/apt-cacher-ng", "-c", str(conf), "ForeGround=1",
+        f"Port={APT_CACHE_PORT}", f"BindAddress={addr.host_private}",
+        f"CacheDir={paths.apt_cache}", f"LogDir={paths.logs}", f"PidFile={paths.run / 'acng-daemon.pid'}",
+        f"SocketPath={paths.run / 'acng.socket'}",
+    ])
+    _start(paths, "artifacts", [
+        sys.executable, "-m", "http.server", "--bind", addr.host_private, "--directory", str(paths.artifacts),
+        str(ARTIFACT_PORT),
+    ])
+    _wait_port(addr.host_private, APT_CACHE_PORT, "apt-cacher-ng")
+    _wait_port(addr.host_private, ARTIFACT_PORT, "artifacts")
+
+
+def stop(paths: Paths) -> list[str]:
+    stopped = []
+    for name in SERVICES:
+        pid = read_pid(paths.run / f"{name}.pid")
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not pid_alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(f"process {name} ({pid})")
+        (paths.run / f"{name}.pid").unlink(missing_ok=True)
+    return stopped
+
+
+def running(paths: Paths) -> dict[str, int | None]:
+    return {name: (pid if pid_alive(pid := read_pid(paths.run / f"{name}.pid")) else None) for name in SERVICES}
+
+
+def proxy_url(addr: Addresses) -> str:
+    return f"http://{addr.host_private}:{APT_CACHE_PORT}"
+
+
+def artifact_url(addr: Addresses) -> str:
+    return f"http://{addr.host_private}:{ARTIFACT_PORT}"
