@@ -97,9 +97,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
 
     for h in inventory:
         report = reports[h.name]
-        for op_hash in state.get_op_order():
-            if op_hash not in state.get_meta_for_host(h).op_hashes:
-                continue
+        for op_hash in h.op_hash_order:
             meta = state.get_op_data_for_host(h, op_hash).operation_meta
             name = ", ".join(sorted(state.get_op_meta(op_hash).names))
             report.operations += 1

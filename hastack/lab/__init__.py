@@ -67,6 +67,18 @@ class Lab:
         network.route_floating_ip(self.addr, self.addr.public_ip(self.topo.loadbalancers[0]))
         timings["boot"] = time.monotonic() - t
 
+        # apt-cacher-ng races when many clients fetch the same index at once
+        # (a fresh InRelease is renamed under a second-resolution name), so
+        # the package lists are fetched one machine at a time; the converge
+        # then finds them fresh and the .deb downloads run in parallel.
+        t = time.monotonic()
+        stale = [m for m in self.machines.values() if not m.apt_lists_fresh()]
+        if stale:
+            self.log(f"fetching package lists through the apt cache, one machine at a time ({len(stale)})")
+        for m in stale:
+            m.exec(["apt-get", "update", "-qq"], timeout=300)
+        timings["apt"] = time.monotonic() - t
+
         result: dict[str, Any] = {"timings": timings}
         if converge:
             from hastack.converge import converge as run_converge

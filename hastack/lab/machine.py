@@ -60,14 +60,23 @@ class Machine:
         self.mount()
         r = self.root
         (r / "etc/hostname").write_text(self.name + "\n")
+        # what Hetzner's image writes at first boot; the base role then writes every host's name
+        (r / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n::1 localhost ip6-localhost ip6-loopback\n")
         (r / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         run("ssh-keygen", "-A", "-f", str(r))
-        (r / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(f'Acquire::http::Proxy "{proxy_url(self.addr)}";\n')
+        (r / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(
+            f'Acquire::http::Proxy "{proxy_url(self.addr)}";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n')
         seed = r / "var/lib/cloud/seed/nocloud"
         seed.mkdir(parents=True, exist_ok=True)
         (seed / "user-data").write_text(render_user_data(topo, self.host))
         (seed / "meta-data").write_text(f"instance-id: {self.name}-{uuid.uuid4().hex[:8]}\nlocal-hostname: {self.name}\n")
         self.prepared_marker.write_text("")
+
+    def apt_lists_fresh(self, max_age: float = 3000) -> bool:
+        """Package lists fetched recently enough that a converge will not fetch them again."""
+        # the stamp apt touches after a successful update; pyinfra's cache_time reads it too
+        stamp = self.root / "var/lib/apt/periodic/update-success-stamp"
+        return stamp.exists() and time.time() - stamp.stat().st_mtime < max_age
 
     def host_key_line(self) -> str:
         key = (self.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()

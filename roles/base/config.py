@@ -1,0 +1,94 @@
+"""What the base role writes: each target file and its template variables.
+
+Pure Python (no pyinfra): the deploy and the template tests both take the
+variables from here, so the tests render exactly what hosts receive.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Mapping
+
+from roles.base import NODE_EXPORTER_PORT
+
+# Files that could lock admins out or leave a host open are rendered here
+# first and only installed over the live file once they pass their check.
+STAGING = "/var/lib/hastack/staged"
+
+SUDOERS = "/etc/sudoers.d/hastack-admins"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-hastack.conf"
+NFTABLES = "/etc/nftables.conf"
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52hastack-unattended-upgrades"
+JOURNALD = "/etc/systemd/journald.conf.d/hastack.conf"
+SYSCTL = "/etc/sysctl.d/90-hastack.conf"
+NODE_EXPORTER_ARGS = "/etc/default/prometheus-node-exporter"
+NODE_EXPORTER_UNIT = "/etc/systemd/system/prometheus-node-exporter.service.d/hastack.conf"
+HOSTNAME = "/etc/hostname"
+HOSTS = "/etc/hosts"
+CLOUD_INIT = "/etc/cloud/cloud.cfg.d/99-hastack.cfg"
+
+_FAMILY = {4: ("ip", "ipv4"), 6: ("ip6", "ipv6")}
+
+
+def _l4(protocol: str, port: int | None, version: int) -> str:
+    if protocol in ("tcp", "udp"):
+        return f"{protocol} dport {port}"
+    if protocol == "icmp":
+        return "ip protocol icmp" if version == 4 else "meta l4proto ipv6-icmp"
+    if protocol == "vrrp":
+        return "ip protocol vrrp" if version == 4 else "meta l4proto vrrp"
+    raise ValueError(f"no nftables match for protocol {protocol!r}")
+
+
+def nft_input_rules(firewall: list[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """One accept rule per declared port and address family: {name, match}.
+
+    0.0.0.0/0 and ::/0 mean "no source match" for their family; a port open to
+    both families on tcp/udp becomes a single rule without any source match.
+    """
+    rules = []
+    for entry in firewall:
+        by_version: dict[int, list[str]] = {4: [], 6: []}
+        open_to_all = {4: False, 6: False}
+        for cidr in entry["cidrs"]:
+            net = ipaddress.ip_network(cidr)
+            by_version[net.version].append(cidr)
+            open_to_all[net.version] |= net.prefixlen == 0
+        name, protocol, port = entry["name"], entry["protocol"], entry["port"]
+        if protocol in ("tcp", "udp") and open_to_all[4] and open_to_all[6]:
+            rules.append({"name": name, "match": _l4(protocol, port, 4)})
+            continue
+        for version, cidrs in by_version.items():
+            if not cidrs:
+                continue
+            prefix, nfproto = _FAMILY[version]
+            if open_to_all[version]:
+                source = f"meta nfproto {nfproto}"
+            else:
+                source = f"{prefix} saddr {{ {', '.join(cidrs)} }}"
+            rules.append({"name": name, "match": f"{source} {_l4(protocol, port, version)}"})
+    return rules
+
+
+def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """target path -> the variables its template (templates/base/<target>.j2) gets.
+
+    ``data`` is the host's data (Topology.host_data) over the role DEFAULTS.
+    """
+    group = data["base_admin_group"]
+    upgrades = data["base_unattended_upgrades"]
+    return {
+        SUDOERS: {"admin_group": group},
+        SSHD_DROPIN: {"options": data["base_sshd"], "admin_group": group},
+        NFTABLES: {"hostname": hostname, "rules": nft_input_rules(data["firewall"])},
+        AUTO_UPGRADES: {"settings": upgrades},
+        UNATTENDED_UPGRADES: {"settings": upgrades},
+        JOURNALD: {"journal": data["base_journald"]},
+        SYSCTL: {"sysctl": data["base_sysctl"]},
+        NODE_EXPORTER_ARGS: {"listen_address": f"{data['private_ip']}:{NODE_EXPORTER_PORT}"},
+        NODE_EXPORTER_UNIT: {},
+        HOSTNAME: {"hostname": hostname},
+        HOSTS: {"etc_hosts": data["etc_hosts"]},
+        CLOUD_INIT: {},
+    }

@@ -1,0 +1,203 @@
+"""The base role: what every host gets, whatever its other roles.
+
+Admin accounts (managed exclusively), key-only SSH, the nftables host
+firewall, security upgrades, time sync, a persistent journal, sysctl
+hardening, the node exporter, hostname and /etc/hosts.
+
+Idempotent: on an unchanged host no operation yields a command. Services
+are restarted or reloaded only when a file they read has changed.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
+from pyinfra.facts.server import Command, Hostname, Users
+from pyinfra.operations import apt, files, server, systemd
+
+from hastack.templating import template_path
+from roles.base import DEFAULTS
+from roles.base import config as c
+
+PACKAGES = [
+    "openssh-server",
+    "sudo",
+    "nftables",
+    "netbase",  # /etc/protocols: nft resolves "vrrp" through it
+    "procps",  # sysctl, pkill
+    "unattended-upgrades",
+    "systemd-timesyncd",
+    "prometheus-node-exporter",
+]
+
+SSHD_INCLUDE = "Include /etc/ssh/sshd_config.d/*.conf"
+
+# Checks a candidate file must pass before it replaces the live one.
+# sshd: the candidate drop-in read first, then the live config, as sshd will
+# read them once it is installed (sshd -t refuses to run without /run/sshd).
+SSHD_CHECK = ("mkdir -p /run/sshd && printf 'Include %s\\nInclude /etc/ssh/sshd_config\\n' {staged}"
+              " | sshd -t -f /dev/stdin")
+SUDOERS_CHECK = "visudo -cf {staged}"
+NFT_CHECK = "nft -c -f {staged}"
+
+
+def _any_changed(*ops):
+    return lambda: any(op is not None and op.did_change() for op in ops)
+
+
+def _template(tvars, target, mode="0644", dest=None):
+    return files.template(
+        name=f"Write {dest or target}",
+        src=template_path("base", target),
+        dest=dest or target,
+        user="root",
+        group="root",
+        mode=mode,
+        **tvars[target],
+    )
+
+
+def _checked_install(tvars, target, mode, check):
+    """Render ``target`` to a staging copy, check it, only then install it.
+
+    A broken sudoers, sshd or nftables file locks admins out or leaves the
+    host open at its next boot, so the live file is only ever replaced by a
+    copy that passed ``check``. The returned operation changed when the live
+    file was replaced.
+    """
+    staged = c.STAGING + target
+    staged_op = _template(tvars, target, mode=mode, dest=staged)
+    # Also reinstall when the live file was edited, removed or chmodded by hand.
+    live = host.get_fact(File, path=target)
+    in_place = (
+        bool(live)
+        and (live["user"], live["group"], live["mode"]) == ("root", "root", int(mode))
+        and host.get_fact(Sha1File, path=target) == host.get_fact(Sha1File, path=staged)
+    )
+    return server.shell(
+        name=f"Check and install {target}",
+        commands=[check.format(staged=staged), f"install -o root -g root -m {mode} {staged} {target}"],
+        _if=lambda: staged_op.did_change() or not in_place,
+    )
+
+
+def _admins(tvars, data):
+    group = data["base_admin_group"]
+    # Who this deploy is logged in as (without sudo), and that login's groups.
+    login_user, _, login_groups = host.get_fact(Command, command="id -un && id -Gn", _sudo=False).partition("\n")
+    server.group(name=f"Group {group}", group=group)
+    wanted = set()
+    for admin in data["admins"]:
+        wanted.add(admin["name"])
+        # Exact groups and exactly the configured key (delete_keys): ~/.ssh is
+        # 0700 and authorized_keys 0600, both owned by the admin.
+        server.user(
+            name=f"Admin {admin['name']}",
+            user=admin["name"],
+            shell="/bin/bash",
+            groups=[group, "sudo"],
+            create_home=True,
+            public_keys=[admin["ssh_key"]],
+            delete_keys=True,
+        )
+
+    # Former admins: still in the group but no longer configured.
+    for name, user in sorted(host.get_fact(Users).items()):
+        if name not in wanted and (user["group"] == group or group in user["groups"]):
+            if name == login_user:  # killing its processes would cut this very connection
+                logger.warning(f"{host.name}: not removing former admin {name}: this deploy is logged in as it")
+                continue
+            quoted = shlex.quote(name)
+            server.shell(
+                name=f"Remove former admin {name}",
+                # --force: killed processes may linger a moment and must not stop the removal.
+                commands=[f"pkill -KILL -u {quoted} || true", f"userdel --force --remove {quoted}"],
+            )
+
+    _checked_install(tvars, c.SUDOERS, "0440", SUDOERS_CHECK)
+
+    # sudo matches the groups of the login session, not /etc/group: a login
+    # from before its user joined the group still needs cloud-init's rule.
+    # (New servers put admins in the group at first boot, so this is rare.)
+    if login_user == "root" or group in login_groups.split():
+        files.file(name="Remove cloud-init's sudo rule", path="/etc/sudoers.d/90-cloud-init-users", present=False)
+    else:
+        logger.warning(f"{host.name}: kept /etc/sudoers.d/90-cloud-init-users for this run: the login of "
+                       f"{login_user} predates its membership of {group}; the next run removes it")
+
+    # Hetzner puts the project's SSH keys here at creation; root never logs in.
+    files.file(name="No SSH keys for root", path="/root/.ssh/authorized_keys", present=False)
+
+
+def _sshd(tvars):
+    include = None
+    if not host.get_fact(FindInFile, path="/etc/ssh/sshd_config", pattern=r"^Include /etc/ssh/sshd_config\.d/\*\.conf"):
+        # Drop-ins only count when included before the main config's own settings.
+        include = server.shell(
+            name="Include sshd_config.d first",
+            commands=[f"grep -qxF '{SSHD_INCLUDE}' /etc/ssh/sshd_config"
+                      f" || sed -i '1i {SSHD_INCLUDE}' /etc/ssh/sshd_config"],
+        )
+    dropin = _checked_install(tvars, c.SSHD_DROPIN, "0644", SSHD_CHECK)
+    systemd.service(name="Reload sshd", service="ssh", running=True, reloaded=True,
+                    _if=_any_changed(include, dropin))
+
+
+def _firewall(tvars):
+    # 0755 as Debian ships it: the file is an "#!/usr/sbin/nft -f" script.
+    ruleset = _checked_install(tvars, c.NFTABLES, "0755", NFT_CHECK)
+    server.shell(name="Apply the host firewall", commands=[f"nft -f {c.NFTABLES}"], _if=ruleset.did_change)
+    # The unit loads the same file at boot.
+    systemd.service(name="Load the firewall at boot", service="nftables", running=True, enabled=True)
+
+
+@deploy("base", data_defaults=DEFAULTS)
+def base():
+    data = host.data.dict()
+    tvars = c.template_vars(host.name, data)
+
+    apt.packages(name="Base packages", packages=PACKAGES, update=True, cache_time=3600)
+
+    _admins(tvars, data)
+    _sshd(tvars)
+    _firewall(tvars)
+
+    _template(tvars, c.AUTO_UPGRADES)
+    _template(tvars, c.UNATTENDED_UPGRADES)
+
+    # systemd-timesyncd skips itself inside containers (ConditionVirtualization=!container
+    # in its unit: the host keeps the clock), so there it is only enabled, never started.
+    virt = host.get_fact(Command, command="systemd-detect-virt --container || true")
+    in_container = virt not in ("", "none")
+    systemd.service(name="Time sync", service="systemd-timesyncd", running=None if in_container else True,
+                    enabled=True)
+
+    journald = _template(tvars, c.JOURNALD)
+    systemd.service(name="Restart journald", service="systemd-journald", restarted=True, _if=journald.did_change)
+
+    sysctl = _template(tvars, c.SYSCTL)
+    # -e skips keys this kernel lacks; inside a container some kernel.* keys are
+    # read-only, which is the host's business, so failing there is not an error.
+    server.shell(
+        name="Apply sysctl settings",
+        commands=[f"sysctl -e -p {c.SYSCTL} || systemd-detect-virt --container --quiet"],
+        _if=sysctl.did_change,
+    )
+
+    exporter_args = _template(tvars, c.NODE_EXPORTER_ARGS)
+    exporter_unit = _template(tvars, c.NODE_EXPORTER_UNIT)
+    systemd.service(name="Restart the node exporter", service="prometheus-node-exporter", restarted=True,
+                    daemon_reload=True, _if=_any_changed(exporter_args, exporter_unit))
+    systemd.service(name="Node exporter", service="prometheus-node-exporter", running=True, enabled=True)
+
+    # hostnamectl needs systemd-hostnamed, which containers may lack: write the
+    # file and set the running name directly, only when it differs.
+    _template(tvars, c.HOSTNAME)
+    if host.get_fact(Hostname) != host.name:
+        server.shell(name="Set the hostname", commands=[f"hostname {shlex.quote(host.name)}"])
+    _template(tvars, c.HOSTS)
+    if host.get_fact(Directory, path="/etc/cloud/cloud.cfg.d"):
+        _template(tvars, c.CLOUD_INIT)

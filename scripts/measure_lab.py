@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Measure the lab: cold `lab up`, warm re-converge (no changes), and a floor.
+
+cold:   from no machines (lab down) to every machine booted and converged;
+        the base image and the apt cache are kept, as on a second day.
+        --from-scratch also removes the base image and the apt cache.
+warm:   a converge over the unchanged lab (must report zero changes).
+floor:  the least a converge can cost: connect to every host over SSH and
+        gather one trivial fact (the hostname), with the same pyinfra setup.
+
+Prints each figure's runs, median, minimum and maximum. Run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyinfra.api import Config, State  # noqa: E402
+from pyinfra.api.connect import connect_all, disconnect_all  # noqa: E402
+from pyinfra.facts.server import Hostname  # noqa: E402
+
+from hastack.converge import converge  # noqa: E402
+from hastack.inventory import make_inventory  # noqa: E402
+from hastack.lab import Lab  # noqa: E402
+
+
+def floor(entries) -> float:
+    t = time.monotonic()
+    state = State(make_inventory(entries), Config(PARALLEL=len(entries), CONNECT_TIMEOUT=20))
+    connect_all(state)
+    names = {h.name: h.get_fact(Hostname) for h in state.inventory}
+    disconnect_all(state)
+    assert all(names.values()), names
+    return time.monotonic() - t
+
+
+def show(label: str, runs: list[float]) -> None:
+    print(f"{label:<28} median {statistics.median(runs):7.2f} s   min {min(runs):7.2f}   max {max(runs):7.2f}   "
+          f"runs {', '.join(f'{r:.2f}' for r in runs)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cold-runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5, help="warm converge and floor runs")
+    parser.add_argument("--from-scratch", action="store_true")
+    args = parser.parse_args()
+
+    lab = Lab("lab", log=lambda m: None)
+    cold, phases = [], []
+    for i in range(args.cold_runs):
+        lab.down()
+        if args.from_scratch and i == 0:
+            shutil.rmtree(lab.paths.base, ignore_errors=True)
+            lab.paths.base_marker.unlink(missing_ok=True)
+            shutil.rmtree(lab.paths.apt_cache, ignore_errors=True)
+        t = time.monotonic()
+        result = lab.up(converge=True)
+        cold.append(time.monotonic() - t)
+        phases.append(result["timings"])
+        assert result["converge"].ok, "cold converge failed"
+
+    warm, floors = [], []
+    entries = lab.inventory_entries()
+    for _ in range(args.runs):
+        report = converge(entries)
+        assert report.ok and report.changes == 0, f"warm converge changed {report.changes} operations"
+        warm.append(report.seconds)
+        floors.append(floor(entries))
+
+    print(f"lab: {len(lab.machines)} machines, {len(lab.machines)} hosts converged in parallel")
+    show("cold lab up", cold)
+    for key in ("image", "network", "boot", "converge"):
+        show(f"  of which {key}", [p[key] for p in phases])
+    show("warm re-converge (0 changes)", warm)
+    show("floor (1 fact per host)", floors)
+    print(f"warm / floor (medians): {statistics.median(warm) / statistics.median(floors):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The lab as real machines, converged by the base role: access, hardening, firewall, teardown."""
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from hastack.converge import converge
+from hastack.lab.layout import lab_topology
+
+
+def ssh(lab, host, command="true", user=None, extra=()):
+    cmd = lab.ssh_command(host, user=user)
+    cmd[1:1] = list(extra)
+    return subprocess.run(cmd + [command], capture_output=True, text=True, timeout=30)
+
+
+def on_all(lab, fn):
+    with ThreadPoolExecutor(max_workers=len(lab.machines)) as pool:
+        return dict(zip(lab.machines, pool.map(fn, lab.machines)))
+
+
+def test_every_machine_runs_and_converged(lab, first_converge):
+    assert all(row["state"] == "running" for row in lab.status()), lab.status()
+    failed = {n: r.failed for n, r in first_converge.hosts.items() if r.failed}
+    assert not failed, failed
+    assert all(r.changed > 0 for r in first_converge.hosts.values())
+
+
+def test_second_converge_reports_zero_changes(lab):
+    report = converge(lab.inventory_entries())
+    assert report.ok, {n: r.failed for n, r in report.hosts.items() if r.failed}
+    changed = {n: r.changed_operations for n, r in report.hosts.items() if r.changed}
+    assert report.changes == 0, changed
+
+
+def test_sshd_effective_settings_are_hardened(lab):
+    def effective(host):
+        out = lab.exec(host, ["sshd", "-T", "-C", "user=labadmin,host=operator,addr=198.18.0.1"], check=True).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    for host, conf in on_all(lab, effective).items():
+        assert conf["passwordauthentication"] == "no", host
+        assert conf["kbdinteractiveauthentication"] == "no", host
+        assert conf["permitrootlogin"] == "no", host
+        assert conf["pubkeyauthentication"] == "yes", host
+        assert conf["authenticationmethods"] == "publickey", host
+
+
+def test_admin_key_login_works_and_root_and_password_are_refused(lab):
+    def check(host):
+        admin = ssh(lab, host, "sudo -n true && hostname")
+        root = ssh(lab, host, user="root", extra=["-i", str(lab.paths.admin_key(lab.admin))])
+        password = subprocess.run(
+            ["ssh", "-o", f"UserKnownHostsFile={lab.paths.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+             "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
+             "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"labadmin@{lab.addr.public_ip(lab.machine(host).host)}",
+             "true"], capture_output=True, text=True, timeout=30)
+        return admin, root, password
+
+    for host, (admin, root, password) in on_all(lab, check).items():
+        assert admin.returncode == 0 and admin.stdout.strip() == host, (host, admin.stderr)
+        assert root.returncode == 255 and "Permission denied" in root.stderr, (host, root.stderr)
+        # the server offers no password method at all
+        assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr, (host, password.stderr)
+
+
+def _probe(lab, source, ip, port):
+    """open/closed when a packet gets through, filtered when the firewall drops it."""
+    proc = lab.exec(source, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port}"], check=False)
+    if proc.returncode == 0:
+        return "open"
+    return "filtered" if proc.returncode == 124 else "closed"
+
+
+def test_host_firewall_matches_the_declarations(lab):
+    topo = lab.topo
+    # the rules in place are the declared ones
+    for host in topo.hosts:
+        ruleset = lab.exec(host.name, ["nft", "list", "table", "inet", "hastack"], check=True).stdout
+        assert "policy drop" in ruleset
+        for rule in topo.host_rules(host):
+            if rule.port.port:
+                assert f"dport {rule.port.port}" in ruleset, (host.name, rule.port.name)
+            for cidr in rule.cidrs:
+                if cidr not in ("0.0.0.0/0", "::/0"):
+                    assert cidr.removesuffix("/32") in ruleset, (host.name, rule.port.name, cidr)
+
+    # and they hold on the wire: the node exporter (listening on every host) only for monitoring,
+    # SSH only for the operator, never from another host or the internet namespace
+    mon = topo.host(topo.monitoring)
+    app = topo.hosts_with_role("app")[0]
+    probes = []
+    for host in topo.hosts:
+        if host.name != mon.name:
+            probes.append((mon.name, host, 9100, "open"))
+            probes.append((app.name if host.name != app.name else topo.loadbalancers[0].name, host, 9100, "filtered"))
+        probes.append((app.name if host.name != app.name else mon.name, host, 22, "filtered"))
+    db = topo.hosts_with_role("mariadb")[0]
+    probes.append((topo.loadbalancers[0].name, db, 3306, "filtered"))  # a web host never reaches the database port
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda p: _probe(lab, p[0], p[1].private_ip, p[2]), probes))
+    wrong = [(src, dst.name, port, want, got) for (src, dst, port, want), got in zip(probes, results)
+             if (want == "filtered") != (got == "filtered")]
+    assert not wrong, wrong
+
+    internet = subprocess.run(["ip", "netns", "exec", "hsl-internet", "timeout", "2", "bash", "-c",
+                               f"exec 3<>/dev/tcp/{lab.addr.public_ip(db)}/22"], capture_output=True)
+    assert internet.returncode == 124, "SSH must be filtered from the internet"
+
+
+def test_node_exporter_serves_metrics_to_monitoring(lab):
+    mon = lab.topo.host(lab.topo.monitoring)
+    target = lab.topo.hosts_with_role("mariadb")[0]
+    out = lab.exec(mon.name, ["curl", "-sf", f"http://{target.private_ip}:9100/metrics"], check=True).stdout
+    assert "node_uname_info" in out
+
+
+def test_hosts_file_and_hostname_from_the_topology(lab):
+    for host in lab.topo.hosts:
+        assert lab.exec(host.name, ["hostname"], check=True).stdout.strip() == host.name
+    hosts = lab.exec("lab-app1", ["cat", "/etc/hosts"], check=True).stdout
+    for host in lab.topo.hosts:
+        assert f"{host.private_ip} {host.name}" in " ".join(hosts.split()) or host.private_ip in hosts
+
+
+def test_removing_an_admin_revokes_access_everywhere(lab):
+    without = lab_topology("lab", lab.paths, drop_admins=("labops",))
+    assert [a.name for a in without.admins] == ["labadmin"]
+    before = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
+    assert set(before.values()) == {0}, before
+
+    report = converge(lab.inventory_entries(without))
+    assert report.ok, {n: r.failed for n, r in report.hosts.items() if r.failed}
+    after = on_all(lab, lambda h: ssh(lab, h, user="labops"))
+    assert all(p.returncode == 255 and "Permission denied" in p.stderr for p in after.values()), \
+        {h: p.stderr for h, p in after.items()}
+    still = on_all(lab, lambda h: ssh(lab, h).returncode)
+    assert set(still.values()) == {0}
+
+    # putting the admin back restores access on the next converge
+    assert converge(lab.inventory_entries()).ok
+    again = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
+    assert set(again.values()) == {0}, again
+
+
+def test_stop_and_start_a_machine(lab):
+    lab.stop("lab-app2")
+    assert next(r for r in lab.status() if r["name"] == "lab-app2")["state"] == "stopped"
+    assert lab.start("lab-app2") == "running"
+    assert ssh(lab, "lab-app2").returncode == 0
+
+
+def test_lab_down_leaves_nothing_behind(lab):
+    removed = lab.down()
+    assert removed
+    assert lab.leftovers() == []
+    assert "hsl" not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
