@@ -1,21 +1,37 @@
-# The two commands a user needs: `make up` and `make test`.
+# The two commands a user needs: `make up` and `make test`. Run as root
+# (the lab creates namespaces, bridges, mounts and machines).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= prod
+# host programs: the lab itself, and the real validators the template tests run
+HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps \
+	openssh-client openssh-server sudo nftables haproxy keepalived
 
-.PHONY: up test plan clean
+.PHONY: up test plan lab-down host-deps clean
 
-# Installs everything (once), then runs the main job.
-up: $(VENV)/.installed
-	$(BIN)/hastack plan --stack $(STACK)
+# Installs everything (once), then brings the local lab up: every host of
+# stacks/Pulumi.lab.yaml as a real machine, converged by the roles.
+up: $(VENV)/.installed host-deps
+	$(BIN)/hastack lab up
 
-# The whole test suite.
-test: $(VENV)/.installed
+# The whole test suite: unit, templates (real validators) and lab (real machines).
+test: $(VENV)/.installed host-deps
 	$(BIN)/python -m pytest
 
 plan: $(VENV)/.installed
 	$(BIN)/hastack plan --stack $(STACK)
+
+lab-down: $(VENV)/.installed
+	$(BIN)/hastack lab down
+
+host-deps:
+	@missing=""; for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing host packages:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

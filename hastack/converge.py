@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gevent.pool import Pool
 from pyinfra import host
+from pyinfra.context import ctx_state
 from pyinfra.api import Config, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy, deploy
@@ -83,7 +85,13 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             reports[h.name].failed = "connect: could not connect over SSH"
     try:
         say("preparing operations (gathering facts)")
-        add_deploy(state, converge_host)
+        # pyinfra prepares hosts one after another. Its host context is
+        # greenlet-local, so each host is prepared in its own greenlet and facts
+        # are gathered in parallel; the state context is process-wide, so it is
+        # set once around all of them.
+        hosts = list(state.inventory.get_active_hosts())
+        with ctx_state.use(state):
+            Pool(len(hosts) or 1).map(lambda h: add_deploy(state, converge_host, host=h), hosts)
         say(f"running {len(state.get_op_order())} operations")
         run_ops(state)
     except PyinfraError as e:

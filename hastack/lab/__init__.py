@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from hastack.lab import image, network, services
 from hastack.lab.layout import Addresses, Paths, default_paths, lab_topology
-from hastack.lab.machine import Machine
+from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
 from hastack.topology import Topology
 
@@ -104,6 +104,9 @@ class Lab:
                 if stale.name not in self.machines:
                     Machine(self.paths, self.addr, _stale_host(stale.name)).remove()
                     removed.append(f"machine {stale.name}")
+        for root in cgroup_roots():
+            if (root / CGROUP_GROUP).exists():
+                remove_cgroup_tree(root / CGROUP_GROUP)
         removed += services.stop(self.paths)
         removed += network.teardown()
         shutil.rmtree(self.paths.run, ignore_errors=True)
@@ -115,6 +118,7 @@ class Lab:
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         found += [f"mount {m}" for m in mounts if m.startswith(str(self.paths.machines))]
         found += [f"process {n} ({pid})" for n, pid in services.running(self.paths).items() if pid]
+        found += [f"cgroup {root / CGROUP_GROUP}" for root in cgroup_roots() if (root / CGROUP_GROUP).exists()]
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:

@@ -18,6 +18,26 @@ from hastack.lab.system import LabError, pid_alive, read_pid, run
 from hastack.topology import Host, Topology
 
 
+CGROUP_GROUP = "hastack-lab"
+
+
+def cgroup_roots() -> list[Path]:
+    """The hierarchies a systemd machine needs its own subtree in (hybrid v1 or pure v2)."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return [Path("/sys/fs/cgroup")]
+    return [p for p in (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified")) if p.is_dir()]
+
+
+def remove_cgroup_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass
+
+
 class Machine:
     def __init__(self, paths: Paths, addr: Addresses, host: Host):
         self.paths = paths
@@ -103,10 +123,25 @@ class Machine:
             time.sleep(0.05)
         raise LabError(f"{self.name}: systemd-nspawn ({pid}) has no machine process")
 
+    def cgroups(self) -> list[Path]:
+        return [root / CGROUP_GROUP / self.name for root in cgroup_roots()]
+
     def start(self) -> None:
         if self.running():
             return
         self.mount()
+        # Each machine's systemd gets a cgroup subtree of its own; machines
+        # sharing one fight over the same unit cgroups and fail to boot.
+        for cg in self.cgroups():
+            remove_cgroup_tree(cg)
+            cg.mkdir(parents=True, exist_ok=True)
+        procs = [str(cg / "cgroup.procs") for cg in self.cgroups()]
+
+        def enter_cgroups() -> None:
+            for path in procs:
+                with open(path, "w") as f:
+                    f.write(str(os.getpid()))
+
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.paths.logs / f"{self.name}.console.log", "ab")
         proc = subprocess.Popen([
@@ -115,7 +150,7 @@ class Machine:
             f"--network-namespace-path=/run/netns/{netns(self.name)}",
             "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=pipe",
-        ], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        ], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, preexec_fn=enter_cgroups)
         self.pidfile.write_text(str(proc.pid))
 
     def wait_booted(self, timeout: float = 180) -> str:
@@ -166,4 +201,6 @@ class Machine:
     def remove(self) -> None:
         self.stop()
         self.unmount()
+        for cg in self.cgroups():
+            remove_cgroup_tree(cg)
         shutil.rmtree(self.dir, ignore_errors=True)

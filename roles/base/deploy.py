@@ -159,7 +159,8 @@ def base():
     data = host.data.dict()
     tvars = c.template_vars(host.name, data)
 
-    apt.packages(name="Base packages", packages=PACKAGES, update=True, cache_time=3600)
+    # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
+    apt.packages(name="Base packages", packages=PACKAGES, update=True, cache_time=3600, no_recommends=True)
 
     _admins(tvars, data)
     _sshd(tvars)
