@@ -126,9 +126,32 @@ class Machine:
     def cgroups(self) -> list[Path]:
         return [root / CGROUP_GROUP / self.name for root in cgroup_roots()]
 
+    def orphans(self) -> list[int]:
+        """Every process in this machine's cgroup subtree (after a crash: those left without nspawn)."""
+        pids: set[int] = set()
+        for cg in self.cgroups():
+            for dirpath, _dirs, files in os.walk(cg):
+                if "cgroup.procs" in files:
+                    try:
+                        pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+                    except OSError:
+                        continue
+        return sorted(pids)
+
+    def kill_orphans(self) -> None:
+        for pid in self.orphans():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while self.orphans() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def start(self) -> None:
         if self.running():
             return
+        self.kill_orphans()  # a machine whose nspawn died must not run twice
         self.mount()
         # Each machine's systemd gets a cgroup subtree of its own; machines
         # sharing one fight over the same unit cgroups and fail to boot.
@@ -200,6 +223,7 @@ class Machine:
 
     def remove(self) -> None:
         self.stop()
+        self.kill_orphans()
         self.unmount()
         for cg in self.cgroups():
             remove_cgroup_tree(cg)

@@ -158,6 +158,27 @@ def test_stop_and_start_a_machine(lab):
     assert ssh(lab, "lab-app2").returncode == 0
 
 
+def test_lab_up_recovers_after_a_crash(lab):
+    import os
+    import signal
+
+    # the lab's own processes die as in a crash of the operator's session
+    victims = ["lab-redis2", "lab-mon1"]
+    for name in victims:
+        os.kill(lab.machine(name).nspawn_pid(), signal.SIGKILL)
+    os.kill(int((lab.paths.run / "apt-cacher-ng.pid").read_text()), signal.SIGKILL)
+    result = lab.up(converge=False)
+    assert all(row["state"] == "running" for row in lab.status()), lab.status()
+    assert result["timings"]["boot"] < 120
+    for name in victims:
+        assert ssh(lab, name).returncode == 0
+        # exactly one systemd runs that machine
+        inits = [p for p in lab.machine(name).orphans()  # every process of the machine
+                 if open(f"/proc/{p}/comm").read().strip() == "systemd" and
+                 open(f"/proc/{p}/status").read().split("NSpid:")[1].split()[-1] == "1"]
+        assert len(inits) == 1, inits
+
+
 def test_lab_down_leaves_nothing_behind(lab):
     removed = lab.down()
     assert removed
