@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from pyinfra.api import Inventory
 
 REQUIRED_OUTPUTS = ("hosts", "floatingIp")
+# The stack's internal CA on the operator's machine (keys 0600, never committed).
+PKI_DIR = Path(__file__).resolve().parent.parent / "pki"
 
 
 class InventoryError(ValueError):
@@ -39,6 +42,7 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
     if isinstance(secrets, str):
         raise InventoryError("the 'secrets' output is still encrypted; read outputs with --show-secrets")
     entries: dict[str, dict[str, Any]] = {}
+    server_ids = {name: host.get("server_id") for name, host in outputs["hosts"].items()}
     for name, host in outputs["hosts"].items():
         data = dict(host.get("data") or {})
         groups = host.get("groups") or []
@@ -54,7 +58,11 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             volume_id=host.get("volume_id"),
             floating_ip=outputs["floatingIp"],
             floating_ip_id=outputs.get("floatingIpId"),
+            public_ip=host.get("public_ipv4"),
+            pki_dir=str(PKI_DIR / data.get("stack", "stack")),
         )
+        if data.get("vrrp_peer"):
+            data["vrrp_peer_server_id"] = server_ids.get(data["vrrp_peer"])
         if "loadbalancer" in groups and "failover_token" in secrets:
             data["failover_token"] = secrets["failover_token"]
         if "backup" in groups and "backup_writer" in secrets:

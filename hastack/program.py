@@ -9,6 +9,7 @@ from pulumi.runtime import config as runtime_config
 
 from hastack import topology
 from hastack.cloud.aws_backup import BackupBucket
+from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
 
 
@@ -54,14 +55,27 @@ def main() -> None:
     hetzner = HetznerStack("hetzner", topo)
     backup = BackupBucket("backup", topo)
 
-    pulumi.export("hosts", hosts_output(topo, hetzner))
+    hosts = hosts_output(topo, hetzner)
+    pulumi.export("hosts", hosts)
     pulumi.export("floatingIp", hetzner.floating_ip.ip_address)
     pulumi.export("floatingIpId", hetzner.floating_ip.id)
     pulumi.export("backupBucket", backup.bucket.bucket)
     pulumi.export("backupRegion", topo.backup.region)
     pulumi.export("backupKeyArn", backup.key.arn)
-    pulumi.export("secrets", pulumi.Output.secret({
+    secrets = pulumi.Output.secret({
         "failover_token": failover_token,
         "backup_writer": backup.writer_credentials,
         "restore_reader": backup.reader_credentials,
-    }))
+    })
+    pulumi.export("secrets", secrets)
+
+    if topo.converge:
+        # The same converge as `hastack converge`, once every server, volume and
+        # the floating IP exist; again whenever host data, roles or templates change.
+        outputs = pulumi.Output.all(
+            hosts=hosts, floatingIp=hetzner.floating_ip.ip_address, floatingIpId=hetzner.floating_ip.id,
+            backupBucket=backup.bucket.bucket, backupRegion=topo.backup.region, secrets=secrets)
+        code = code_digest()
+        Converge("converge", topo.stack, outputs=outputs,
+                 digest=pulumi.Output.from_input(hosts).apply(lambda h: data_digest([h, code])),
+                 opts=pulumi.ResourceOptions(depends_on=[hetzner, backup]))

@@ -126,8 +126,13 @@ class _Monitor(pulumi_mocks.MockMonitor):
         return response
 
 
+SECRET_SIG = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
+
+
 def _plain(value: Any) -> Any:
-    """Drop Pulumi's secret wrappers from recorded inputs (kept as placeholders)."""
+    """Unwrap Pulumi's secret markers in recorded inputs."""
+    if isinstance(value, dict) and value.get(SECRET_SIG[0]) == SECRET_SIG[1]:
+        return _plain(value.get("value"))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):

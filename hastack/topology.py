@@ -165,6 +165,7 @@ class StackConfig(_Model):
     cassandra: CassandraConfig = CassandraConfig()
     backup: BackupConfig = BackupConfig()
     lab: LabConfig | None = None
+    converge: bool = True
 
 
 # ---------------------------------------------------------------- the model
@@ -241,6 +242,7 @@ class Topology:
     monitoring: str
     backup: BackupConfig
     lab: LabConfig | None = None
+    converge: bool = True
     secrets_missing: tuple[str, ...] = field(default=())
 
     # -- lookups
@@ -340,7 +342,10 @@ class Topology:
         }
         if host.role == "loadbalancer":
             peer = next(h for h in self.loadbalancers if h.name != host.name)
+            data["lb_index"] = host.index
+            data["vrrp_peer"] = peer.name
             data["vrrp_peer_ip"] = peer.private_ip
+            data["domain"] = self.domain
             data["app_servers"] = {h.name: h.private_ip for h in self.hosts_with_role("app")}
         if host.role == "mariadb":
             node = next(n for n in self.mariadb if n.host == host.name)
@@ -721,5 +726,6 @@ def _build(stack: str, cfg: StackConfig, secrets_missing: tuple[str, ...]) -> To
         monitoring=monitoring,
         backup=cfg.backup,
         lab=cfg.lab,
+        converge=cfg.converge,
         secrets_missing=secrets_missing,
     )

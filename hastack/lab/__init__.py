@@ -179,25 +179,37 @@ class Lab:
             cmd += ["-o", "BatchMode=yes"]
         return cmd + [f"{user or self.admin}@{self.addr.public_ip(h)}"]
 
-    def inventory_entries(self, topo: Topology | None = None) -> dict[str, dict[str, Any]]:
-        """pyinfra host data for every machine: the topology's data plus how to reach it."""
+    def stack_outputs(self, topo: Topology | None = None) -> dict[str, Any]:
+        """The lab in the shape of a real stack's `pulumi stack output --json` (same adapter reads both)."""
         topo = topo or self.topo
-        entries = {}
-        for h in topo.hosts:
-            data = topo.host_data(h)
-            data.update(
-                ssh_hostname=self.addr.public_ip(h),
-                ssh_user=self.admin,
-                ssh_key=str(self.paths.admin_key(self.admin)),
-                ssh_known_hosts_file=str(self.paths.known_hosts),
-                ssh_strict_host_key_checking="yes",
-                _sudo=True,
-                groups=list(topo.host_roles(h)) + [h.location],
-                public_ip=self.addr.public_ip(h),
-                floating_ip=self.addr.floating_ip,
-                lab=True,
-            )
-            entries[h.name] = data
+        return {
+            "hosts": {h.name: {
+                "groups": list(topo.host_roles(h)) + [h.location],
+                "public_ipv4": self.addr.public_ip(h),
+                "private_ip": h.private_ip,
+                "server_id": None,
+                "volume_id": None,
+                "data": topo.host_data(h),
+            } for h in topo.hosts},
+            "floatingIp": self.addr.floating_ip,
+            "secrets": {},
+        }
+
+    def connection(self) -> dict[str, Any]:
+        """How pyinfra reaches the machines: the lab admin's key, host keys pinned."""
+        return {
+            "ssh_key": str(self.paths.admin_key(self.admin)),
+            "ssh_known_hosts_file": str(self.paths.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+        }
+
+    def inventory_entries(self, topo: Topology | None = None) -> dict[str, dict[str, Any]]:
+        """pyinfra host data for every machine, through the same adapter as a cloud stack."""
+        from hastack.inventory import host_entries
+
+        entries = host_entries(self.stack_outputs(topo), ssh_user=self.admin)
+        for name, data in entries.items():
+            data.update(self.connection(), public_ip=data["ssh_hostname"], lab=True)
         return entries
 
     def _write_known_hosts(self) -> None:

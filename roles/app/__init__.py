@@ -1,5 +1,16 @@
 from hastack.ports import Port
 
+APP_PORT = 8080
+
 PORTS = (
-    Port("app-http", 8080, sources=("loadbalancer", "monitoring"), description="application, behind HAProxy"),
+    Port("app-http", APP_PORT, sources=("loadbalancer", "monitoring"), description="application, behind HAProxy"),
 )
+
+# Swap in your own application by overriding these (group or host data):
+# the command systemd runs, the port it listens on (it gets HASTACK_BIND and
+# HASTACK_PORT in its environment) and the path HAProxy health-checks.
+DEFAULTS = {
+    "app_exec": "/usr/bin/python3 /opt/hastack-app/app.py",
+    "app_health_path": "/health",
+    "app_install_reference": True,  # upload the reference application
+}

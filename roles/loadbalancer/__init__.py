@@ -6,3 +6,27 @@ PORTS = (
     Port("vrrp", None, protocol="vrrp", sources=("loadbalancer",), description="keepalived unicast VRRP"),
     Port("haproxy-metrics", 8404, sources=("monitoring",), description="HAProxy stats and Prometheus metrics"),
 )
+STATS_PORT = 8404
+
+DEFAULTS = {
+    # TLS for the public site: "internal" (the stack's CA; the lab) or
+    # "provided" (lb_certificate_file: a PEM with chain and key on the operator's machine).
+    "lb_certificate": "internal",
+    "lb_certificate_file": None,
+    # abuse protection, per client address
+    "lb_max_conn_per_ip": 100,
+    "lb_max_req_rate_per_ip": 300,  # requests per 10 s
+    "lb_hsts_max_age": 63072000,
+    # VRRP: both start BACKUP with nopreempt (a returning load balancer does
+    # not take the IP back); the HAProxy check's weight exceeds the priority gap.
+    "lb_vrrp_router_id": 51,
+    "lb_vrrp_advert_int": 0.2,
+    "lb_vrrp_priority_gap": 10,
+    "lb_vrrp_check_weight": -50,
+    # the failover agent
+    "lb_hcloud_api_endpoint": "https://api.hetzner.cloud/v1",
+    "lb_hcloud_api_ca": None,  # PEM of a private CA for the API (the lab's); None: system CAs
+    "lb_hcloud_pip_source": ["hcloud==2.27.0"],  # pip arguments installing the Hetzner library
+    "lb_reconcile_interval": "30s",
+    "lb_poweroff_peer_on_takeover": False,
+}

@@ -34,6 +34,17 @@ def test_second_converge_reports_zero_changes(lab):
     assert report.changes == 0, changed
 
 
+def test_pulumi_up_converges_through_the_same_entry_point(lab):
+    """The dynamic resource `pulumi up` creates runs this very converge; here against the lab."""
+    from hastack.cloud.converge_resource import ConvergeProvider
+
+    props = {"stack": "lab", "outputs": lab.stack_outputs(), "digest": "x", "ssh_user": lab.admin,
+             "connection": lab.connection()}
+    result = ConvergeProvider().create(props)
+    assert result.outs["result"]["changes"] == 0
+    assert set(result.outs["result"]["hosts"]) == set(lab.machines)
+
+
 def test_sshd_effective_settings_are_hardened(lab):
     def effective(host):
         out = lab.exec(host, ["sshd", "-T", "-C", "user=labadmin,host=operator,addr=198.18.0.1"], check=True).stdout

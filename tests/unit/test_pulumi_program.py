@@ -243,3 +243,47 @@ def test_failed_run_registers_nothing(prod_flat):
 def test_lab_stack_is_refused_by_pulumi_up():
     with pytest.raises(pulumi.RunError, match="use `hastack lab up`"):
         run("lab", secrets={})
+
+
+# ------------------------------------------------------------------ the converge at the end of `pulumi up`
+
+
+def test_pulumi_up_ends_with_a_converge_of_every_host(rec):
+    from hastack.cloud.converge_resource import code_digest
+
+    conv = rec.named("converge")
+    assert conv.type == "pulumi-python:dynamic:Resource"
+    assert set(conv.inputs["outputs"]["hosts"]) == {h.name for h in load_stack(rec.stack).hosts}
+    assert conv.inputs["outputs"]["secrets"]["failover_token"] == TOKEN
+    assert len(conv.inputs["digest"]) == 64
+    assert conv.inputs["stack"] == rec.stack
+    assert code_digest()  # roles and templates are part of what triggers it
+
+
+def test_converge_can_be_turned_off(prod_flat):
+    prod_flat["hastack:converge"] = False
+    rec = run("prod", prod_flat)
+    assert not [r for r in rec.resources if r.name == "converge"]
+
+
+def test_converge_reruns_only_when_data_or_code_change():
+    from hastack.cloud.converge_resource import ConvergeProvider
+
+    p = ConvergeProvider()
+    same = {"digest": "a", "ssh_user": ""}
+    assert p.diff("id", same, dict(same)).changes is False
+    assert p.diff("id", same, {"digest": "b", "ssh_user": ""}).changes is True
+    assert p.diff("id", same, {"digest": "a", "ssh_user": "bob"}).changes is True
+
+
+def test_code_digest_follows_templates(tmp_path):
+    import shutil
+
+    from hastack.cloud.converge_resource import PROJECT_DIR, code_digest
+
+    for d in ("roles", "templates"):
+        shutil.copytree(PROJECT_DIR / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest(tmp_path)
+    assert before == code_digest(PROJECT_DIR)
+    (tmp_path / "templates/base/etc/hosts.j2").write_text("changed\n")
+    assert code_digest(tmp_path) != before
