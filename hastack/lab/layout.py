@@ -19,6 +19,7 @@ PREFIX = "hsl"
 PRIVATE_BRIDGE = f"{PREFIX}-priv"
 PUBLIC_BRIDGE = f"{PREFIX}-pub"
 INTERNET_NS = f"{PREFIX}-internet"
+HCLOUD_API_PORT = 8443
 APT_CACHE_PORT = 3150  # not 3142: a system apt-cacher-ng may hold that one
 ARTIFACT_PORT = 8700
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -75,6 +76,18 @@ class Paths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def wheels(self) -> Path:
+        return self.artifacts / "wheels"
+
 
 def default_paths() -> Paths:
     return Paths(Path(os.environ.get("HASTACK_LAB_DIR", PROJECT_DIR / ".lab")))
@@ -121,6 +134,19 @@ class Addresses:
 
     def public_ip(self, host: Host) -> str:
         return str(self.public.network_address + 10 + self.topo.hosts.index(host))
+
+
+def lab_secret(paths: Paths, name: str) -> str:
+    """A random secret of the lab, made once, kept 0600 in .lab/secrets."""
+    import secrets
+
+    path = paths.secrets / name
+    if not path.exists():
+        paths.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def generate_admin_key(paths: Paths, admin: str) -> str:

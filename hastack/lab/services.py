@@ -70,6 +70,20 @@ def start(paths: Paths, addr: Addresses) -> None:
     _wait_port(addr.host_private, ARTIFACT_PORT, "artifacts")
 
 
+def fetch_wheels(paths: Paths, requirements: list[str]) -> None:
+    """Python packages the machines install (they reach no index), fetched once from PyPI."""
+    marker = paths.wheels / ".requirements"
+    if marker.exists() and marker.read_text() == "\n".join(requirements):
+        return
+    paths.wheels.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                           "--only-binary=:all:", "--dest", str(paths.wheels), *requirements],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"could not fetch wheels {requirements}: {proc.stderr.strip()}")
+    marker.write_text("\n".join(requirements))
+
+
 def stop(paths: Paths) -> list[str]:
     stopped = []
     for name in SERVICES:

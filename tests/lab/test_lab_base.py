@@ -194,7 +194,7 @@ def _machine_inits(machine):
             status = open(f"/proc/{pid}/status").read()
         except OSError:
             continue  # exited meanwhile
-        if "\nName:\tsystemd\n" in status and status.split("NSpid:")[1].split("\n")[0].split()[-1] == "1":
+        if status.startswith("Name:\tsystemd\n") and status.split("NSpid:")[1].split("\n")[0].split()[-1] == "1":
             inits.append(pid)
     return inits
 
