@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hastack.lab import image, network, services
-from hastack.lab.layout import Addresses, Paths, default_paths, lab_topology
+from hastack.lab.layout import HCLOUD_API_PORT, Addresses, Paths, default_paths, lab_secret, lab_topology
 from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
 from hastack.topology import Topology
 
 __all__ = ["Lab", "LabError"]
+
+FLOATING_IP_ID = 1
+AGENT_REQUIREMENTS = ["hcloud==2.27.0"]
 
 
 class Lab:
@@ -48,6 +51,19 @@ class Lab:
         self.log("networks: private bridge, public bridge, one namespace per machine, the internet namespace")
         network.setup(self.addr)
         services.start(self.paths, self.addr)
+        services.fetch_wheels(self.paths, AGENT_REQUIREMENTS)
+        lab_secret(self.paths, "hcloud-token")
+        first_lb = self.topo.loadbalancers[0]
+        services.start_hcloud_api(
+            self.paths, self.addr,
+            servers=[{"id": self.server_id(h.name), "name": h.name, "public_ip": self.addr.public_ip(h),
+                      "private_ip": h.private_ip, "location": h.location, "labels": {"stack": self.stack, "role": h.role}}
+                     for h in self.topo.hosts],
+            # like `pulumi up`, the first load balancer holds the IP at creation
+            floating_ip={"id": FLOATING_IP_ID, "ip": self.addr.floating_ip, "server": self.server_id(first_lb.name),
+                         "home_location": self.topo.floating_ip_home},
+            cert=self.ca.issue("hcloud-api", dns=["hcloud-api.lab"], ips=[self.addr.host_public]),
+            token_file=self.paths.secrets / "hcloud-token")
         timings["network"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -64,7 +80,6 @@ class Lab:
         for name in degraded:
             failed = self.machines[name].exec(["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
             self.log(f"warning: {name} booted degraded: {failed.strip()}")
-        network.route_floating_ip(self.addr, self.addr.public_ip(self.topo.loadbalancers[0]))
         timings["boot"] = time.monotonic() - t
 
         # apt-cacher-ng races when many clients fetch the same index at once
@@ -187,12 +202,13 @@ class Lab:
                 "groups": list(topo.host_roles(h)) + [h.location],
                 "public_ipv4": self.addr.public_ip(h),
                 "private_ip": h.private_ip,
-                "server_id": None,
+                "server_id": self.server_id(h.name),
                 "volume_id": None,
                 "data": topo.host_data(h),
             } for h in topo.hosts},
             "floatingIp": self.addr.floating_ip,
-            "secrets": {},
+            "floatingIpId": FLOATING_IP_ID,
+            "secrets": {"failover_token": lab_secret(self.paths, "hcloud-token")},
         }
 
     def connection(self) -> dict[str, Any]:
@@ -209,8 +225,30 @@ class Lab:
 
         entries = host_entries(self.stack_outputs(topo), ssh_user=self.admin)
         for name, data in entries.items():
-            data.update(self.connection(), public_ip=data["ssh_hostname"], lab=True)
+            data.update(self.connection(), public_ip=data["ssh_hostname"], lab=True, pki_dir=str(self.paths.pki))
+            if "loadbalancer" in data["groups"]:
+                # the lab's Hetzner API on the host, and the agent's library from the host's wheels
+                data.update(
+                    lb_hcloud_api_endpoint=f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
+                    lb_hcloud_api_ca=self.ca.ca_pem,
+                    lb_hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
+                                          "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
+                    # the lab's API has no other projects to share the rate limit with
+                    lb_reconcile_interval="5s",
+                )
         return entries
+
+    def server_id(self, name: str) -> int:
+        """The lab's Hetzner server ids: 1, 2, ... in topology order."""
+        return [h.name for h in self.topo.hosts].index(name) + 1
+
+    @property
+    def ca(self):
+        from hastack.pki import CertificateAuthority
+
+        ca = CertificateAuthority(self.paths.pki, self.stack)
+        ca.ensure()
+        return ca
 
     def _write_known_hosts(self) -> None:
         self.paths.ssh.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -86,3 +86,15 @@ def leftovers() -> list[str]:
         if name.startswith(PREFIX):
             found.append(f"link {name}")
     return found
+
+
+if __name__ == "__main__":
+    # `python -m hastack.lab.network FLOATING_IP VIA`: the lab's Hetzner API runs
+    # this on an assign, re-routing the floating IP like Hetzner's routers.
+    import sys
+
+    from hastack.lab.layout import INTERNET_NS as _NS
+
+    fip, via = sys.argv[1], sys.argv[2]
+    run("ip", "-n", _NS, "route", "replace", f"{fip}/32", "via", via)
+    run("ip", "route", "replace", f"{fip}/32", "via", via, "dev", PUBLIC_BRIDGE)

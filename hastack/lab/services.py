@@ -17,7 +17,7 @@ import time
 from hastack.lab.layout import APT_CACHE_PORT, ARTIFACT_PORT, DEBIAN_MIRROR, Addresses, Paths
 from hastack.lab.system import LabError, pid_alive, read_pid
 
-SERVICES = ("apt-cacher-ng", "artifacts")
+SERVICES = ("apt-cacher-ng", "artifacts", "hcloud-api")
 
 
 def _start(paths: Paths, name: str, cmd: list[str]) -> int:
@@ -68,6 +68,28 @@ def start(paths: Paths, addr: Addresses) -> None:
     ])
     _wait_port(addr.host_private, APT_CACHE_PORT, "apt-cacher-ng")
     _wait_port(addr.host_private, ARTIFACT_PORT, "artifacts")
+
+
+def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floating_ip: dict, cert, token_file) -> None:
+    """The lab's Hetzner API on the operator's public address; an assign re-routes the floating IP."""
+    import json
+
+    from hastack.lab.layout import HCLOUD_API_PORT
+
+    state = paths.run / "hcloud-state.json"
+    if not state.exists():  # the API writes changes back; a restarted API keeps the current owner
+        state.write_text(json.dumps({"servers": servers, "floating_ips": [floating_ip]}, indent=2))
+    cert_file, key_file = paths.run / "hcloud-api.crt", paths.run / "hcloud-api.key"
+    cert_file.write_text(cert.chain_pem)
+    key_file.touch(mode=0o600)
+    key_file.write_text(cert.key_pem)
+    _start(paths, "hcloud-api", [
+        sys.executable, "-m", "hastack.lab.hcloud_api", "--bind", addr.host_public, "--port", str(HCLOUD_API_PORT),
+        "--token-file", str(token_file), "--state", str(state), "--cert", str(cert_file), "--key", str(key_file),
+        "--on-assign-cmd", f"{sys.executable} -m hastack.lab.network {{ip}} {{server_public_ip}}",
+        "--on-poweroff-cmd", f"{sys.executable} -m hastack.cli lab stop {{server_name}} --hard",
+    ])
+    _wait_port(addr.host_public, HCLOUD_API_PORT, "hcloud-api")
 
 
 def fetch_wheels(paths: Paths, requirements: list[str]) -> None:

@@ -17,12 +17,16 @@ DEFAULTS = {
     "lb_max_conn_per_ip": 100,
     "lb_max_req_rate_per_ip": 300,  # requests per 10 s
     "lb_hsts_max_age": 63072000,
+    "lb_maxconn": 8000,  # HAProxy needs about 2 file descriptors per connection
     # VRRP: both start BACKUP with nopreempt (a returning load balancer does
-    # not take the IP back); the HAProxy check's weight exceeds the priority gap.
+    # not take the IP back). Under nopreempt a lowered priority never moves
+    # the master, so a failing HAProxy check puts the instance in FAULT
+    # (weight 0) and the peer takes over; a non-zero weight is only useful
+    # with preemption, and must then exceed the priority gap.
     "lb_vrrp_router_id": 51,
     "lb_vrrp_advert_int": 0.2,
     "lb_vrrp_priority_gap": 10,
-    "lb_vrrp_check_weight": -50,
+    "lb_vrrp_check_weight": 0,
     # the failover agent
     "lb_hcloud_api_endpoint": "https://api.hetzner.cloud/v1",
     "lb_hcloud_api_ca": None,  # PEM of a private CA for the API (the lab's); None: system CAs

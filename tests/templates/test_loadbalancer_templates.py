@@ -28,7 +28,7 @@ def haproxy_cfg(topo, host, cert):
                   private_ip=host.private_ip, stats_port=STATS_PORT, app_servers=data["app_servers"],
                   app_port=app_role.APP_PORT, health_path=app_role.DEFAULTS["app_health_path"],
                   max_conn_per_ip=data["lb_max_conn_per_ip"], max_req_rate_per_ip=data["lb_max_req_rate_per_ip"],
-                  hsts_max_age=data["lb_hsts_max_age"])
+                  hsts_max_age=data["lb_hsts_max_age"], maxconn=data["lb_maxconn"])
 
 
 def keepalived_cfg(topo, host, scripts="/usr/local/lib/hastack"):
@@ -119,8 +119,9 @@ def test_keepalived_accepts_the_rendered_config(stack, tmp_path, keepalived_chec
         assert "state BACKUP" in text and "nopreempt" in text
         priorities.append(int(re.search(r"^\s+priority (\d+)$", text, re.M).group(1)))
         assert "203.0.113.10/32 dev eth0" in text
-    # the HAProxy check outweighs the priority gap, so a sick master falls below its peer
-    assert abs(DEFAULTS["lb_vrrp_check_weight"]) > abs(priorities[0] - priorities[1])
+    assert priorities[0] != priorities[1]
+    # nopreempt: a failing HAProxy check must fault the instance (no weight), or the IP would never move
+    assert "weight" not in text.split("vrrp_script")[1].split("}")[0]
 
 
 def test_keepalived_rejects_a_broken_config(tmp_path, keepalived_check):

@@ -1,0 +1,63 @@
+"""A client that requests a URL at a fixed interval and records each answer.
+
+Run inside the lab's internet namespace (`ip netns exec hsl-internet python3 -m
+hastack.lab.probe ...`); prints one JSON line per request: start time,
+duration, ok, status or error, and which host answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+import time
+import urllib.request
+
+
+def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
+    ctx = ssl.create_default_context(cafile=ca)
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        started = time.time()
+        t0 = time.monotonic()
+        rec = {"t": started}
+        try:
+            # a new connection every time: a client stuck on a dead server's keep-alive would hide the failover
+            req = urllib.request.Request(url, headers={"Connection": "close"})
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+                body = json.loads(resp.read() or b"{}")
+                rec.update(ok=resp.status == 200, status=resp.status, host=body.get("host"))
+        except Exception as e:  # noqa: BLE001 - every failure is a data point
+            rec.update(ok=False, error=type(e).__name__ + ": " + str(e)[:120])
+        rec["d"] = round(time.monotonic() - t0, 4)
+        print(json.dumps(rec), flush=True)
+        time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
+def outage(records: list[dict]) -> dict:
+    """The client-visible outage: from the last success before the first failure to the next success."""
+    failures = [i for i, r in enumerate(records) if not r["ok"]]
+    if not failures:
+        return {"outage_s": 0.0, "failed": 0, "requests": len(records)}
+    first, last = failures[0], failures[-1]
+    before = records[first - 1]["t"] + records[first - 1]["d"] if first > 0 else records[0]["t"]
+    after = next((r for r in records[last + 1:] if r["ok"]), None)
+    return {
+        "outage_s": round((after["t"] + after["d"] - before) if after else float("inf"), 3),
+        "failed": len(failures),
+        "requests": len(records),
+        "recovered": after is not None,
+    }
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("--ca", required=True)
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--duration", type=float, default=20)
+    p.add_argument("--timeout", type=float, default=1.0)
+    a = p.parse_args()
+    probe(a.url, a.ca, a.interval, a.duration, a.timeout)
+    sys.exit(0)
