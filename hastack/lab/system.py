@@ -49,8 +49,8 @@ def preflight() -> None:
         for cap, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN (mounts, namespaces)"), (CAP_NET_ADMIN, "CAP_NET_ADMIN (bridges)")):
             if not caps & (1 << cap):
                 problems.append(f"missing capability {name}")
-    missing = sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items() if shutil.which(cmd) is None
-                      and not Path("/usr/sbin", cmd).exists()})
+    search = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items() if shutil.which(cmd, path=search) is None})
     if missing:
         problems.append(f"missing packages: {' '.join(missing)} (`make lab-deps` installs them)")
     if problems:

@@ -53,7 +53,11 @@ def loadbalancer() -> None:
     apt.packages(name="HAProxy, keepalived, Python venv", packages=["haproxy", "keepalived", "python3-venv", "curl"],
                  no_recommends=True)
 
-    # -- HAProxy
+    # -- HAProxy, and the check keepalived (and this converge) uses to see it serving
+    files.directory(name="Check script directory", path="/usr/local/lib/hastack", user="root", group="root", mode="0755")
+    check = files.template(name="HAProxy health check", src=template_path("loadbalancer", "/usr/local/lib/hastack/check-haproxy"),
+                           dest="/usr/local/lib/hastack/check-haproxy", user="root", group="root", mode="0755",
+                           stats_port=STATS_PORT)
     files.directory(name="Certificate directory", path="/etc/haproxy/certs", user="root", group="haproxy", mode="0750")
     cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=CERT,
                      user="root", group="haproxy", mode="0640")
@@ -113,10 +117,6 @@ def loadbalancer() -> None:
               dest="/etc/hastack/failover.json", user="root", group="root", mode="0600")
 
     # -- keepalived
-    files.directory(name="Check script directory", path="/usr/local/lib/hastack", user="root", group="root", mode="0755")
-    check = files.template(name="HAProxy health check", src=template_path("loadbalancer", "/usr/local/lib/hastack/check-haproxy"),
-                           dest="/usr/local/lib/hastack/check-haproxy", user="root", group="root", mode="0755",
-                           stats_port=STATS_PORT)
     ka = files.template(
         name="keepalived configuration", src=template_path("loadbalancer", "/etc/keepalived/keepalived.conf"),
         dest="/etc/keepalived/keepalived.conf", user="root", group="root", mode="0600",

@@ -162,6 +162,23 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     assert set(again.values()) == {0}, again
 
 
+def test_lab_command_line(lab):
+    import json
+    import sys
+
+    def hastack(*args):
+        return subprocess.run([sys.executable, "-m", "hastack.cli", "lab", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    status = json.loads(hastack("status", "--json").stdout)
+    assert {m["name"]: m["state"] for m in status["machines"]} == {n: "running" for n in lab.machines}
+    assert status["floating_ip"] == lab.addr.floating_ip
+    out = hastack("exec", "lab-app1", "--", "cat", "/etc/hostname")
+    assert out.returncode == 0 and out.stdout.strip() == "lab-app1"
+    bad = hastack("exec", "lab-nosuch", "--", "true")
+    assert bad.returncode == 2 and "no machine 'lab-nosuch'" in bad.stderr
+
+
 def test_stop_and_start_a_machine(lab):
     lab.stop("lab-app2")
     assert next(r for r in lab.status() if r["name"] == "lab-app2")["state"] == "stopped"
