@@ -86,6 +86,10 @@ class CertificateAuthority:
     def ca_pem(self) -> str:
         return self.cert_path.read_text()
 
+    def ca_pem_ensured(self) -> str:
+        self.ensure()
+        return self.ca_pem
+
     def issue(self, name: str, dns: list[str], ips: list[str] = (), client: bool = False) -> Issued:
         """A server (and optionally client) certificate for ``dns``/``ips``; re-used while it fits."""
         self.ensure()

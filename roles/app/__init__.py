@@ -13,4 +13,7 @@ DEFAULTS = {
     "app_exec": "/usr/bin/python3 /opt/hastack-app/app.py",
     "app_health_path": "/health",
     "app_install_reference": True,  # upload the reference application
+    # TLS from the load balancers to the application (a certificate from the
+    # stack's CA); set False for an application that cannot serve TLS.
+    "app_tls": True,
 }

@@ -61,6 +61,10 @@ def loadbalancer() -> None:
     files.directory(name="Certificate directory", path="/etc/haproxy/certs", user="root", group="haproxy", mode="0750")
     cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=CERT,
                      user="root", group="haproxy", mode="0640")
+    backend_tls = app_role.DEFAULTS["app_tls"] if d.get("app_tls") is None else d.app_tls
+    stack_ca = files.put(name="Stack CA (verifies the app servers)",
+                         src=StringIO(CertificateAuthority(d.pki_dir, d.stack).ca_pem_ensured()),
+                         dest="/etc/haproxy/certs/stack-ca.pem", user="root", group="root", mode="0644")
     cfg = files.template(
         name="HAProxy configuration", src=template_path("loadbalancer", "/etc/haproxy/haproxy.cfg"),
         dest="/etc/haproxy/haproxy.cfg", user="root", group="root", mode="0644",
@@ -69,15 +73,17 @@ def loadbalancer() -> None:
         health_path=d.get("app_health_path") or app_role.DEFAULTS["app_health_path"],
         max_conn_per_ip=d.lb_max_conn_per_ip, max_req_rate_per_ip=d.lb_max_req_rate_per_ip,
         hsts_max_age=d.lb_hsts_max_age, maxconn=d.lb_maxconn,
+        backend_ca="/etc/haproxy/certs/stack-ca.pem" if backend_tls else None,
     )
     server.shell(name="Check HAProxy configuration", commands=["haproxy -c -q -f /etc/haproxy/haproxy.cfg"],
-                 _if=lambda: cfg.did_change() or cert.did_change())
+                 _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
     systemd.service(name="HAProxy running", service="haproxy.service", running=True, enabled=True,
-                    reloaded=cfg.will_change or cert.will_change)
+                    reloaded=cfg.will_change or cert.will_change or stack_ca.will_change)
     # a reload that fails keeps the old configuration running: check it really serves
     server.shell(name="HAProxy answers", commands=[
         "for i in 1 2 3 4 5 6 7 8 9 10; do /usr/local/lib/hastack/check-haproxy && exit 0; sleep 0.5; done; "
-        "journalctl -u haproxy -n 5 --no-pager; exit 1"], _if=lambda: cfg.did_change() or cert.did_change())
+        "journalctl -u haproxy -n 5 --no-pager; exit 1"],
+        _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
 
     # -- the failover agent
     files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")

@@ -104,6 +104,17 @@ def test_https_through_the_floating_ip_verifies_against_the_lab_ca(settled):
     assert old.returncode != 0
 
 
+def test_load_balancer_to_app_traffic_is_tls_verified(settled):
+    lab = settled
+    lb = lab.topo.loadbalancers[0].name
+    app = lab.topo.hosts_with_role("app")[0]
+    tls = lab.exec(lb, ["curl", "-sf", "--cacert", "/etc/haproxy/certs/stack-ca.pem", "--resolve",
+                        f"{app.name}:8080:{app.private_ip}", f"https://{app.name}:8080/health"])
+    assert tls.returncode == 0 and json.loads(tls.stdout)["status"] == "ok", tls.stderr
+    plain = lab.exec(lb, ["curl", "-s", "--max-time", "3", f"http://{app.private_ip}:8080/health"])
+    assert plain.returncode != 0 or "hastack-app" not in plain.stdout
+
+
 def test_stats_and_metrics_only_on_the_private_network(settled):
     lab = settled
     lb = lab.topo.loadbalancers[0]

@@ -22,13 +22,14 @@ def need(program):
     return path
 
 
-def haproxy_cfg(topo, host, cert):
+def haproxy_cfg(topo, host, cert, ca_file=None):
+    ca_file = ca_file or cert.parent / "ca.crt"
     data = {**DEFAULTS, **topo.host_data(host)}
     return render("loadbalancer", "/etc/haproxy/haproxy.cfg", hostname=host.name, certificate=str(cert),
                   private_ip=host.private_ip, stats_port=STATS_PORT, app_servers=data["app_servers"],
                   app_port=app_role.APP_PORT, health_path=app_role.DEFAULTS["app_health_path"],
                   max_conn_per_ip=data["lb_max_conn_per_ip"], max_req_rate_per_ip=data["lb_max_req_rate_per_ip"],
-                  hsts_max_age=data["lb_hsts_max_age"], maxconn=data["lb_maxconn"])
+                  hsts_max_age=data["lb_hsts_max_age"], maxconn=data["lb_maxconn"], backend_ca=str(ca_file))
 
 
 def keepalived_cfg(topo, host, scripts="/usr/local/lib/hastack"):
@@ -62,7 +63,7 @@ def test_haproxy_accepts_the_rendered_config(stack, site_pem, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         text = cfg.read_text()
         for app in topo.hosts_with_role("app"):
-            assert f"server {app.name} {app.private_ip}:{app_role.APP_PORT}" in text
+            assert f"server {app.name} {app.private_ip}:{app_role.APP_PORT} ssl verify required" in text
         assert "ssl-min-ver TLSv1.2" in text and "Strict-Transport-Security" in text
         assert "redirect scheme https" in text and "option redispatch" in text
         assert f"bind {host.private_ip}:{STATS_PORT}" in text  # stats on the private network only

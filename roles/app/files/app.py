@@ -5,11 +5,14 @@ GET /health  200 when the service and each dependency it is configured
              with answer, 503 otherwise (HAProxy takes it out of rotation)
 
 Standard library only; configured through its environment (systemd unit).
+Serves TLS (1.2 and up) when given a certificate: the load balancers verify
+it against the stack's CA, so traffic stays encrypted on the private network.
 """
 
 import json
 import os
 import socket
+import ssl
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -56,6 +59,39 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def tls_context():
+    """From systemd credentials (LoadCredential=tls.crt, tls.key), or None for plain HTTP."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not creds or not os.path.exists(os.path.join(creds, "tls.crt")):
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(os.path.join(creds, "tls.crt"), os.path.join(creds, "tls.key"))
+    return ctx
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler, context):
+        super().__init__(address, handler)
+        self.context = context
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.context is None:
+            return sock, addr
+        sock.settimeout(5)  # a client that never finishes its handshake does not hold a thread for long
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def finish_request(self, request, client_address):
+        if self.context is not None:
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
+
+
 if __name__ == "__main__":
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer((BIND, PORT), Handler).serve_forever()
+    Server((BIND, PORT), Handler, tls_context()).serve_forever()
