@@ -134,27 +134,22 @@ class BackupBucket(pulumi.ComponentResource):
             "backups-policy", bucket=bucket_id, policy=self.bucket.arn.apply(bucket_policy),
             opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[self.public_access_block]))
 
-        self.writer = aws.iam.User("backup-writer", name=f"hastack-{topo.stack}-backup-writer", path="/hastack/",
-                                   tags=tags, opts=child)
-        aws.iam.UserPolicy(
-            "backup-writer-policy", user=self.writer.name,
-            policy=pulumi.Output.all(self.bucket.arn, self.key.arn).apply(
-                lambda a: writer_policy(a[0], a[1], cfg.prefix)),
-            opts=child)
-        self.reader = aws.iam.User("restore-reader", name=f"hastack-{topo.stack}-restore-reader", path="/hastack/",
-                                   tags=tags, opts=child)
-        aws.iam.UserPolicy(
-            "restore-reader-policy", user=self.reader.name,
-            policy=pulumi.Output.all(self.bucket.arn, self.key.arn).apply(
-                lambda a: reader_policy(a[0], a[1], cfg.prefix)),
-            opts=child)
-        writer_key = aws.iam.AccessKey("backup-writer-key", user=self.writer.name,
-                                       opts=pulumi.ResourceOptions(parent=self, provider=provider,
-                                                                   additional_secret_outputs=["secret"]))
-        reader_key = aws.iam.AccessKey("restore-reader-key", user=self.reader.name,
-                                       opts=pulumi.ResourceOptions(parent=self, provider=provider,
-                                                                   additional_secret_outputs=["secret"]))
-        self.writer_credentials = pulumi.Output.secret({"access_key_id": writer_key.id, "secret_access_key": writer_key.secret})
-        self.reader_credentials = pulumi.Output.secret({"access_key_id": reader_key.id, "secret_access_key": reader_key.secret})
+        self.writer, self.writer_credentials = self._identity(
+            "backup-writer", topo.stack, writer_policy, cfg.prefix, provider, tags)
+        self.reader, self.reader_credentials = self._identity(
+            "restore-reader", topo.stack, reader_policy, cfg.prefix, provider, tags)
 
         self.register_outputs({"bucket": self.bucket.bucket, "key_arn": self.key.arn})
+
+    def _identity(self, name: str, stack: str, policy_fn, prefix: str, provider, tags):
+        """An IAM user with one inline policy on this bucket and key; its access key only as a secret."""
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        user = aws.iam.User(name, name=f"hastack-{stack}-{name}", path="/hastack/", tags=tags, opts=child)
+        aws.iam.UserPolicy(
+            f"{name}-policy", user=user.name,
+            policy=pulumi.Output.all(self.bucket.arn, self.key.arn).apply(lambda a: policy_fn(a[0], a[1], prefix)),
+            opts=child)
+        key = aws.iam.AccessKey(f"{name}-key", user=user.name,
+                                opts=pulumi.ResourceOptions(parent=self, provider=provider,
+                                                            additional_secret_outputs=["secret"]))
+        return user, pulumi.Output.secret({"access_key_id": key.id, "secret_access_key": key.secret})
