@@ -15,6 +15,8 @@ from typing import Any
 
 from pyinfra.api import Inventory
 
+from hastack.secrets import redis_passwords
+
 REQUIRED_OUTPUTS = ("hosts", "floatingIp")
 # The stack's internal CA on the operator's machine (keys 0600, never committed).
 PKI_DIR = Path(__file__).resolve().parent.parent / "pki"
@@ -59,12 +61,16 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             floating_ip=outputs["floatingIp"],
             floating_ip_id=outputs.get("floatingIpId"),
             public_ip=host.get("public_ipv4"),
-            pki_dir=str(PKI_DIR / data.get("stack", "stack")),
+            pki_dir=data.get("pki_dir") or str(PKI_DIR / data.get("stack", "stack")),
         )
         if data.get("vrrp_peer"):
             data["vrrp_peer_server_id"] = server_ids.get(data["vrrp_peer"])
         if "loadbalancer" in groups and "failover_token" in secrets:
             data["failover_token"] = secrets["failover_token"]
+        if {"redis", "sentinel"} & set(groups) and secrets.get("seed"):
+            data["redis_passwords"] = redis_passwords(secrets["seed"])
+        elif "app" in groups and secrets.get("seed"):
+            data["redis_passwords"] = {"app": redis_passwords(secrets["seed"])["app"]}  # only its own
         if "backup" in groups and "backup_writer" in secrets:
             data["backup_credentials"] = dict(secrets["backup_writer"], bucket=outputs.get("backupBucket"),
                                               region=outputs.get("backupRegion"))

@@ -52,6 +52,7 @@ def main() -> None:
         raise pulumi.RunError(str(err)) from None
 
     failover_token = pulumi.Config("hastack").require_secret("failoverToken")
+    seed = pulumi.Config("hastack").require_secret("secretSeed")
     hetzner = HetznerStack("hetzner", topo)
     backup = BackupBucket("backup", topo)
 
@@ -64,6 +65,7 @@ def main() -> None:
     pulumi.export("backupKeyArn", backup.key.arn)
     secrets = pulumi.Output.secret({
         "failover_token": failover_token,
+        "seed": seed,
         "backup_writer": backup.writer_credentials,
         "restore_reader": backup.reader_credentials,
     })

@@ -46,7 +46,7 @@ PROVIDERS = ("hetzner", "lab")
 
 # Secrets a real (Hetzner) stack cannot run without. The lab makes its own.
 REQUIRED_SECRETS = {
-    "hetzner": ("hastack:failoverToken",),
+    "hetzner": ("hastack:failoverToken", "hastack:secretSeed"),
     "lab": (),
 }
 
@@ -265,8 +265,10 @@ class Topology:
         return tuple(r for r in HOST_ROLES if self.hosts_with_role(r))
 
     def host_roles(self, host: Host) -> tuple[str, ...]:
-        """Every role that runs on a host: base, its own, backup on data hosts."""
-        extra = ("backup",) if host.role in DATA_ROLES else ()
+        """Every role that runs on a host: base, its own, a Redis Sentinel where
+        one votes, backup on data hosts."""
+        extra = ("sentinel",) if host.name in self.redis_sentinels else ()
+        extra += ("backup",) if host.role in DATA_ROLES else ()
         return ("base", host.role) + extra
 
     # -- ports and firewalls
@@ -275,9 +277,6 @@ class Topology:
         ports: list[Port] = []
         for role in self.host_roles(host):
             ports.extend(role_module(role).PORTS)
-        # Sentinel's third vote sits on the monitoring host only when Redis fails over.
-        if host.role == "monitoring" and len(self.redis_sentinels) < 3:
-            ports = [p for p in ports if p.name != "redis-sentinel-monitoring"]
         return tuple(ports)
 
     def source_cidrs(self, source: str) -> tuple[str, ...]:
@@ -367,11 +366,12 @@ class Topology:
                 cassandra_seeds=[self.host(n.host).private_ip for n in self.cassandra if n.seed],
                 cassandra_replication_factor=self.cassandra_replication_factor,
             )
-        if host.role in ("redis", "monitoring", "app"):
+        if host.role in ("redis", "app") or host.name in self.redis_sentinels:
             data.update(
                 redis_primary=self.redis_primary,
                 redis_primary_ip=self.host(self.redis_primary).private_ip,
                 redis_sentinels=[self.host(s).private_ip for s in self.redis_sentinels],
+                redis_hosts={h.name: h.private_ip for h in self.hosts_with_role("redis")},
             )
         if host.role == "app":
             data["mariadb_ips"] = [self.host(n.host).private_ip for n in self.mariadb]

@@ -7,10 +7,11 @@ lives in the role's ``deploy`` module.
 
 import importlib
 
-# Roles a host can be given in the topology. ``base`` runs on every host;
-# ``backup`` runs on the data hosts; neither is assigned by config.
+# Roles a host can be given in the topology. ``base`` runs on every host,
+# ``sentinel`` where a Redis Sentinel votes, ``backup`` on the data hosts;
+# none of these three is assigned by config.
 HOST_ROLES = ("loadbalancer", "app", "mariadb", "redis", "cassandra", "monitoring")
-ALL_ROLES = ("base",) + HOST_ROLES + ("backup",)
+ALL_ROLES = ("base",) + HOST_ROLES + ("sentinel", "backup")
 
 
 def role_module(name: str):

@@ -195,20 +195,36 @@ class Lab:
         return cmd + [f"{user or self.admin}@{self.addr.public_ip(h)}"]
 
     def stack_outputs(self, topo: Topology | None = None) -> dict[str, Any]:
-        """The lab in the shape of a real stack's `pulumi stack output --json` (same adapter reads both)."""
+        """The lab in the shape of a real stack's `pulumi stack output --json` (same adapter reads both).
+
+        Host data carries what the lab provides instead of the cloud: its CA,
+        its Hetzner API endpoint, the agent's library from the host's wheels."""
         topo = topo or self.topo
-        return {
-            "hosts": {h.name: {
+        hosts = {}
+        for h in topo.hosts:
+            data = dict(topo.host_data(h), pki_dir=str(self.paths.pki), lab=True)
+            if h.role == "loadbalancer":
+                data.update(
+                    lb_hcloud_api_endpoint=f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
+                    lb_hcloud_api_ca=self.ca.ca_pem,
+                    lb_hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
+                                          "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
+                    # the lab's API has no other projects to share the rate limit with
+                    lb_reconcile_interval="5s",
+                )
+            hosts[h.name] = {
                 "groups": list(topo.host_roles(h)) + [h.location],
                 "public_ipv4": self.addr.public_ip(h),
                 "private_ip": h.private_ip,
                 "server_id": self.server_id(h.name),
                 "volume_id": None,
-                "data": topo.host_data(h),
-            } for h in topo.hosts},
+                "data": data,
+            }
+        return {
+            "hosts": hosts,
             "floatingIp": self.addr.floating_ip,
             "floatingIpId": FLOATING_IP_ID,
-            "secrets": {"failover_token": lab_secret(self.paths, "hcloud-token")},
+            "secrets": {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")},
         }
 
     def connection(self) -> dict[str, Any]:
@@ -224,18 +240,8 @@ class Lab:
         from hastack.inventory import host_entries
 
         entries = host_entries(self.stack_outputs(topo), ssh_user=self.admin)
-        for name, data in entries.items():
-            data.update(self.connection(), public_ip=data["ssh_hostname"], lab=True, pki_dir=str(self.paths.pki))
-            if "loadbalancer" in data["groups"]:
-                # the lab's Hetzner API on the host, and the agent's library from the host's wheels
-                data.update(
-                    lb_hcloud_api_endpoint=f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
-                    lb_hcloud_api_ca=self.ca.ca_pem,
-                    lb_hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
-                                          "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
-                    # the lab's API has no other projects to share the rate limit with
-                    lb_reconcile_interval="5s",
-                )
+        for data in entries.values():
+            data.update(self.connection())
         return entries
 
     def server_id(self, name: str) -> int:

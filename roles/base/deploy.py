@@ -11,6 +11,7 @@ are restarted or reloaded only when a file they read has changed.
 from __future__ import annotations
 
 import shlex
+from io import StringIO
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
@@ -18,11 +19,13 @@ from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command, Hostname, Users
 from pyinfra.operations import apt, files, server, systemd
 
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
 
 PACKAGES = [
+    "ca-certificates",
     "openssh-server",
     "sudo",
     "nftables",
@@ -154,6 +157,17 @@ def _firewall(tvars):
     systemd.service(name="Load the firewall at boot", service="nftables", running=True, enabled=True)
 
 
+def _trust_stack_ca():
+    """Every host trusts the stack's internal CA, so TLS inside the stack verifies without extra flags."""
+    if not host.data.get("pki_dir"):
+        return
+    ca = files.put(name="Stack CA in the system trust store",
+                   src=StringIO(CertificateAuthority(host.data.pki_dir, host.data.stack).ca_pem_ensured()),
+                   dest=f"/usr/local/share/ca-certificates/hastack-{host.data.stack}.crt",
+                   user="root", group="root", mode="0644")
+    server.shell(name="Update the system trust store", commands=["update-ca-certificates"], _if=ca.did_change)
+
+
 @deploy("base", data_defaults=DEFAULTS)
 def base():
     data = host.data.dict()
@@ -161,6 +175,7 @@ def base():
 
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     apt.packages(name="Base packages", packages=PACKAGES, update=True, cache_time=3600, no_recommends=True)
+    _trust_stack_ca()
 
     _admins(tvars, data)
     _sshd(tvars)

@@ -4,5 +4,4 @@ from hastack.ports import Port
 PORTS = (
     Port("prometheus", 9090, sources=("monitoring",), description="Prometheus"),
     Port("alertmanager", 9093, sources=("monitoring",), description="Alertmanager"),
-    Port("redis-sentinel-monitoring", 26379, sources=("app", "redis", "monitoring"), description="third Redis Sentinel"),
 )

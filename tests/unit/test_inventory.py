@@ -54,3 +54,16 @@ def test_encrypted_secrets_are_refused(outputs):
 def test_incomplete_outputs_are_refused():
     with pytest.raises(InventoryError, match="lack hosts, floatingIp"):
         host_entries({"backupBucket": "x"})
+
+
+def test_redis_passwords_only_for_redis_and_the_app(outputs):
+    from hastack.secrets import redis_passwords
+
+    outputs["secrets"]["seed"] = "seed-for-test"
+    inv = inventory_from_outputs(outputs)
+    expected = redis_passwords("seed-for-test")
+    assert inv.get_host("prod-redis1").data.redis_passwords == expected
+    assert inv.get_host("prod-mon1").data.redis_passwords == expected  # the third sentinel
+    assert inv.get_host("prod-app1").data.redis_passwords == {"app": expected["app"]}
+    assert inv.get_host("prod-db1").data.get("redis_passwords") is None
+    assert len(set(expected.values())) == 4

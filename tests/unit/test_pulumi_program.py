@@ -11,7 +11,8 @@ from hastack.topology import HOST_ROLES
 from hastack.stackfile import load_stack
 
 TOKEN = "test-failover-token-7f3a"
-SECRETS = {"hastack:failoverToken": TOKEN, "hcloud:token": "test-hcloud-token-91bc"}
+SEED = "test-seed-5d1e"
+SECRETS = {"hastack:failoverToken": TOKEN, "hastack:secretSeed": SEED, "hcloud:token": "test-hcloud-token-91bc"}
 SERVER = "hcloud:index/server:Server"
 STACKS = ["prod", "staging", "dr"]
 
@@ -161,7 +162,7 @@ def test_access_keys_only_as_secrets(rec):
 
 def test_no_secret_in_a_plain_output(rec):
     secret = rec.outputs["secrets"].value
-    needles = [TOKEN, SECRETS["hcloud:token"], secret["backup_writer"]["secret_access_key"],
+    needles = [TOKEN, SEED, SECRETS["hcloud:token"], secret["backup_writer"]["secret_access_key"],
                secret["restore_reader"]["secret_access_key"]]
     for name, out in rec.outputs.items():
         if out.secret:

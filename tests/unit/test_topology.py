@@ -7,7 +7,7 @@ import pytest
 from hastack.stackfile import available_stacks, load_stack
 from hastack.topology import TopologyError, load
 
-SECRETS = {"hastack:failoverToken"}
+SECRETS = {"hastack:failoverToken", "hastack:secretSeed"}
 
 
 def problems_of(config, stack="prod", secrets=SECRETS):
@@ -236,7 +236,7 @@ def test_duplicate_host_names(prod_config):
 
 
 def test_missing_required_secret(prod_config):
-    assert only_problem(prod_config, secrets=set()) == (
+    assert only_problem(prod_config, secrets={"hastack:secretSeed"}) == (
         "hastack:failoverToken: required secret is not set; run `pulumi config set --secret hastack:failoverToken <value>`")
 
 

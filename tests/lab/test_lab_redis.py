@@ -1,0 +1,100 @@
+"""Redis on the lab's machines: TLS and ACLs, the replica, Sentinel failover."""
+
+import time
+
+import pytest
+
+from hastack.converge import converge
+from hastack.secrets import redis_passwords
+
+CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host
+
+
+def cli(lab, src, ip, *args, user=None, password=None, port=6379, tls=True):
+    env = [f"REDISCLI_AUTH={password}"] if password else []
+    cmd = ["env", *env, "timeout", "5", "redis-cli", "--no-auth-warning", "-h", ip, "-p", str(port)]
+    if tls:
+        cmd += ["--tls", "--cacert", CA]
+    if user:
+        cmd += ["--user", user]
+    return lab.exec(src, cmd + list(args))
+
+
+@pytest.fixture(scope="module")
+def redis_lab(lab):
+    pw = redis_passwords(lab.stack_outputs()["secrets"]["seed"])
+    return lab, pw
+
+
+def primary(lab, pw, via):
+    out = cli(lab, via, "127.0.0.1", "SENTINEL", "get-master-addr-by-name", "hastack", password=pw["sentinel"], port=26379)
+    return out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else None
+
+
+def wait_for(fn, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_unauthenticated_and_plain_text_access_refused(redis_lab):
+    lab, pw = redis_lab
+    r1 = lab.topo.host("lab-redis1")
+    anon = cli(lab, "lab-redis2", r1.private_ip, "PING")
+    assert "NOAUTH" in anon.stdout + anon.stderr, anon
+    plain = cli(lab, "lab-redis2", r1.private_ip, "PING", user="app", password=pw["app"], tls=False)
+    assert "PONG" not in plain.stdout
+    wrong = cli(lab, "lab-redis2", r1.private_ip, "PING", user="app", password="wrong")
+    assert "PONG" not in wrong.stdout
+    # the app user cannot run administrative commands
+    admin = cli(lab, "lab-redis2", r1.private_ip, "CONFIG", "GET", "maxmemory", user="app", password=pw["app"])
+    assert "NOPERM" in admin.stdout + admin.stderr
+
+
+def test_a_host_outside_the_allowed_set_cannot_connect(redis_lab):
+    lab, pw = redis_lab
+    r1 = lab.topo.host("lab-redis1")
+    lb = lab.topo.loadbalancers[0].name  # load balancers are not Redis clients
+    probe = lab.exec(lb, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{r1.private_ip}/6379"])
+    assert probe.returncode == 124  # dropped by the host firewall
+
+
+def test_replica_in_sync_and_settings_in_force(redis_lab):
+    lab, pw = redis_lab
+    p = primary(lab, pw, "lab-redis1")
+    replica = next(h for h in lab.topo.hosts_with_role("redis") if h.private_ip != p)
+    assert cli(lab, "lab-mon1", p, "SET", "hastack:test", "42", user="app", password=pw["app"]).stdout.strip() == "OK"
+    wait_for(lambda: cli(lab, "lab-mon1", replica.private_ip, "GET", "hastack:test", user="app",
+                         password=pw["app"]).stdout.strip() == "42", 10, "the write on the replica")
+    info = cli(lab, replica.name, "127.0.0.1", "INFO", "replication", user="exporter", password=pw["exporter"]).stdout
+    assert "role:slave" in info and "master_link_status:up" in info
+    persistence = cli(lab, replica.name, "127.0.0.1", "INFO", "persistence", user="exporter", password=pw["exporter"]).stdout
+    assert "aof_enabled:1" in persistence
+    metrics = lab.exec("lab-mon1", ["curl", "-sf", f"http://{replica.private_ip}:9121/metrics"], check=True).stdout
+    assert "redis_up 1" in metrics
+
+
+def test_primary_dies_and_a_sentinel_promotes_the_replica(redis_lab):
+    lab, pw = redis_lab
+    old = primary(lab, pw, "lab-redis1")
+    old_host = next(h for h in lab.topo.hosts_with_role("redis") if h.private_ip == old)
+    survivor = next(h for h in lab.topo.hosts_with_role("redis") if h.private_ip != old)
+    lab.stop(old_host.name, hard=True)
+    try:
+        wait_for(lambda: primary(lab, pw, survivor.name) == survivor.private_ip, 30, "Sentinel to promote the replica")
+        ok = cli(lab, "lab-mon1", survivor.private_ip, "SET", "hastack:after", "1", user="app", password=pw["app"])
+        assert ok.stdout.strip() == "OK"
+    finally:
+        lab.start(old_host.name)
+    # the old primary returns as a replica of the new one
+    wait_for(lambda: "role:slave" in cli(lab, old_host.name, "127.0.0.1", "INFO", "replication", user="exporter",
+                                          password=pw["exporter"]).stdout, 40, "the old primary to rejoin as replica")
+    # a converge after the failover writes down the new primary and then is quiet again
+    assert converge(lab.inventory_entries()).ok
+    again = converge(lab.inventory_entries())
+    assert again.changes == 0, {n: r.changed_operations for n, r in again.hosts.items() if r.changed}
+    assert primary(lab, pw, "lab-mon1") == survivor.private_ip
