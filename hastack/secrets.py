@@ -27,3 +27,10 @@ def redis_passwords(seed: str) -> dict[str, str]:
 def acl_hash(password: str) -> str:
     """Redis ACL files take SHA-256 hashes, so no password sits on disk in clear."""
     return hashlib.sha256(password.encode()).hexdigest()
+
+
+MARIADB_USERS = ("repl", "app", "exporter")
+
+
+def mariadb_passwords(seed: str) -> dict[str, str]:
+    return {user: derive(seed, f"mariadb/{user}") for user in MARIADB_USERS}

@@ -350,12 +350,15 @@ class Topology:
             node = next(n for n in self.mariadb if n.host == host.name)
             peer = next(n for n in self.mariadb if n.host != host.name)
             data.update(
-                server_id=node.server_id,
+                mariadb_server_id=node.server_id,
                 gtid_domain_id=node.gtid_domain_id,
                 auto_increment_increment=self.mariadb_auto_increment_increment,
                 auto_increment_offset=node.auto_increment_offset,
                 mariadb_peer=peer.host,
                 mariadb_peer_ip=self.host(peer.host).private_ip,
+                # single writer: the first master takes writes, the other is read-only
+                mariadb_writer=self.mariadb[0].host,
+                mariadb_app_ips=[h.private_ip for h in self.hosts_with_role("app")],
             )
         if host.role == "cassandra":
             node = next(n for n in self.cassandra if n.host == host.name)

@@ -175,8 +175,8 @@ class Lab:
         m.start()
         return m.wait_booted()
 
-    def exec(self, name: str, cmd: list[str], check: bool = False):
-        return self.machine(name).exec(cmd, check=check)
+    def exec(self, name: str, cmd: list[str], check: bool = False, input: str | None = None):
+        return self.machine(name).exec(cmd, check=check, input=input)
 
     # ------------------------------------------------------------ access
 

@@ -17,7 +17,9 @@ UNIT = "/etc/systemd/system/hastack-app.service"
 
 @deploy("app", data_defaults=DEFAULTS)
 def app() -> None:
-    apt.packages(name="Python for the reference application", packages=["python3"], no_recommends=True)
+    # PyMySQL: the reference application's MariaDB driver
+    apt.packages(name="Python for the reference application", packages=["python3", "python3-pymysql"],
+                 no_recommends=True)
     code = None
     if host.data.app_install_reference:
         files.directory(name="Application directory", path="/opt/hastack-app", user="root", group="root", mode="0755")
