@@ -24,7 +24,6 @@ def test_every_machine_runs_and_converged(lab, first_converge):
     assert all(row["state"] == "running" for row in lab.status()), lab.status()
     failed = {n: r.failed for n, r in first_converge.hosts.items() if r.failed}
     assert not failed, failed
-    assert all(r.changed > 0 for r in first_converge.hosts.values())
 
 
 def test_second_converge_reports_zero_changes(lab):
