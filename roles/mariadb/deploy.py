@@ -14,6 +14,7 @@ from pyinfra.operations import apt, files, server, systemd
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.mariadb import DEFAULTS, MARIADB_PORT
+from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 CNF = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
@@ -74,15 +75,7 @@ def mariadb() -> None:
 
     issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name],
                                                             ips=[d.private_ip], client=True)
-    files.directory(name="MariaDB TLS directory", path="/etc/mysql/tls", user="mysql", group="mysql", mode="0750")
-    tls = [
-        files.put(name="MariaDB certificate", src=StringIO(issued.chain_pem), dest="/etc/mysql/tls/server.crt",
-                  user="mysql", group="mysql", mode="0644"),
-        files.put(name="MariaDB key", src=StringIO(issued.key_pem), dest="/etc/mysql/tls/server.key",
-                  user="mysql", group="mysql", mode="0600"),
-        files.put(name="Stack CA for MariaDB", src=StringIO(issued.ca_pem), dest="/etc/mysql/tls/ca.crt",
-                  user="mysql", group="mysql", mode="0644"),
-    ]
+    tls = put_tls_files("MariaDB", "/etc/mysql/tls", "mysql", issued)
     cnf = files.template(
         name="MariaDB settings", src=template_path("mariadb", CNF), dest=CNF, user="root", group="root", mode="0644",
         hostname=host.name, server_id=d.mariadb_server_id, gtid_domain_id=d.gtid_domain_id,

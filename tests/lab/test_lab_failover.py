@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from hastack.lab.probe import outage
+from tests.lab.helpers import wait_for
 
 CURL = ["ip", "netns", "exec", "hsl-internet", "curl", "-s", "--max-time", "5"]
 
@@ -37,16 +38,6 @@ def assigns(lab):
 def vrrp_state(lab, name):
     proc = lab.exec(name, ["cat", "/run/hastack/failover-state.json"])
     return json.loads(proc.stdout).get("state") if proc.returncode == 0 else None
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def other(lab, name):

@@ -1,10 +1,9 @@
 """The MariaDB master-master pair on the lab's machines."""
 
-import time
-
 import pytest
 
 from hastack.secrets import mariadb_passwords
+from tests.lab.helpers import wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"
 
@@ -26,16 +25,6 @@ def app_query(lab, app_host, db_ip, query, password):
         f"cur = c.cursor(); cur.execute({query!r}); print(cur.fetchall())\n"
     )
     return lab.exec(app_host, ["python3", "-c", code], input=password)
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

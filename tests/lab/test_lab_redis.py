@@ -1,11 +1,10 @@
 """Redis on the lab's machines: TLS and ACLs, the replica, Sentinel failover."""
 
-import time
-
 import pytest
 
 from hastack.converge import converge
 from hastack.secrets import redis_passwords
+from tests.lab.helpers import wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host
 
@@ -29,16 +28,6 @@ def redis_lab(lab):
 def primary(lab, pw, via):
     out = cli(lab, via, "127.0.0.1", "SENTINEL", "get-master-addr-by-name", "hastack", password=pw["sentinel"], port=26379)
     return out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else None
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_unauthenticated_and_plain_text_access_refused(redis_lab):
