@@ -112,8 +112,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             if not meta.is_complete():
                 continue
             if meta.did_error() and report.failed is None:
-                err = "; ".join(meta.stderr_lines[-3:]) if meta._combined_output else ""
-                report.failed = f"{name}: {err}".strip()
+                report.failed = f"{name}: {'; '.join(meta.stderr_lines[-3:])}".strip()
             elif meta.did_change():
                 report.changed += 1
                 report.changed_operations.append(name)

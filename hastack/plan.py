@@ -9,9 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hastack import recording
-from hastack.stackfile import read_stack_file
-from hastack.topology import REQUIRED_SECRETS, Topology, load
-from hastack.stackfile import hastack_config
+from hastack.stackfile import load_stack, read_stack_file
+from hastack.topology import REQUIRED_SECRETS, Topology
 
 
 @dataclass
@@ -35,10 +34,7 @@ def make_plan(stack: str) -> Plan:
     if flat.get("hastack:provider", "hetzner") != "hetzner":
         raise ValueError(f"stack {stack!r} runs on local machines (hastack:provider {flat['hastack:provider']!r}); "
                          "it has no cloud resources to plan")
-    topo = load(stack, hastack_config(flat), secret_keys=secret_keys, require_secrets=False)
-    if topo.provider != "hetzner":
-        raise ValueError(f"stack {stack!r} runs on local machines (hastack:provider {topo.provider!r}); "
-                         "it has no cloud resources to plan")
+    topo = load_stack(stack, require_secrets=False)
     plain = {k: v for k, v in flat.items() if k not in secret_keys}
     # Secrets cannot be decrypted here; the program sees placeholders.
     secrets = {k: recording.PLACEHOLDER_SECRET for k in set(secret_keys) | set(REQUIRED_SECRETS[topo.provider])}

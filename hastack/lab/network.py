@@ -58,10 +58,10 @@ def setup(addr: Addresses) -> None:
     ensure_veth(INTERNET_NS, f"{PREFIX}-inet", "eth0", PUBLIC_BRIDGE, f"{addr.internet}/{addr.public.prefixlen}")
 
 
-def route_floating_ip(addr: Addresses, target_public_ip: str) -> None:
+def route_floating_ip(floating_ip: str, target_public_ip: str) -> None:
     """Send the floating IP to one machine, as Hetzner's routers do after an assign."""
-    run("ip", "-n", INTERNET_NS, "route", "replace", f"{addr.floating_ip}/32", "via", target_public_ip)
-    run("ip", "route", "replace", f"{addr.floating_ip}/32", "via", target_public_ip, "dev", PUBLIC_BRIDGE)
+    run("ip", "-n", INTERNET_NS, "route", "replace", f"{floating_ip}/32", "via", target_public_ip)
+    run("ip", "route", "replace", f"{floating_ip}/32", "via", target_public_ip, "dev", PUBLIC_BRIDGE)
 
 
 def teardown() -> list[str]:
@@ -93,8 +93,4 @@ if __name__ == "__main__":
     # this on an assign, re-routing the floating IP like Hetzner's routers.
     import sys
 
-    from hastack.lab.layout import INTERNET_NS as _NS
-
-    fip, via = sys.argv[1], sys.argv[2]
-    run("ip", "-n", _NS, "route", "replace", f"{fip}/32", "via", via)
-    run("ip", "route", "replace", f"{fip}/32", "via", via, "dev", PUBLIC_BRIDGE)
+    route_floating_ip(sys.argv[1], sys.argv[2])

@@ -19,7 +19,7 @@ from roles.redis.tls import tls_files
 from roles.sentinel import SENTINEL_PORT
 
 
-def current_primary(sentinels: list[str], password: str) -> str | None:
+def current_primary(sentinels: list[str]) -> str | None:
     """The primary's address by the first Sentinel that answers (None before any runs)."""
     for ip in sentinels:
         # the password goes through the environment, never the command line; `|| true`
@@ -52,10 +52,10 @@ def redis() -> None:
         user="redis", group="redis", mode="0640", hostname=host.name, private_ip=d.private_ip, port=REDIS_PORT,
         replica_password=pw["replica"], appendfsync=d.redis_appendfsync, maxmemory=d.redis_maxmemory,
         maxmemory_policy=d.redis_maxmemory_policy)
-    primary = current_primary(d.redis_sentinels, pw["sentinel"]) or d.redis_primary_ip
-    main = files.template(name="Redis configuration", src=template_path("redis", "/etc/redis/redis.conf"),
-                          dest="/etc/redis/redis.conf", user="root", group="redis", mode="0640", hostname=host.name,
-                          primary_ip=None if primary == d.private_ip else primary, port=REDIS_PORT)
+    primary = current_primary(d.redis_sentinels) or d.redis_primary_ip
+    files.template(name="Redis configuration", src=template_path("redis", "/etc/redis/redis.conf"),
+                   dest="/etc/redis/redis.conf", user="root", group="redis", mode="0640", hostname=host.name,
+                   primary_ip=None if primary == d.private_ip else primary, port=REDIS_PORT)
     # a new replication line alone needs no restart: Sentinel already made it so at runtime
     changed = any(op.will_change for op in tls) or acl.will_change or conf.will_change
     systemd.service(name="Redis running", service="redis-server.service", running=True, enabled=True, restarted=changed)

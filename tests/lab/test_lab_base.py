@@ -3,8 +3,6 @@
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from hastack.converge import converge
 from hastack.lab.layout import lab_topology
 
