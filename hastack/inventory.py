@@ -65,7 +65,10 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
         )
         if data.get("vrrp_peer"):
             data["vrrp_peer_server_id"] = server_ids.get(data["vrrp_peer"])
-        if "loadbalancer" in groups and "failover_token" in secrets:
+        if data.get("mariadb_peer"):
+            data["mariadb_peer_server_id"] = server_ids.get(data["mariadb_peer"])
+        # load balancers move the floating IP; MariaDB masters fence a dead peer
+        if {"loadbalancer", "mariadb"} & set(groups) and "failover_token" in secrets:
             data["failover_token"] = secrets["failover_token"]
         if {"redis", "sentinel"} & set(groups) and secrets.get("seed"):
             data["redis_passwords"] = redis_passwords(secrets["seed"])

@@ -378,6 +378,9 @@ class Topology:
             )
         if host.role == "app":
             data["mariadb_ips"] = [self.host(n.host).private_ip for n in self.mariadb]
+            data["mariadb_masters"] = {n.host: self.host(n.host).private_ip for n in self.mariadb}
+            # the local proxy to the writer; both masters' certificates carry this name
+            data["etc_hosts"]["mariadb-writer"] = "127.0.0.1"
         return data
 
 

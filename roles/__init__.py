@@ -13,6 +13,14 @@ import importlib
 HOST_ROLES = ("loadbalancer", "app", "mariadb", "redis", "cassandra", "monitoring")
 ALL_ROLES = ("base",) + HOST_ROLES + ("sentinel", "backup")
 
+# Hosts that run an agent calling the Hetzner API (load balancers: the
+# floating IP; MariaDB masters: fencing) share these settings.
+HCLOUD_DEFAULTS = {
+    "hcloud_api_endpoint": "https://api.hetzner.cloud/v1",
+    "hcloud_api_ca": None,  # PEM of a private CA for the API (the lab's); None: system CAs
+    "hcloud_pip_source": ["hcloud==2.27.0"],  # pip arguments installing the Hetzner library
+}
+
 
 def role_module(name: str):
     if name not in ALL_ROLES:

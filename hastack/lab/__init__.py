@@ -203,12 +203,15 @@ class Lab:
         hosts = {}
         for h in topo.hosts:
             data = dict(topo.host_data(h), pki_dir=str(self.paths.pki), lab=True)
+            if h.role in ("loadbalancer", "mariadb"):
+                data.update(
+                    hcloud_api_endpoint=f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
+                    hcloud_api_ca=self.ca.ca_pem,
+                    hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
+                                       "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
+                )
             if h.role == "loadbalancer":
                 data.update(
-                    lb_hcloud_api_endpoint=f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
-                    lb_hcloud_api_ca=self.ca.ca_pem,
-                    lb_hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
-                                          "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
                     # the lab's API has no other projects to share the rate limit with
                     lb_reconcile_interval="5s",
                 )

@@ -16,4 +16,5 @@ DEFAULTS = {
     # TLS from the load balancers to the application (a certificate from the
     # stack's CA); set False for an application that cannot serve TLS.
     "app_tls": True,
+    "mariadb_database": "hastack",
 }

@@ -1,4 +1,5 @@
 from hastack.ports import PUBLIC, Port
+from roles import HCLOUD_DEFAULTS
 
 PORTS = (
     Port("http", 80, sources=(PUBLIC,), description="HTTP, redirected to HTTPS"),
@@ -9,6 +10,7 @@ PORTS = (
 STATS_PORT = 8404
 
 DEFAULTS = {
+    **HCLOUD_DEFAULTS,
     # TLS for the public site: "internal" (the stack's CA; the lab) or
     # "provided" (lb_certificate_file: a PEM with chain and key on the operator's machine).
     "lb_certificate": "internal",
@@ -28,9 +30,6 @@ DEFAULTS = {
     "lb_vrrp_priority_gap": 10,
     "lb_vrrp_check_weight": 0,
     # the failover agent
-    "lb_hcloud_api_endpoint": "https://api.hetzner.cloud/v1",
-    "lb_hcloud_api_ca": None,  # PEM of a private CA for the API (the lab's); None: system CAs
-    "lb_hcloud_pip_source": ["hcloud==2.27.0"],  # pip arguments installing the Hetzner library
     "lb_reconcile_interval": "30s",
     "lb_poweroff_peer_on_takeover": False,
 }

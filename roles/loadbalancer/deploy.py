@@ -13,11 +13,11 @@ from pyinfra.operations import apt, files, server, systemd
 import roles.app as app_role
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
+from roles import hcloud_agent
 from roles.loadbalancer import DEFAULTS, STATS_PORT
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "hastack" / "failover_agent.py"
 CERT = "/etc/haproxy/certs/site.pem"
-VENV = "/opt/hastack/venv"
 WRAPPER = """#!/bin/sh
 # Managed by hastack: the failover agent (keepalived notify, reconcile timer, operators).
 exec {venv}/bin/python /opt/hastack/failover_agent.py --config /etc/hastack/failover.json "$@"
@@ -86,26 +86,13 @@ def loadbalancer() -> None:
         _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
 
     # -- the failover agent
-    files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
-    venv = server.shell(name="Agent virtualenv", commands=[f"python3 -m venv {VENV}"],
-                        _if=lambda: not host.get_fact(Command, f"test -x {VENV}/bin/python && echo yes || true"))
-    pip_args = " ".join(d.lb_hcloud_pip_source)
-    server.shell(
-        name="Hetzner library for the agent",
-        commands=[f"{VENV}/bin/pip install --quiet --disable-pip-version-check {pip_args}"],
-        _if=lambda: venv.did_change() or not host.get_fact(
-            Command, f"{VENV}/bin/python -c 'import hcloud; print(hcloud.__version__)' 2>/dev/null || true"),
-    )
+    hcloud_agent.install()
     files.put(name="Failover agent", src=str(AGENT_SOURCE), dest="/opt/hastack/failover_agent.py",
               user="root", group="root", mode="0644")
-    files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=VENV)),
+    files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV)),
               dest="/usr/local/sbin/hastack-failover", user="root", group="root", mode="0755")
-    files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
-    files.put(name="Hetzner API token (root only)", src=StringIO(d.failover_token), dest="/etc/hastack/hcloud-token",
-              user="root", group="root", mode="0600")
     config = {
-        "api_endpoint": d.lb_hcloud_api_endpoint,
-        "token_file": "/etc/hastack/hcloud-token",
+        **{k: v for k, v in hcloud_agent.api_config().items() if v is not None},
         "floating_ip_id": int(d.floating_ip_id),
         "floating_ip": d.floating_ip,
         "server_id": int(d.server_id),
@@ -115,10 +102,6 @@ def loadbalancer() -> None:
         "state_file": "/run/hastack/failover-state.json",
         "poweroff_peer_on_takeover": bool(d.lb_poweroff_peer_on_takeover),
     }
-    if d.lb_hcloud_api_ca:
-        files.put(name="Hetzner API CA", src=StringIO(d.lb_hcloud_api_ca), dest="/etc/hastack/hcloud-api-ca.pem",
-                  user="root", group="root", mode="0644")
-        config["ca_file"] = "/etc/hastack/hcloud-api-ca.pem"
     files.put(name="Failover agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
               dest="/etc/hastack/failover.json", user="root", group="root", mode="0600")
 

@@ -2,22 +2,32 @@
 
 SQL that sets users and replication up is written to root-only files and
 applied only when a file changes, so passwords never appear on a command
-line and an unchanged pair sees no change.
+line and an unchanged pair sees no change. A master without the pair's data
+(the second of a new pair, or one rebuilt empty) is seeded from its peer with
+mariabackup. Both masters boot read-only; the writer agent makes one writable.
 """
 
+import json
 from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
-from roles.mariadb import DEFAULTS, MARIADB_PORT
+from roles import hcloud_agent
+from roles.mariadb import DEFAULTS, DONOR_PORT, MARIADB_PORT, WRITER_AGENT_PORT
 from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 CNF = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
+AGENT_SOURCE = Path(__file__).resolve().parents[2] / "hastack" / "mariadb_writer.py"
+JOIN = "/usr/local/sbin/hastack-mariadb-join"
+# the name the application's TLS client checks, whichever master its local proxy reaches
+WRITER_NAME = "mariadb-writer"
 
 
 def _q(value: str) -> str:
@@ -33,9 +43,12 @@ def users_sql(d) -> str:
         "SET sql_log_bin = 0;",
         "DELETE FROM mysql.global_priv WHERE User = '';",
         "DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';",
+        # a seeded copy carries the donor's accounts: its replication user is for another address
+        f"DELETE FROM mysql.global_priv WHERE User = 'repl' AND Host <> {_q(peer)};",
         f"CREATE USER IF NOT EXISTS 'repl'@{_q(peer)};",
         f"ALTER USER 'repl'@{_q(peer)} IDENTIFIED BY {_q(pw['repl'])} REQUIRE SSL;",
-        f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'repl'@{_q(peer)};",
+        # SHOW DATABASES: the peer's seed step asks whether this node holds the pair's data
+        f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SHOW DATABASES ON *.* TO 'repl'@{_q(peer)};",
         "CREATE USER IF NOT EXISTS 'exporter'@'localhost';",
         f"ALTER USER 'exporter'@'localhost' IDENTIFIED BY {_q(pw['exporter'])} WITH MAX_USER_CONNECTIONS 3;",
         "GRANT PROCESS, BINLOG MONITOR, SLAVE MONITOR, SELECT ON *.* TO 'exporter'@'localhost';",
@@ -62,32 +75,93 @@ def replication_sql(d) -> str:
     ])
 
 
-def _apply_sql(name: str, path: str, sql: str):
+def peer_client_cnf(d) -> str:
+    """How this node's seed step reaches the peer: the replication account, verified TLS."""
+    return "\n".join([
+        "# Managed by hastack: the peer master, as this node's replication account sees it.",
+        "[client]",
+        f"host = {d.mariadb_peer_ip}",
+        f"port = {MARIADB_PORT}",
+        "user = repl",
+        f"password = {d.mariadb_passwords['repl']}",
+        "ssl-ca = /etc/mysql/tls/ca.crt",
+        "ssl-verify-server-cert",
+        "connect-timeout = 5",
+        "",
+    ])
+
+
+def _apply_sql(name: str, path: str, sql: str, force: bool = False):
     put = files.put(name=f"{name} (SQL)", src=StringIO(sql), dest=path, user="root", group="root", mode="0600")
-    server.shell(name=name, commands=[f"mariadb --batch < {path}"], _if=put.did_change)
+    server.shell(name=name, commands=[f"mariadb --batch < {path}"], _if=lambda: force or put.did_change())
 
 
 @deploy("mariadb", data_defaults=DEFAULTS)
 def mariadb() -> None:
     d = host.data
-    writer = d.mariadb_writer == host.name
-    apt.packages(name="MariaDB", packages=["mariadb-server", "mariadb-backup"], no_recommends=True)
+    preferred = d.mariadb_writer == host.name
+    apt.packages(name="MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
+                 no_recommends=True)
 
-    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name],
+    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name, WRITER_NAME],
                                                             ips=[d.private_ip], client=True)
     tls = put_tls_files("MariaDB", "/etc/mysql/tls", "mysql", issued)
     cnf = files.template(
         name="MariaDB settings", src=template_path("mariadb", CNF), dest=CNF, user="root", group="root", mode="0644",
         hostname=host.name, server_id=d.mariadb_server_id, gtid_domain_id=d.gtid_domain_id,
         auto_increment_increment=d.auto_increment_increment, auto_increment_offset=d.auto_increment_offset,
-        buffer_pool_size=d.mariadb_innodb_buffer_pool_size, private_ip=d.private_ip, writer=writer)
+        buffer_pool_size=d.mariadb_innodb_buffer_pool_size, private_ip=d.private_ip)
     systemd.service(name="MariaDB running", service="mariadb.service", running=True, enabled=True,
                     restarted=cnf.will_change or any(op.will_change for op in tls))
 
     files.directory(name="SQL directory", path=SQL_DIR, user="root", group="root", mode="0700")
     _apply_sql("MariaDB accounts", f"{SQL_DIR}/users.sql", users_sql(d))
-    if writer:
-        # created once on the writer; replication carries it to the other master
-        _apply_sql("Application database", f"{SQL_DIR}/database.sql",
-                   f"CREATE DATABASE IF NOT EXISTS `{d.mariadb_database}`;\n")
-    _apply_sql("Replication from the other master", f"{SQL_DIR}/replication.sql", replication_sql(d))
+
+    # -- membership: a new pair is initialised on the preferred master, the other is seeded from it
+    donor = files.template(name="Seed donor unit", src=template_path("mariadb", "/etc/systemd/system/hastack-mariadb-donor.service"),
+                           dest="/etc/systemd/system/hastack-mariadb-donor.service", user="root", group="root",
+                           mode="0644", port=DONOR_PORT, private_ip=d.private_ip, peer_name=d.mariadb_peer)
+    systemd.service(name="Seed donor running", service="hastack-mariadb-donor.service", running=True, enabled=True,
+                    daemon_reload=donor.will_change, restarted=donor.will_change or any(op.will_change for op in tls))
+    files.put(name="Peer client settings", src=StringIO(peer_client_cnf(d)), dest="/etc/mysql/hastack-peer.cnf",
+              user="root", group="root", mode="0600")
+    files.template(name="Join command", src=template_path("mariadb", JOIN), dest=JOIN, user="root", group="root",
+                   mode="0750", hostname=host.name, database=d.mariadb_database, peer_ip=d.mariadb_peer_ip,
+                   peer_name=d.mariadb_peer, donor_port=DONOR_PORT, preferred="yes" if preferred else "no")
+    member = host.get_fact(Command, f"test -d /var/lib/mysql/{d.mariadb_database} && echo member || true") == "member"
+    if not member:
+        # every host runs `init` before any runs `seed`: pyinfra runs an operation on all hosts before the next
+        server.shell(name="Initialise the pair (preferred master of a new pair)", commands=[f"{JOIN} init"])
+        server.shell(name="Seed from the peer (mariabackup)", commands=[f"{JOIN} seed"])
+        # the copy brought the peer's accounts and replication settings: this node's own go back on top
+        _apply_sql("MariaDB accounts after seeding", f"{SQL_DIR}/users.sql", users_sql(d), force=True)
+    _apply_sql("Replication from the other master", f"{SQL_DIR}/replication.sql", replication_sql(d),
+               force=not member)
+
+    # -- the single writer
+    hcloud_agent.install(system_site_packages=True)  # PyMySQL from Debian, hcloud from pip
+    apt.packages(name="PyMySQL for the writer agent", packages=["python3-pymysql"], no_recommends=True)
+    agent = files.put(name="Writer agent", src=str(AGENT_SOURCE), dest="/opt/hastack/mariadb_writer.py",
+                      user="root", group="root", mode="0644")
+    config = {
+        **hcloud_agent.api_config(),
+        "name": host.name, "peer_name": d.mariadb_peer, "peer_ip": d.mariadb_peer_ip, "preferred": d.mariadb_writer,
+        "bind": d.private_ip, "port": WRITER_AGENT_PORT, "peer_server_id": d.get("mariadb_peer_server_id"),
+        "failover_after": float(d.mariadb_failover_after), "state_file": f"{SQL_DIR}/writer-state.json",
+    }
+    agent_cfg = files.put(name="Writer agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+                          dest="/etc/hastack/mariadb-writer.json", user="root", group="root", mode="0600")
+    unit = files.template(name="Writer agent unit", src=template_path("mariadb", "/etc/systemd/system/hastack-mariadb-writer.service"),
+                          dest="/etc/systemd/system/hastack-mariadb-writer.service", user="root", group="root",
+                          mode="0644", venv=hcloud_agent.VENV)
+    systemd.service(name="Writer agent running", service="hastack-mariadb-writer.service", running=True, enabled=True,
+                    daemon_reload=unit.will_change,
+                    restarted=unit.will_change or agent.will_change or agent_cfg.will_change)
+
+    # -- metrics
+    exporter = files.template(name="MySQL exporter settings",
+                              src=template_path("mariadb", "/etc/default/prometheus-mysqld-exporter"),
+                              dest="/etc/default/prometheus-mysqld-exporter", user="root", group="root", mode="0600",
+                              private_ip=d.private_ip, password=d.mariadb_passwords["exporter"])
+    systemd.service(name="MySQL exporter running", service="prometheus-mysqld-exporter.service", running=True,
+                    enabled=True, restarted=exporter.will_change)

@@ -1,18 +1,30 @@
 """hastack's reference application: a small JSON web service behind HAProxy.
 
-GET /        who answered (host name) and when
-GET /health  200 when the service and each dependency it is configured
-             with answer, 503 otherwise (HAProxy takes it out of rotation)
+GET  /              who answered (host name) and when
+GET  /health        200 when the service and each dependency it is configured
+                    with answer, 503 otherwise (HAProxy takes it out of rotation)
+POST /records       {"request_id": "<uuid>", "value": "..."}: stored in MariaDB;
+                    201 {"id", "request_id"} once committed, 503 if it was not
+GET  /records/<id>  from the Redis cache, else from MariaDB (then cached)
 
-Standard library only; configured through its environment (systemd unit).
+MariaDB is reached through the local proxy to the writer (`mariadb-writer`),
+over TLS verified against the stack CA. Redis is a cache: when it cannot be
+reached the application answers from MariaDB. A POST that fails may still
+have committed (the connection died after COMMIT); clients retry with the
+same request_id, and readers treat rows with one request_id as one write.
+
+Standard library, PyMySQL and redis-py; configured through its environment
+and systemd credentials (the unit).
 Serves TLS (1.2 and up) when given a certificate: the load balancers verify
 it against the stack's CA, so traffic stays encrypted on the private network.
 """
 
 import json
 import os
+import re
 import socket
 import ssl
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,6 +33,109 @@ BIND = os.environ.get("HASTACK_BIND", "127.0.0.1")
 PORT = int(os.environ.get("HASTACK_PORT", "8080"))
 # host:port pairs that must accept a TCP connection for the service to be healthy
 DEPENDENCIES = [d for d in os.environ.get("HASTACK_DEPENDENCIES", "").split(",") if d]
+
+
+CREDENTIALS = os.environ.get("CREDENTIALS_DIRECTORY", "")
+MYSQL_HOST = os.environ.get("HASTACK_MYSQL_HOST", "")
+MYSQL_DATABASE = os.environ.get("HASTACK_MYSQL_DATABASE", "hastack")
+MYSQL_USER = os.environ.get("HASTACK_MYSQL_USER", "app")
+CA_FILE = os.environ.get("HASTACK_CA_FILE", "")
+REDIS_HOSTS = [h for h in os.environ.get("HASTACK_REDIS_HOSTS", "").split(",") if h]
+REDIS_USER = os.environ.get("HASTACK_REDIS_USER", "app")
+CACHE_TTL = 300
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS records (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    request_id CHAR(36) NOT NULL,
+    value VARCHAR(1024) NOT NULL,
+    written_by VARCHAR(64) NOT NULL,
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    KEY (request_id)
+) ENGINE=InnoDB"""
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def credential(name: str) -> str:
+    with open(os.path.join(CREDENTIALS, name)) as f:
+        return f.read().strip()
+
+
+class Unavailable(Exception):
+    """The database did not answer: the client gets a 503 and may retry."""
+
+
+class Database:
+    """A connection per request (each request has its own thread), to whichever master the local proxy reaches."""
+
+    def __init__(self) -> None:
+        self.schema_ready = False
+
+    def run(self, sql: str, args: tuple = ()):
+        import pymysql
+
+        try:
+            conn = pymysql.connect(
+                host=MYSQL_HOST, user=MYSQL_USER, password=credential("mariadb.password"), database=MYSQL_DATABASE,
+                ssl={"ca": CA_FILE, "check_hostname": True}, connect_timeout=2, read_timeout=5, write_timeout=5,
+                autocommit=True, charset="utf8mb4")
+        except pymysql.err.MySQLError as e:
+            raise Unavailable(str(e)) from None
+        try:
+            with conn.cursor() as cur:
+                if not self.schema_ready:
+                    cur.execute(SCHEMA)
+                    self.schema_ready = True
+                cur.execute(sql, args)
+                return cur.lastrowid, cur.fetchall()
+        except pymysql.err.MySQLError as e:
+            raise Unavailable(str(e)) from None
+        finally:
+            conn.close()
+
+
+class Cache:
+    """Redis, found by asking each host for its role; failures only cost a cache miss."""
+
+    def __init__(self) -> None:
+        self.client = None
+        self.lock = threading.Lock()
+
+    def _primary(self):
+        import redis
+
+        for target in REDIS_HOSTS:
+            host, _, port = target.rpartition(":")
+            client = redis.Redis(host=host, port=int(port), username=REDIS_USER, password=credential("redis.password"),
+                                 ssl=True, ssl_ca_certs=CA_FILE, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                # HELLO needs no admin rights and tells the role (the app user may not run ROLE or INFO)
+                hello = client.execute_command("HELLO", "2")
+                fields = dict(zip(hello[::2], hello[1::2]))
+                if fields.get(b"role") == b"master":
+                    return client
+            except Exception:
+                pass
+            client.close()
+        return None
+
+    def call(self, fn):
+        if not REDIS_HOSTS:
+            return None
+        for _ in (1, 2):
+            with self.lock:
+                client = self.client = self.client or self._primary()
+            if client is None:
+                return None
+            try:
+                return fn(client)
+            except Exception:
+                with self.lock:
+                    self.client = None  # the primary moved or failed: look again
+        return None
+
+
+DB = Database()
+CACHE = Cache()
 
 
 def check_dependency(target: str) -> bool:
@@ -45,8 +160,45 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/records":
+            return self._send(404, {"error": "not found"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(min(length, 8192)) or b"{}")
+            request_id, value = str(body["request_id"]).lower(), str(body["value"])
+        except (ValueError, KeyError, TypeError):
+            return self._send(400, {"error": 'expected JSON {"request_id": "<uuid>", "value": "<text>"}'})
+        if not UUID.match(request_id) or len(value) > 1024:
+            return self._send(400, {"error": "request_id must be a UUID and value at most 1024 characters"})
+        try:
+            rid, _ = DB.run("INSERT INTO records (request_id, value, written_by) VALUES (%s, %s, %s)",
+                            (request_id, value, HOST))
+        except Unavailable as e:
+            return self._send(503, {"error": "database unavailable", "detail": e.args[0][:200]})
+        record = {"id": rid, "request_id": request_id, "value": value}
+        CACHE.call(lambda r: r.set(f"record:{rid}", json.dumps(record), ex=CACHE_TTL))
+        self._send(201, {"id": rid, "request_id": request_id, "host": HOST})
+
+    def _get_record(self, rid: int) -> None:
+        cached = CACHE.call(lambda r: r.get(f"record:{rid}"))
+        if cached:
+            return self._send(200, dict(json.loads(cached), source="cache"))
+        try:
+            _, rows = DB.run("SELECT id, request_id, value FROM records WHERE id = %s", (rid,))
+        except Unavailable as e:
+            return self._send(503, {"error": "database unavailable", "detail": e.args[0][:200]})
+        if not rows:
+            return self._send(404, {"error": "no such record"})
+        record = {"id": rows[0][0], "request_id": rows[0][1], "value": rows[0][2]}
+        CACHE.call(lambda r: r.set(f"record:{rid}", json.dumps(record), ex=CACHE_TTL))
+        self._send(200, dict(record, source="database"))
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path == "/health":
+        m = re.fullmatch(r"/records/(\d{1,19})", self.path)
+        if m:
+            self._get_record(int(m.group(1)))
+        elif self.path == "/health":
             checks = {d: check_dependency(d) for d in DEPENDENCIES}
             ok = all(checks.values())
             self._send(200 if ok else 503, {"status": "ok" if ok else "failing", "host": HOST, "checks": checks})

@@ -1,0 +1,44 @@
+"""What every host running a Hetzner-API agent needs: a virtualenv with the
+Hetzner library, the root-only API token and, for a private API (the lab's),
+its CA. Used by the load balancers (floating IP) and the MariaDB masters
+(fencing)."""
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server
+
+VENV = "/opt/hastack/venv"
+TOKEN_FILE = "/etc/hastack/hcloud-token"
+CA_FILE = "/etc/hastack/hcloud-api-ca.pem"
+
+
+def install(system_site_packages: bool = False) -> None:
+    """The agents' virtualenv; with the system's packages where an agent also uses Debian's (PyMySQL)."""
+    d = host.data
+    apt.packages(name="Python virtualenvs", packages=["python3-venv"], no_recommends=True)
+    files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
+    flag = " --system-site-packages" if system_site_packages else ""
+    # pip is the last thing venv installs: its absence means no usable virtualenv yet
+    venv = server.shell(name="Agent virtualenv", commands=[f"rm -rf {VENV} && python3 -m venv{flag} {VENV}"],
+                        _if=lambda: not host.get_fact(Command, f"test -x {VENV}/bin/pip && echo yes || true"))
+    server.shell(
+        name="Hetzner library for the agent",
+        commands=[f"{VENV}/bin/pip install --quiet --disable-pip-version-check {' '.join(d.hcloud_pip_source)}"],
+        _if=lambda: venv.did_change() or not host.get_fact(
+            Command, f"{VENV}/bin/python -c 'import hcloud; print(hcloud.__version__)' 2>/dev/null || true"),
+    )
+    files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
+    files.put(name="Hetzner API token (root only)", src=StringIO(d.failover_token), dest=TOKEN_FILE,
+              user="root", group="root", mode="0600")
+    if d.hcloud_api_ca:
+        files.put(name="Hetzner API CA", src=StringIO(d.hcloud_api_ca), dest=CA_FILE,
+                  user="root", group="root", mode="0644")
+
+
+def api_config() -> dict:
+    """The API part of an agent's configuration."""
+    d = host.data
+    return {"api_endpoint": d.hcloud_api_endpoint, "token_file": TOKEN_FILE,
+            "ca_file": CA_FILE if d.hcloud_api_ca else None}
