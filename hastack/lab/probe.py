@@ -15,6 +15,31 @@ import time
 import urllib.request
 
 
+def write_probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
+    """POST a record with a fresh request_id each time; 201 is an acknowledged write."""
+    import uuid
+
+    ctx = ssl.create_default_context(cafile=ca)
+    end = time.monotonic() + duration
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        started, t0 = time.time(), time.monotonic()
+        request_id = str(uuid.uuid4())
+        rec = {"t": started, "request_id": request_id}
+        try:
+            req = urllib.request.Request(url, method="POST", data=json.dumps({"request_id": request_id, "value": f"w{n}"}).encode(),
+                                         headers={"Connection": "close", "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+                body = json.loads(resp.read() or b"{}")
+                rec.update(ok=resp.status == 201, status=resp.status, id=body.get("id"), host=body.get("host"))
+        except Exception as e:  # noqa: BLE001 - every failure is a data point
+            rec.update(ok=False, error=type(e).__name__ + ": " + str(e)[:120])
+        rec["d"] = round(time.monotonic() - t0, 4)
+        print(json.dumps(rec), flush=True)
+        time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
 def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
     ctx = ssl.create_default_context(cafile=ca)
     end = time.monotonic() + duration
@@ -58,6 +83,7 @@ if __name__ == "__main__":
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("--write", action="store_true", help="POST records (the app's /records) instead of GETs")
     a = p.parse_args()
-    probe(a.url, a.ca, a.interval, a.duration, a.timeout)
+    (write_probe if a.write else probe)(a.url, a.ca, a.interval, a.duration, a.timeout)
     sys.exit(0)
