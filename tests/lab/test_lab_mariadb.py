@@ -1,7 +1,12 @@
 """The MariaDB master-master pair on the lab's machines."""
 
-import pytest
+import json
 
+import pytest
+import requests
+
+from hastack.converge import converge
+from hastack.lab import mariadb_pair
 from hastack.secrets import mariadb_passwords
 from tests.lab.helpers import wait_for
 
@@ -29,7 +34,9 @@ def app_query(lab, app_host, db_ip, query, password):
 
 @pytest.fixture(scope="module")
 def pair(lab):
-    db1, db2 = (n.host for n in lab.topo.mariadb)
+    """(lab, writer, passive, passwords): which master writes depends on what happened before."""
+    writer = mariadb_pair.settled(lab)
+    db1, db2 = writer, next(h for h in mariadb_pair.masters(lab) if h != writer)
     pw = mariadb_passwords(lab.stack_outputs()["secrets"]["seed"])
     sql(lab, db1, "CREATE TABLE IF NOT EXISTS hastack.probe (id INT AUTO_INCREMENT PRIMARY KEY, origin VARCHAR(32))")
     wait_for(lambda: "probe" in sql(lab, db2, "SHOW TABLES IN hastack"), 20, "the table on the other master")
@@ -50,8 +57,9 @@ def test_replication_runs_both_ways_by_gtid_over_tls(pair):
         assert st["Using_Gtid"] == "Slave_Pos" and st["Master_SSL_Allowed"] == "Yes"
         assert st["Master_SSL_Verify_Server_Cert"] == "Yes"
     assert sql(lab, db1, "SELECT @@read_only") == "0" and sql(lab, db2, "SELECT @@read_only") == "1"
-    assert sql(lab, db1, "SELECT @@server_id, @@gtid_domain_id, @@auto_increment_offset") == "1\t1\t1"
-    assert sql(lab, db2, "SELECT @@server_id, @@gtid_domain_id, @@auto_increment_offset") == "2\t2\t2"
+    for node in lab.topo.mariadb:
+        assert sql(lab, node.host, "SELECT @@server_id, @@gtid_domain_id, @@auto_increment_offset") == \
+            f"{node.server_id}\t{node.gtid_domain_id}\t{node.auto_increment_offset}"
 
 
 def test_rows_from_either_master_reach_the_other_and_keys_never_collide(pair):
@@ -72,9 +80,10 @@ def test_rows_from_either_master_reach_the_other_and_keys_never_collide(pair):
         return a == b and a.split("\t")[0] == a.split("\t")[1] and int(a.split("\t")[0]) >= 100
 
     wait_for(converged, 30, "both masters to hold every row once")
-    odd = sql(lab, db1, f"SELECT COUNT(*) FROM hastack.probe WHERE origin LIKE '{db1}-%' AND id % 2 = 0")
-    even = sql(lab, db1, f"SELECT COUNT(*) FROM hastack.probe WHERE origin LIKE '{db2}-%' AND id % 2 = 1")
-    assert odd == even == "0"  # offsets 1 and 2, increment 2
+    for node in lab.topo.mariadb:  # offsets 1 and 2, increment 2
+        wrong = sql(lab, db1, f"SELECT COUNT(*) FROM hastack.probe WHERE origin LIKE '{node.host}-%' "
+                              f"AND id % 2 <> {node.auto_increment_offset % 2}")
+        assert wrong == "0", node.host
     assert sql(lab, db1, "CHECKSUM TABLE hastack.probe").split("\t")[1] == sql(lab, db2, "CHECKSUM TABLE hastack.probe").split("\t")[1]
 
 
@@ -107,3 +116,81 @@ def test_application_writes_on_the_writer_and_is_refused_on_the_passive(pair):
     assert ok.returncode == 0, ok.stderr
     refused = app_query(lab, app, lab.topo.host(db2).private_ip, "INSERT INTO probe (origin) VALUES ('app')", pw["app"])
     assert refused.returncode != 0 and "read-only" in refused.stderr, refused.stderr
+
+
+def records_api(lab, method, path, **kw):
+    """The application through the floating IP, as a user's client reaches it."""
+    import subprocess
+
+    cmd = ["ip", "netns", "exec", "hsl-internet", "curl", "-s", "--max-time", "10", "--cacert", str(lab.ca.cert_path),
+           "-X", method, f"https://{lab.addr.floating_ip}{path}", "-w", "\n%{http_code}"]
+    if "json" in kw:
+        cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(kw["json"])]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code or 0), (json.loads(body) if body.strip().startswith("{") else body)
+
+
+def test_the_app_stores_records_through_the_writer_and_reads_them_back(pair):
+    lab, writer, passive, _ = pair
+    import uuid
+
+    rid = str(uuid.uuid4())
+    code, body = records_api(lab, "POST", "/records", json={"request_id": rid, "value": "hello"})
+    assert code == 201, body
+    wait_for(lambda: rid in mariadb_pair.request_ids(lab, passive), 10, "the record on the passive master")
+    code, got = records_api(lab, "GET", f"/records/{body['id']}")
+    assert code == 200 and got["request_id"] == rid and got["value"] == "hello"
+    # bad input is refused with a reason, and nothing is written
+    code, err = records_api(lab, "POST", "/records", json={"request_id": "not-a-uuid", "value": "x"})
+    assert code == 400 and "UUID" in err["error"]
+
+
+def test_mysqld_exporter_reports_both_masters(pair):
+    lab, writer, passive, _ = pair
+    mon = lab.topo.monitoring
+    for host in (writer, passive):
+        metrics = lab.exec(mon, ["curl", "-sf", f"http://{lab.topo.host(host).private_ip}:9104/metrics"]).stdout
+        assert "mysql_up 1" in metrics, host
+        expected = "0" if host == writer else "1"
+        assert f"mysql_global_variables_read_only {expected}" in metrics, host
+
+
+def test_writes_move_to_the_other_master_when_the_writer_dies_and_none_is_lost(pair):
+    """The issue's scenario: the active master's machine stops under a stream of writes through the app."""
+    lab, writer, passive, _ = pair
+    result = mariadb_pair.kill_writer_run(lab)
+    assert result["killed"] == writer and result["recovered"], result
+    assert result["outage_s"] < 10, result
+    # the returning master stays passive: no automatic fail-back, never two writers
+    assert result["new_writer"] == passive, result
+    assert result["acked"] > 50 and result["lost"] == {writer: 0, passive: 0}, result
+    assert result["checksums_match"], result
+    # the survivor fenced the dead master through the Hetzner API before taking writes
+    token = lab.stack_outputs()["secrets"]["failover_token"]
+    log = requests.get(f"https://{lab.addr.host_public}:8443/lab/log", verify=str(lab.ca.cert_path), timeout=5,
+                       headers={"Authorization": f"Bearer {token}"}).json()["log"]
+    assert any(e["path"] == f"/v1/servers/{lab.server_id(writer)}/actions/poweroff" for e in log)
+
+
+def test_a_master_rebuilt_empty_is_seeded_from_its_peer_and_rejoins(lab):
+    writer = mariadb_pair.settled(lab)
+    victim = next(h for h in mariadb_pair.masters(lab) if h != writer)
+    before = mariadb_pair.checksums(lab)[writer]
+    # as a rebuilt server would be: an empty data directory, no agent state
+    wipe = ("systemctl stop hastack-mariadb-writer mariadb && rm -rf /var/lib/mysql /var/lib/hastack/mariadb/writer-state.json"
+            " && mkdir -m 0755 /var/lib/mysql && chown mysql:mysql /var/lib/mysql"
+            " && mariadb-install-db --user=mysql --skip-test-db >/dev/null && systemctl start mariadb")
+    proc = lab.exec(victim, ["bash", "-c", wipe])
+    assert proc.returncode == 0, proc.stderr
+    assert sql(lab, victim, "SHOW DATABASES LIKE 'hastack'") == ""
+    report = converge(lab.inventory_entries())
+    assert report.ok, report
+    assert mariadb_pair.settled(lab) == writer
+    sums = mariadb_pair.checksums(lab)
+    assert sums[victim] == sums[writer] and before  # same data on both
+    # the pair replicates both ways again: a row from the writer reaches the rebuilt master
+    sql(lab, writer, "INSERT INTO hastack.probe (origin) VALUES ('after-reseed')")
+    wait_for(lambda: "after-reseed" in sql(lab, victim, "SELECT origin FROM hastack.probe"), 20, "replication to the rebuilt master")
+    again = converge(lab.inventory_entries())
+    assert again.changes == 0, {n: r.changed_operations for n, r in again.hosts.items() if r.changed}
