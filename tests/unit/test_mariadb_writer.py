@@ -1,0 +1,155 @@
+"""The single-writer agent's decisions, with a scripted local server and peer."""
+
+import pytest
+
+from hastack.mariadb_writer import Agent, Config, contains, parse_gtid
+
+
+class FakeLocal:
+    def __init__(self, writable=False, pos="1-1-10,2-2-5"):
+        self.writable, self.pos, self.log = writable, pos, []
+
+    def status(self):
+        return {"writable": self.writable, "gtid_binlog_pos": self.pos, "gtid_current_pos": self.pos}
+
+    def query(self, sql, args=()):
+        self.log.append(sql)
+        if sql.startswith("SET GLOBAL read_only"):
+            self.writable = sql.endswith("OFF")
+        if "MASTER_GTID_WAIT" in sql:
+            return [(0,)]
+        return []
+
+    def close(self):
+        pass
+
+
+def agent(tmp_path, name="db1", preferred="db1", local=None, fence_ok=True):
+    cfg = Config(name=name, peer_name="db2" if name == "db1" else "db1", peer_ip="10.0.0.2", preferred=preferred,
+                 bind="10.0.0.1", port=9106, peer_server_id=7, api_endpoint="https://api.invalid/v1",
+                 token_file=str(tmp_path / "token"), state_file=str(tmp_path / "state.json"))
+    a = Agent(cfg, local=local or FakeLocal())
+    a.clock = 100.0
+    a.now = lambda: a.clock
+    a.fenced = []
+    a.fence = lambda: (a.fenced.append(cfg.peer_name), fence_ok)[1]
+    a._io_pos = lambda: "1-1-10,2-2-5"
+    return a
+
+
+def peer(writable=False, mysqld=True, down_for=0.0, pos="1-1-10,2-2-5", promoted_at=0.0):
+    return {"mysqld": mysqld, "writable": writable, "mysqld_down_for": down_for, "gtid_binlog_pos": pos,
+            "promoted_at": promoted_at}
+
+
+def tick(a, p):
+    a.peer_status = lambda: p
+    a.tick()
+
+
+def test_gtid_positions_compare_domain_by_domain():
+    assert parse_gtid("1-1-10,2-2-5") == {(1, 1): 10, (2, 2): 5}
+    assert contains("1-1-10,2-2-5", "1-1-9,2-2-5") and not contains("1-1-10,2-2-5", "2-2-6")
+    assert contains("1-1-3", "")
+
+
+def test_cold_start_the_preferred_master_promotes_once_caught_up(tmp_path):
+    a = agent(tmp_path)
+    tick(a, peer(pos="1-1-10,2-2-6"))  # the peer has a transaction this node has not applied
+    assert not a.local.writable
+    tick(a, peer())
+    assert a.local.writable and a.state.last_writer == "db1"
+    (tmp_path / "db2").mkdir()
+    other = agent(tmp_path / "db2", name="db2", preferred="db1")
+    tick(other, peer())
+    assert not other.local.writable  # not the preferred one: it waits
+
+
+def test_a_returning_master_stays_passive(tmp_path):
+    a = agent(tmp_path)  # db1 is preferred, but db2 took over while it was away
+    tick(a, peer(writable=True))
+    assert not a.local.writable and a.state.last_writer == "db2"
+
+
+def test_peer_unreachable_fence_then_promote_after_the_delay(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1")
+    tick(a, peer(writable=True))  # the pair worked: db1 wrote
+    tick(a, None)
+    assert not a.local.writable and a.fenced == []
+    a.clock += 2.5
+    tick(a, None)
+    assert a.fenced == ["db1"] and a.local.writable and a.state.last_writer == "db2"
+
+
+def test_no_fence_no_promotion(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1", fence_ok=False)
+    tick(a, peer(writable=True))
+    tick(a, None)
+    a.clock += 3
+    tick(a, None)
+    assert a.fenced == ["db1"] and not a.local.writable
+    a.clock += 1  # retries are paced
+    tick(a, None)
+    assert a.fenced == ["db1"]
+
+
+def test_a_peer_never_seen_working_is_waited_for_not_fenced(tmp_path):
+    a = agent(tmp_path)
+    tick(a, None)
+    a.clock += 60
+    tick(a, None)
+    assert a.fenced == [] and not a.local.writable
+
+
+def test_peer_alive_but_its_mariadb_down_promotes_without_fencing(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1")
+    tick(a, peer(writable=True))
+    tick(a, peer(mysqld=False, down_for=0.5))
+    assert not a.local.writable
+    tick(a, peer(mysqld=False, down_for=2.5))
+    assert a.local.writable and a.fenced == []
+
+
+def test_two_writers_the_earlier_promoted_steps_down(tmp_path):
+    a = agent(tmp_path, local=FakeLocal(writable=True))
+    a.state.promoted_at = 1000.0
+    tick(a, peer(writable=True, promoted_at=2000.0))
+    assert not a.local.writable
+    (tmp_path / "b").mkdir()
+    b = agent(tmp_path / "b", local=FakeLocal(writable=True))
+    b.state.promoted_at = 3000.0
+    tick(b, peer(writable=True, promoted_at=2000.0))
+    assert b.local.writable
+
+
+def test_local_server_down_publishes_down_and_decides_nothing(tmp_path):
+    a = agent(tmp_path)
+    a.local.status = lambda: None
+    tick(a, peer())
+    assert a.report()["mysqld"] is False and a.report()["writable"] is False
+
+
+def test_state_survives_a_restart(tmp_path):
+    a = agent(tmp_path)
+    tick(a, peer())
+    b = agent(tmp_path)
+    assert b.state.last_writer == "db1" and b.state.promoted_at > 0
+
+
+@pytest.mark.parametrize("line,expected", [(b"haproxy\n", b"up ready\n"), (b"status\n", b'"writable": true')])
+def test_agent_port_answers_haproxy_and_the_peer(tmp_path, line, expected):
+    import socket
+
+    from hastack.mariadb_writer import serve
+
+    a = agent(tmp_path)
+    a.cfg.bind, a.cfg.port = "127.0.0.1", 0
+    tick(a, peer())
+    srv = serve(a)
+    try:
+        with socket.create_connection(srv.server_address, timeout=2) as s:
+            s.sendall(line)
+            data = s.recv(4096)
+        assert expected in data
+    finally:
+        srv.shutdown()
