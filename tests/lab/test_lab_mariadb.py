@@ -8,7 +8,7 @@ import requests
 from hastack.converge import converge
 from hastack.lab import mariadb_pair
 from hastack.secrets import mariadb_passwords
-from tests.lab.helpers import wait_for
+from tests.lab.helpers import records_api, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"
 
@@ -116,19 +116,6 @@ def test_application_writes_on_the_writer_and_is_refused_on_the_passive(pair):
     assert ok.returncode == 0, ok.stderr
     refused = app_query(lab, app, lab.topo.host(db2).private_ip, "INSERT INTO probe (origin) VALUES ('app')", pw["app"])
     assert refused.returncode != 0 and "read-only" in refused.stderr, refused.stderr
-
-
-def records_api(lab, method, path, **kw):
-    """The application through the floating IP, as a user's client reaches it."""
-    import subprocess
-
-    cmd = ["ip", "netns", "exec", "hsl-internet", "curl", "-s", "--max-time", "10", "--cacert", str(lab.ca.cert_path),
-           "-X", method, f"https://{lab.addr.floating_ip}{path}", "-w", "\n%{http_code}"]
-    if "json" in kw:
-        cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(kw["json"])]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    body, _, code = out.rpartition("\n")
-    return int(code or 0), (json.loads(body) if body.strip().startswith("{") else body)
 
 
 def test_the_app_stores_records_through_the_writer_and_reads_them_back(pair):

@@ -1,10 +1,12 @@
 """Redis on the lab's machines: TLS and ACLs, the replica, Sentinel failover."""
 
+import uuid
+
 import pytest
 
 from hastack.converge import converge
 from hastack.secrets import redis_passwords
-from tests.lab.helpers import wait_for
+from tests.lab.helpers import records_api, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host
 
@@ -74,7 +76,17 @@ def test_primary_dies_and_a_sentinel_promotes_the_replica(redis_lab):
     survivor = next(h for h in lab.topo.hosts_with_role("redis") if h.private_ip != old)
     lab.stop(old_host.name, hard=True)
     try:
+        # the application keeps working at once: Redis is its cache, MariaDB has the records
+        code, body = records_api(lab, "POST", "/records", json={"request_id": str(uuid.uuid4()), "value": "no-cache"})
+        assert code == 201, body
+        code, got = records_api(lab, "GET", f"/records/{body['id']}")
+        assert code == 200 and got["value"] == "no-cache", got
         wait_for(lambda: primary(lab, pw, survivor.name) == survivor.private_ip, 30, "Sentinel to promote the replica")
+        # and finds the new primary: a record written now is served from the cache
+        code, body = records_api(lab, "POST", "/records", json={"request_id": str(uuid.uuid4()), "value": "cached"})
+        assert code == 201, body
+        wait_for(lambda: records_api(lab, "GET", f"/records/{body['id']}")[1].get("source") == "cache", 10,
+                 "the application to cache on the new primary")
         ok = cli(lab, "lab-mon1", survivor.private_ip, "SET", "hastack:after", "1", user="app", password=pw["app"])
         assert ok.stdout.strip() == "OK"
     finally:
