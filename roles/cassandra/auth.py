@@ -3,7 +3,8 @@
 A new ring starts with the superuser cassandra/cassandra. Once every node is
 up, one node is secured (over TLS, with the cassandra-driver):
 
-1. log in as the generated admin, or, on a new ring, as cassandra/cassandra;
+1. log in as the generated admin, or, on a new ring, as cassandra/cassandra (waiting
+   until Cassandra has created it);
 2. create the generated superuser (its password from the stack secret);
 3. log in again as that superuser (a role cannot change its own superuser status);
 4. replicate system_auth, system_distributed and system_traces to the datacenter
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import secrets
 import ssl
+import time
 from typing import Callable
 
 from cassandra import AuthenticationFailed
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import WhiteListRoundRobinPolicy
 
 DEFAULT_USER = DEFAULT_PASSWORD = "cassandra"
 REPLICATED_KEYSPACES = ("system_auth", "system_distributed", "system_traces")
@@ -36,9 +39,16 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
     return ctx
 
 
+def node_cluster(address: str, port: int, ssl_context: ssl.SSLContext | None, user: str, password: str) -> Cluster:
+    """A driver cluster talking to this one node only."""
+    profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]))
+    return Cluster([address], port=port, ssl_context=ssl_context, protocol_version=5, connect_timeout=10,
+                   auth_provider=PlainTextAuthProvider(user, password),
+                   execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+
+
 def connect(address: str, port: int, ca_file: str, user: str, password: str) -> tuple[Cluster, Session]:
-    cluster = Cluster([address], port=port, ssl_context=tls_context(ca_file), protocol_version=5,
-                      auth_provider=PlainTextAuthProvider(user, password))
+    cluster = node_cluster(address, port, tls_context(ca_file), user, password)
     try:
         return cluster, cluster.connect()
     except Exception:
@@ -57,8 +67,19 @@ def replication(datacenter: str, replication_factor: int) -> dict[str, str]:
     return {"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", datacenter: str(replication_factor)}
 
 
+def _connect_default(connector: Callable, address: str, port: int, ca_file: str, wait: float):
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return connector(address, port, ca_file, DEFAULT_USER, DEFAULT_PASSWORD)
+        except Exception as e:
+            if not _auth_failed(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def secure(address: str, port: int, ca_file: str, admin_user: str, admin_password: str, datacenter: str,
-           replication_factor: int, connector: Callable = connect) -> list[str]:
+           replication_factor: int, connector: Callable = connect, default_wait: float = 90) -> list[str]:
     """Runs the steps above against one node; returns what it changed (empty: nothing to do)."""
     actions: list[str] = []
     try:
@@ -66,8 +87,9 @@ def secure(address: str, port: int, ca_file: str, admin_user: str, admin_passwor
     except Exception as e:
         if not _auth_failed(e):
             raise
-        # a new ring: only the default superuser exists yet
-        cluster, session = connector(address, port, ca_file, DEFAULT_USER, DEFAULT_PASSWORD)
+        # a new ring: only the default superuser exists, and only once Cassandra has set it up
+        # (some seconds after start: cassandra.superuser_setup_delay_ms)
+        cluster, session = _connect_default(connector, address, port, ca_file, default_wait)
         try:
             session.execute(f'CREATE ROLE IF NOT EXISTS "{admin_user}" WITH SUPERUSER = true AND LOGIN = true '
                             f"AND PASSWORD = %s", (admin_password,))
