@@ -34,3 +34,11 @@ MARIADB_USERS = ("repl", "app", "exporter")
 
 def mariadb_passwords(seed: str) -> dict[str, str]:
     return {user: derive(seed, f"mariadb/{user}") for user in MARIADB_USERS}
+
+
+# admin: the generated superuser that replaces cassandra/cassandra; jmx: nodetool's JMX login
+CASSANDRA_USERS = ("admin", "jmx")
+
+
+def cassandra_passwords(seed: str) -> dict[str, str]:
+    return {user: derive(seed, f"cassandra/{user}") for user in CASSANDRA_USERS}

@@ -1,0 +1,119 @@
+"""Replacing Cassandra's default superuser, and replicating its auth data.
+
+A new ring starts with the superuser cassandra/cassandra. Once every node is
+up, one node is secured (over TLS, with the cassandra-driver):
+
+1. log in as the generated admin, or, on a new ring, as cassandra/cassandra (waiting
+   until Cassandra has created it);
+2. create the generated superuser (its password from the stack secret);
+3. log in again as that superuser (a role cannot change its own superuser status);
+4. replicate system_auth, system_distributed and system_traces to the datacenter
+   with the ring's replication factor (NetworkTopologyStrategy);
+5. take superuser and login away from cassandra and give it a random password.
+
+Then `nodetool repair --full system_auth` on each node spreads the auth data to
+its new replicas. Every step checks first, so a second run changes nothing and
+returns no actions. Passwords travel as bound parameters, never in logged text.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import time
+from typing import Callable
+
+from cassandra import AuthenticationFailed
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import WhiteListRoundRobinPolicy
+
+DEFAULT_USER = DEFAULT_PASSWORD = "cassandra"
+REPLICATED_KEYSPACES = ("system_auth", "system_distributed", "system_traces")
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """Clients verify the node's certificate against the stack CA."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def node_cluster(address: str, port: int, ssl_context: ssl.SSLContext | None, user: str, password: str) -> Cluster:
+    """A driver cluster talking to this one node only."""
+    profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]))
+    return Cluster([address], port=port, ssl_context=ssl_context, protocol_version=5, connect_timeout=10,
+                   auth_provider=PlainTextAuthProvider(user, password),
+                   execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+
+
+def connect(address: str, port: int, ca_file: str, user: str, password: str) -> tuple[Cluster, Session]:
+    cluster = node_cluster(address, port, tls_context(ca_file), user, password)
+    try:
+        return cluster, cluster.connect()
+    except Exception:
+        cluster.shutdown()
+        raise
+
+
+def _auth_failed(error: Exception) -> bool:
+    if isinstance(error, AuthenticationFailed):
+        return True
+    return isinstance(error, NoHostAvailable) and any(
+        isinstance(e, AuthenticationFailed) for e in error.errors.values())
+
+
+def replication(datacenter: str, replication_factor: int) -> dict[str, str]:
+    return {"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", datacenter: str(replication_factor)}
+
+
+def _connect_default(connector: Callable, address: str, port: int, ca_file: str, wait: float):
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return connector(address, port, ca_file, DEFAULT_USER, DEFAULT_PASSWORD)
+        except Exception as e:
+            if not _auth_failed(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def secure(address: str, port: int, ca_file: str, admin_user: str, admin_password: str, datacenter: str,
+           replication_factor: int, connector: Callable = connect, default_wait: float = 90) -> list[str]:
+    """Runs the steps above against one node; returns what it changed (empty: nothing to do)."""
+    actions: list[str] = []
+    try:
+        cluster, session = connector(address, port, ca_file, admin_user, admin_password)
+    except Exception as e:
+        if not _auth_failed(e):
+            raise
+        # a new ring: only the default superuser exists, and only once Cassandra has set it up
+        # (some seconds after start: cassandra.superuser_setup_delay_ms)
+        cluster, session = _connect_default(connector, address, port, ca_file, default_wait)
+        try:
+            session.execute(f'CREATE ROLE IF NOT EXISTS "{admin_user}" WITH SUPERUSER = true AND LOGIN = true '
+                            f"AND PASSWORD = %s", (admin_password,))
+            actions.append(f"created superuser {admin_user}")
+        finally:
+            cluster.shutdown()
+        cluster, session = connector(address, port, ca_file, admin_user, admin_password)
+
+    try:
+        wanted = replication(datacenter, replication_factor)
+        for keyspace in REPLICATED_KEYSPACES:
+            row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                                  (keyspace,)).one()
+            if row is None or dict(row.replication) != wanted:
+                session.execute(f"ALTER KEYSPACE {keyspace} WITH replication = "
+                                f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication_factor}}}")
+                actions.append(f"replicated {keyspace} ({datacenter}: {replication_factor})")
+
+        row = session.execute("SELECT is_superuser, can_login FROM system_auth.roles WHERE role = %s",
+                              (DEFAULT_USER,)).one()
+        if row is not None and (row.is_superuser or row.can_login):
+            session.execute(f"ALTER ROLE {DEFAULT_USER} WITH SUPERUSER = false AND LOGIN = false AND PASSWORD = %s",
+                            (secrets.token_urlsafe(32),))
+            actions.append(f"disabled the default superuser {DEFAULT_USER}")
+    finally:
+        cluster.shutdown()
+    return actions
