@@ -21,6 +21,7 @@ from pyinfra.api import Config, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy, deploy
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.command import StringCommand
 from pyinfra.api.operations import run_ops
 
 from hastack.inventory import make_inventory
@@ -84,25 +85,67 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
         if h not in state.activated_hosts:
             reports[h.name].failed = "connect: could not connect over SSH"
     try:
-        say("preparing operations (gathering facts)")
-        # pyinfra prepares hosts one after another. Its host context is
-        # greenlet-local, so each host is prepared in its own greenlet and facts
-        # are gathered in parallel; the state context is process-wide, so it is
-        # set once around all of them.
-        hosts = list(state.inventory.get_active_hosts())
-        with ctx_state.use(state):
-            Pool(len(hosts) or 1).map(lambda h: add_deploy(state, converge_host, host=h), hosts)
-        say(f"running {len(state.get_op_order())} operations")
-        run_ops(state)
-    except PyinfraError as e:
-        for h in inventory:
-            if reports[h.name].failed is None and h in state.failed_hosts:
-                reports[h.name].failed = str(e)
-        if not any(r.failed for r in reports.values()):
-            raise
+        try:
+            say("preparing operations (gathering facts)")
+            # pyinfra prepares hosts one after another. Its host context is
+            # greenlet-local, so each host is prepared in its own greenlet and facts
+            # are gathered in parallel; the state context is process-wide, so it is
+            # set once around all of them.
+            hosts = list(state.inventory.get_active_hosts())
+            with ctx_state.use(state):
+                Pool(len(hosts) or 1).map(lambda h: add_deploy(state, converge_host, host=h), hosts)
+            say(f"running {len(state.get_op_order())} operations")
+            run_ops(state)
+        except PyinfraError as e:
+            for h in inventory:
+                if reports[h.name].failed is None and h in state.failed_hosts:
+                    reports[h.name].failed = str(e)
+            if not any(r.failed for r in reports.values()):
+                raise
+        _collect(state, inventory, reports)
+        _cassandra_ring(state, inventory, reports, say)
     finally:
         disconnect_all(state)
+    return ConvergeReport(reports, time.monotonic() - started)
 
+
+def runner(state: State) -> Callable[[str, str, float], tuple[bool, str, str]]:
+    """Run a shell command as root on a connected host: (ok, stdout, stderr)."""
+    hosts = {h.name: h for h in state.inventory}
+
+    def run(name: str, command: str, timeout: float = 120) -> tuple[bool, str, str]:
+        with ctx_state.use(state):
+            ok, out = hosts[name].run_shell_command(StringCommand(command), _sudo=True, _timeout=timeout)
+        return ok, out.stdout, "\n".join(out.stderr_lines)
+
+    return run
+
+
+def _cassandra_ring(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None]) -> None:
+    """After the roles: the ring operations, one node at a time (roles/cassandra/ring.py)."""
+    members = [h for h in inventory if "cassandra" in (h.data.get("roles") or [])]
+    if not members:
+        return
+    from roles.cassandra.ring import Ring, RingError
+
+    data = members[0].data
+    failed = [h.name for h in members if reports[h.name].failed]
+    if failed:
+        reports[members[0].name].failed = reports[members[0].name].failed or \
+            f"Cassandra ring: not changed, because {', '.join(failed)} did not converge"
+        return
+    say("Cassandra ring: one node at a time")
+    ring = Ring(dict(data["cassandra_nodes"]), runner(state), log=say)
+    try:
+        for name, action in ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"]):
+            reports[name].changed += 1
+            reports[name].changed_operations.append(f"Cassandra ring: {action}")
+    except RingError as e:
+        reports[members[0].name].failed = f"Cassandra ring: {e}"
+
+
+def _collect(state: State, inventory, reports: dict[str, HostReport]) -> None:
+    """What each host's operations did, from pyinfra's operation metadata."""
     for h in inventory:
         report = reports[h.name]
         for op_hash in h.op_hash_order:
@@ -116,4 +159,3 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             elif meta.did_change():
                 report.changed += 1
                 report.changed_operations.append(name)
-    return ConvergeReport(reports, time.monotonic() - started)

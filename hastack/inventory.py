@@ -15,7 +15,7 @@ from typing import Any
 
 from pyinfra.api import Inventory
 
-from hastack.secrets import mariadb_passwords, redis_passwords
+from hastack.secrets import cassandra_passwords, mariadb_passwords, redis_passwords
 
 REQUIRED_OUTPUTS = ("hosts", "floatingIp")
 # The stack's internal CA on the operator's machine (keys 0600, never committed).
@@ -78,6 +78,8 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             data["mariadb_passwords"] = mariadb_passwords(secrets["seed"])
         elif "app" in groups and secrets.get("seed"):
             data["mariadb_passwords"] = {"app": mariadb_passwords(secrets["seed"])["app"]}
+        if "cassandra" in groups and secrets.get("seed"):
+            data["cassandra_passwords"] = cassandra_passwords(secrets["seed"])
         if "backup" in groups and "backup_writer" in secrets:
             data["backup_credentials"] = dict(secrets["backup_writer"], bucket=outputs.get("backupBucket"),
                                               region=outputs.get("backupRegion"))

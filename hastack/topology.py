@@ -368,6 +368,10 @@ class Topology:
                 cassandra_rack=node.rack,
                 cassandra_seeds=[self.host(n.host).private_ip for n in self.cassandra if n.seed],
                 cassandra_replication_factor=self.cassandra_replication_factor,
+                cassandra_index=host.index,
+                # the ring, in the order nodes join it: seeds first
+                cassandra_nodes={n.host: self.host(n.host).private_ip
+                                 for n in sorted(self.cassandra, key=lambda n: not n.seed)},
             )
         if host.role in ("redis", "app") or host.name in self.redis_sentinels:
             data.update(

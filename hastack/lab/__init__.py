@@ -210,6 +210,14 @@ class Lab:
                     hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
                                        "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
                 )
+            if h.role == "cassandra":
+                data.update(
+                    # the machines see the host's memory: the heap is sized for a lab of a dozen machines
+                    cassandra_heap_mb=512,
+                    # gossip settles in well under a second on one bridge; Cassandra's 30 s default
+                    # wait per joining node would only slow the lab down
+                    cassandra_extra_jvm_options=["-Dcassandra.ring_delay_ms=5000"],
+                )
             if h.role == "loadbalancer":
                 data.update(
                     # the lab's API has no other projects to share the rate limit with

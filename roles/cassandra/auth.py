@@ -117,3 +117,27 @@ def secure(address: str, port: int, ca_file: str, admin_user: str, admin_passwor
     finally:
         cluster.shutdown()
     return actions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run on a node by the ring orchestrator: prints what changed, one line each."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="replace Cassandra's default superuser; replicate system_auth")
+    p.add_argument("--address", required=True)
+    p.add_argument("--port", type=int, default=9042)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--admin-user", default="admin")
+    p.add_argument("--password-file", required=True, help="root-only file with the admin's password")
+    p.add_argument("--datacenter", required=True)
+    p.add_argument("--replication-factor", type=int, required=True)
+    a = p.parse_args(argv)
+    with open(a.password_file) as f:
+        password = f.read().strip()
+    for action in secure(a.address, a.port, a.ca, a.admin_user, password, a.datacenter, a.replication_factor):
+        print(action)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

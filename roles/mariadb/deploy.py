@@ -19,6 +19,7 @@ from pyinfra.operations import apt, files, server, systemd
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent
+from roles.data_volume import mount_data_volume
 from roles.mariadb import DEFAULTS, DONOR_PORT, MARIADB_PORT, WRITER_AGENT_PORT
 from roles.tls_files import put_tls_files
 
@@ -100,6 +101,7 @@ def _apply_sql(name: str, path: str, sql: str, force: bool = False):
 def mariadb() -> None:
     d = host.data
     preferred = d.mariadb_writer == host.name
+    mount_data_volume("/var/lib/mysql")  # before the package puts its data directory there
     apt.packages(name="MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
                  no_recommends=True)
 

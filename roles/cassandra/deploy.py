@@ -1,0 +1,130 @@
+"""The cassandra role: Cassandra installed, configured and ready to start.
+
+This deploy never starts, stops or restarts Cassandra: a ring must change one
+node at a time, each step only when the ring is healthy, which is the ring
+orchestrator's business (roles/cassandra/ring.py, run by the converge right
+after the roles). A changed configuration on a running node is marked for the
+orchestrator's rolling restart.
+"""
+
+from io import StringIO
+
+from gevent.lock import Semaphore
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
+
+from hastack import cassandra_bundle
+from hastack.pki import CertificateAuthority
+from hastack.templating import template_path
+from roles.cassandra import DEFAULTS
+from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, TLS_DIR, UNIT,
+                                    node_pem, template_vars)
+from roles.data_volume import mount_data_volume
+
+STATE_DIR = "/var/lib/hastack/cassandra"
+RESTART_MARK = f"{STATE_DIR}/restart-needed"
+AUTH_SCRIPT = "/opt/hastack/cassandra_auth.py"
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+_build_lock = Semaphore()  # hosts are prepared in parallel greenlets: one Maven build
+
+
+def _bundle() -> tuple[str, str]:
+    """The bundle built (or cached) on the operator's machine: path and sha256."""
+    with _build_lock:
+        archive = cassandra_bundle.build(version=host.data.cassandra_version,
+                                         agent_version=host.data.cassandra_jmx_exporter_version)
+    return str(archive), cassandra_bundle.sha256_file(archive)
+
+
+def _install(version: str) -> None:
+    d = host.data
+    files.directory(name="Download directory", path="/var/cache/hastack", user="root", group="root", mode="0755")
+    if d.cassandra_tarball_url:
+        # Apache's binary tarball: same lib/ layout; the exporter agent from Maven Central, checksum pinned
+        archive, sha256 = f"/var/cache/hastack/apache-cassandra-{version}-bin.tar.gz", d.cassandra_tarball_sha256
+        if not sha256:
+            raise ValueError(f"{host.name}: cassandra_tarball_url is set but cassandra_tarball_sha256 is not")
+        files.download(name="Cassandra tarball", src=d.cassandra_tarball_url, dest=archive, sha256sum=sha256)
+    else:
+        local, sha256 = _bundle()
+        archive = f"/var/cache/hastack/{cassandra_bundle.bundle_name(version)}"
+        files.put(name="Cassandra bundle", src=local, dest=archive, user="root", group="root", mode="0644")
+    installed = host.get_fact(Command, f"test -e /opt/cassandra-{version}/.installed && "
+                                       f"readlink /opt/cassandra || true") == f"/opt/cassandra-{version}"
+    server.shell(name=f"Cassandra {version} installed (checksums verified)",
+                 commands=[cassandra_bundle.install_script(archive, sha256, version)], _if=lambda: not installed)
+    if d.cassandra_tarball_url:
+        jar = cassandra_bundle.agent_jar(d.cassandra_jmx_exporter_version)
+        pinned = cassandra_bundle.read_lock()[f"agents/{jar}"]
+        files.directory(name="Agents directory", path=f"/opt/cassandra-{version}/agents", mode="0755")
+        files.download(name="JMX exporter agent", dest=f"/opt/cassandra-{version}/agents/{jar}", sha256sum=pinned,
+                       src=f"{MAVEN_CENTRAL}/io/prometheus/jmx/{cassandra_bundle.JMX_EXPORTER_ARTIFACT}/"
+                           f"{d.cassandra_jmx_exporter_version}/{jar}")
+
+
+@deploy("cassandra", data_defaults=DEFAULTS)
+def cassandra() -> None:
+    d = host.data
+    version = d.cassandra_version
+    apt.packages(name="Java 17 and the CQL driver", packages=["openjdk-17-jre-headless", "python3-cassandra"],
+                 no_recommends=True)
+    server.sysctl(name="Memory map areas for Cassandra", key="vm.max_map_count",
+                  value=int(d.cassandra_vm_max_map_count), persist=True,
+                  persist_file="/etc/sysctl.d/60-hastack-cassandra.conf")
+    server.group(name="cassandra group", group="cassandra", system=True)
+    server.user(name="cassandra user", user="cassandra", group="cassandra", system=True, home=DATA_DIR,
+                shell="/usr/sbin/nologin", create_home=False)
+    mount_data_volume(DATA_DIR)
+    for path, mode in ((DATA_DIR, "0750"), (LOG_DIR, "0750"), (CONF_DIR, "0755"), (TLS_DIR, "0700")):
+        files.directory(name=f"{path}", path=path, user="cassandra", group="cassandra", mode=mode)
+    files.directory(name="Ring state directory", path=STATE_DIR, user="root", group="root", mode="0700")
+    _install(version)
+
+    mem_mb = int(host.get_fact(Command, "awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo"))
+    v = template_vars(d, mem_mb, d.cassandra_passwords["jmx"])
+    changed = []
+    for target, mode in CONFIG_FILES.items():
+        changed.append(files.template(name=f"Cassandra {target.rsplit('/', 1)[1]}", src=template_path("cassandra", target),
+                                      dest=target, user="cassandra", group="cassandra", mode=mode, **v))
+    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"cassandra-{host.name}", dns=[host.name],
+                                                            ips=[d.private_ip], client=True)
+    changed.append(files.put(name="Cassandra TLS key and chain", src=StringIO(node_pem(issued)),
+                             dest=f"{TLS_DIR}/node.pem", user="cassandra", group="cassandra", mode="0600"))
+    changed.append(files.put(name="Cassandra TLS CA", src=StringIO(issued.ca_pem), dest=f"{TLS_DIR}/ca.crt",
+                             user="cassandra", group="cassandra", mode="0644"))
+    unit = files.template(name="Cassandra unit", src=template_path("cassandra", UNIT), dest=UNIT,
+                          user="root", group="root", mode="0644", **v)
+    changed.append(unit)
+    files.template(name="nodetool", src=template_path("cassandra", NODETOOL), dest=NODETOOL,
+                   user="root", group="root", mode="0755", **v)
+    systemd.daemon_reload(name="systemd knows the Cassandra unit", _if=unit.did_change)
+    # Enabled, so a rebooted member rejoins by itself; a node that never joined is started by the ring
+    # orchestrator (it starts nothing here).
+    server.shell(name="Cassandra enabled at boot", commands=["systemctl enable cassandra.service"],
+                 _if=lambda: host.get_fact(Command, "systemctl is-enabled cassandra.service || true") != "enabled")
+    server.shell(name="Cassandra marked for a rolling restart",
+                 commands=[f"systemctl is-active --quiet cassandra.service && touch {RESTART_MARK} || true"],
+                 _if=lambda: any(op.did_change() for op in changed))
+
+    # -- ring maintenance: the auth bootstrap script, and a primary-range repair well inside gc_grace_seconds
+    files.directory(name="hastack directory", path="/opt/hastack", user="root", group="root", mode="0755")
+    files.put(name="Cassandra auth bootstrap", src=_auth_source(), dest=AUTH_SCRIPT, user="root", group="root",
+              mode="0644")
+    files.put(name="Cassandra admin password (root only)", src=StringIO(d.cassandra_passwords["admin"]),
+              dest=f"{STATE_DIR}/admin-password", user="root", group="root", mode="0600")
+    svc = files.template(name="Repair service", src=template_path("cassandra", "/etc/systemd/system/cassandra-repair.service"),
+                         dest="/etc/systemd/system/cassandra-repair.service", user="root", group="root", mode="0644")
+    timer = files.template(name="Repair timer", src=template_path("cassandra", "/etc/systemd/system/cassandra-repair.timer"),
+                           dest="/etc/systemd/system/cassandra-repair.timer", user="root", group="root", mode="0644",
+                           # one node a day at most: the ring's nodes repair on different weekdays
+                           weekday=("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[(d.cassandra_index - 1) % 7])
+    systemd.service(name="Repair timer running", service="cassandra-repair.timer", running=True, enabled=True,
+                    daemon_reload=svc.will_change or timer.will_change, restarted=timer.will_change)
+
+
+def _auth_source() -> str:
+    from roles.cassandra import auth
+
+    return auth.__file__
