@@ -135,9 +135,9 @@ def _cassandra_ring(state: State, inventory, reports: dict[str, HostReport], say
             f"Cassandra ring: not changed, because {', '.join(failed)} did not converge"
         return
     say("Cassandra ring: one node at a time")
-    ring = Ring(dict(data["cassandra_nodes"]), runner(state), log=say)
+    ring = Ring(dict(data.cassandra_nodes), runner(state), log=say)
     try:
-        for name, action in ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"]):
+        for name, action in ring.converge(int(data.cassandra_replication_factor), data.cassandra_datacenter):
             reports[name].changed += 1
             reports[name].changed_operations.append(f"Cassandra ring: {action}")
     except RingError as e:

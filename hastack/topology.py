@@ -83,6 +83,7 @@ COUNT_RULES = {
 }
 
 DATA_ROLES = ("mariadb", "cassandra")
+SINGLE_RACK = "rack1"  # the Cassandra rack when there are fewer locations than replicas
 
 RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
@@ -694,16 +695,29 @@ def _build(stack: str, cfg: StackConfig, secrets_missing: tuple[str, ...]) -> To
     )
 
     cass_hosts = names("cassandra")
-    racks = list(dict.fromkeys(h.location for h in cass_hosts))
+    # Racks are locations when there are at least as many as the replication
+    # factor: one replica per location. With fewer, Cassandra's token allocation
+    # refuses rack counts between 1 and RF, so the ring is one rack and replicas
+    # land on distinct nodes (each on its own physical host: spread placement groups).
+    locations = list(dict.fromkeys(h.location for h in cass_hosts))
+    rack_of = {h.name: h.location if len(locations) >= cfg.cassandra.replication_factor else SINGLE_RACK
+               for h in cass_hosts}
+    racks = list(dict.fromkeys(rack_of.values()))
     # One seed per rack (two when there is a single rack), never every node.
     per_rack = 1 if len(racks) > 1 else 2
     max_seeds = max(1, min(3, len(cass_hosts) - 1))
     seeds: list[str] = []
     for rack in racks:
-        for h in [h for h in cass_hosts if h.location == rack][:per_rack]:
+        # within a rack, seeds from different locations where there are any
+        members = sorted((h for h in cass_hosts if rack_of[h.name] == rack), key=lambda h: h.index)
+        firsts: list[Host] = []
+        for h in members:
+            if all(f.location != h.location for f in firsts):
+                firsts.append(h)
+        for h in (firsts + [h for h in members if h not in firsts])[:per_rack]:
             if len(seeds) < max_seeds:
                 seeds.append(h.name)
-    cassandra = tuple(CassandraNode(host=h.name, rack=h.location, seed=h.name in seeds) for h in cass_hosts)
+    cassandra = tuple(CassandraNode(host=h.name, rack=rack_of[h.name], seed=h.name in seeds) for h in cass_hosts)
 
     redis_hosts = [h.name for h in names("redis")]
     monitoring = names("monitoring")[0].name

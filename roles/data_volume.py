@@ -9,7 +9,7 @@ def mount_data_volume(path: str) -> None:
     """Mount the host's volume at ``path`` (by its stable device id). Hosts without a
     volume (the lab) keep ``path`` on their own disk."""
     volume_id = host.data.get("volume_id")
-    files.directory(name=f"Data directory {path}", path=path, mode="0755")
+    files.directory(name=f"Data directory {path}", path=path)  # its owner and mode are the role's
     if not volume_id:
         return
     device = f"/dev/disk/by-id/scsi-0HC_Volume_{int(volume_id)}"

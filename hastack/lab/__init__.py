@@ -44,6 +44,7 @@ class Lab:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         preflight()
+        _kernel_settings_for_machines()
         image.build(self.paths, log=self.log)
         timings["image"] = time.monotonic() - t0
 
@@ -272,6 +273,14 @@ class Lab:
         lines = [m.host_key_line() for m in self.machines.values()]
         self.paths.known_hosts.write_text("\n".join(lines) + "\n")
         os.chmod(self.paths.known_hosts, 0o600)
+
+
+def _kernel_settings_for_machines() -> None:
+    """Kernel settings the machines' roles ask for but cannot set (they are not per
+    container): the host provides them. Cassandra wants many memory map areas."""
+    path = Path("/proc/sys/vm/max_map_count")
+    if int(path.read_text()) < 1048575:
+        path.write_text("1048575\n")
 
 
 def _stale_host(name: str):

@@ -1,5 +1,6 @@
 """The topology model: good stacks produce the expected hosts, bad ones fail with clear messages."""
 
+import copy
 import ipaddress
 
 import pytest
@@ -86,8 +87,14 @@ def test_mariadb_pair_facts():
 def test_cassandra_seeds_one_per_rack_never_every_node(prod_config):
     topo = load_stack("prod")
     seeds = [n for n in topo.cassandra if n.seed]
-    assert {n.rack for n in topo.cassandra} == {"nbg1", "fsn1"}
-    assert sorted(n.rack for n in seeds) == ["fsn1", "nbg1"]
+    # two locations, RF 3: Cassandra's token allocation needs 1 rack or at least RF racks
+    assert {n.rack for n in topo.cassandra} == {"rack1"}
+    assert sorted(topo.host(n.host).location for n in seeds) == ["fsn1", "nbg1"]  # seeds in both locations
+    three = copy.deepcopy(prod_config)
+    three["locations"] = ["nbg1", "fsn1", "hel1"]
+    spread = load("prod", three, SECRETS)
+    assert {n.rack for n in spread.cassandra} == {"nbg1", "fsn1", "hel1"}
+    assert len([n for n in spread.cassandra if n.seed]) == 2
     prod_config["roles"]["cassandra"]["count"] = 9
     big = load("prod", prod_config, SECRETS)
     seeds = [n for n in big.cassandra if n.seed]
