@@ -208,11 +208,8 @@ def lab_down(stack: str = LabStack) -> None:
         _fail("still present: " + ", ".join(left), code=1)
 
 
-@app.command("converge")
-def converge_cmd(stack: str = StackOption,
-                 outputs: Path = typer.Option(None, help="stack outputs JSON (default: ask `pulumi stack output`)")) -> None:
-    """Converge every host of a stack (drift repair). Lab stacks use the lab's machines."""
-    from hastack.converge import converge
+def _entries(stack: str, outputs: Path | None) -> dict:
+    """Every host of a stack as pyinfra host data: the lab's machines, or a deployed stack's outputs."""
     from hastack.inventory import InventoryError, host_entries, stack_outputs
     from hastack.stackfile import read_stack_file
     from hastack.topology import NAMESPACE
@@ -222,18 +219,81 @@ def converge_cmd(stack: str = StackOption,
     except StackFileError as e:
         _fail(str(e))
     if flat.get(f"{NAMESPACE}:provider") == "lab":
-        entries = _lab(stack).inventory_entries()
-    else:
-        try:
-            data = json.loads(outputs.read_text()) if outputs else stack_outputs(stack)
-            entries = host_entries(data)
-        except (InventoryError, OSError, ValueError) as e:
-            _fail(str(e))
+        return _lab(stack).inventory_entries()
+    try:
+        data = json.loads(outputs.read_text()) if outputs else stack_outputs(stack)
+        return host_entries(data)
+    except (InventoryError, OSError, ValueError) as e:
+        _fail(str(e))
+
+
+OutputsOption = typer.Option(None, help="stack outputs JSON (default: ask `pulumi stack output`)")
+
+
+@app.command("converge")
+def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption) -> None:
+    """Converge every host of a stack (drift repair). Lab stacks use the lab's machines."""
+    from hastack.converge import converge
+
+    entries = _entries(stack, outputs)
     report = converge(entries, progress=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
     _print_converge(report)
     if not report.ok:
         failed = next(r for r in report.hosts.values() if r.failed)
         _fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+
+
+cassandra_app = typer.Typer(help="Cassandra ring operations (growing, replacing and restarts are done by the converge).",
+                            no_args_is_help=True)
+app.add_typer(cassandra_app, name="cassandra")
+
+
+def _ring(stack: str, outputs: Path | None):
+    from hastack.converge import connected
+
+    entries = {n: d for n, d in _entries(stack, outputs).items() if "cassandra" in d.get("groups", [])}
+    if not entries:
+        _fail(f"stack {stack!r} has no Cassandra nodes")
+    return entries, connected(entries)
+
+
+@cassandra_app.command("status")
+def cassandra_status(stack: str = StackOption, outputs: Path = OutputsOption) -> None:
+    """`nodetool status` as the first running node sees the ring."""
+    from roles.cassandra.ring import Ring
+
+    entries, conn = _ring(stack, outputs)
+    first = next(iter(entries.values()))
+    with conn as run:
+        via, ring = Ring(dict(first["cassandra_nodes"]), run).view()
+    if via is None:
+        _fail("no Cassandra node is running", code=1)
+    table = Table(title=f"ring as {via} sees it")
+    for col in ("state", "address", "host id", "rack"):
+        table.add_column(col)
+    for m in ring.values():
+        table.add_row(m.state, m.address, m.host_id, m.rack)
+    console.print(table)
+    if any(m.state != "UN" for m in ring.values()):
+        raise typer.Exit(1)
+
+
+@cassandra_app.command("decommission")
+def cassandra_decommission(host: str, stack: str = StackOption, outputs: Path = OutputsOption) -> None:
+    """Stream a node's data to the others and take it out of the ring (before removing it from the config)."""
+    from roles.cassandra.ring import Ring, RingError
+
+    entries, conn = _ring(stack, outputs)
+    if host not in entries:
+        _fail(f"{host!r} is not a Cassandra node of {stack!r}; nodes: {', '.join(entries)}")
+    data = entries[host]
+    with conn as run:
+        try:
+            Ring(dict(data["cassandra_nodes"]), run, log=lambda m: console.print(f"[dim]·[/dim] {m}")).decommission(
+                host, int(data["cassandra_replication_factor"]))
+        except RingError as e:
+            _fail(str(e), code=1)
+    console.print(f"{host} left the ring and is stopped; now remove it from the stack's config")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -69,8 +70,9 @@ def converge_host() -> None:
 
 
 def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
-             progress: Callable[[str], None] | None = None) -> ConvergeReport:
-    """Converge every host in ``entries`` (name -> pyinfra host data)."""
+             progress: Callable[[str], None] | None = None, ring: bool = True) -> ConvergeReport:
+    """Converge every host in ``entries`` (name -> pyinfra host data); ``ring=False``
+    configures Cassandra nodes without starting or changing the ring."""
     started = time.monotonic()
     logging.getLogger("pyinfra").setLevel(logging.WARNING)
     inventory = make_inventory(entries)
@@ -103,10 +105,25 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             if not any(r.failed for r in reports.values()):
                 raise
         _collect(state, inventory, reports)
-        _cassandra_ring(state, inventory, reports, say)
+        if ring:
+            _cassandra_ring(state, inventory, reports, say)
     finally:
         disconnect_all(state)
     return ConvergeReport(reports, time.monotonic() - started)
+
+
+@contextmanager
+def connected(entries: dict[str, dict[str, Any]]):
+    """A runner over SSH to every host in ``entries``, for commands outside a converge."""
+    state = State(make_inventory(entries), Config(PARALLEL=len(entries), CONNECT_TIMEOUT=20, FAIL_PERCENT=100))
+    connect_all(state)
+    try:
+        missing = [h.name for h in state.inventory if h not in state.activated_hosts]
+        if missing:
+            raise ConnectionError(f"could not connect over SSH to {', '.join(missing)}")
+        yield runner(state)
+    finally:
+        disconnect_all(state)
 
 
 def runner(state: State) -> Callable[[str, str, float], tuple[bool, str, str]]:

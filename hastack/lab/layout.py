@@ -158,14 +158,18 @@ def generate_admin_key(paths: Paths, admin: str) -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
-def lab_topology(stack: str = "lab", paths: Paths | None = None, drop_admins: tuple[str, ...] = ()) -> Topology:
+def lab_topology(stack: str = "lab", paths: Paths | None = None, drop_admins: tuple[str, ...] = (),
+                 counts: dict[str, int] | None = None) -> Topology:
     """The lab stack's topology; admins without a key get one generated in .lab/ssh.
 
-    ``drop_admins`` leaves admins out, as if removed from the config.
+    ``drop_admins`` leaves admins out and ``counts`` sets roles' node counts,
+    as if the config said so.
     """
     paths = paths or default_paths()
     flat, secrets = read_stack_file(stack)
     config = hastack_config(flat)
+    for role, count in (counts or {}).items():
+        config["roles"][role] = {**config["roles"][role], "count": count}
     admins = []
     for admin in config.get("admins") or []:
         if admin.get("name") in drop_admins:

@@ -210,15 +210,27 @@ class Machine:
             time.sleep(0.5)
         self.pidfile.unlink(missing_ok=True)
 
+    def _inside(self, cmd: list[str]) -> list[str]:
+        return ["nsenter", f"--target={self.leader()}", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
+                "--", "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C.UTF-8", *cmd]
+
     def exec(self, cmd: list[str], check: bool = True, timeout: float | None = 600,
              input: str | None = None) -> subprocess.CompletedProcess:
         """Run a command as root inside the machine (all its namespaces)."""
-        full = ["nsenter", f"--target={self.leader()}", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
-                "--", "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "LANG=C.UTF-8", *cmd]
+        full = self._inside(cmd)
         proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
             raise LabError(f"{self.name}: `{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+        return proc
+
+    def popen(self, cmd: list[str], input: str = "") -> subprocess.Popen:
+        """Start a command as root inside the machine; ``input`` is its whole stdin."""
+        proc = subprocess.Popen(self._inside(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdin.write(input)
+        proc.stdin.close()
+        proc.stdin = None  # all of stdin is written: communicate() only reads
         return proc
 
     def remove(self) -> None:

@@ -1,0 +1,60 @@
+"""The Cassandra ring on the lab, as the tests and the measurement script drive it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hastack.lab import cql_client
+from roles.cassandra.ring import Ring
+
+CLIENT = Path(cql_client.__file__).read_text()
+
+
+def runner(lab):
+    """The ring orchestrator's `run`, through the lab's machines (root, no SSH)."""
+    def run(name: str, command: str, timeout: float = 120) -> tuple[bool, str, str]:
+        proc = lab.machine(name).exec(["bash", "-c", command], check=False, timeout=timeout)
+        return proc.returncode == 0, proc.stdout, proc.stderr
+
+    return run
+
+
+def ring(lab, topo=None) -> Ring:
+    topo = topo or lab.topo
+    nodes = {n.host: topo.host(n.host).private_ip for n in sorted(topo.cassandra, key=lambda n: not n.seed)}
+    return Ring(nodes, runner(lab))
+
+
+def client(lab, node: str, *args: str, timeout: float = 120) -> Any:
+    proc = lab.exec(node, ["python3", "-", *args], input=CLIENT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{node}: CQL client {args[0]} failed: {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout)
+
+
+def cql(lab, node: str, statements: str, consistency: str = "QUORUM", address: str | None = None) -> list[list[str]]:
+    """Statements through one node (``address``, default the node's own) as the admin."""
+    return client(lab, node, "cql", address or lab.topo.host(node).private_ip, consistency, statements)
+
+
+def quorum_during_stop(lab, victim: str, via: str, seconds: float = 30, stop_at: float = 5,
+                       start_at: float = 20, interval: float = 0.05) -> dict[str, Any]:
+    """QUORUM write+read pairs every ``interval`` s from ``via`` while ``victim`` is stopped and
+    started again; every request counted."""
+    addresses = [lab.topo.host(n.host).private_ip for n in lab.topo.cassandra]
+    proc = lab.machine(via).popen(["python3", "-", "stream", str(seconds), str(interval), *addresses], input=CLIENT)
+    t0 = time.monotonic()
+    time.sleep(stop_at)
+    lab.exec(victim, ["systemctl", "stop", "cassandra.service"])
+    stopped = time.monotonic() - t0
+    time.sleep(max(0.0, start_at - (time.monotonic() - t0)))
+    lab.exec(victim, ["systemctl", "start", "cassandra.service"])
+    out, err = proc.communicate(timeout=seconds + 60)
+    records = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+    failed = [r for r in records if not r["ok"]]
+    return {"requests": len(records), "failed": len(failed), "stopped_after_s": round(stopped, 1),
+            "success_rate": (len(records) - len(failed)) / len(records) if records else 0.0,
+            "errors": sorted({r.get("error", "wrong value")[:100] for r in failed})[:5], "stderr": err[-400:]}
