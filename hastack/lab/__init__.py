@@ -257,8 +257,8 @@ class Lab:
         return entries
 
     def server_id(self, name: str) -> int:
-        """The lab's Hetzner server ids: 1, 2, ... in topology order."""
-        return [h.name for h in self.topo.hosts].index(name) + 1
+        """The lab's Hetzner server ids: the host's number in the private subnet (stable as roles grow)."""
+        return self.addr.host_number(self.topo.host(name))
 
     @property
     def ca(self):

@@ -132,8 +132,17 @@ class Addresses:
     def floating_ip(self) -> str:
         return self.topo.lab.floating_ip
 
+    def host_number(self, host: Host) -> int:
+        """The host's number in the private subnet. Role blocks fix it, so adding a host to
+        one role never renumbers another: the lab's public addresses and server ids use it."""
+        return int(ipaddress.ip_address(host.private_ip)) - int(self.subnet.network_address)
+
     def public_ip(self, host: Host) -> str:
-        return str(self.public.network_address + 10 + self.topo.hosts.index(host))
+        ip = self.public.network_address + self.host_number(host)
+        if str(ip) in (self.floating_ip, self.internet, self.host_public) or ip not in self.public:
+            raise ValueError(f"{host.name}: its lab public address {ip} collides with the floating IP, the "
+                             f"internet client or the operator, or is outside {self.public}; use fewer nodes")
+        return str(ip)
 
 
 def lab_secret(paths: Paths, name: str) -> str:

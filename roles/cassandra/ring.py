@@ -63,6 +63,7 @@ class Ring:
     run: Run
     log: Callable[[str], None] = lambda _m: None
     poll: float = 3.0
+    native_port: int = 9042
 
     # -- facts
     def _ok(self, name: str, command: str, timeout: float = 120) -> str:
@@ -91,7 +92,7 @@ class Ring:
         return None, {}
 
     def wait_normal(self, name: str, timeout: float = JOIN_TIMEOUT) -> None:
-        """Until `name` is Up/Normal in its own view and in every running member's."""
+        """Until `name` is Up/Normal in its own view and in every running member's, and serves CQL."""
         address = self.nodes[name]
         deadline = time.monotonic() + timeout
         last = "no answer"
@@ -103,9 +104,12 @@ class Ring:
             if ring and ring.get(address) and ring[address].state == "UN":
                 others = [n for n in self.nodes if n != name and self.active(n)]
                 views = [self.status(n) for n in others]
-                if all(v and v.get(address) and v[address].state == "UN" for v in views):
+                if not all(v and v.get(address) and v[address].state == "UN" for v in views):
+                    last = "not yet Up/Normal for every member"
+                elif not self._test(name, f"ss -Htln 'sport = :{self.native_port}' | grep -q ."):
+                    last = "Up/Normal, CQL not listening yet"
+                else:
                     return
-                last = "not yet Up/Normal for every member"
             elif ring:
                 last = ring.get(address).state if ring.get(address) else "not in the ring yet"
             time.sleep(self.poll)
