@@ -116,7 +116,9 @@ def node(tmp_path_factory):
     unit = paths[UNIT].read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     out = open(root / "stdout.log", "w")
-    proc = subprocess.Popen(shlex.split(exec_start.removeprefix("ExecStart=")), cwd=v["data_dir"],
+    # as systemd runs it: an unset $CASSANDRA_REPLACE (no replace.env) is no argument at all
+    argv = [w for w in shlex.split(exec_start.removeprefix("ExecStart=")) if w != "$CASSANDRA_REPLACE"]
+    proc = subprocess.Popen(argv, cwd=v["data_dir"],
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     system_log = Path(v["log_dir"]) / "system.log"
     started = time.monotonic()
@@ -266,8 +268,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     text = unit.read_text()
     for line in ("User=cassandra", "LimitNOFILE=1048576", "LimitMEMLOCK=infinity",
                  "RequiresMountsFor=/var/lib/cassandra",
+                 "EnvironmentFile=-/etc/cassandra/replace.env",
                  "ExecStart=/usr/bin/java @/etc/cassandra/jvm17.options @/etc/cassandra/jvm.options "
-                 "org.apache.cassandra.service.CassandraDaemon"):
+                 "$CASSANDRA_REPLACE org.apache.cassandra.service.CassandraDaemon"):
         assert line in text.splitlines()
 
 
@@ -285,7 +288,8 @@ def test_prod_node_config_as_rendered():
     assert server["internode_encryption"] == "all" and server["require_client_auth"] and not server["optional"]
     assert client["enabled"] and not client["optional"]
     rackdc = render("cassandra", "/etc/cassandra/cassandra-rackdc.properties", **v).splitlines()
-    assert f"dc={topo.cassandra_datacenter}" in rackdc and f"rack={host.location}" in rackdc
+    rack = next(n.rack for n in topo.cassandra if n.host == host.name)  # rack1: fewer locations than replicas
+    assert f"dc={topo.cassandra_datacenter}" in rackdc and f"rack={rack}" in rackdc
     options = render("cassandra", "/etc/cassandra/jvm.options", **v).splitlines()
     assert "-Xmx512m" in options and "-Dcassandra.jmx.local.port=7199" in options
     assert f"-javaagent:/opt/cassandra/agents/{cb.agent_jar()}={host.private_ip}:7070:/etc/cassandra/jmx-exporter.yaml" \

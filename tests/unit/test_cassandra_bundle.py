@@ -173,7 +173,8 @@ def test_seeds_come_from_the_topology_and_are_never_every_node(stack):
         assert v["listen_address"] == host.private_ip
         assert 1 <= len(v["seeds"]) < len(ring) and set(v["seeds"]) <= ring
         assert v["replication_factor"] == topo.cassandra_replication_factor
-        assert v["rack"] == host.location and v["datacenter"] == topo.cassandra_datacenter
+        rack = next(n.rack for n in topo.cassandra if n.host == host.name)
+        assert v["rack"] == rack and v["datacenter"] == topo.cassandra_datacenter
 
 
 def test_template_vars_refuse_missing_facts():
