@@ -51,6 +51,14 @@ class ConvergeReport:
         return sum(h.changed for h in self.hosts.values())
 
 
+def _fresh_host_keys() -> None:
+    """pyinfra reads a known_hosts file once per process; a run after machines were added
+    (or rebuilt with new host keys) must read it again."""
+    from pyinfra.connectors.sshuserclient.client import get_host_keys
+
+    get_host_keys.cache.clear()
+
+
 def role_deploy(role: str) -> Callable | None:
     try:
         module = importlib.import_module(f"roles.{role}.deploy")
@@ -82,6 +90,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     say = progress or (lambda _m: None)
 
     say(f"connecting to {len(entries)} hosts")
+    _fresh_host_keys()
     connect_all(state)
     for h in inventory:
         if h not in state.activated_hosts:
@@ -116,6 +125,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
 def connected(entries: dict[str, dict[str, Any]]):
     """A runner over SSH to every host in ``entries``, for commands outside a converge."""
     state = State(make_inventory(entries), Config(PARALLEL=len(entries), CONNECT_TIMEOUT=20, FAIL_PERCENT=100))
+    _fresh_host_keys()
     connect_all(state)
     try:
         missing = [h.name for h in state.inventory if h not in state.activated_hosts]

@@ -11,6 +11,10 @@ from hastack.lab import cql_client
 from roles.cassandra.ring import Ring
 
 CLIENT = Path(cql_client.__file__).read_text()
+# the probe keyspace: replicated to every node of a 3-node ring
+KEYSPACE = ("CREATE KEYSPACE IF NOT EXISTS hastack_probe WITH replication = "
+            "{'class': 'NetworkTopologyStrategy', 'lab': 3}; "
+            "CREATE TABLE IF NOT EXISTS hastack_probe.kv (k uuid PRIMARY KEY, v text)")
 
 
 def runner(lab):
