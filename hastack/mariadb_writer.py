@@ -245,9 +245,13 @@ class Agent:
         with open(self.cfg.token_file) as f:
             token = f.read().strip()
         client = Client(token=token, api_endpoint=self.cfg.api_endpoint, application_name="hastack-mariadb-writer",
-                        poll_interval=0.5)
+                        poll_interval=0.5, timeout=10)
         if self.cfg.ca_file:
-            client._client._session.verify = self.cfg.ca_file  # a private CA for the lab's API
+            # a private CA (the lab's API); hcloud 2.27 has no public setting for it. Without
+            # trust_env, REQUESTS_CA_BUNDLE from the environment would win over it.
+            session = client._client._session
+            session.verify = self.cfg.ca_file
+            session.trust_env = False
         try:
             server = client.servers.get_by_id(self.cfg.peer_server_id)
             if server.status == "off":

@@ -68,6 +68,10 @@ def replication_sql(d) -> str:
     return "\n".join([
         "-- Managed by hastack: replicate from the other master, by GTID, over verified TLS.",
         "STOP SLAVE;",
+        # A master that has only written (the first of a new pair) starts from its own position:
+        # asking the peer for its domain from the beginning would fail once the peer's binlog
+        # begins later (a seeded peer's does). Never changes a position already set.
+        "SET GLOBAL gtid_slave_pos = IF(@@gtid_slave_pos = '', @@gtid_binlog_pos, @@gtid_slave_pos);",
         (f"CHANGE MASTER TO MASTER_HOST={_q(d.mariadb_peer_ip)}, MASTER_PORT={MARIADB_PORT}, MASTER_USER='repl', "
          f"MASTER_PASSWORD={_q(d.mariadb_passwords['repl'])}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5, "
          "MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/tls/ca.crt', MASTER_SSL_VERIFY_SERVER_CERT=1;"),
