@@ -42,6 +42,7 @@ def users_sql(d) -> str:
     lines = [
         "-- Managed by hastack: accounts of this node, never replicated (each node has its own).",
         "SET sql_log_bin = 0;",
+        "SET SESSION lock_wait_timeout = 60;  -- a lock held elsewhere fails the converge, never hangs it",
         "DELETE FROM mysql.global_priv WHERE User = '';",
         "DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';",
         # a seeded copy carries the donor's accounts: its replication user is for another address
@@ -96,9 +97,16 @@ def peer_client_cnf(d) -> str:
     ])
 
 
+# Debian's mariadb.service runs mariadb-upgrade after a start; account changes made meanwhile
+# deadlock with it on the privilege tables (and wait a year), so wait for it to finish.
+WAIT_FOR_UPGRADE = ("for i in $(seq 120); do pgrep -x 'mysql_upgrade|mariadb-upgrade' >/dev/null || break; "
+                    "sleep 1; done")
+
+
 def _apply_sql(name: str, path: str, sql: str, force: bool = False):
     put = files.put(name=f"{name} (SQL)", src=StringIO(sql), dest=path, user="root", group="root", mode="0600")
-    server.shell(name=name, commands=[f"mariadb --batch < {path}"], _if=lambda: force or put.did_change())
+    server.shell(name=name, commands=[f"{WAIT_FOR_UPGRADE}; mariadb --batch < {path}"],
+                 _if=lambda: force or put.did_change())
 
 
 @deploy("mariadb", data_defaults=DEFAULTS)
