@@ -323,6 +323,11 @@ class Topology:
 
     # -- per-host facts for configuration
 
+    @property
+    def cassandra_join_order(self) -> dict[str, str]:
+        """Cassandra node -> private address, in the order nodes join the ring: seeds first."""
+        return {n.host: self.host(n.host).private_ip for n in sorted(self.cassandra, key=lambda n: not n.seed)}
+
     def host_data(self, host: Host) -> dict[str, Any]:
         """The facts a host's roles need, as plain data (no secrets)."""
         data: dict[str, Any] = {
@@ -371,8 +376,7 @@ class Topology:
                 cassandra_replication_factor=self.cassandra_replication_factor,
                 cassandra_index=host.index,
                 # the ring, in the order nodes join it: seeds first
-                cassandra_nodes={n.host: self.host(n.host).private_ip
-                                 for n in sorted(self.cassandra, key=lambda n: not n.seed)},
+                cassandra_nodes=self.cassandra_join_order,
             )
         if host.role in ("redis", "app") or host.name in self.redis_sentinels:
             data.update(

@@ -45,7 +45,7 @@ def form(lab) -> float:
     actions = cassandra_ring.ring(lab).converge(lab.topo.cassandra_replication_factor, lab.topo.cassandra_datacenter)
     took = time.monotonic() - t0
     joined = [n for n, a in actions if a == "joined the ring"]
-    assert joined == [n.host for n in sorted(lab.topo.cassandra, key=lambda n: not n.seed)], actions
+    assert joined == list(lab.topo.cassandra_join_order), actions
     return took
 
 

@@ -27,9 +27,7 @@ def runner(lab):
 
 
 def ring(lab, topo=None) -> Ring:
-    topo = topo or lab.topo
-    nodes = {n.host: topo.host(n.host).private_ip for n in sorted(topo.cassandra, key=lambda n: not n.seed)}
-    return Ring(nodes, runner(lab))
+    return Ring((topo or lab.topo).cassandra_join_order, runner(lab))
 
 
 def client(lab, node: str, *args: str, timeout: float = 120) -> Any:

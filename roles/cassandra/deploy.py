@@ -8,6 +8,7 @@ orchestrator's rolling restart.
 """
 
 from io import StringIO
+from pathlib import Path
 
 from gevent.lock import Semaphore
 from pyinfra import host
@@ -21,11 +22,10 @@ from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
 from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, TLS_DIR, UNIT,
                                     node_pem, template_vars)
+from roles.cassandra.ring import AUTH_SCRIPT, RESTART_MARK, STATE_DIR
 from roles.data_volume import mount_data_volume
 
-STATE_DIR = "/var/lib/hastack/cassandra"
-RESTART_MARK = f"{STATE_DIR}/restart-needed"
-AUTH_SCRIPT = "/opt/hastack/cassandra_auth.py"
+AUTH_SOURCE = Path(__file__).parent / "auth.py"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 _build_lock = Semaphore()  # hosts are prepared in parallel greenlets: one Maven build
 
@@ -110,7 +110,7 @@ def cassandra() -> None:
 
     # -- ring maintenance: the auth bootstrap script, and a primary-range repair well inside gc_grace_seconds
     files.directory(name="hastack directory", path="/opt/hastack", user="root", group="root", mode="0755")
-    files.put(name="Cassandra auth bootstrap", src=_auth_source(), dest=AUTH_SCRIPT, user="root", group="root",
+    files.put(name="Cassandra auth bootstrap", src=str(AUTH_SOURCE), dest=AUTH_SCRIPT, user="root", group="root",
               mode="0644")
     files.put(name="Cassandra admin password (root only)", src=StringIO(d.cassandra_passwords["admin"]),
               dest=f"{STATE_DIR}/admin-password", user="root", group="root", mode="0600")
@@ -122,9 +122,3 @@ def cassandra() -> None:
                            weekday=("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[(d.cassandra_index - 1) % 7])
     systemd.service(name="Repair timer running", service="cassandra-repair.timer", running=True, enabled=True,
                     daemon_reload=svc.will_change or timer.will_change, restarted=timer.will_change)
-
-
-def _auth_source() -> str:
-    from roles.cassandra import auth
-
-    return auth.__file__

@@ -24,6 +24,7 @@ STATE_DIR = "/var/lib/hastack/cassandra"
 RESTART_MARK = f"{STATE_DIR}/restart-needed"
 CLEANUP_MARK = f"{STATE_DIR}/cleanup-needed"
 AUTH_DONE = f"{STATE_DIR}/auth-secured"
+AUTH_SCRIPT = "/opt/hastack/cassandra_auth.py"  # roles/cassandra/auth.py, put there by the deploy
 REPLACE_ENV = "/etc/cassandra/replace.env"
 DATA_MARK = "/var/lib/cassandra/data/system"  # exists once a node has ever started
 JOIN_TIMEOUT = 900.0
@@ -201,7 +202,7 @@ class Ring:
 
         if len(self.nodes) >= replication_factor and not self._test(names[0], f"test -e {AUTH_DONE}"):
             out = self._ok(names[0], (
-                f"python3 /opt/hastack/cassandra_auth.py --address {shlex.quote(self.nodes[names[0]])} "
+                f"python3 {AUTH_SCRIPT} --address {shlex.quote(self.nodes[names[0]])} "
                 f"--ca /etc/cassandra/tls/ca.crt --password-file {STATE_DIR}/admin-password "
                 f"--datacenter {shlex.quote(datacenter)} --replication-factor {replication_factor}"), 300)
             if out.strip():

@@ -50,7 +50,7 @@ def loadbalancer() -> None:
     if not d.get("vrrp_peer_ip"):
         # keepalived without a unicast peer would fall back to multicast, which clouds drop
         raise ValueError(f"{host.name}: no VRRP peer in the topology; a load balancer pair needs both hosts")
-    apt.packages(name="HAProxy, keepalived, Python venv", packages=["haproxy", "keepalived", "python3-venv", "curl"],
+    apt.packages(name="HAProxy and keepalived", packages=["haproxy", "keepalived", "curl"],
                  no_recommends=True)
 
     # -- HAProxy, and the check keepalived (and this converge) uses to see it serving

@@ -43,16 +43,10 @@ def pair(lab):
     return lab, db1, db2, pw
 
 
-def slave_status(lab, host):
-    out = lab.exec(host, ["mariadb", "--batch", "-e", "SHOW SLAVE STATUS\\G"]).stdout
-    pairs = (line.strip().partition(":") for line in out.splitlines() if ":" in line)
-    return {k.strip(): v.strip() for k, _, v in pairs}
-
-
 def test_replication_runs_both_ways_by_gtid_over_tls(pair):
     lab, db1, db2, _ = pair
     for host in (db1, db2):
-        st = slave_status(lab, host)
+        st = mariadb_pair.slave_status(lab, host)
         assert st["Slave_IO_Running"] == "Yes" and st["Slave_SQL_Running"] == "Yes", (host, st.get("Last_Error"))
         assert st["Using_Gtid"] == "Slave_Pos" and st["Master_SSL_Allowed"] == "Yes"
         assert st["Master_SSL_Verify_Server_Cert"] == "Yes"
