@@ -1,4 +1,4 @@
-from hastack.cassandra_bundle import CASSANDRA_VERSION, JMX_EXPORTER_VERSION
+from roles.cassandra.bundle import CASSANDRA_VERSION, JMX_EXPORTER_VERSION
 from hastack.ports import Port
 
 PORTS = (
@@ -11,7 +11,7 @@ DEFAULTS = {
     "cassandra_version": CASSANDRA_VERSION,
     "cassandra_jmx_exporter_version": JMX_EXPORTER_VERSION,
     # Where Cassandra comes from. None: the bundle built on the operator's machine
-    # (hastack.cassandra_bundle, served to the hosts). Otherwise Apache's binary tarball
+    # (roles.cassandra.bundle, served to the hosts). Otherwise Apache's binary tarball
     # (https://downloads.apache.org/cassandra/<v>/apache-cassandra-<v>-bin.tar.gz) and its
     # published sha256; the agent jar then comes from the bundle lock's pinned checksum.
     "cassandra_tarball_url": None,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from hastack.cassandra_bundle import agent_jar
+from roles.cassandra.bundle import agent_jar
 from hastack.pki import Issued
 from roles.cassandra import DEFAULTS, PORTS
 
-HOME = "/opt/cassandra"          # a link to /opt/cassandra-<version> (hastack.cassandra_bundle.install_script)
+HOME = "/opt/cassandra"          # a link to /opt/cassandra-<version> (roles.cassandra.bundle.install_script)
 CONF_DIR = "/etc/cassandra"
 TLS_DIR = "/etc/cassandra/tls"
 DATA_DIR = "/var/lib/cassandra"  # the data volume's mount point on real hosts

@@ -16,7 +16,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from hastack import cassandra_bundle
+from roles.cassandra import bundle as cassandra_bundle
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.cassandra import DEFAULTS

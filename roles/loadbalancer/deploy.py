@@ -16,7 +16,7 @@ from hastack.templating import template_path
 from roles import hcloud_agent
 from roles.loadbalancer import DEFAULTS, STATS_PORT
 
-AGENT_SOURCE = Path(__file__).resolve().parents[2] / "hastack" / "failover_agent.py"
+AGENT_SOURCE = Path(__file__).resolve().parent / "failover_agent.py"
 CERT = "/etc/haproxy/certs/site.pem"
 WRAPPER = """#!/bin/sh
 # Managed by hastack: the failover agent (keepalived notify, reconcile timer, operators).

@@ -25,7 +25,7 @@ from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 CNF = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
-AGENT_SOURCE = Path(__file__).resolve().parents[2] / "hastack" / "mariadb_writer.py"
+AGENT_SOURCE = Path(__file__).resolve().parent / "writer_agent.py"
 JOIN = "/usr/local/sbin/hastack-mariadb-join"
 # the name the application's TLS client checks, whichever master its local proxy reaches
 WRITER_NAME = "mariadb-writer"

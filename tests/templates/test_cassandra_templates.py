@@ -27,7 +27,7 @@ import yaml
 from cassandra import AuthenticationFailed
 from cassandra.cluster import NoHostAvailable
 
-from hastack import cassandra_bundle as cb
+from roles.cassandra import bundle as cb
 from hastack.pki import CertificateAuthority
 from hastack.secrets import cassandra_passwords
 from hastack.stackfile import load_stack

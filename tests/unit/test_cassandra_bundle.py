@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hastack import cassandra_bundle as cb
+from roles.cassandra import bundle as cb
 from hastack.stackfile import load_stack
 from roles.cassandra.config import heap_size, template_vars
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from hastack import failover_agent as agent
+from roles.loadbalancer import failover_agent as agent
 from tests.unit.test_lab_hcloud_api import FIP, FIP_IP, LB1, LB2, TOKEN, Lab, make_ca_and_cert
 
 IFACE = "eth0"

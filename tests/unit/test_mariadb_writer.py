@@ -2,7 +2,7 @@
 
 import pytest
 
-from hastack.mariadb_writer import Agent, Config, contains, parse_gtid
+from roles.mariadb.writer_agent import Agent, Config, contains, parse_gtid
 
 
 class FakeLocal:
@@ -140,7 +140,7 @@ def test_state_survives_a_restart(tmp_path):
 def test_agent_port_answers_haproxy_and_the_peer(tmp_path, line, expected):
     import socket
 
-    from hastack.mariadb_writer import serve
+    from roles.mariadb.writer_agent import serve
 
     a = agent(tmp_path)
     a.cfg.bind, a.cfg.port = "127.0.0.1", 0

@@ -18,7 +18,7 @@ so the install script below takes either: it checks the archive's sha256,
 unpacks it into ``/opt/cassandra-<version>`` and, when the archive carries a
 SHA256SUMS manifest, checks every jar against it too.
 
-Usage: python -m hastack.cassandra_bundle [--lock] [--cache DIR]
+Usage: python -m roles.cassandra.bundle [--lock] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CASSANDRA_VERSION = "5.0.9"
 JMX_EXPORTER_VERSION = "1.0.1"
 JMX_EXPORTER_ARTIFACT = "jmx_prometheus_javaagent"
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"
-LOCK_PATH = ROOT / "roles" / "cassandra" / "bundle.lock"
+LOCK_PATH = Path(__file__).resolve().parent / "bundle.lock"
 DEFAULT_CACHE = ROOT / ".lab" / "cache" / "cassandra"
 MANIFEST = "SHA256SUMS"
 JAR_DIRS = ("lib", "agents")
@@ -180,7 +180,7 @@ def verify_command(root: str) -> str:
 def read_lock(lock_path: Path = LOCK_PATH) -> dict[str, str]:
     if not lock_path.exists():
         raise BundleError(f"{lock_path}: no lock file; create it once with "
-                          f"`python -m hastack.cassandra_bundle --lock` and commit it")
+                          f"`python -m roles.cassandra.bundle --lock` and commit it")
     return parse_sums(lock_path.read_text())
 
 
@@ -270,7 +270,7 @@ def build(cache_dir: Path = DEFAULT_CACHE, lock_path: Path = LOCK_PATH, version:
         raise BundleError(f"Maven left no cassandra-all {version} or {agent_jar(agent_version)} in {workdir}")
     if write_lock:
         lock_path.write_text(f"# Cassandra {version} with the Prometheus JMX exporter agent {agent_version}:\n"
-                             f"# sha256 of every jar in the bundle (python -m hastack.cassandra_bundle --lock)\n"
+                             f"# sha256 of every jar in the bundle (python -m roles.cassandra.bundle --lock)\n"
                              + format_sums(sums))
     else:
         problems = compare(lock, sums)
@@ -305,7 +305,7 @@ ln -sfn {dest} {link}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hastack.cassandra_bundle", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m roles.cassandra.bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lock", action="store_true", help=f"write the jars' checksums to {LOCK_PATH.name}")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the bundle is built and kept")
     parser.add_argument("--version", default=CASSANDRA_VERSION)
