@@ -6,23 +6,15 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from hastack.console import OutputsOption, StackOption, console, err_console, fail, open_lab, say, stack_entries
+from hastack.model import TopologyError
 from hastack.stackfile import StackFileError, available_stacks, load_stack
-from hastack.topology import TopologyError
+from roles import all_roles
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Provision and run a highly available web stack on Hetzner Cloud (or the local lab).")
-console = Console()
-err_console = Console(stderr=True)
-
-StackOption = typer.Option("prod", "--stack", "-s", help="stack name: stacks/Pulumi.<stack>.yaml")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -31,7 +23,7 @@ def validate(stack: str = StackOption) -> None:
     try:
         topo = load_stack(stack)
     except (TopologyError, StackFileError) as e:
-        _fail(str(e))
+        fail(str(e))
     table = Table(title=f"stack {stack}: {len(topo.hosts)} hosts")
     for col in ("host", "role", "location", "server type", "private IP"):
         table.add_column(col)
@@ -50,7 +42,7 @@ def plan(stack: str = StackOption) -> None:
     try:
         result = make_plan(stack)
     except (TopologyError, StackFileError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     print_plan(result, console)
 
 
@@ -69,7 +61,7 @@ def inventory(outputs: Path = typer.Argument(..., help="JSON from `pulumi stack 
     try:
         entries = host_entries(json.loads(outputs.read_text()))
     except (InventoryError, ValueError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     table = Table(title="inventory")
     for col in ("host", "connect to", "as", "groups", "secrets"):
         table.add_column(col)
@@ -84,13 +76,7 @@ app.add_typer(lab_app, name="lab")
 LabStack = typer.Option("lab", "--stack", "-s", help="lab stack: stacks/Pulumi.<stack>.yaml with hastack:provider lab")
 
 
-def _lab(stack: str):
-    from hastack.lab import Lab, LabError
-
-    try:
-        return Lab(stack, log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
-    except (TopologyError, StackFileError, LabError, ValueError) as e:
-        _fail(str(e))
+_lab = open_lab
 
 
 def _print_converge(report) -> None:
@@ -111,7 +97,7 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
     try:
         result = lab.up(converge=not no_converge)
     except LabError as e:
-        _fail(str(e))
+        fail(str(e))
     report = result.get("converge")
     if report is not None:
         _print_converge(report)
@@ -124,7 +110,7 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
                   f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace")
     if report is not None and not report.ok:
         failed = next(r for r in report.hosts.values() if r.failed)
-        _fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+        fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
 
 
 def _print_status(lab) -> None:
@@ -155,7 +141,7 @@ def lab_stop(host: str, stack: str = LabStack,
     try:
         _lab(stack).stop(host, hard=hard)
     except LabError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"{host} stopped")
 
 
@@ -167,7 +153,7 @@ def lab_start(host: str, stack: str = LabStack) -> None:
     try:
         state = _lab(stack).start(host)
     except LabError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"{host} {state}")
 
 
@@ -177,11 +163,11 @@ def lab_exec(ctx: typer.Context, host: str, stack: str = LabStack) -> None:
     from hastack.lab import LabError
 
     if not ctx.args:
-        _fail("give a command after --, e.g. hastack lab exec lab-db1 -- systemctl status")
+        fail("give a command after --, e.g. hastack lab exec lab-db1 -- systemctl status")
     try:
         proc = _lab(stack).exec(host, list(ctx.args))
     except LabError as e:
-        _fail(str(e))
+        fail(str(e))
     print(proc.stdout, end="")
     err_console.print(proc.stderr, end="", highlight=False, markup=False)
     raise typer.Exit(proc.returncode)
@@ -205,29 +191,7 @@ def lab_down(stack: str = LabStack) -> None:
     left = lab.leftovers()
     console.print(f"removed {len(removed)} items")
     if left:
-        _fail("still present: " + ", ".join(left), code=1)
-
-
-def _entries(stack: str, outputs: Path | None) -> dict:
-    """Every host of a stack as pyinfra host data: the lab's machines, or a deployed stack's outputs."""
-    from hastack.inventory import InventoryError, host_entries, stack_outputs
-    from hastack.stackfile import read_stack_file
-    from hastack.topology import NAMESPACE
-
-    try:
-        flat, _ = read_stack_file(stack)
-    except StackFileError as e:
-        _fail(str(e))
-    if flat.get(f"{NAMESPACE}:provider") == "lab":
-        return _lab(stack).inventory_entries()
-    try:
-        data = json.loads(outputs.read_text()) if outputs else stack_outputs(stack)
-        return host_entries(data)
-    except (InventoryError, OSError, ValueError) as e:
-        _fail(str(e))
-
-
-OutputsOption = typer.Option(None, help="stack outputs JSON (default: ask `pulumi stack output`)")
+        fail("still present: " + ", ".join(left), code=1)
 
 
 @app.command("converge")
@@ -235,65 +199,18 @@ def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption) -> Non
     """Converge every host of a stack (drift repair). Lab stacks use the lab's machines."""
     from hastack.converge import converge
 
-    entries = _entries(stack, outputs)
-    report = converge(entries, progress=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
+    entries = stack_entries(stack, outputs)
+    report = converge(entries, progress=say)
     _print_converge(report)
     if not report.ok:
         failed = next(r for r in report.hosts.values() if r.failed)
-        _fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+        fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
 
 
-cassandra_app = typer.Typer(help="Cassandra ring operations (growing, replacing and restarts are done by the converge).",
-                            no_args_is_help=True)
-app.add_typer(cassandra_app, name="cassandra")
-
-
-def _ring(stack: str, outputs: Path | None):
-    from hastack.converge import connected
-
-    entries = {n: d for n, d in _entries(stack, outputs).items() if "cassandra" in d.get("groups", [])}
-    if not entries:
-        _fail(f"stack {stack!r} has no Cassandra nodes")
-    return entries, connected(entries)
-
-
-@cassandra_app.command("status")
-def cassandra_status(stack: str = StackOption, outputs: Path = OutputsOption) -> None:
-    """`nodetool status` as the first running node sees the ring."""
-    from roles.cassandra.ring import Ring
-
-    entries, conn = _ring(stack, outputs)
-    first = next(iter(entries.values()))
-    with conn as run:
-        via, ring = Ring(dict(first["cassandra_nodes"]), run).view()
-    if via is None:
-        _fail("no Cassandra node is running", code=1)
-    table = Table(title=f"ring as {via} sees it")
-    for col in ("state", "address", "host id", "rack"):
-        table.add_column(col)
-    for m in ring.values():
-        table.add_row(m.state, m.address, m.host_id, m.rack)
-    console.print(table)
-    if any(m.state != "UN" for m in ring.values()):
-        raise typer.Exit(1)
-
-
-@cassandra_app.command("decommission")
-def cassandra_decommission(host: str, stack: str = StackOption, outputs: Path = OutputsOption) -> None:
-    """Stream a node's data to the others and take it out of the ring (before removing it from the config)."""
-    from roles.cassandra.ring import Ring, RingError
-
-    entries, conn = _ring(stack, outputs)
-    if host not in entries:
-        _fail(f"{host!r} is not a Cassandra node of {stack!r}; nodes: {', '.join(entries)}")
-    data = entries[host]
-    with conn as run:
-        try:
-            Ring(dict(data["cassandra_nodes"]), run, log=lambda m: console.print(f"[dim]·[/dim] {m}")).decommission(
-                host, int(data["cassandra_replication_factor"]))
-        except RingError as e:
-            _fail(str(e), code=1)
-    console.print(f"{host} left the ring and is stopped; now remove it from the stack's config")
+# commands a role brings (`hastack cassandra status`, ...)
+for _role in all_roles():
+    if _role.cli_app() is not None:
+        app.add_typer(_role.cli_app(), name=_role.name)
 
 
 if __name__ == "__main__":

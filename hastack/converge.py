@@ -1,9 +1,10 @@
 """Converge: run the pyinfra roles over every host of a stack, in parallel.
 
 The same entry point serves the lab (addresses from the lab) and a real
-stack (addresses from `pulumi stack output`). Each host runs ``base``, its
-own role and, on data hosts, ``backup``, in that order; a role without a
-deploy module has nothing to configure yet.
+stack (addresses from `pulumi stack output`). Each host runs the roles its
+data lists (``base``, its own, those beside it), in that order; a role
+without a deploy module has nothing to configure yet. Then each role's
+after-roles step runs (hastack.role.Role.after_roles).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pyinfra.api.command import StringCommand
 from pyinfra.api.operations import run_ops
 
 from hastack.inventory import make_inventory
+from hastack.role import AfterRoles, AfterRolesError
+from roles import all_roles
 
 
 @dataclass
@@ -78,9 +81,9 @@ def converge_host() -> None:
 
 
 def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
-             progress: Callable[[str], None] | None = None, ring: bool = True) -> ConvergeReport:
-    """Converge every host in ``entries`` (name -> pyinfra host data); ``ring=False``
-    configures Cassandra nodes without starting or changing the ring."""
+             progress: Callable[[str], None] | None = None, after_roles: bool = True) -> ConvergeReport:
+    """Converge every host in ``entries`` (name -> pyinfra host data); ``after_roles=False``
+    leaves out the roles' steps after the roles (a Cassandra node is configured, the ring not changed)."""
     started = time.monotonic()
     logging.getLogger("pyinfra").setLevel(logging.WARNING)
     inventory = make_inventory(entries)
@@ -114,8 +117,8 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             if not any(r.failed for r in reports.values()):
                 raise
         _collect(state, inventory, reports)
-        if ring:
-            _cassandra_ring(state, inventory, reports, say)
+        if after_roles:
+            _after_roles(state, inventory, reports, say)
     finally:
         disconnect_all(state)
     return ConvergeReport(reports, time.monotonic() - started)
@@ -148,27 +151,27 @@ def runner(state: State) -> Callable[[str, str, float], tuple[bool, str, str]]:
     return run
 
 
-def _cassandra_ring(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None]) -> None:
-    """After the roles: the ring operations, one node at a time (roles/cassandra/ring.py)."""
-    members = [h for h in inventory if "cassandra" in (h.data.get("roles") or [])]
-    if not members:
-        return
-    from roles.cassandra.ring import Ring, RingError
+def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None]) -> None:
+    """Each role's step after every host has its roles (the Cassandra ring: one node at a time).
 
-    data = members[0].data
-    failed = [h.name for h in members if reports[h.name].failed]
-    if failed:
-        reports[members[0].name].failed = reports[members[0].name].failed or \
-            f"Cassandra ring: not changed, because {', '.join(failed)} did not converge"
-        return
-    say("Cassandra ring: one node at a time")
-    ring = Ring(dict(data.cassandra_nodes), runner(state), log=say)
-    try:
-        for name, action in ring.converge(int(data.cassandra_replication_factor), data.cassandra_datacenter):
-            reports[name].changed += 1
-            reports[name].changed_operations.append(f"Cassandra ring: {action}")
-    except RingError as e:
-        reports[members[0].name].failed = f"Cassandra ring: {e}"
+    A step runs only when every host of the role converged; it changes nothing otherwise."""
+    for r in all_roles():
+        step = r.after_roles_step()
+        members = [h for h in inventory if r.name in (h.data.get("roles") or [])]
+        if step is None or not members:
+            continue
+        first = reports[members[0].name]
+        failed = [h.name for h in members if reports[h.name].failed]
+        if failed:
+            first.failed = first.failed or f"{r.name}: not changed, because {', '.join(failed)} did not converge"
+            continue
+        hosts = {h.name: h.data.dict() for h in members}
+        try:
+            for name, change in step(AfterRoles(hosts=hosts, run=runner(state), log=say)):
+                reports[name].changed += 1
+                reports[name].changed_operations.append(change)
+        except AfterRolesError as e:
+            first.failed = str(e)
 
 
 def _collect(state: State, inventory, reports: dict[str, HostReport]) -> None:

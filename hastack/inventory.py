@@ -15,9 +15,9 @@ from typing import Any
 
 from pyinfra.api import Inventory
 
-from hastack.secrets import cassandra_passwords, mariadb_passwords, redis_passwords
-
-REQUIRED_OUTPUTS = ("hosts", "floatingIp")
+from hastack.outputs import REQUIRED as REQUIRED_OUTPUTS
+from hastack.role import merge_data
+from roles import role
 # The stack's internal CA on the operator's machine (keys 0600, never committed).
 PKI_DIR = Path(__file__).resolve().parent.parent / "pki"
 
@@ -44,7 +44,6 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
     if isinstance(secrets, str):
         raise InventoryError("the 'secrets' output is still encrypted; read outputs with --show-secrets")
     entries: dict[str, dict[str, Any]] = {}
-    server_ids = {name: host.get("server_id") for name, host in outputs["hosts"].items()}
     for name, host in outputs["hosts"].items():
         data = dict(host.get("data") or {})
         groups = host.get("groups") or []
@@ -63,26 +62,11 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             public_ip=host.get("public_ipv4"),
             pki_dir=data.get("pki_dir") or str(PKI_DIR / data.get("stack", "stack")),
         )
-        if data.get("vrrp_peer"):
-            data["vrrp_peer_server_id"] = server_ids.get(data["vrrp_peer"])
-        if data.get("mariadb_peer"):
-            data["mariadb_peer_server_id"] = server_ids.get(data["mariadb_peer"])
-        # load balancers move the floating IP; MariaDB masters fence a dead peer
-        if {"loadbalancer", "mariadb"} & set(groups) and "failover_token" in secrets:
-            data["failover_token"] = secrets["failover_token"]
-        if {"redis", "sentinel"} & set(groups) and secrets.get("seed"):
-            data["redis_passwords"] = redis_passwords(secrets["seed"])
-        elif "app" in groups and secrets.get("seed"):
-            data["redis_passwords"] = {"app": redis_passwords(secrets["seed"])["app"]}  # only its own
-        if "mariadb" in groups and secrets.get("seed"):
-            data["mariadb_passwords"] = mariadb_passwords(secrets["seed"])
-        elif "app" in groups and secrets.get("seed"):
-            data["mariadb_passwords"] = {"app": mariadb_passwords(secrets["seed"])["app"]}
-        if "cassandra" in groups and secrets.get("seed"):
-            data["cassandra_passwords"] = cassandra_passwords(secrets["seed"])
-        if "backup" in groups and "backup_writer" in secrets:
-            data["backup_credentials"] = dict(secrets["backup_writer"], bucket=outputs.get("backupBucket"),
-                                              region=outputs.get("backupRegion"))
+        # each role says what its hosts take from the outputs: no secret reaches a host that does not use it
+        for role_name in data.get("roles") or []:
+            take = role(role_name).from_outputs
+            if take is not None:
+                merge_data(data, take(outputs, secrets, data))
         entries[name] = data
     return entries
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from hastack import recording
 from hastack.stackfile import load_stack, read_stack_file
-from hastack.topology import REQUIRED_SECRETS, Topology
+from hastack.model import REQUIRED_SECRETS, Topology
 
 
 @dataclass
@@ -44,7 +44,7 @@ def make_plan(stack: str) -> Plan:
 def print_plan(plan: Plan, console: Console) -> None:
     topo = plan.topology
     console.print(f"[bold]Stack {topo.stack}[/bold]: {len(topo.hosts)} hosts in {', '.join(topo.locations)} "
-                  f"(network {topo.ip_range}, subnet {topo.subnet}), backups in {topo.backup.region}")
+                  f"(network {topo.ip_range}, subnet {topo.subnet}), backups in {topo.section('backup').region}")
 
     counts = plan.counts()
     table = Table(title="Resources `pulumi up` would create")

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from hastack.topology import NAMESPACE, Topology, load
+from hastack.model import NAMESPACE, Topology, load
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STACKS_DIR = PROJECT_DIR / "stacks"

@@ -22,6 +22,13 @@ def template_path(role: str, target: str) -> str:
     return str(path)
 
 
+def render_user_data(topo, host) -> str:
+    """The first-boot cloud-init user-data of a host (Hetzner's, and the lab's through NoCloud)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template("cloud-init/user-data.yaml.j2").render(topo=topo, host=host)
+
+
 def render(role: str, target: str, **context: Any) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)))

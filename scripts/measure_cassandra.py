@@ -38,31 +38,31 @@ WIPE = ("systemctl stop cassandra.service; rm -rf /var/lib/cassandra/data /var/l
 
 
 def form(lab) -> float:
-    nodes = [n.host for n in lab.topo.cassandra]
+    nodes = [n.host for n in lab.topo.cluster("cassandra").nodes]
     for node in nodes:
         lab.exec(node, ["bash", "-c", WIPE])
     t0 = time.monotonic()
-    actions = cassandra_ring.ring(lab).converge(lab.topo.cassandra_replication_factor, lab.topo.cassandra_datacenter)
+    actions = cassandra_ring.ring(lab).converge(lab.topo.cluster("cassandra").replication_factor, lab.topo.cluster("cassandra").datacenter)
     took = time.monotonic() - t0
     joined = [n for n, a in actions if a == "joined the ring"]
-    assert joined == list(lab.topo.cassandra_join_order), actions
+    assert joined == list(lab.topo.cluster("cassandra").join_order), actions
     return took
 
 
 def add_and_remove(lab) -> tuple[float, float]:
     big = Lab("lab", topo=lab_topology("lab", counts={"cassandra": 4}), log=lambda m: None)
-    new = next(n.host for n in big.topo.cassandra if n.host not in {m.host for m in lab.topo.cassandra})
+    new = next(n.host for n in big.topo.cluster("cassandra").nodes if n.host not in {m.host for m in lab.topo.cluster("cassandra").nodes})
     try:
         big.up(converge=False)
-        report = converge(big.inventory_entries(), ring=False)
+        report = converge(big.inventory_entries(), after_roles=False)
         assert report.ok, {n: r.failed for n, r in report.hosts.items() if r.failed}
         ring = cassandra_ring.ring(big, big.topo)
         t0 = time.monotonic()
-        actions = ring.converge(big.topo.cassandra_replication_factor, big.topo.cassandra_datacenter)
+        actions = ring.converge(big.topo.cluster("cassandra").replication_factor, big.topo.cluster("cassandra").datacenter)
         added = time.monotonic() - t0
         assert (new, "joined the ring") in actions, actions
         t0 = time.monotonic()
-        ring.decommission(new, big.topo.cassandra_replication_factor)
+        ring.decommission(new, big.topo.cluster("cassandra").replication_factor)
         removed = time.monotonic() - t0
     finally:
         big.machine(new).remove()
@@ -75,7 +75,7 @@ def main() -> int:
     p.add_argument("--quorum-runs", type=int, default=5)
     a = p.parse_args()
     lab = Lab("lab", log=lambda m: None)
-    nodes = [n.host for n in lab.topo.cassandra]
+    nodes = [n.host for n in lab.topo.cluster("cassandra").nodes]
 
     formed = []
     for n in range(1, a.runs + 1):

@@ -32,8 +32,8 @@ def state(lab, name):
 def settle(lab, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sorted(state(lab, h.name) or "" for h in lab.topo.loadbalancers) == ["BACKUP", "MASTER"]:
-            return next(h.name for h in lab.topo.loadbalancers if state(lab, h.name) == "MASTER")
+        if sorted(state(lab, h.name) or "" for h in lab.topo.hosts_with_role("loadbalancer")) == ["BACKUP", "MASTER"]:
+            return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if state(lab, h.name) == "MASTER")
         time.sleep(0.5)
     raise SystemExit("load balancers did not settle to one MASTER and one BACKUP")
 

@@ -12,7 +12,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from hastack.topology import Topology
+from hastack.model import Topology
 
 # Actions the writer needs for uploads (multipart included) and to read back
 # what it wrote for verification. Nothing that deletes or reconfigures.
@@ -72,7 +72,7 @@ def bucket_policy(bucket_arn: str) -> str:
 class BackupBucket(pulumi.ComponentResource):
     def __init__(self, name: str, topo: Topology, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hastack:aws:BackupBucket", name, None, opts)
-        cfg = topo.backup
+        cfg = topo.section("backup")
         tags = {"stack": topo.stack, "purpose": "backups"}
         provider = aws.Provider("aws-backup", region=cfg.region, opts=pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, provider=provider)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import jinja2
 import pulumi
 import pulumi_hcloud as hcloud
 
-from hastack.topology import DATA_ROLES, Host, Rule, Topology
-
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+from hastack.model import Host, Rule, Topology
+from hastack.templating import render_user_data
 
 # Hetzner allows at most 10 servers in one spread placement group.
 PLACEMENT_GROUP_SIZE = 10
@@ -33,12 +30,6 @@ def firewall_rule_args(rule: Rule) -> hcloud.FirewallRuleArgs:
         source_ips=list(rule.cidrs),
         description=f"{port.name}: {port.description}"[:255],
     )
-
-
-def render_user_data(topo: Topology, host: Host) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
-    return env.get_template("cloud-init/user-data.yaml.j2").render(topo=topo, host=host)
 
 
 class HetznerStack(pulumi.ComponentResource):
@@ -85,7 +76,7 @@ class HetznerStack(pulumi.ComponentResource):
         self.floating_ip = hcloud.FloatingIp(
             "floating-ip", name=f"{topo.stack}-web", type="ipv4", home_location=topo.floating_ip_home,
             description=f"{topo.stack} web entry point", labels=base_labels, delete_protection=True, opts=child)
-        first_lb = topo.loadbalancers[0].name
+        first_lb = topo.floating_ip_hosts[0].name
         self.floating_ip_assignment = hcloud.FloatingIpAssignment(
             "floating-ip-assignment", floating_ip_id=_int_id(self.floating_ip),
             server_id=_int_id(self.servers[first_lb]),
@@ -98,7 +89,7 @@ class HetznerStack(pulumi.ComponentResource):
 
     def _server(self, host: Host, base_labels: dict[str, str]) -> hcloud.Server:
         topo = self.topo
-        data = host.role in DATA_ROLES
+        data = topo.placement(host.role).data_volume
         group = (host.index - 1) // PLACEMENT_GROUP_SIZE + 1
         server = hcloud.Server(
             host.name,

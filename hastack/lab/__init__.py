@@ -14,7 +14,9 @@ from hastack.lab import image, network, services
 from hastack.lab.layout import HCLOUD_API_PORT, Addresses, Paths, default_paths, lab_secret, lab_topology
 from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
-from hastack.topology import Topology
+from hastack.model import Topology
+from hastack.outputs import Provided, Server, stack_outputs
+from roles import role
 
 __all__ = ["Lab", "LabError"]
 
@@ -44,7 +46,7 @@ class Lab:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         preflight()
-        _kernel_settings_for_machines()
+        _kernel_settings_for_machines(self.topo)
         image.build(self.paths, log=self.log)
         timings["image"] = time.monotonic() - t0
 
@@ -54,7 +56,7 @@ class Lab:
         services.start(self.paths, self.addr)
         services.fetch_wheels(self.paths, AGENT_REQUIREMENTS)
         lab_secret(self.paths, "hcloud-token")
-        first_lb = self.topo.loadbalancers[0]
+        first_lb = self.topo.floating_ip_hosts[0]
         services.start_hcloud_api(
             self.paths, self.addr,
             servers=[{"id": self.server_id(h.name), "name": h.name, "public_ip": self.addr.public_ip(h),
@@ -196,48 +198,24 @@ class Lab:
         return cmd + [f"{user or self.admin}@{self.addr.public_ip(h)}"]
 
     def stack_outputs(self, topo: Topology | None = None) -> dict[str, Any]:
-        """The lab in the shape of a real stack's `pulumi stack output --json` (same adapter reads both).
+        """The lab in the shape of a real stack's `pulumi stack output --json` (hastack.outputs).
 
-        Host data carries what the lab provides instead of the cloud: its CA,
-        its Hetzner API endpoint, the agent's library from the host's wheels."""
+        The lab is the cloud here: its server ids and addresses, its CA, its
+        Hetzner API endpoint, Python packages from the host's wheels."""
         topo = topo or self.topo
-        hosts = {}
-        for h in topo.hosts:
-            data = dict(topo.host_data(h), pki_dir=str(self.paths.pki), lab=True)
-            if h.role in ("loadbalancer", "mariadb"):
-                data.update(
-                    hcloud_api_endpoint=f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
-                    hcloud_api_ca=self.ca.ca_pem,
-                    hcloud_pip_source=["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
-                                       "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
-                )
-            if h.role == "cassandra":
-                data.update(
-                    # the machines see the host's memory: the heap is sized for a lab of a dozen machines
-                    cassandra_heap_mb=512,
-                    # gossip settles in well under a second on one bridge; Cassandra's 30 s default
-                    # wait per joining node would only slow the lab down
-                    cassandra_extra_jvm_options=["-Dcassandra.ring_delay_ms=5000"],
-                )
-            if h.role == "loadbalancer":
-                data.update(
-                    # the lab's API has no other projects to share the rate limit with
-                    lb_reconcile_interval="5s",
-                )
-            hosts[h.name] = {
-                "groups": list(topo.host_roles(h)) + [h.location],
-                "public_ipv4": self.addr.public_ip(h),
-                "private_ip": h.private_ip,
-                "server_id": self.server_id(h.name),
-                "volume_id": None,
-                "data": data,
-            }
-        return {
-            "hosts": hosts,
-            "floatingIp": self.addr.floating_ip,
-            "floatingIpId": FLOATING_IP_ID,
-            "secrets": {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")},
-        }
+        machines = {h.name: Server(server_id=self.server_id(h.name), public_ipv4=self.addr.public_ip(h))
+                    for h in topo.hosts}
+        provided = Provided({
+            "pki_dir": str(self.paths.pki),
+            "lab": True,
+            "hcloud_api_endpoint": f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
+            "hcloud_api_ca": self.ca.ca_pem,
+            "hcloud_pip_source": ["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
+                                  "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
+        })
+        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")}
+        return stack_outputs(topo, machines, floating_ip=self.addr.floating_ip, floating_ip_id=FLOATING_IP_ID,
+                             secrets=secrets, provided=provided)
 
     def connection(self) -> dict[str, Any]:
         """How pyinfra reaches the machines: the lab admin's key, host keys pinned."""
@@ -275,15 +253,18 @@ class Lab:
         os.chmod(self.paths.known_hosts, 0o600)
 
 
-def _kernel_settings_for_machines() -> None:
+def _kernel_settings_for_machines(topo: Topology) -> None:
     """Kernel settings the machines' roles ask for but cannot set (they are not per
-    container): the host provides them. Cassandra wants many memory map areas."""
-    path = Path("/proc/sys/vm/max_map_count")
-    if int(path.read_text()) < 1048575:
-        path.write_text("1048575\n")
+    container, hastack.role.Role.host_kernel): the host provides at least that much."""
+    for name in topo.roles_in_use:
+        settings = topo.resolved_settings(name)
+        for sysctl, key in role(name).host_kernel.items():
+            path = Path("/proc/sys") / sysctl.replace(".", "/")
+            if int(path.read_text()) < int(settings[key]):
+                path.write_text(f"{int(settings[key])}\n")
 
 
 def _stale_host(name: str):
-    from hastack.topology import Host
+    from hastack.model import Host
 
-    return Host(name=name, role="app", index=1, location="-", server_type="-", private_ip="0.0.0.0")
+    return Host(name=name, role="-", index=1, location="-", server_type="-", private_ip="0.0.0.0")

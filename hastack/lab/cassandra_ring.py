@@ -46,7 +46,7 @@ def quorum_during_stop(lab, victim: str, via: str, seconds: float = 30, stop_at:
                        start_at: float = 20, interval: float = 0.05) -> dict[str, Any]:
     """QUORUM write+read pairs every ``interval`` s from ``via`` while ``victim`` is stopped and
     started again; every request counted."""
-    addresses = [lab.topo.host(n.host).private_ip for n in lab.topo.cassandra]
+    addresses = [lab.topo.host(n.host).private_ip for n in lab.topo.cluster("cassandra").nodes]
     proc = lab.machine(via).popen(["python3", "-", "stream", str(seconds), str(interval), *addresses], input=CLIENT)
     t0 = time.monotonic()
     time.sleep(stop_at)

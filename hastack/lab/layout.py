@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hastack.stackfile import PROJECT_DIR, hastack_config, read_stack_file
-from hastack.topology import Host, Topology, load
+from hastack.model import Host, Topology, load
 
 PREFIX = "hsl"
 PRIVATE_BRIDGE = f"{PREFIX}-priv"

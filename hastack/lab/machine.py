@@ -11,11 +11,11 @@ import time
 import uuid
 from pathlib import Path
 
-from hastack.cloud.hetzner import render_user_data
+from hastack.templating import render_user_data
 from hastack.lab.layout import Addresses, Paths, netns
 from hastack.lab.services import proxy_url
 from hastack.lab.system import LabError, pid_alive, read_pid, run
-from hastack.topology import Host, Topology
+from hastack.model import Host, Topology
 
 
 CGROUP_GROUP = "hastack-lab"

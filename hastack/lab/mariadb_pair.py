@@ -21,7 +21,7 @@ def sql(lab, host: str, query: str) -> list[list[str]]:
 
 
 def masters(lab) -> list[str]:
-    return [n.host for n in lab.topo.mariadb]
+    return [n.host for n in lab.topo.cluster("mariadb").nodes]
 
 
 def writable(lab, host: str) -> bool | None:

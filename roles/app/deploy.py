@@ -59,7 +59,7 @@ def app() -> None:
     unit = files.template(
         name="Application unit", src=template_path("app", UNIT), dest=UNIT, user="root", group="root", mode="0644",
         app_exec=host.data.app_exec, bind=host.data.private_ip, port=APP_PORT,
-        dependencies=host.data.get("app_dependencies") or [], tls=host.data.app_tls,
+        dependencies=host.data.app_dependencies, tls=host.data.app_tls,
         database=d.mariadb_database, ca_file=f"/usr/local/share/ca-certificates/hastack-{d.stack}.crt",
         redis_hosts=[f"{ip}:{REDIS_PORT}" for ip in d.redis_hosts.values()],
     )

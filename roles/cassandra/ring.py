@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from hastack.role import AfterRoles, AfterRolesError
+
 Run = Callable[[str, str, float], tuple[bool, str, str]]
 
 STATE_DIR = "/var/lib/hastack/cassandra"
@@ -234,3 +236,14 @@ class Ring:
         _, after = self.view(exclude=name)
         if address in after:
             raise RingError(f"{name} still in the ring after decommission: {after[address].state}")
+
+
+def after_roles(step: AfterRoles) -> list[tuple[str, str]]:
+    """The converge's step after every host has its roles: the ring operations, one node at a time."""
+    data = next(iter(step.hosts.values()))
+    step.log("Cassandra ring: one node at a time")
+    ring = Ring(dict(data["cassandra_nodes"]), step.run, log=step.log)
+    try:
+        return ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"])
+    except RingError as e:
+        raise AfterRolesError(f"Cassandra ring: {e}") from None

@@ -1,4 +1,11 @@
+"""The sentinel role: a Redis Sentinel on each voting host (the Redis hosts and
+the monitoring host, three in all); a quorum promotes a replica."""
+
+from pydantic import Field
+
 from hastack.ports import Port
+from hastack.role import Role, Settings
+from roles.redis import client_data, server_secrets
 
 SENTINEL_PORT = 26379
 
@@ -7,8 +14,23 @@ PORTS = (
     Port("redis-sentinel", SENTINEL_PORT, sources=("app", "redis", "monitoring"), description="Redis Sentinel (TLS)"),
 )
 
-DEFAULTS = {
-    "sentinel_quorum": 2,
-    "sentinel_down_after_ms": 2000,
-    "sentinel_failover_timeout_ms": 10000,
-}
+
+class SentinelSettings(Settings):
+    """hastack:settings.sentinel -> host data sentinel_<key>."""
+
+    quorum: int = Field(2, ge=2, le=3)  # of the three Sentinels; 2 survives the loss of any one
+    down_after_ms: int = Field(2000, ge=500, le=600000)
+    failover_timeout_ms: int = Field(10000, ge=1000, le=3600000)
+
+
+ROLE = Role(
+    name="sentinel",
+    ports=PORTS,
+    settings=SentinelSettings,
+    settings_prefix="sentinel_",
+    runs_on=lambda topo, host: host.name in topo.cluster("redis").sentinels,
+    host_data=lambda topo, host: client_data(topo),
+    from_outputs=server_secrets,
+)
+
+DEFAULTS = ROLE.defaults

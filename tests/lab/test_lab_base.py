@@ -102,16 +102,16 @@ def test_host_firewall_matches_the_declarations(lab):
 
     # and they hold on the wire: the node exporter (listening on every host) only for monitoring,
     # SSH only for the operator, never from another host or the internet namespace
-    mon = topo.host(topo.monitoring)
+    mon = topo.host(topo.hosts_with_role("monitoring")[0].name)
     app = topo.hosts_with_role("app")[0]
     probes = []
     for host in topo.hosts:
         if host.name != mon.name:
             probes.append((mon.name, host, 9100, "open"))
-            probes.append((app.name if host.name != app.name else topo.loadbalancers[0].name, host, 9100, "filtered"))
+            probes.append((app.name if host.name != app.name else topo.hosts_with_role("loadbalancer")[0].name, host, 9100, "filtered"))
         probes.append((app.name if host.name != app.name else mon.name, host, 22, "filtered"))
     db = topo.hosts_with_role("mariadb")[0]
-    probes.append((topo.loadbalancers[0].name, db, 3306, "filtered"))  # a web host never reaches the database port
+    probes.append((topo.hosts_with_role("loadbalancer")[0].name, db, 3306, "filtered"))  # a web host never reaches the database port
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda p: _probe(lab, p[0], p[1].private_ip, p[2]), probes))
@@ -125,7 +125,7 @@ def test_host_firewall_matches_the_declarations(lab):
 
 
 def test_node_exporter_serves_metrics_to_monitoring(lab):
-    mon = lab.topo.host(lab.topo.monitoring)
+    mon = lab.topo.host(lab.topo.hosts_with_role("monitoring")[0].name)
     target = lab.topo.hosts_with_role("mariadb")[0]
     out = lab.exec(mon.name, ["curl", "-sf", f"http://{target.private_ip}:9100/metrics"], check=True).stdout
     assert "node_uname_info" in out

@@ -11,7 +11,7 @@ from hastack.lab.layout import lab_topology
 
 @pytest.fixture(scope="module")
 def ring(lab):
-    nodes = [n.host for n in lab.topo.cassandra]
+    nodes = [n.host for n in lab.topo.cluster("cassandra").nodes]
     cassandra_ring.cql(lab, nodes[0], cassandra_ring.KEYSPACE)
     return lab, nodes
 
@@ -26,7 +26,7 @@ def test_every_node_up_normal_in_every_view(ring):
     for node in nodes:
         view = status(lab, node)
         assert set(view) == addresses and all(m.state == "UN" for m in view.values()), (node, view)
-        assert {m.rack for m in view.values()} == {n.rack for n in lab.topo.cassandra}
+        assert {m.rack for m in view.values()} == {n.rack for n in lab.topo.cluster("cassandra").nodes}
     out = lab.exec(nodes[0], ["nodetool", "describecluster"]).stdout
     assert "hastack-lab" in out and "lab" in out
 
@@ -77,7 +77,7 @@ def test_a_fourth_node_joins_with_data_and_decommissioning_it_returns_to_three(r
     cassandra_ring.cql(lab, nodes[0], "; ".join(f"INSERT INTO hastack_probe.kv (k, v) VALUES (uuid(), 'grow-{i}')"
                                                 for i in range(200)))
     big = Lab("lab", topo=lab_topology("lab", counts={"cassandra": 4}), log=lambda m: None)
-    new = next(n.host for n in big.topo.cassandra if n.host not in nodes)
+    new = next(n.host for n in big.topo.cluster("cassandra").nodes if n.host not in nodes)
     try:
         result = big.up(converge=False)
         assert "boot" in result["timings"]

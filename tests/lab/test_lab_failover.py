@@ -28,7 +28,7 @@ def api(lab, path):
 def owner(lab):
     """The load balancer the API says holds the floating IP."""
     server = api(lab, "/v1/floating_ips/1")["floating_ip"]["server"]
-    return next(h.name for h in lab.topo.loadbalancers if lab.server_id(h.name) == server)
+    return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if lab.server_id(h.name) == server)
 
 
 def assigns(lab):
@@ -41,7 +41,7 @@ def vrrp_state(lab, name):
 
 
 def other(lab, name):
-    return next(h.name for h in lab.topo.loadbalancers if h.name != name)
+    return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if h.name != name)
 
 
 class Probe:
@@ -63,18 +63,18 @@ class Probe:
 @pytest.fixture(scope="module")
 def settled(lab):
     """Both load balancers up, exactly one master, and it owns the floating IP."""
-    for lb in lab.topo.loadbalancers:
+    for lb in lab.topo.hosts_with_role("loadbalancer"):
         if not lab.machine(lb.name).running():
             lab.start(lb.name)
-    wait_for(lambda: sorted(vrrp_state(lab, h.name) or "" for h in lab.topo.loadbalancers) == ["BACKUP", "MASTER"],
+    wait_for(lambda: sorted(vrrp_state(lab, h.name) or "" for h in lab.topo.hosts_with_role("loadbalancer")) == ["BACKUP", "MASTER"],
              30, "one MASTER and one BACKUP")
-    master = next(h.name for h in lab.topo.loadbalancers if vrrp_state(lab, h.name) == "MASTER")
+    master = next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if vrrp_state(lab, h.name) == "MASTER")
     wait_for(lambda: owner(lab) == master, 30, "the API to name the master as owner")
     return lab
 
 
 def current_master(lab):
-    return next(h.name for h in lab.topo.loadbalancers if vrrp_state(lab, h.name) == "MASTER")
+    return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if vrrp_state(lab, h.name) == "MASTER")
 
 
 def test_https_through_the_floating_ip_verifies_against_the_lab_ca(settled):
@@ -97,7 +97,7 @@ def test_https_through_the_floating_ip_verifies_against_the_lab_ca(settled):
 
 def test_load_balancer_to_app_traffic_is_tls_verified(settled):
     lab = settled
-    lb = lab.topo.loadbalancers[0].name
+    lb = lab.topo.hosts_with_role("loadbalancer")[0].name
     app = lab.topo.hosts_with_role("app")[0]
     tls = lab.exec(lb, ["curl", "-sf", "--cacert", "/etc/haproxy/certs/stack-ca.pem", "--resolve",
                         f"{app.name}:8080:{app.private_ip}", f"https://{app.name}:8080/health"])
@@ -108,8 +108,8 @@ def test_load_balancer_to_app_traffic_is_tls_verified(settled):
 
 def test_stats_and_metrics_only_on_the_private_network(settled):
     lab = settled
-    lb = lab.topo.loadbalancers[0]
-    mon = lab.topo.host(lab.topo.monitoring)
+    lb = lab.topo.hosts_with_role("loadbalancer")[0]
+    mon = lab.topo.host(lab.topo.hosts_with_role("monitoring")[0].name)
     metrics = lab.exec(mon.name, ["curl", "-sf", f"http://{lb.private_ip}:8404/metrics"], check=True).stdout
     assert "haproxy_backend_active_servers" in metrics
     public = subprocess.run(CURL + ["--connect-timeout", "2", f"http://{lab.addr.public_ip(lb)}:8404/metrics"],
@@ -161,19 +161,19 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
     lab = settled
     # cut the private network between the two load balancers for about 10 s: the
     # lab's private bridge drops their traffic to each other (links stay up, app traffic flows)
-    ips = ", ".join(h.private_ip for h in lab.topo.loadbalancers)
+    ips = ", ".join(h.private_ip for h in lab.topo.hosts_with_role("loadbalancer"))
     cut = ("table bridge hastack_test_cut {\n chain cut {\n  type filter hook forward priority 0; policy accept;\n"
            f"  ip saddr {{ {ips} }} ip daddr {{ {ips} }} drop\n }}\n}}\n")
     subprocess.run(["nft", "-f", "-"], input=cut, text=True, check=True)
     try:
-        wait_for(lambda: all(vrrp_state(lab, h.name) == "MASTER" for h in lab.topo.loadbalancers), 10,
+        wait_for(lambda: all(vrrp_state(lab, h.name) == "MASTER" for h in lab.topo.hosts_with_role("loadbalancer")), 10,
                  "both sides to believe they are master")
         time.sleep(8)
     finally:
         subprocess.run(["nft", "delete", "table", "bridge", "hastack_test_cut"], check=True)
 
     def healed():
-        states = {h.name: vrrp_state(lab, h.name) for h in lab.topo.loadbalancers}
+        states = {h.name: vrrp_state(lab, h.name) for h in lab.topo.hosts_with_role("loadbalancer")}
         masters = [n for n, s in states.items() if s == "MASTER"]
         return len(masters) == 1 and owner(lab) == masters[0] and masters[0]
 
@@ -181,7 +181,7 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
     ok = subprocess.run(CURL + ["--cacert", str(lab.ca.cert_path), f"https://{lab.addr.floating_ip}/"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert master in {h.name for h in lab.topo.loadbalancers}
+    assert master in {h.name for h in lab.topo.hosts_with_role("loadbalancer")}
 
 
 def test_an_app_server_dies_and_requests_keep_succeeding(settled):

@@ -51,7 +51,7 @@ def test_replication_runs_both_ways_by_gtid_over_tls(pair):
         assert st["Using_Gtid"] == "Slave_Pos" and st["Master_SSL_Allowed"] == "Yes"
         assert st["Master_SSL_Verify_Server_Cert"] == "Yes"
     assert sql(lab, db1, "SELECT @@read_only") == "0" and sql(lab, db2, "SELECT @@read_only") == "1"
-    for node in lab.topo.mariadb:
+    for node in lab.topo.cluster("mariadb").nodes:
         assert sql(lab, node.host, "SELECT @@server_id, @@gtid_domain_id, @@auto_increment_offset") == \
             f"{node.server_id}\t{node.gtid_domain_id}\t{node.auto_increment_offset}"
 
@@ -74,7 +74,7 @@ def test_rows_from_either_master_reach_the_other_and_keys_never_collide(pair):
         return a == b and a.split("\t")[0] == a.split("\t")[1] and int(a.split("\t")[0]) >= 100
 
     wait_for(converged, 30, "both masters to hold every row once")
-    for node in lab.topo.mariadb:  # offsets 1 and 2, increment 2
+    for node in lab.topo.cluster("mariadb").nodes:  # offsets 1 and 2, increment 2
         wrong = sql(lab, db1, f"SELECT COUNT(*) FROM hastack.probe WHERE origin LIKE '{node.host}-%' "
                               f"AND id % 2 <> {node.auto_increment_offset % 2}")
         assert wrong == "0", node.host
@@ -94,10 +94,10 @@ def test_replication_account_only_over_tls(pair):
 def test_clients_outside_the_allowed_set_are_refused(pair):
     lab, db1, db2, pw = pair
     ip1 = lab.topo.host(db1).private_ip
-    lb = lab.topo.loadbalancers[0].name
+    lb = lab.topo.hosts_with_role("loadbalancer")[0].name
     probe = lab.exec(lb, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip1}/3306"])
     assert probe.returncode == 124  # a web host never reaches the database port
-    mon = lab.topo.monitoring
+    mon = lab.topo.hosts_with_role("monitoring")[0].name
     # the monitoring host is not a MariaDB client at all
     probe = lab.exec(mon, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip1}/3306"])
     assert probe.returncode == 124
@@ -129,7 +129,7 @@ def test_the_app_stores_records_through_the_writer_and_reads_them_back(pair):
 
 def test_mysqld_exporter_reports_both_masters(pair):
     lab, writer, passive, _ = pair
-    mon = lab.topo.monitoring
+    mon = lab.topo.hosts_with_role("monitoring")[0].name
     for host in (writer, passive):
         metrics = lab.exec(mon, ["curl", "-sf", f"http://{lab.topo.host(host).private_ip}:9104/metrics"]).stdout
         assert "mysql_up 1" in metrics, host

@@ -49,7 +49,7 @@ def test_unauthenticated_and_plain_text_access_refused(redis_lab):
 def test_a_host_outside_the_allowed_set_cannot_connect(redis_lab):
     lab, pw = redis_lab
     r1 = lab.topo.host("lab-redis1")
-    lb = lab.topo.loadbalancers[0].name  # load balancers are not Redis clients
+    lb = lab.topo.hosts_with_role("loadbalancer")[0].name  # load balancers are not Redis clients
     probe = lab.exec(lb, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{r1.private_ip}/6379"])
     assert probe.returncode == 124  # dropped by the host firewall
 

@@ -203,7 +203,7 @@ def test_database_ports_only_accept_app_and_mariadb_hosts(tmp_path, stack):
     expected = {f"{h.private_ip}/32" for h in topo.hosts_with_role("app") + topo.hosts_with_role("mariadb")}
     assert mysql[0].startswith("ip saddr {") and saddrs(mysql[0]) == expected
     exporter = [r for r in input_rules(text) if "dport 9104" in r]
-    assert len(exporter) == 1 and saddrs(exporter[0]) == {f"{topo.host(topo.monitoring).private_ip}/32"}
+    assert len(exporter) == 1 and saddrs(exporter[0]) == {f"{topo.host(topo.hosts_with_role('monitoring')[0].name).private_ip}/32"}
 
 
 # Rules that accept regardless of source address, and why that is safe.
@@ -236,7 +236,7 @@ def test_loadbalancer_web_ports_are_open_to_everyone(stack):
     assert 'tcp dport 443 accept comment "https"' in rules
     assert 'tcp dport 80 accept comment "http"' in rules
     vrrp = [r for r in rules if "vrrp" in r]
-    peers = {f"{h.private_ip}/32" for h in topology(stack).loadbalancers}
+    peers = {f"{h.private_ip}/32" for h in topology(stack).hosts_with_role("loadbalancer")}
     assert len(vrrp) == 1 and "ip protocol vrrp" in vrrp[0] and saddrs(vrrp[0]) == peers
 
 

@@ -42,7 +42,7 @@ START_TIMEOUT = 240
 
 def _prod_node():
     topo = load_stack("prod")
-    return topo, topo.host(topo.cassandra[0].host)
+    return topo, topo.host(topo.cluster("cassandra").nodes[0].host)
 
 
 def _vars(data: dict, root: Path | None = None) -> dict:
@@ -279,17 +279,17 @@ def test_prod_node_config_as_rendered():
     v = _vars(topo.host_data(host))
     conf = yaml.safe_load(render("cassandra", "/etc/cassandra/cassandra.yaml", **v))
     seeds = conf["seed_provider"][0]["parameters"][0]["seeds"].split(",")
-    assert seeds == [topo.host(n.host).private_ip for n in topo.cassandra if n.seed] and len(seeds) < len(topo.cassandra)
+    assert seeds == [topo.host(n.host).private_ip for n in topo.cluster("cassandra").nodes if n.seed] and len(seeds) < len(topo.cluster("cassandra").nodes)
     assert conf["listen_address"] == conf["rpc_address"] == host.private_ip
-    assert conf["allocate_tokens_for_local_replication_factor"] == topo.cassandra_replication_factor == 3
+    assert conf["allocate_tokens_for_local_replication_factor"] == topo.cluster("cassandra").replication_factor == 3
     assert conf["num_tokens"] == 16 and conf["endpoint_snitch"] == "GossipingPropertyFileSnitch"
     assert (conf["authenticator"], conf["authorizer"]) == ("PasswordAuthenticator", "CassandraAuthorizer")
     server, client = conf["server_encryption_options"], conf["client_encryption_options"]
     assert server["internode_encryption"] == "all" and server["require_client_auth"] and not server["optional"]
     assert client["enabled"] and not client["optional"]
     rackdc = render("cassandra", "/etc/cassandra/cassandra-rackdc.properties", **v).splitlines()
-    rack = next(n.rack for n in topo.cassandra if n.host == host.name)  # rack1: fewer locations than replicas
-    assert f"dc={topo.cassandra_datacenter}" in rackdc and f"rack={rack}" in rackdc
+    rack = next(n.rack for n in topo.cluster("cassandra").nodes if n.host == host.name)  # rack1: fewer locations than replicas
+    assert f"dc={topo.cluster('cassandra').datacenter}" in rackdc and f"rack={rack}" in rackdc
     options = render("cassandra", "/etc/cassandra/jvm.options", **v).splitlines()
     assert "-Xmx512m" in options and "-Dcassandra.jmx.local.port=7199" in options
     assert f"-javaagent:/opt/cassandra/agents/{cb.agent_jar()}={host.private_ip}:7070:/etc/cassandra/jmx-exporter.yaml" \

@@ -56,7 +56,7 @@ def site_pem(tmp_path_factory):
 def test_haproxy_accepts_the_rendered_config(stack, site_pem, tmp_path):
     need("haproxy")
     topo = load_stack(stack)
-    for host in topo.loadbalancers:
+    for host in topo.hosts_with_role("loadbalancer"):
         cfg = tmp_path / f"{host.name}.cfg"
         cfg.write_text(haproxy_cfg(topo, host, site_pem))
         proc = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
@@ -73,7 +73,7 @@ def test_haproxy_rejects_a_broken_config(tmp_path, site_pem):
     need("haproxy")
     topo = load_stack("prod")
     cfg = tmp_path / "broken.cfg"
-    cfg.write_text(haproxy_cfg(topo, topo.loadbalancers[0], site_pem).replace("balance roundrobin", "balance nonsense"))
+    cfg.write_text(haproxy_cfg(topo, topo.hosts_with_role("loadbalancer")[0], site_pem).replace("balance roundrobin", "balance nonsense"))
     assert subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True).returncode != 0
 
 
@@ -109,13 +109,13 @@ def test_keepalived_accepts_the_rendered_config(stack, tmp_path, keepalived_chec
     check, scripts = keepalived_check
     topo = load_stack(stack)
     priorities = []
-    for host in topo.loadbalancers:
+    for host in topo.hosts_with_role("loadbalancer"):
         cfg = tmp_path / f"{host.name}.conf"
         text = keepalived_cfg(topo, host, scripts)
         cfg.write_text(text)
         proc = check(cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        peer = next(h for h in topo.loadbalancers if h.name != host.name)
+        peer = next(h for h in topo.hosts_with_role("loadbalancer") if h.name != host.name)
         assert f"unicast_peer {{\n        {peer.private_ip}\n    }}" in text
         assert "state BACKUP" in text and "nopreempt" in text
         priorities.append(int(re.search(r"^\s+priority (\d+)$", text, re.M).group(1)))
@@ -129,5 +129,5 @@ def test_keepalived_rejects_a_broken_config(tmp_path, keepalived_check):
     check, scripts = keepalived_check
     topo = load_stack("prod")
     cfg = tmp_path / "broken.conf"
-    cfg.write_text(keepalived_cfg(topo, topo.loadbalancers[0], scripts).replace("interface eth1", "interface eth9"))
+    cfg.write_text(keepalived_cfg(topo, topo.hosts_with_role("loadbalancer")[0], scripts).replace("interface eth1", "interface eth9"))
     assert check(cfg).returncode != 0

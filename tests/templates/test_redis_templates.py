@@ -40,7 +40,7 @@ def test_replica_line_only_on_replicas():
 def test_sentinel_monitors_the_topology_primary_with_a_quorum_of_two():
     topo = load_stack("prod")
     text = render("sentinel", "/etc/redis/sentinel.conf", private_ip="10.20.1.150", port=26379, redis_port=6379,
-                  primary_ip=topo.host(topo.redis_primary).private_ip, quorum=2, sentinel_password=PW["sentinel"],
+                  primary_ip=topo.host(topo.cluster("redis").primary).private_ip, quorum=2, sentinel_password=PW["sentinel"],
                   down_after_ms=2000, failover_timeout_ms=10000)
-    assert f"sentinel monitor hastack {topo.host(topo.redis_primary).private_ip} 6379 2" in text
-    assert len(topo.redis_sentinels) == 3
+    assert f"sentinel monitor hastack {topo.host(topo.cluster('redis').primary).private_ip} 6379 2" in text
+    assert len(topo.cluster("redis").sentinels) == 3

@@ -166,15 +166,15 @@ def test_heap_override_and_its_bounds():
 @pytest.mark.parametrize("stack", ["prod", "staging", "dr"])
 def test_seeds_come_from_the_topology_and_are_never_every_node(stack):
     topo = load_stack(stack)
-    nodes = [topo.host(n.host) for n in topo.cassandra]
+    nodes = [topo.host(n.host) for n in topo.cluster("cassandra").nodes]
     ring = {h.private_ip for h in nodes}
     for host in nodes:
         v = template_vars(topo.host_data(host), mem_mb=8192, jmx_password="x")
         assert v["listen_address"] == host.private_ip
         assert 1 <= len(v["seeds"]) < len(ring) and set(v["seeds"]) <= ring
-        assert v["replication_factor"] == topo.cassandra_replication_factor
-        rack = next(n.rack for n in topo.cassandra if n.host == host.name)
-        assert v["rack"] == rack and v["datacenter"] == topo.cassandra_datacenter
+        assert v["replication_factor"] == topo.cluster("cassandra").replication_factor
+        rack = next(n.rack for n in topo.cluster("cassandra").nodes if n.host == host.name)
+        assert v["rack"] == rack and v["datacenter"] == topo.cluster("cassandra").datacenter
 
 
 def test_template_vars_refuse_missing_facts():

@@ -7,7 +7,9 @@ import pytest
 
 from hastack import recording
 from hastack.stackfile import read_stack_file
-from hastack.topology import HOST_ROLES
+from roles import host_roles
+
+HOST_ROLES = host_roles()
 from hastack.stackfile import load_stack
 
 TOKEN = "test-failover-token-7f3a"
@@ -122,7 +124,7 @@ def test_bucket_controls(rec):
     assert key.inputs["enableKeyRotation"] is True and key.protect
     lock = rec.named("backups-object-lock").inputs
     assert lock["objectLockEnabled"] == "Enabled"
-    assert lock["rule"]["defaultRetention"] == {"mode": "COMPLIANCE", "days": load_stack(rec.stack).backup.retention_days}
+    assert lock["rule"]["defaultRetention"] == {"mode": "COMPLIANCE", "days": load_stack(rec.stack).section("backup").retention_days}
     rule = rec.named("backups-lifecycle").inputs["rules"][0]
     assert rule["status"] == "Enabled"
     assert rule["noncurrentVersionExpiration"]["noncurrentDays"] > lock["rule"]["defaultRetention"]["days"]
