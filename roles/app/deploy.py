@@ -9,27 +9,24 @@ from pyinfra.operations import apt, files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
-from roles.app import APP_PORT, DEFAULTS
-from roles.mariadb import MARIADB_PORT, WRITER_AGENT_PORT
-from roles.redis import REDIS_PORT
+from roles.app import DEFAULTS
+from roles.app import config as c
 
 REFERENCE_APP = Path(__file__).parent / "files" / "app.py"
-UNIT = "/etc/systemd/system/hastack-app.service"
 
 
 @deploy("app", data_defaults=DEFAULTS)
 def app() -> None:
     d = host.data
+    tvars = c.template_vars(host.name, d.dict())
     # PyMySQL and redis-py: the reference application's drivers
     apt.packages(name="Python for the reference application",
                  packages=["python3", "python3-pymysql", "python3-redis", "haproxy"], no_recommends=True)
 
     # -- the local proxy to the MariaDB writer
-    proxy = files.template(name="Local MariaDB proxy", src=template_path("app", "/etc/haproxy/haproxy.cfg"),
-                           dest="/etc/haproxy/haproxy.cfg", user="root", group="root", mode="0644",
-                           hostname=host.name, port=MARIADB_PORT, agent_port=WRITER_AGENT_PORT,
-                           masters=d.mariadb_masters)
-    server.shell(name="Check the local proxy configuration", commands=["haproxy -c -q -f /etc/haproxy/haproxy.cfg"],
+    proxy = files.template(name="Local MariaDB proxy", src=template_path("app", c.PROXY_CFG), dest=c.PROXY_CFG,
+                           user="root", group="root", mode="0644", **tvars[c.PROXY_CFG])
+    server.shell(name="Check the local proxy configuration", commands=[f"haproxy -c -q -f {c.PROXY_CFG}"],
                  _if=proxy.did_change)
     systemd.service(name="Local MariaDB proxy running", service="haproxy.service", running=True, enabled=True,
                     reloaded=proxy.will_change)
@@ -38,7 +35,7 @@ def app() -> None:
         files.directory(name="Application directory", path="/opt/hastack-app", user="root", group="root", mode="0755")
         code = files.put(name="Reference application", src=str(REFERENCE_APP), dest="/opt/hastack-app/app.py",
                          user="root", group="root", mode="0644")
-    files.directory(name="Application settings directory", path="/etc/hastack-app", user="root", group="root",
+    files.directory(name="Application settings directory", path=c.SETTINGS_DIR, user="root", group="root",
                     mode="0700")
     # passwords reach the throwaway service user as systemd credentials, never in its environment
     secrets = [
@@ -56,13 +53,8 @@ def app() -> None:
         key = files.put(name="TLS key", src=StringIO(issued.key_pem), dest="/etc/hastack-app/tls.key",
                         user="root", group="root", mode="0600")
         tls_changed = crt.will_change or key.will_change
-    unit = files.template(
-        name="Application unit", src=template_path("app", UNIT), dest=UNIT, user="root", group="root", mode="0644",
-        app_exec=host.data.app_exec, bind=host.data.private_ip, port=APP_PORT,
-        dependencies=host.data.app_dependencies, tls=host.data.app_tls,
-        database=d.mariadb_database, ca_file=f"/usr/local/share/ca-certificates/hastack-{d.stack}.crt",
-        redis_hosts=[f"{ip}:{REDIS_PORT}" for ip in d.redis_hosts.values()],
-    )
+    unit = files.template(name="Application unit", src=template_path("app", c.UNIT), dest=c.UNIT,
+                          user="root", group="root", mode="0644", **tvars[c.UNIT])
     changed = (unit.will_change or tls_changed or (code is not None and code.will_change)
                or any(op.will_change for op in secrets))
     systemd.service(name="Application running", service="hastack-app.service", running=True, enabled=True,

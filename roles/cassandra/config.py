@@ -37,6 +37,9 @@ CONFIG_FILES = {
 }
 UNIT = "/etc/systemd/system/cassandra.service"
 NODETOOL = "/usr/local/bin/nodetool"
+REPAIR_SERVICE = "/etc/systemd/system/cassandra-repair.service"
+REPAIR_TIMER = "/etc/systemd/system/cassandra-repair.timer"
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 def heap_size(mem_mb: int, override: int | None = None) -> int:
@@ -93,6 +96,12 @@ def template_vars(data: Any, mem_mb: int, jmx_password: str) -> dict[str, Any]:
         "log_dir": LOG_DIR,
         "java": JAVA,
     }
+
+
+def repair_timer_vars(data: Any) -> dict[str, Any]:
+    """The repair timer's weekday: one node a day at most, the ring's nodes (by cassandra_index)
+    repair on different weekdays."""
+    return {"weekday": WEEKDAYS[(int(_get(data, "cassandra_index")) - 1) % 7]}
 
 
 def node_pem(issued: Issued) -> str:

@@ -20,8 +20,8 @@ from roles.cassandra import bundle as cassandra_bundle
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
-from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, TLS_DIR, UNIT,
-                                    node_pem, template_vars)
+from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
+                                    REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
 from roles.cassandra.ring import AUTH_SCRIPT, RESTART_MARK, STATE_DIR
 from roles.data_volume import mount_data_volume
 
@@ -114,11 +114,9 @@ def cassandra() -> None:
               mode="0644")
     files.put(name="Cassandra admin password (root only)", src=StringIO(d.cassandra_passwords["admin"]),
               dest=f"{STATE_DIR}/admin-password", user="root", group="root", mode="0600")
-    svc = files.template(name="Repair service", src=template_path("cassandra", "/etc/systemd/system/cassandra-repair.service"),
-                         dest="/etc/systemd/system/cassandra-repair.service", user="root", group="root", mode="0644")
-    timer = files.template(name="Repair timer", src=template_path("cassandra", "/etc/systemd/system/cassandra-repair.timer"),
-                           dest="/etc/systemd/system/cassandra-repair.timer", user="root", group="root", mode="0644",
-                           # one node a day at most: the ring's nodes repair on different weekdays
-                           weekday=("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[(d.cassandra_index - 1) % 7])
+    svc = files.template(name="Repair service", src=template_path("cassandra", REPAIR_SERVICE), dest=REPAIR_SERVICE,
+                         user="root", group="root", mode="0644")
+    timer = files.template(name="Repair timer", src=template_path("cassandra", REPAIR_TIMER), dest=REPAIR_TIMER,
+                           user="root", group="root", mode="0644", **repair_timer_vars(d))
     systemd.service(name="Repair timer running", service="cassandra-repair.timer", running=True, enabled=True,
                     daemon_reload=svc.will_change or timer.will_change, restarted=timer.will_change)

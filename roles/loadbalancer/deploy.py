@@ -10,14 +10,13 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-import roles.app as app_role
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent
-from roles.loadbalancer import DEFAULTS, STATS_PORT
+from roles.loadbalancer import DEFAULTS
+from roles.loadbalancer import config as c
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "failover_agent.py"
-CERT = "/etc/haproxy/certs/site.pem"
 WRAPPER = """#!/bin/sh
 # Managed by hastack: the failover agent (keepalived notify, reconcile timer, operators).
 exec {venv}/bin/python /opt/hastack/failover_agent.py --config /etc/hastack/failover.json "$@"
@@ -50,38 +49,33 @@ def loadbalancer() -> None:
     if not d.get("vrrp_peer_ip"):
         # keepalived without a unicast peer would fall back to multicast, which clouds drop
         raise ValueError(f"{host.name}: no VRRP peer in the topology; a load balancer pair needs both hosts")
+    interface, public_interface = _interface_of(d.private_ip), _interface_of(d.public_ip)
+    tvars = c.template_vars(host.name, host.data.dict(), interface=interface, public_interface=public_interface)
+
+    def template(name, target, mode="0644"):
+        return files.template(name=name, src=template_path("loadbalancer", target), dest=target,
+                              user="root", group="root", mode=mode, **tvars[target])
+
     apt.packages(name="HAProxy and keepalived", packages=["haproxy", "keepalived", "curl"],
                  no_recommends=True)
 
     # -- HAProxy, and the check keepalived (and this converge) uses to see it serving
-    files.directory(name="Check script directory", path="/usr/local/lib/hastack", user="root", group="root", mode="0755")
-    check = files.template(name="HAProxy health check", src=template_path("loadbalancer", "/usr/local/lib/hastack/check-haproxy"),
-                           dest="/usr/local/lib/hastack/check-haproxy", user="root", group="root", mode="0755",
-                           stats_port=STATS_PORT)
-    files.directory(name="Certificate directory", path="/etc/haproxy/certs", user="root", group="haproxy", mode="0750")
-    cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=CERT,
+    files.directory(name="Check script directory", path=c.CHECK_DIR, user="root", group="root", mode="0755")
+    check = template("HAProxy health check", c.CHECK_SCRIPT, mode="0755")
+    files.directory(name="Certificate directory", path=c.CERT_DIR, user="root", group="haproxy", mode="0750")
+    cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=c.CERT,
                      user="root", group="haproxy", mode="0640")
-    backend_tls = app_role.DEFAULTS["app_tls"] if d.get("app_tls") is None else d.app_tls
     stack_ca = files.put(name="Stack CA (verifies the app servers)",
                          src=StringIO(CertificateAuthority(d.pki_dir, d.stack).ca_pem_ensured()),
-                         dest="/etc/haproxy/certs/stack-ca.pem", user="root", group="root", mode="0644")
-    cfg = files.template(
-        name="HAProxy configuration", src=template_path("loadbalancer", "/etc/haproxy/haproxy.cfg"),
-        dest="/etc/haproxy/haproxy.cfg", user="root", group="root", mode="0644",
-        hostname=host.name, certificate=CERT, private_ip=d.private_ip, stats_port=STATS_PORT,
-        app_servers=d.app_servers, app_port=app_role.APP_PORT,
-        health_path=d.get("app_health_path") or app_role.DEFAULTS["app_health_path"],
-        max_conn_per_ip=d.lb_max_conn_per_ip, max_req_rate_per_ip=d.lb_max_req_rate_per_ip,
-        hsts_max_age=d.lb_hsts_max_age, maxconn=d.lb_maxconn,
-        backend_ca="/etc/haproxy/certs/stack-ca.pem" if backend_tls else None,
-    )
-    server.shell(name="Check HAProxy configuration", commands=["haproxy -c -q -f /etc/haproxy/haproxy.cfg"],
+                         dest=c.STACK_CA, user="root", group="root", mode="0644")
+    cfg = template("HAProxy configuration", c.HAPROXY_CFG)
+    server.shell(name="Check HAProxy configuration", commands=[f"haproxy -c -q -f {c.HAPROXY_CFG}"],
                  _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
     systemd.service(name="HAProxy running", service="haproxy.service", running=True, enabled=True,
                     reloaded=cfg.will_change or cert.will_change or stack_ca.will_change)
     # a reload that fails keeps the old configuration running: check it really serves
     server.shell(name="HAProxy answers", commands=[
-        "for i in 1 2 3 4 5 6 7 8 9 10; do /usr/local/lib/hastack/check-haproxy && exit 0; sleep 0.5; done; "
+        f"for i in 1 2 3 4 5 6 7 8 9 10; do {c.CHECK_SCRIPT} && exit 0; sleep 0.5; done; "
         "journalctl -u haproxy -n 5 --no-pager; exit 1"],
         _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
 
@@ -90,7 +84,7 @@ def loadbalancer() -> None:
     files.put(name="Failover agent", src=str(AGENT_SOURCE), dest="/opt/hastack/failover_agent.py",
               user="root", group="root", mode="0644")
     files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV)),
-              dest="/usr/local/sbin/hastack-failover", user="root", group="root", mode="0755")
+              dest=c.FAILOVER_COMMAND, user="root", group="root", mode="0755")
     config = {
         **{k: v for k, v in hcloud_agent.api_config().items() if v is not None},
         "floating_ip_id": int(d.floating_ip_id),
@@ -98,7 +92,7 @@ def loadbalancer() -> None:
         "server_id": int(d.server_id),
         "server_name": host.name,
         "peer_server_id": int(d.vrrp_peer_server_id),
-        "interface": _interface_of(d.public_ip),
+        "interface": public_interface,
         "state_file": "/run/hastack/failover-state.json",
         "poweroff_peer_on_takeover": bool(d.lb_poweroff_peer_on_takeover),
     }
@@ -106,25 +100,14 @@ def loadbalancer() -> None:
               dest="/etc/hastack/failover.json", user="root", group="root", mode="0600")
 
     # -- keepalived
-    ka = files.template(
-        name="keepalived configuration", src=template_path("loadbalancer", "/etc/keepalived/keepalived.conf"),
-        dest="/etc/keepalived/keepalived.conf", user="root", group="root", mode="0600",
-        hostname=host.name, interface=_interface_of(d.private_ip), private_ip=d.private_ip, peer_ip=d.vrrp_peer_ip,
-        router_id=d.lb_vrrp_router_id, advert_int=d.lb_vrrp_advert_int,
-        priority=100 - d.lb_vrrp_priority_gap * (d.lb_index - 1), check_weight=d.lb_vrrp_check_weight,
-        floating_ip=d.floating_ip, public_interface=_interface_of(d.public_ip),
-        check_script="/usr/local/lib/hastack/check-haproxy", notify_command="/usr/local/sbin/hastack-failover notify",
-    )
-    server.shell(name="Check keepalived configuration", commands=["keepalived --config-test -f /etc/keepalived/keepalived.conf"],
+    ka = template("keepalived configuration", c.KEEPALIVED_CONF, mode="0600")
+    server.shell(name="Check keepalived configuration", commands=[f"keepalived --config-test -f {c.KEEPALIVED_CONF}"],
                  _if=ka.did_change)
     systemd.service(name="keepalived running", service="keepalived.service", running=True, enabled=True,
                     restarted=ka.will_change or check.will_change)
 
     # -- reconcile: keepalived does not always re-run notify after a split brain
-    svc = files.template(name="Reconcile service", src=template_path("loadbalancer", "/etc/systemd/system/hastack-failover-reconcile.service"),
-                         dest="/etc/systemd/system/hastack-failover-reconcile.service", user="root", group="root", mode="0644")
-    timer = files.template(name="Reconcile timer", src=template_path("loadbalancer", "/etc/systemd/system/hastack-failover-reconcile.timer"),
-                           dest="/etc/systemd/system/hastack-failover-reconcile.timer", user="root", group="root", mode="0644",
-                           interval=d.lb_reconcile_interval)
+    svc = template("Reconcile service", c.RECONCILE_SERVICE)
+    timer = template("Reconcile timer", c.RECONCILE_TIMER)
     systemd.service(name="Reconcile timer running", service="hastack-failover-reconcile.timer", running=True, enabled=True,
                     daemon_reload=svc.will_change or timer.will_change, restarted=timer.will_change)

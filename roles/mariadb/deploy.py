@@ -20,13 +20,13 @@ from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent
 from roles.data_volume import mount_data_volume
-from roles.mariadb import DEFAULTS, DONOR_PORT, MARIADB_PORT, WRITER_AGENT_PORT
+from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT
+from roles.mariadb import config as c
+from roles.mariadb.config import CNF, JOIN
 from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
-CNF = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
 AGENT_SOURCE = Path(__file__).resolve().parent / "writer_agent.py"
-JOIN = "/usr/local/sbin/hastack-mariadb-join"
 # the name the application's TLS client checks, whichever master its local proxy reaches
 WRITER_NAME = "mariadb-writer"
 
@@ -112,7 +112,12 @@ def _apply_sql(name: str, path: str, sql: str, force: bool = False):
 @deploy("mariadb", data_defaults=DEFAULTS)
 def mariadb() -> None:
     d = host.data
-    preferred = d.mariadb_writer == host.name
+    tvars = c.template_vars(host.name, d.dict(), venv=hcloud_agent.VENV)
+
+    def template(name, target, mode):
+        return files.template(name=name, src=template_path("mariadb", target), dest=target,
+                              user="root", group="root", mode=mode, **tvars[target])
+
     mount_data_volume("/var/lib/mysql")  # before the package puts its data directory there
     apt.packages(name="MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
                  no_recommends=True)
@@ -120,11 +125,7 @@ def mariadb() -> None:
     issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name, WRITER_NAME],
                                                             ips=[d.private_ip], client=True)
     tls = put_tls_files("MariaDB", "/etc/mysql/tls", "mysql", issued)
-    cnf = files.template(
-        name="MariaDB settings", src=template_path("mariadb", CNF), dest=CNF, user="root", group="root", mode="0644",
-        hostname=host.name, server_id=d.mariadb_server_id, gtid_domain_id=d.gtid_domain_id,
-        auto_increment_increment=d.auto_increment_increment, auto_increment_offset=d.auto_increment_offset,
-        buffer_pool_size=d.mariadb_innodb_buffer_pool_size, private_ip=d.private_ip)
+    cnf = template("MariaDB settings", CNF, "0644")
     systemd.service(name="MariaDB running", service="mariadb.service", running=True, enabled=True,
                     restarted=cnf.will_change or any(op.will_change for op in tls))
 
@@ -132,16 +133,12 @@ def mariadb() -> None:
     _apply_sql("MariaDB accounts", f"{SQL_DIR}/users.sql", users_sql(d))
 
     # -- membership: a new pair is initialised on the preferred master, the other is seeded from it
-    donor = files.template(name="Seed donor unit", src=template_path("mariadb", "/etc/systemd/system/hastack-mariadb-donor.service"),
-                           dest="/etc/systemd/system/hastack-mariadb-donor.service", user="root", group="root",
-                           mode="0644", port=DONOR_PORT, private_ip=d.private_ip, peer_name=d.mariadb_peer)
+    donor = template("Seed donor unit", c.DONOR_UNIT, "0644")
     systemd.service(name="Seed donor running", service="hastack-mariadb-donor.service", running=True, enabled=True,
                     daemon_reload=donor.will_change, restarted=donor.will_change or any(op.will_change for op in tls))
     files.put(name="Peer client settings", src=StringIO(peer_client_cnf(d)), dest="/etc/mysql/hastack-peer.cnf",
               user="root", group="root", mode="0600")
-    files.template(name="Join command", src=template_path("mariadb", JOIN), dest=JOIN, user="root", group="root",
-                   mode="0750", hostname=host.name, database=d.mariadb_database, peer_ip=d.mariadb_peer_ip,
-                   peer_name=d.mariadb_peer, donor_port=DONOR_PORT, preferred="yes" if preferred else "no")
+    template("Join command", JOIN, "0750")
     member = host.get_fact(Command, f"test -d /var/lib/mysql/{d.mariadb_database} && echo member || true") == "member"
     if not member:
         # every host runs `init` before any runs `seed`: pyinfra runs an operation on all hosts before the next
@@ -165,17 +162,12 @@ def mariadb() -> None:
     }
     agent_cfg = files.put(name="Writer agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
                           dest="/etc/hastack/mariadb-writer.json", user="root", group="root", mode="0600")
-    unit = files.template(name="Writer agent unit", src=template_path("mariadb", "/etc/systemd/system/hastack-mariadb-writer.service"),
-                          dest="/etc/systemd/system/hastack-mariadb-writer.service", user="root", group="root",
-                          mode="0644", venv=hcloud_agent.VENV)
+    unit = template("Writer agent unit", c.WRITER_UNIT, "0644")
     systemd.service(name="Writer agent running", service="hastack-mariadb-writer.service", running=True, enabled=True,
                     daemon_reload=unit.will_change,
                     restarted=unit.will_change or agent.will_change or agent_cfg.will_change)
 
     # -- metrics
-    exporter = files.template(name="MySQL exporter settings",
-                              src=template_path("mariadb", "/etc/default/prometheus-mysqld-exporter"),
-                              dest="/etc/default/prometheus-mysqld-exporter", user="root", group="root", mode="0600",
-                              private_ip=d.private_ip, password=d.mariadb_passwords["exporter"])
+    exporter = template("MySQL exporter settings", c.EXPORTER_ARGS, "0600")
     systemd.service(name="MySQL exporter running", service="prometheus-mysqld-exporter.service", running=True,
                     enabled=True, restarted=exporter.will_change)

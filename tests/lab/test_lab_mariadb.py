@@ -7,7 +7,7 @@ import requests
 
 from hastack.converge import converge
 from hastack.lab import mariadb_pair
-from hastack.secrets import mariadb_passwords
+from roles.mariadb import passwords as mariadb_passwords
 from tests.lab.helpers import records_api, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from hastack.converge import converge
-from hastack.secrets import redis_passwords
+from roles.redis import passwords as redis_passwords
 from tests.lab.helpers import records_api, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host

@@ -8,7 +8,6 @@ directory); a missing program fails the test instead of skipping it.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import re
@@ -19,21 +18,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hastack.stackfile import load_stack
 from hastack.templating import render, template_path
-from roles import HOST_ROLES
+from roles import host_roles
+
+HOST_ROLES = host_roles()
 from roles.base import DEFAULTS, NODE_EXPORTER_PORT
 from roles.base import config as c
+from tests.templates.hostdata import host_data, topology
 
 STACKS = ("prod", "staging")
 # The first host of every role in every stack.
 CASES = [(stack, role) for stack in STACKS for role in HOST_ROLES]
 ADMIN_GROUP = DEFAULTS["base_admin_group"]
-
-
-@functools.lru_cache(maxsize=None)
-def topology(stack):
-    return load_stack(stack)
 
 
 def first_host(stack, role):
@@ -42,9 +38,8 @@ def first_host(stack, role):
 
 def rendered(stack, role, data_overrides=None):
     """target -> text, as the deploy writes them for the role's first host."""
-    topo = topology(stack)
     host = first_host(stack, role)
-    data = {**DEFAULTS, **topo.host_data(host), **(data_overrides or {})}
+    data = host_data(stack, host, "base", **(data_overrides or {}))
     return {target: render("base", target, **tvars) for target, tvars in c.template_vars(host.name, data).items()}
 
 
@@ -218,8 +213,7 @@ PRIVATE_CASES = [(s, r) for s, r in CASES if r != "loadbalancer"]
 
 @pytest.mark.parametrize("stack,role", PRIVATE_CASES, ids=[f"{s}-{r}" for s, r in PRIVATE_CASES])
 def test_hosts_without_public_ports_accept_nobody_from_anywhere(tmp_path, stack, role):
-    topo = topology(stack)
-    firewall = topo.host_data(first_host(stack, role))["firewall"]
+    firewall = host_data(stack, first_host(stack, role), "base")["firewall"]
     assert not any(ipaddress.ip_network(cidr).prefixlen == 0 for rule in firewall for cidr in rule["cidrs"])
     text = rendered(stack, role)[c.NFTABLES]
     run(tool("nft"), "-c", "-f", write(tmp_path / "nftables.conf", text))

@@ -29,24 +29,26 @@ from cassandra.cluster import NoHostAvailable
 
 from roles.cassandra import bundle as cb
 from hastack.pki import CertificateAuthority
-from hastack.secrets import cassandra_passwords
-from hastack.stackfile import load_stack
+from roles.cassandra import passwords as cassandra_passwords
 from hastack.templating import render
 from roles.cassandra import auth
-from roles.cassandra.config import CONFIG_FILES, NODETOOL, UNIT, node_pem, template_vars
+from roles.cassandra.config import (CONFIG_FILES, NODETOOL, REPAIR_SERVICE, REPAIR_TIMER, UNIT, node_pem,
+                                    repair_timer_vars, template_vars)
+from tests.templates.hostdata import SEED, host_data, topology
 
 ADDRESS = "127.0.0.2"
-PW = cassandra_passwords("template-test-seed")
+PW = cassandra_passwords(SEED)  # what the inventory gives every node (host data cassandra_passwords)
 START_TIMEOUT = 240
 
 
 def _prod_node():
-    topo = load_stack("prod")
+    topo = topology("prod")
     return topo, topo.host(topo.cluster("cassandra").nodes[0].host)
 
 
 def _vars(data: dict, root: Path | None = None) -> dict:
-    v = template_vars(data, mem_mb=1024, jmx_password=PW["jmx"])  # 1 GiB machine: 512 MiB heap
+    assert data["cassandra_passwords"] == PW
+    v = template_vars(data, mem_mb=1024, jmx_password=data["cassandra_passwords"]["jmx"])  # 1 GiB machine: 512 MiB heap
     if root is not None:
         v.update(home=str(root / "opt" / "cassandra"), conf_dir=str(root / "etc"), tls_dir=str(root / "etc" / "tls"),
                  data_dir=str(root / "data"), log_dir=str(root / "log"), java=shutil.which("java"))
@@ -92,13 +94,13 @@ def node(tmp_path_factory):
     assert install.returncode == 0, install.stderr
 
     topo, host = _prod_node()
-    data = dict(topo.host_data(host), private_ip=ADDRESS, cassandra_seeds=[ADDRESS],
-                cassandra_replication_factor=1,
-                # a ring of one: no need to wait for gossip from peers that do not exist
-                cassandra_extra_jvm_options=["-Dcassandra.ring_delay_ms=1000",
-                                             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-                                             # and no 10 s pause before the default superuser exists
-                                             "-Dcassandra.superuser_setup_delay_ms=0"])
+    data = host_data("prod", host, "cassandra", private_ip=ADDRESS, cassandra_seeds=[ADDRESS],
+                     cassandra_replication_factor=1,
+                     # a ring of one: no need to wait for gossip from peers that do not exist
+                     cassandra_extra_jvm_options=["-Dcassandra.ring_delay_ms=1000",
+                                                  "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+                                                  # and no 10 s pause before the default superuser exists
+                                                  "-Dcassandra.superuser_setup_delay_ms=0"])
     v = _vars(data, root)
     for d in (v["tls_dir"], v["data_dir"], v["log_dir"]):
         Path(d).mkdir(parents=True)
@@ -262,7 +264,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     _require("systemd-analyze", "systemd")
     topo, host = _prod_node()
     unit = tmp_path / "cassandra.service"
-    unit.write_text(render("cassandra", UNIT, **_vars(topo.host_data(host))))
+    unit.write_text(render("cassandra", UNIT, **_vars(host_data("prod", host, "cassandra"))))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = unit.read_text()
@@ -276,7 +278,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
 
 def test_prod_node_config_as_rendered():
     topo, host = _prod_node()
-    v = _vars(topo.host_data(host))
+    v = _vars(host_data("prod", host, "cassandra"))
     conf = yaml.safe_load(render("cassandra", "/etc/cassandra/cassandra.yaml", **v))
     seeds = conf["seed_provider"][0]["parameters"][0]["seeds"].split(",")
     assert seeds == [topo.host(n.host).private_ip for n in topo.cluster("cassandra").nodes if n.seed] and len(seeds) < len(topo.cluster("cassandra").nodes)
@@ -294,3 +296,19 @@ def test_prod_node_config_as_rendered():
     assert "-Xmx512m" in options and "-Dcassandra.jmx.local.port=7199" in options
     assert f"-javaagent:/opt/cassandra/agents/{cb.agent_jar()}={host.private_ip}:7070:/etc/cassandra/jmx-exporter.yaml" \
         in options
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging"])
+def test_repair_timers_run_weekly_on_a_different_weekday_per_node(stack):
+    topo = topology(stack)
+    calendars = []
+    for node in topo.cluster("cassandra").nodes:
+        data = host_data(stack, node.host, "cassandra")
+        lines = render("cassandra", REPAIR_TIMER, **repair_timer_vars(data)).splitlines()
+        calendar = [line for line in lines if line.startswith("OnCalendar=")]
+        assert len(calendar) == 1 and calendar[0].endswith(" *-*-* 03:00:00")
+        calendars.append(calendar[0])
+    assert calendars[0] == "OnCalendar=Mon *-*-* 03:00:00"
+    assert len(set(calendars)) == len(topo.cluster("cassandra").nodes) == 3
+    service = render("cassandra", REPAIR_SERVICE).splitlines()
+    assert any(line.startswith("ExecStart=") and "repair -pr" in line for line in service)

@@ -1,4 +1,8 @@
-"""Load balancer templates, checked by the programs that read them: haproxy -c, keepalived --config-test."""
+"""Load balancer templates, checked by the programs that read them: haproxy -c, keepalived --config-test.
+
+Variables come from roles.loadbalancer.config with the host's data (tests/templates/hostdata.py),
+as the deploy gets them; only file paths are moved onto this machine where a checker opens them.
+"""
 
 import re
 import shutil
@@ -9,11 +13,14 @@ import pytest
 
 import roles.app as app_role
 from hastack.pki import CertificateAuthority
-from hastack.stackfile import load_stack
 from hastack.templating import render
-from roles.loadbalancer import DEFAULTS, STATS_PORT
+from roles.loadbalancer import STATS_PORT
+from roles.loadbalancer import config as c
+from tests.templates.hostdata import FLOATING_IP, host_data, topology
 
 STACKS = ["prod", "staging"]
+# the interfaces the deploy finds holding the private and the public address (facts)
+PRIVATE_IF, PUBLIC_IF = "eth1", "eth0"
 
 
 def need(program):
@@ -22,59 +29,121 @@ def need(program):
     return path
 
 
-def haproxy_cfg(topo, host, cert, ca_file=None):
-    ca_file = ca_file or cert.parent / "ca.crt"
-    data = {**DEFAULTS, **topo.host_data(host)}
-    return render("loadbalancer", "/etc/haproxy/haproxy.cfg", hostname=host.name, certificate=str(cert),
-                  private_ip=host.private_ip, stats_port=STATS_PORT, app_servers=data["app_servers"],
-                  app_port=app_role.APP_PORT, health_path=app_role.DEFAULTS["app_health_path"],
-                  max_conn_per_ip=data["lb_max_conn_per_ip"], max_req_rate_per_ip=data["lb_max_req_rate_per_ip"],
-                  hsts_max_age=data["lb_hsts_max_age"], maxconn=data["lb_maxconn"], backend_ca=str(ca_file))
+def lb_vars(stack, host, **overrides):
+    """target -> variables, as the deploy computes them on ``host``."""
+    return c.template_vars(host.name, host_data(stack, host, "loadbalancer", **overrides),
+                           interface=PRIVATE_IF, public_interface=PUBLIC_IF)
 
 
-def keepalived_cfg(topo, host, scripts="/usr/local/lib/hastack"):
-    data = {**DEFAULTS, **topo.host_data(host)}
-    return render("loadbalancer", "/etc/keepalived/keepalived.conf", hostname=host.name, interface="eth1",
-                  floating_ip="203.0.113.10", public_interface="eth0",
-                  check_script=f"{scripts}/check-haproxy", notify_command=f"{scripts}/notify",
-                  private_ip=host.private_ip, peer_ip=data["vrrp_peer_ip"], router_id=data["lb_vrrp_router_id"],
-                  advert_int=data["lb_vrrp_advert_int"],
-                  priority=100 - data["lb_vrrp_priority_gap"] * (data["lb_index"] - 1),
-                  check_weight=data["lb_vrrp_check_weight"])
+def haproxy_cfg(stack, host, pki, **overrides):
+    """haproxy.cfg for ``host``, its certificate files moved to ``pki`` (haproxy -c opens them)."""
+    v = lb_vars(stack, host, **overrides)[c.HAPROXY_CFG]
+    assert v["certificate"] == c.CERT and v["backend_ca"] in (c.STACK_CA, None)
+    v.update(certificate=str(pki["site"]), backend_ca=v["backend_ca"] and str(pki["ca"]))
+    return render("loadbalancer", c.HAPROXY_CFG, **v)
+
+
+def keepalived_cfg(stack, host, scripts):
+    """keepalived.conf for ``host``, its scripts moved to ``scripts`` (keepalived checks they exist)."""
+    v = lb_vars(stack, host)[c.KEEPALIVED_CONF]
+    assert v["check_script"] == c.CHECK_SCRIPT and v["notify_command"] == c.NOTIFY_COMMAND
+    v.update(check_script=f"{scripts}/{Path(c.CHECK_SCRIPT).name}",
+             notify_command=f"{scripts}/{Path(c.FAILOVER_COMMAND).name} notify")
+    return render("loadbalancer", c.KEEPALIVED_CONF, **v)
 
 
 @pytest.fixture(scope="module")
-def site_pem(tmp_path_factory):
+def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    issued = CertificateAuthority(d, "test").issue("site", dns=["www.example.com"], ips=["203.0.113.10"])
-    pem = d / "site.pem"
-    pem.write_text(issued.chain_pem + issued.key_pem)
-    return pem
+    ca = CertificateAuthority(d, "test")
+    issued = ca.issue("site", dns=["www.example.com"], ips=[FLOATING_IP])
+    site = d / "site.pem"
+    site.write_text(issued.chain_pem + issued.key_pem)
+    stack_ca = d / "stack-ca.pem"
+    stack_ca.write_text(ca.ca_pem_ensured())
+    return {"site": site, "ca": stack_ca}
+
+
+def haproxy_check(path):
+    return subprocess.run([need("haproxy"), "-c", "-f", str(path)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_haproxy_accepts_the_rendered_config(stack, site_pem, tmp_path):
-    need("haproxy")
-    topo = load_stack(stack)
+def test_haproxy_accepts_the_rendered_config_with_tls_to_every_app_server(stack, pki, tmp_path):
+    topo = topology(stack)
     for host in topo.hosts_with_role("loadbalancer"):
+        text = haproxy_cfg(stack, host, pki)
         cfg = tmp_path / f"{host.name}.cfg"
-        cfg.write_text(haproxy_cfg(topo, host, site_pem))
-        proc = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        cfg.write_text(text)
+        proc = haproxy_check(cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        text = cfg.read_text()
-        for app in topo.hosts_with_role("app"):
-            assert f"server {app.name} {app.private_ip}:{app_role.APP_PORT} ssl verify required" in text
-        assert "ssl-min-ver TLSv1.2" in text and "Strict-Transport-Security" in text
-        assert "redirect scheme https" in text and "option redispatch" in text
+        servers = [line.strip() for line in text.splitlines() if line.strip().startswith("server ")]
+        assert servers == [
+            f"server {app.name} {app.private_ip}:{app_role.APP_PORT} ssl verify required ca-file {pki['ca']} "
+            f"verifyhost {app.name} sni str({app.name})"
+            for app in topo.hosts_with_role("app")
+        ]
+        assert f"bind :443 ssl crt {pki['site']} alpn h2,http/1.1" in text
+        assert "ssl-min-ver TLSv1.2" in text and "redirect scheme https code 301" in text
+        assert "option redispatch 1" in text
+        assert f"option httpchk GET {app_role.DEFAULTS['app_health_path']}" in text
         assert f"bind {host.private_ip}:{STATS_PORT}" in text  # stats on the private network only
 
 
-def test_haproxy_rejects_a_broken_config(tmp_path, site_pem):
-    need("haproxy")
-    topo = load_stack("prod")
-    cfg = tmp_path / "broken.cfg"
-    cfg.write_text(haproxy_cfg(topo, topo.hosts_with_role("loadbalancer")[0], site_pem).replace("balance roundrobin", "balance nonsense"))
-    assert subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True).returncode != 0
+def test_haproxy_limits_are_the_role_defaults():
+    """The README's promises: HSTS for two years, per-client limits, 8000 connections."""
+    topo = topology("prod")
+    lines = [line.strip() for line in haproxy_cfg("prod", topo.hosts_with_role("loadbalancer")[0], {"site": "s", "ca": "c"}).splitlines()]
+    assert "maxconn 8000" in lines
+    assert 'http-response set-header Strict-Transport-Security "max-age=63072000; includeSubDomains"' in lines
+    assert "tcp-request connection reject if { sc0_conn_cur gt 100 }" in lines
+    assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in lines
+
+
+def test_haproxy_plain_to_app_servers_when_app_tls_is_off(pki, tmp_path):
+    topo = topology("prod")
+    text = haproxy_cfg("prod", topo.hosts_with_role("loadbalancer")[0], pki, app_tls=False, app_health_path="/up")
+    cfg = tmp_path / "plain.cfg"
+    cfg.write_text(text)
+    proc = haproxy_check(cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    servers = [line.strip() for line in text.splitlines() if line.strip().startswith("server ")]
+    assert servers == [f"server {a.name} {a.private_ip}:{app_role.APP_PORT}" for a in topo.hosts_with_role("app")]
+    assert "option httpchk GET /up" in text
+
+
+def test_haproxy_rejects_a_broken_config(pki, tmp_path):
+    topo = topology("prod")
+    text = haproxy_cfg("prod", topo.hosts_with_role("loadbalancer")[0], pki)
+    assert "balance roundrobin" in text
+    good, broken = tmp_path / "good.cfg", tmp_path / "broken.cfg"
+    good.write_text(text)
+    broken.write_text(text.replace("balance roundrobin", "balance nonsense"))
+    assert haproxy_check(good).returncode == 0
+    assert haproxy_check(broken).returncode != 0
+
+
+def test_keepalived_check_asks_the_haproxy_monitor_listener():
+    """The check script keepalived runs must reach the loopback listener haproxy.cfg defines."""
+    host = topology("prod").hosts_with_role("loadbalancer")[0]
+    v = lb_vars("prod", host)
+    check = render("loadbalancer", c.CHECK_SCRIPT, **v[c.CHECK_SCRIPT])
+    cfg = render("loadbalancer", c.HAPROXY_CFG, **v[c.HAPROXY_CFG])
+    assert check.startswith("#!/bin/sh\n")
+    assert f"http://127.0.0.1:{STATS_PORT}/healthz" in check
+    assert f"bind 127.0.0.1:{STATS_PORT}" in cfg and "monitor-uri /healthz" in cfg
+
+
+@pytest.mark.parametrize("stack,interval", [("prod", "30s"), ("staging", "30s")])
+def test_reconcile_timer_runs_at_the_role_interval(stack, interval):
+    host = topology(stack).hosts_with_role("loadbalancer")[0]
+    v = lb_vars(stack, host)
+    timer = render("loadbalancer", c.RECONCILE_TIMER, **v[c.RECONCILE_TIMER]).splitlines()
+    assert f"OnBootSec={interval}" in timer and f"OnUnitActiveSec={interval}" in timer
+    lab = lb_vars(stack, host, lb_reconcile_interval="5s")
+    assert "OnUnitActiveSec=5s" in render("loadbalancer", c.RECONCILE_TIMER, **lab[c.RECONCILE_TIMER]).splitlines()
+    service = render("loadbalancer", c.RECONCILE_SERVICE, **v[c.RECONCILE_SERVICE]).splitlines()
+    assert f"ExecStart={c.FAILOVER_COMMAND} reconcile" in service
 
 
 NETNS = "hstest-keepalived"
@@ -82,16 +151,16 @@ NETNS = "hstest-keepalived"
 
 @pytest.fixture(scope="module")
 def keepalived_check():
-    """keepalived --config-test wants the interface and scripts to exist: a namespace with an
-    eth1, and root-owned scripts in a directory only root can write (script security)."""
+    """keepalived --config-test wants the interfaces and scripts to exist: a namespace with
+    eth0 and eth1, and root-owned scripts in a directory only root can write (script security)."""
     need("keepalived")
     subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
-    for ifname in ("eth0", "eth1"):
+    for ifname in (PUBLIC_IF, PRIVATE_IF):
         subprocess.run(["ip", "-n", NETNS, "link", "add", ifname, "type", "veth", "peer", "name", ifname + "p"], check=True)
     scripts = Path("/run/hastack-test-scripts")
     scripts.mkdir(mode=0o755, exist_ok=True)
-    for name in ("check-haproxy", "notify"):
+    for name in (Path(c.CHECK_SCRIPT).name, Path(c.FAILOVER_COMMAND).name):
         (scripts / name).write_text("#!/bin/sh\nexit 0\n")
         (scripts / name).chmod(0o755)
 
@@ -107,27 +176,33 @@ def keepalived_check():
 @pytest.mark.parametrize("stack", STACKS)
 def test_keepalived_accepts_the_rendered_config(stack, tmp_path, keepalived_check):
     check, scripts = keepalived_check
-    topo = load_stack(stack)
+    topo = topology(stack)
     priorities = []
     for host in topo.hosts_with_role("loadbalancer"):
         cfg = tmp_path / f"{host.name}.conf"
-        text = keepalived_cfg(topo, host, scripts)
+        text = keepalived_cfg(stack, host, scripts)
         cfg.write_text(text)
         proc = check(cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         peer = next(h for h in topo.hosts_with_role("loadbalancer") if h.name != host.name)
-        assert f"unicast_peer {{\n        {peer.private_ip}\n    }}" in text
-        assert "state BACKUP" in text and "nopreempt" in text
+        assert f"unicast_src_ip {host.private_ip}\n    unicast_peer {{\n        {peer.private_ip}\n    }}" in text
+        assert "state BACKUP\n    nopreempt\n" in text and "vrrp_version 3" in text
+        assert f"interface {PRIVATE_IF}" in text and f"router_id {host.name}" in text
+        assert "virtual_router_id 51" in text and "advert_int 0.2" in text
+        assert f"{FLOATING_IP}/32 dev {PUBLIC_IF}" in text
+        assert f'notify "{scripts}/hastack-failover notify"' in text
         priorities.append(int(re.search(r"^\s+priority (\d+)$", text, re.M).group(1)))
-        assert "203.0.113.10/32 dev eth0" in text
-    assert priorities[0] != priorities[1]
-    # nopreempt: a failing HAProxy check must fault the instance (no weight), or the IP would never move
-    assert "weight" not in text.split("vrrp_script")[1].split("}")[0]
+        # nopreempt: a failing HAProxy check must fault the instance (no weight), or the IP would never move
+        assert not re.search(r"^\s*weight ", text.split("vrrp_script")[1].split("}")[0], re.M)
+    assert priorities == [100, 90]
 
 
 def test_keepalived_rejects_a_broken_config(tmp_path, keepalived_check):
     check, scripts = keepalived_check
-    topo = load_stack("prod")
-    cfg = tmp_path / "broken.conf"
-    cfg.write_text(keepalived_cfg(topo, topo.hosts_with_role("loadbalancer")[0], scripts).replace("interface eth1", "interface eth9"))
-    assert check(cfg).returncode != 0
+    text = keepalived_cfg("prod", topology("prod").hosts_with_role("loadbalancer")[0], scripts)
+    assert f"interface {PRIVATE_IF}" in text
+    good, broken = tmp_path / "good.conf", tmp_path / "broken.conf"
+    good.write_text(text)
+    broken.write_text(text.replace(f"interface {PRIVATE_IF}", "interface eth9"))
+    assert check(good).returncode == 0
+    assert check(broken).returncode != 0

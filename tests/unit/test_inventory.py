@@ -57,7 +57,7 @@ def test_incomplete_outputs_are_refused():
 
 
 def test_redis_passwords_only_for_redis_and_the_app(outputs):
-    from hastack.secrets import redis_passwords
+    from roles.redis import passwords as redis_passwords
 
     outputs["secrets"]["seed"] = "seed-for-test"
     inv = inventory_from_outputs(outputs)

@@ -1,0 +1,89 @@
+"""What the loadbalancer role writes: each target file and its template variables.
+
+Pure Python (no pyinfra): the deploy and the template tests both take the
+variables from here, so the tests render exactly what hosts receive.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import roles.app as app_role
+from roles.loadbalancer import STATS_PORT
+
+CERT_DIR = "/etc/haproxy/certs"
+CERT = f"{CERT_DIR}/site.pem"          # the site's chain and key, one PEM (HAProxy's crt)
+STACK_CA = f"{CERT_DIR}/stack-ca.pem"  # verifies the app servers' certificates
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+CHECK_DIR = "/usr/local/lib/hastack"
+CHECK_SCRIPT = f"{CHECK_DIR}/check-haproxy"
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+FAILOVER_COMMAND = "/usr/local/sbin/hastack-failover"
+NOTIFY_COMMAND = f"{FAILOVER_COMMAND} notify"
+RECONCILE_SERVICE = "/etc/systemd/system/hastack-failover-reconcile.service"
+RECONCILE_TIMER = "/etc/systemd/system/hastack-failover-reconcile.timer"
+
+
+def backend_tls(data: Mapping[str, Any]) -> bool:
+    """Whether HAProxy talks TLS to the app servers: the app role's ``app_tls`` (its default
+    when the load balancer's data does not set it)."""
+    value = data.get("app_tls")
+    return app_role.DEFAULTS["app_tls"] if value is None else value
+
+
+def vrrp_priority(data: Mapping[str, Any]) -> int:
+    """The first load balancer 100, each next one ``lb_vrrp_priority_gap`` lower."""
+    return 100 - data["lb_vrrp_priority_gap"] * (data["lb_index"] - 1)
+
+
+def haproxy_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "hostname": hostname,
+        "certificate": CERT,
+        "private_ip": data["private_ip"],
+        "stats_port": STATS_PORT,
+        "app_servers": data["app_servers"],
+        "app_port": app_role.APP_PORT,
+        "health_path": data.get("app_health_path") or app_role.DEFAULTS["app_health_path"],
+        "max_conn_per_ip": data["lb_max_conn_per_ip"],
+        "max_req_rate_per_ip": data["lb_max_req_rate_per_ip"],
+        "hsts_max_age": data["lb_hsts_max_age"],
+        "maxconn": data["lb_maxconn"],
+        "backend_ca": STACK_CA if backend_tls(data) else None,
+    }
+
+
+def keepalived_vars(hostname: str, data: Mapping[str, Any], interface: str, public_interface: str) -> dict[str, Any]:
+    """``interface`` holds the private address (VRRP runs there), ``public_interface`` the
+    public one (where the master configures the floating IP): facts of the host."""
+    return {
+        "hostname": hostname,
+        "interface": interface,
+        "private_ip": data["private_ip"],
+        "peer_ip": data["vrrp_peer_ip"],
+        "router_id": data["lb_vrrp_router_id"],
+        "advert_int": data["lb_vrrp_advert_int"],
+        "priority": vrrp_priority(data),
+        "check_weight": data["lb_vrrp_check_weight"],
+        "floating_ip": data["floating_ip"],
+        "public_interface": public_interface,
+        "check_script": CHECK_SCRIPT,
+        "notify_command": NOTIFY_COMMAND,
+    }
+
+
+def template_vars(hostname: str, data: Mapping[str, Any], interface: str,
+                  public_interface: str) -> dict[str, dict[str, Any]]:
+    """target path -> the variables its template (templates/loadbalancer/<target>.j2) gets.
+
+    ``data`` is the host's data (Topology.host_data and the inventory's additions) over the
+    role DEFAULTS; ``interface`` and ``public_interface`` are the host's interfaces holding
+    its private and public address.
+    """
+    return {
+        CHECK_SCRIPT: {"stats_port": STATS_PORT},
+        HAPROXY_CFG: haproxy_vars(hostname, data),
+        KEEPALIVED_CONF: keepalived_vars(hostname, data, interface, public_interface),
+        RECONCILE_SERVICE: {},
+        RECONCILE_TIMER: {"interval": data["lb_reconcile_interval"]},
+    }
