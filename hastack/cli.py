@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hastack.stackfile import StackFileError, available_stacks, load_stack
@@ -21,7 +22,8 @@ StackOption = typer.Option("prod", "--stack", "-s", help="stack name: stacks/Pul
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    # escaped: messages quote config keys and values, which may look like markup ('[/x]')
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
