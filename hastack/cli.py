@@ -19,10 +19,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 @app.command()
 def validate(stack: str = StackOption) -> None:
-    """Check a stack's config and print its hosts; nothing is created."""
+    """Check a stack's config and print its hosts; nothing is created (a lab stack's
+    admins without a key get one in .lab/ssh, as `lab up` would give them)."""
+    from hastack.lab.layout import is_lab_stack, lab_topology
+
     try:
-        topo = load_stack(stack)
-    except (TopologyError, StackFileError) as e:
+        topo = lab_topology(stack) if is_lab_stack(stack) else load_stack(stack)
+    except (TopologyError, StackFileError, ValueError) as e:
         fail(str(e))
     table = Table(title=f"stack {stack}: {len(topo.hosts)} hosts")
     for col in ("host", "role", "location", "server type", "private IP"):

@@ -167,6 +167,11 @@ def generate_admin_key(paths: Paths, admin: str) -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
+def is_lab_stack(stack: str) -> bool:
+    flat, _ = read_stack_file(stack)
+    return flat.get("hastack:provider") == "lab"
+
+
 def lab_topology(stack: str = "lab", paths: Paths | None = None, drop_admins: tuple[str, ...] = (),
                  counts: dict[str, int] | None = None) -> Topology:
     """The lab stack's topology; admins without a key get one generated in .lab/ssh.

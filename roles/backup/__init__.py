@@ -4,6 +4,7 @@ bucket in Frankfurt (versioned, object-locked, SSE-KMS)."""
 from pydantic import Field, model_validator
 
 from hastack.role import Role, Section
+from hastack.validators import lifecycle_problems
 
 PORTS = ()  # backups push to S3; nothing listens
 
@@ -13,16 +14,17 @@ class BackupConfig(Section):
 
     region: str = Field("eu-central-1", pattern=r"^eu-central-1$")  # backups stay in Frankfurt
     prefix: str = Field("backups/", pattern=r"^[a-z0-9][a-z0-9/_-]*/$")
-    retention_days: int = Field(30, ge=1, le=3650)
-    noncurrent_expire_days: int = 90
-    cold_after_days: int = 30
+    retention_days: int = 30  # object lock, compliance mode: no version can be deleted sooner
+    noncurrent_expire_days: int = 90  # replaced versions expire after this
+    cold_after_days: int = 30  # objects move to GLACIER_IR
     schedule: str = Field("03:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # daily, UTC
 
     @model_validator(mode="after")
-    def _locked_versions_expire_later(self):
-        if self.noncurrent_expire_days <= self.retention_days:
-            raise ValueError(f"noncurrentExpireDays ({self.noncurrent_expire_days}) must exceed retentionDays "
-                             f"({self.retention_days}): locked versions cannot expire earlier")
+    def _lifecycle_s3_accepts(self):
+        # what S3 and the object lock would refuse, each naming its key (hastack:backup.<key>)
+        problems = lifecycle_problems(self.retention_days, self.noncurrent_expire_days, self.cold_after_days)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from hastack.ports import Port
 from hastack.role import Placement, Role, Section, Settings
 from hastack.secrets import derive
+from hastack.validators import config_name_problem
 from roles.cassandra.bundle import CASSANDRA_VERSION, JMX_EXPORTER_VERSION
 
 PORTS = (
@@ -22,15 +23,22 @@ PORTS = (
 SINGLE_RACK = "rack1"  # the rack when there are fewer locations than replicas
 # admin: the generated superuser that replaces cassandra/cassandra; jmx: nodetool's JMX login
 USERS = ("admin", "jmx")
-NAME = r"^[A-Za-z0-9_-]{1,48}$"  # rendered into cassandra.yaml and cassandra-rackdc.properties
 
 
 class RingConfig(Section):
     """hastack:cassandra: the ring's shape."""
 
-    cluster_name: str = Field("hastack", pattern=NAME)
-    datacenter: str = Field("dc1", pattern=NAME)
+    cluster_name: str = "hastack"
+    datacenter: str = "dc1"
     replication_factor: int = Field(3, ge=1, le=10)
+
+    @field_validator("cluster_name", "datacenter")
+    @classmethod
+    def _config_name(cls, value: str, info) -> str:
+        problem = config_name_problem(value, info.field_name.replace("_", " "))
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class CassandraSettings(Settings):

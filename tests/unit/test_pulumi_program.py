@@ -231,16 +231,12 @@ def test_missing_secret_fails_before_any_resource(prod_flat):
 
 def test_failed_run_registers_nothing(prod_flat):
     prod_flat["hastack:roles"]["cassandra"]["count"] = 2
-    rec = recording.Recording(stack="prod")
-    try:
-        rec = run("prod", prod_flat)
-    except pulumi.RunError:
-        pass
-    assert rec.resources == []
-    # and the recorder state of that failed run holds no resource either
+    with pytest.raises(pulumi.RunError) as err:
+        run("prod", prod_flat)
+    assert "hastack:roles.cassandra.count = 2: must be at least 3 and at most 60" in str(err.value)
+    # the recorder of that failed run holds no resource at all
     from pulumi.runtime import settings
-    monitor = settings.SETTINGS.monitor
-    assert monitor.recording.resources == []
+    assert settings.SETTINGS.monitor.recording.resources == []
 
 
 def test_lab_stack_is_refused_by_pulumi_up():

@@ -2,6 +2,7 @@
 
 import copy
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +276,59 @@ def test_every_problem_is_reported_at_once(prod_config):
     prod_config["adminCidrs"] = ["0.0.0.0/0"]
     prod_config["locations"] = ["nbg1", "ber1"]
     assert len(problems_of(prod_config)) == 3
+
+
+# ------------------------------------------------------------------ role settings (hastack:settings)
+
+
+def test_role_settings_reach_the_hosts_of_that_role_only(prod_config):
+    prod_config["settings"] = {"mariadb": {"failoverAfter": 3}, "cassandra": {"heapMb": 2048}}
+    topo = load("prod", prod_config, secret_keys=SECRETS)
+    assert topo.host_data(topo.host("prod-db1"))["mariadb_failover_after"] == 3.0
+    assert topo.host_data(topo.host("prod-cass1"))["cassandra_heap_mb"] == 2048
+    assert "mariadb_failover_after" not in topo.host_data(topo.host("prod-cass1"))
+    # settings not given stay with the role's defaults on the host (pyinfra data_defaults)
+    assert "mariadb_innodb_buffer_pool_size" not in topo.host_data(topo.host("prod-db1"))
+
+
+def test_mappings_in_settings_add_to_the_defaults(prod_config):
+    prod_config["settings"] = {"base": {"sshd": {"MaxAuthTries": 2}, "sysctl": {"vm.swappiness": 10}}}
+    topo = load("prod", prod_config, secret_keys=SECRETS)
+    data = topo.host_data(topo.hosts[0])
+    assert data["base_sshd"]["MaxAuthTries"] == 2 and data["base_sshd"]["PasswordAuthentication"] == "no"
+    assert data["base_sysctl"]["vm.swappiness"] == 10 and data["base_sysctl"]["net.ipv4.tcp_syncookies"] == 1
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"mariadb": {"failoverAfter": 0.2}}, "hastack:settings.mariadb.failoverAfter = 0.2: Input should be greater than or equal to 1"),
+    ({"mariadb": {"failoverSeconds": 2}}, "hastack:settings.mariadb.failoverSeconds: unknown key; valid keys here: database, innodbBufferPoolSize, failoverAfter"),
+    ({"webserver": {}}, "hastack:settings.webserver: unknown key; valid keys here: base, loadbalancer, app, mariadb, redis, cassandra, monitoring, sentinel, backup"),
+    ({"loadbalancer": {"certificate": "provided"}}, "hastack:settings.loadbalancer: certificate is 'provided': give certificateFile, the PEM (chain and key) on the operator's machine"),
+    ({"loadbalancer": {"certificate": "acme"}}, "hastack:settings.loadbalancer.certificate = 'acme': Input should be 'internal' or 'provided'"),
+    ({"base": {"sshd": {"PasswordAuthentication": "yes"}}}, "hastack:settings.base.sshd: PasswordAuthentication keep SSH key-only and cannot be changed (changeable: any other sshd option, e.g. MaxAuthTries)"),
+    ({"base": {"sysctl": {"kernel.x": "1\nkernel.y=2"}}}, "hastack:settings.base.sysctl: kernel.x: '1\\nkernel.y=2' must be a number or a one-line string without '#'"),
+    ({"cassandra": {"version": "4.1.0"}}, "hastack:settings.cassandra: version '4.1.0': the bundle is locked to 5.0.9 (roles/cassandra/bundle.lock); another version needs tarballUrl and tarballSha256"),
+    ({"app": {"exec": "python3 app.py"}}, "hastack:settings.app.exec = 'python3 app.py': one line starting with the program's absolute path, e.g. /usr/bin/python3 /opt/app/main.py"),
+])
+def test_bad_role_settings_are_refused_naming_the_key(prod_config, settings, problem):
+    prod_config["settings"] = settings
+    assert problems_of(prod_config) == [problem]
+
+
+def test_every_setting_is_documented_in_the_example_stack():
+    """stacks/Pulumi.example.yaml names every key of hastack:settings, so operators can find them."""
+    from roles import all_roles
+
+    text = (Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.example.yaml").read_text()
+    for r in all_roles():
+        for name, f in r.settings.model_fields.items():
+            assert f"{f.alias}:" in text, f"settings.{r.name}.{f.alias} is not in the example stack"
+
+
+def test_the_lab_stack_sets_its_overrides_in_its_stack_file():
+    from hastack.lab.layout import lab_topology
+
+    topo = lab_topology("lab")
+    cass = topo.hosts_with_role("cassandra")[0]
+    assert topo.host_data(cass)["cassandra_heap_mb"] == 512
+    assert topo.host_data(topo.hosts_with_role("loadbalancer")[0])["lb_reconcile_interval"] == "5s"
