@@ -1,5 +1,5 @@
 # The two commands a user needs: `make up` and `make test`. Run as root
-# (the lab creates namespaces, bridges, mounts and machines).
+# (the lab creates namespaces, bridges, mounts and machines); `make check` needs no root.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ STACK ?= prod
 HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps \
 	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven
 
-.PHONY: up test plan lab-down host-deps clean
+.PHONY: up test check plan lab-down host-deps clean
 
 # Installs everything (once), then brings the local lab up: every host of
 # stacks/Pulumi.lab.yaml as a real machine, converged by the roles.
@@ -18,6 +18,12 @@ up: $(VENV)/.installed host-deps
 # The whole test suite: unit, templates (real validators) and lab (real machines).
 test: $(VENV)/.installed host-deps
 	$(BIN)/python -m pytest
+
+# The quick check, no lab and no root: the unit tests and the template tests (real
+# validators). It needs the venv and the validator programs that `make host-deps`
+# installs (that one needs root, so it is not a prerequisite here: run it once as root).
+check: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "unit or templates"
 
 plan: $(VENV)/.installed
 	$(BIN)/hastack plan --stack $(STACK)

@@ -28,9 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hastack.converge import converge  # noqa: E402
-from hastack.lab import Lab, cassandra_ring  # noqa: E402
-from hastack.lab.cassandra_ring import KEYSPACE  # noqa: E402
+from hastack.lab import Lab  # noqa: E402
 from hastack.lab.layout import lab_topology  # noqa: E402
+from tests.support import cassandra_ring  # noqa: E402
+from tests.support.cassandra_ring import KEYSPACE  # noqa: E402
 
 WIPE = ("systemctl stop cassandra.service; rm -rf /var/lib/cassandra/data /var/lib/cassandra/commitlog "
         "/var/lib/cassandra/hints /var/lib/cassandra/saved_caches /var/lib/hastack/cassandra/auth-secured "

@@ -11,9 +11,7 @@ Prints every run, the median and the worst. Run as root on a lab that is up.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,33 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hastack.lab import Lab  # noqa: E402
-from hastack.lab.probe import outage  # noqa: E402
-
-
-def state(lab, name):
-    proc = lab.exec(name, ["cat", "/run/hastack/failover-state.json"])
-    return json.loads(proc.stdout).get("state") if proc.returncode == 0 else None
-
-
-def settle(lab, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sorted(state(lab, h.name) or "" for h in lab.topo.hosts_with_role("loadbalancer")) == ["BACKUP", "MASTER"]:
-            return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if state(lab, h.name) == "MASTER")
-        time.sleep(0.5)
-    raise SystemExit("load balancers did not settle to one MASTER and one BACKUP")
+from tests.support.failover import kill_under_load, settle  # noqa: E402
 
 
 def run_once(lab, victim, seconds=12):
-    probe = subprocess.Popen(
-        ["ip", "netns", "exec", "hsl-internet", sys.executable, "-m", "hastack.lab.probe",
-         f"https://{lab.addr.floating_ip}/", "--ca", str(lab.ca.cert_path), "--interval", "0.1",
-         "--duration", str(seconds), "--timeout", "3"], stdout=subprocess.PIPE, text=True)
-    time.sleep(2)
-    lab.stop(victim, hard=True)
-    out, _ = probe.communicate(timeout=seconds + 30)
+    """One kill of ``victim`` under the client's load; it is started again afterwards."""
+    _, result = kill_under_load(lab, victim, seconds=seconds)
     lab.start(victim)
-    return outage([json.loads(line) for line in out.splitlines() if line.strip()])
+    return result
 
 
 def show(label, results):
@@ -65,10 +44,10 @@ def main():
 
     lb_results = []
     for _ in range(args.runs):
-        master = settle(lab)
+        master = settle(lab, timeout=60, owned=False)
         lb_results.append(run_once(lab, master))
         time.sleep(3)
-    settle(lab)
+    settle(lab, timeout=60, owned=False)
 
     app_results = []
     apps = [h.name for h in lab.topo.hosts_with_role("app")]

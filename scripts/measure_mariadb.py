@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hastack.lab import Lab  # noqa: E402
-from hastack.lab import mariadb_pair  # noqa: E402
+from tests.support import mariadb_pair  # noqa: E402
 
 
 def replication_lag(lab, seconds: float = 15, interval: float = 0.1) -> list[float]:

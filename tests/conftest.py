@@ -1,8 +1,24 @@
 import copy
+from pathlib import Path
 
 import pytest
 
 from hastack.stackfile import hastack_config, read_stack_file
+
+TESTS = Path(__file__).resolve().parent
+# the directory a test lives in names its layer; the markers are registered in pyproject.toml
+LAYERS = ("unit", "templates", "lab")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its layer (`-m "unit or templates"`: no lab); a test outside the
+    layer directories is an error rather than a test that `make check` would silently skip."""
+    for item in items:
+        parts = Path(item.path).resolve().relative_to(TESTS).parts
+        layer = parts[0] if len(parts) > 1 else None
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/templates or tests/lab")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture

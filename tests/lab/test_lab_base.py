@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from hastack.converge import converge
 from hastack.lab.layout import lab_topology
+from tests.support.lab import tcp
 
 
 def ssh(lab, host, command="true", user=None, extra=()):
@@ -73,14 +74,6 @@ def test_admin_key_login_works_and_root_and_password_are_refused(lab):
         assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr, (host, password.stderr)
 
 
-def _probe(lab, source, ip, port):
-    """open/closed when a packet gets through, filtered when the firewall drops it."""
-    proc = lab.exec(source, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port}"], check=False)
-    if proc.returncode == 0:
-        return "open"
-    return "filtered" if proc.returncode == 124 else "closed"
-
-
 def test_host_firewall_matches_the_declarations(lab):
     from hastack.templating import render
     from roles.base import DEFAULTS
@@ -114,14 +107,12 @@ def test_host_firewall_matches_the_declarations(lab):
     probes.append((topo.hosts_with_role("loadbalancer")[0].name, db, 3306, "filtered"))  # a web host never reaches the database port
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda p: _probe(lab, p[0], p[1].private_ip, p[2]), probes))
+        results = list(pool.map(lambda p: tcp(lab, p[0], p[1].private_ip, p[2]), probes))
     wrong = [(src, dst.name, port, want, got) for (src, dst, port, want), got in zip(probes, results)
              if (want == "filtered") != (got == "filtered")]
     assert not wrong, wrong
 
-    internet = subprocess.run(["ip", "netns", "exec", "hsl-internet", "timeout", "2", "bash", "-c",
-                               f"exec 3<>/dev/tcp/{lab.addr.public_ip(db)}/22"], capture_output=True)
-    assert internet.returncode == 124, "SSH must be filtered from the internet"
+    assert tcp(lab, None, lab.addr.public_ip(db), 22) == "filtered", "SSH must be filtered from the internet"
 
 
 def test_node_exporter_serves_metrics_to_monitoring(lab):
@@ -132,11 +123,18 @@ def test_node_exporter_serves_metrics_to_monitoring(lab):
 
 
 def test_hosts_file_and_hostname_from_the_topology(lab):
-    for host in lab.topo.hosts:
-        assert lab.exec(host.name, ["hostname"], check=True).stdout.strip() == host.name
-    hosts = lab.exec("lab-app1", ["cat", "/etc/hosts"], check=True).stdout
-    for host in lab.topo.hosts:
-        assert f"{host.private_ip} {host.name}" in " ".join(hosts.split()) or host.private_ip in hosts
+    def hosts_file(host):
+        """(address, names) of every entry of the machine's /etc/hosts, comments dropped."""
+        text = lab.exec(host, ["cat", "/etc/hosts"], check=True).stdout
+        fields = (line.split("#", 1)[0].split() for line in text.splitlines())
+        return [(f[0], f[1:]) for f in fields if f]
+
+    for machine, entries in on_all(lab, hosts_file).items():
+        assert lab.exec(machine, ["hostname"], check=True).stdout.strip() == machine
+        for host in lab.topo.hosts:
+            # the name on exactly one line, which is the host's private address followed by that name alone
+            claiming = [(address, names) for address, names in entries if host.name in names]
+            assert claiming == [(host.private_ip, [host.name])], (machine, host.name, claiming)
 
 
 def test_removing_an_admin_revokes_access_everywhere(lab):

@@ -4,9 +4,9 @@ fault tolerant at QUORUM, grown by a node and shrunk again."""
 import pytest
 
 from hastack.converge import converge
-from hastack.lab import Lab, cassandra_ring
+from hastack.lab import Lab
 from hastack.lab.layout import lab_topology
-
+from tests.support import cassandra_ring
 
 
 @pytest.fixture(scope="module")

@@ -6,58 +6,16 @@ user's would; the lab's Hetzner API records what the failover agents did.
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
-import requests
 
-from hastack.lab.probe import outage
-from tests.lab.helpers import wait_for
+from roles.loadbalancer import STATS_PORT
+from tests.support import probe
+from tests.support.failover import assigns, current_master, kill_under_load, other, owner, settle, states, vrrp_state
+from tests.support.lab import INTERNET, tcp, wait_for
 
-CURL = ["ip", "netns", "exec", "hsl-internet", "curl", "-s", "--max-time", "5"]
-
-
-def api(lab, path):
-    resp = requests.get(f"https://{lab.addr.host_public}:8443{path}", verify=str(lab.ca.cert_path), timeout=5,
-                        headers={"Authorization": f"Bearer {lab.stack_outputs()['secrets']['failover_token']}"})
-    resp.raise_for_status()
-    return resp.json()
-
-
-def owner(lab):
-    """The load balancer the API says holds the floating IP."""
-    server = api(lab, "/v1/floating_ips/1")["floating_ip"]["server"]
-    return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if lab.server_id(h.name) == server)
-
-
-def assigns(lab):
-    return [e for e in api(lab, "/lab/log")["log"] if e["path"].endswith("/actions/assign")]
-
-
-def vrrp_state(lab, name):
-    proc = lab.exec(name, ["cat", "/run/hastack/failover-state.json"])
-    return json.loads(proc.stdout).get("state") if proc.returncode == 0 else None
-
-
-def other(lab, name):
-    return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if h.name != name)
-
-
-class Probe:
-    """Requests every 100 ms from the internet namespace while something breaks."""
-
-    def __init__(self, lab, seconds):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", "hsl-internet", sys.executable, "-m", "hastack.lab.probe",
-             f"https://{lab.addr.floating_ip}/", "--ca", str(lab.ca.cert_path), "--interval", "0.1",
-             "--duration", str(seconds), "--timeout", "3"],
-            stdout=subprocess.PIPE, text=True)
-
-    def result(self):
-        out, _ = self.proc.communicate(timeout=120)
-        records = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return records, outage(records)
+CURL = INTERNET + ["curl", "-s", "--max-time", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +24,8 @@ def settled(lab):
     for lb in lab.topo.hosts_with_role("loadbalancer"):
         if not lab.machine(lb.name).running():
             lab.start(lb.name)
-    wait_for(lambda: sorted(vrrp_state(lab, h.name) or "" for h in lab.topo.hosts_with_role("loadbalancer")) == ["BACKUP", "MASTER"],
-             30, "one MASTER and one BACKUP")
-    master = next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if vrrp_state(lab, h.name) == "MASTER")
-    wait_for(lambda: owner(lab) == master, 30, "the API to name the master as owner")
+    settle(lab)
     return lab
-
-
-def current_master(lab):
-    return next(h.name for h in lab.topo.hosts_with_role("loadbalancer") if vrrp_state(lab, h.name) == "MASTER")
 
 
 def test_https_through_the_floating_ip_verifies_against_the_lab_ca(settled):
@@ -107,14 +58,31 @@ def test_load_balancer_to_app_traffic_is_tls_verified(settled):
 
 
 def test_stats_and_metrics_only_on_the_private_network(settled):
+    """HAProxy's stats port serves the monitoring host over the private network. From anywhere
+    else the host firewall drops the connection (policy drop): no answer at all, which is told
+    apart from a refused connection (a closed port answers with a reset at once)."""
     lab = settled
     lb = lab.topo.hosts_with_role("loadbalancer")[0]
     mon = lab.topo.host(lab.topo.hosts_with_role("monitoring")[0].name)
-    metrics = lab.exec(mon.name, ["curl", "-sf", f"http://{lb.private_ip}:8404/metrics"], check=True).stdout
+    app = lab.topo.hosts_with_role("app")[0]
+    public = lab.addr.public_ip(lb)
+    # HAProxy listens on the private address and loopback only
+    listening = lab.exec(lb.name, ["ss", "-Htln", f"sport = :{STATS_PORT}"], check=True).stdout.split()
+    assert {f"{lb.private_ip}:{STATS_PORT}", f"127.0.0.1:{STATS_PORT}"} <= set(listening), listening
+    assert not any(a.startswith(f"{public}:") or a.startswith("0.0.0.0:") or a.startswith("*:") for a in listening), listening
+    # the port is up: the monitoring host, which the firewall admits, connects and reads metrics
+    assert tcp(lab, mon.name, lb.private_ip, STATS_PORT) == "open"
+    metrics = lab.exec(mon.name, ["curl", "-sf", f"http://{lb.private_ip}:{STATS_PORT}/metrics"], check=True).stdout
     assert "haproxy_backend_active_servers" in metrics
-    public = subprocess.run(CURL + ["--connect-timeout", "2", f"http://{lab.addr.public_ip(lb)}:8404/metrics"],
-                            capture_output=True)
-    assert public.returncode != 0
+    # another private host (an app server) gets no answer: dropped by the load balancer's firewall
+    assert tcp(lab, app.name, lb.private_ip, STATS_PORT) == "filtered"
+    # from the internet the same address answers HTTPS, and drops the stats port
+    assert tcp(lab, None, public, 443) == "open"
+    assert tcp(lab, None, public, STATS_PORT) == "filtered"
+    # as a client sees it: curl gives up at its connect timeout (28), not refused (7)
+    curl = subprocess.run(CURL + ["--connect-timeout", "2", f"http://{public}:{STATS_PORT}/metrics"],
+                          capture_output=True, text=True)
+    assert curl.returncode == 28, (curl.returncode, curl.stderr)
 
 
 def test_active_load_balancer_dies_and_the_ip_moves(settled):
@@ -122,11 +90,12 @@ def test_active_load_balancer_dies_and_the_ip_moves(settled):
     master = current_master(lab)
     survivor = other(lab, master)
     before = len(assigns(lab))
-    probe = Probe(lab, 12)
+    client = probe.start(lab, 12)
     time.sleep(2)
     lab.stop(master, hard=True)
     wait_for(lambda: owner(lab) == survivor, 15, f"the API to assign the floating IP to {survivor}")
-    records, result = probe.result()
+    records = probe.records(client)
+    result = probe.outage(records)
     assert result["recovered"], result
     assert result["outage_s"] < 10, result
     assert records[-1]["ok"] and records[-1]["host"]
@@ -172,26 +141,39 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
     finally:
         subprocess.run(["nft", "delete", "table", "bridge", "hastack_test_cut"], check=True)
 
-    def healed():
-        states = {h.name: vrrp_state(lab, h.name) for h in lab.topo.hosts_with_role("loadbalancer")}
-        masters = [n for n, s in states.items() if s == "MASTER"]
-        return len(masters) == 1 and owner(lab) == masters[0] and masters[0]
+    # healed: keepalived settles to exactly one MASTER, the other BACKUP ...
+    def one_master_one_backup():
+        now = states(lab)
+        return sorted(state or "" for state in now.values()) == ["BACKUP", "MASTER"] and now
 
-    master = wait_for(healed, 30, "exactly one master that owns the floating IP")
+    healed = wait_for(one_master_one_backup, 30, "exactly one MASTER and one BACKUP after the cut heals")
+    master = next(name for name, state in healed.items() if state == "MASTER")
+    backup = other(lab, master)
+    # ... the API routes the floating IP to that master (the agent or its reconcile timer assigns it) ...
+    wait_for(lambda: owner(lab) == master, 20, f"the API to name the master {master} as the floating IP's owner")
+    # ... and it holds: one MASTER, the API's owner; the other BACKUP, without the address
+    assert states(lab) == {master: "MASTER", backup: "BACKUP"}
+    assert owner(lab) == master
+    wait_for(lambda: not _holds_floating_ip(lab, backup), 10, f"{backup} (BACKUP) to release the floating IP")
+    assert _holds_floating_ip(lab, master), f"{master} (MASTER) does not hold the floating IP"
+    # and the site answers through the floating IP
     ok = subprocess.run(CURL + ["--cacert", str(lab.ca.cert_path), f"https://{lab.addr.floating_ip}/"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert master in {h.name for h in lab.topo.hosts_with_role("loadbalancer")}
+    assert json.loads(ok.stdout)["host"] in {h.name for h in lab.topo.hosts_with_role("app")}
+
+
+def _holds_floating_ip(lab, name):
+    """Whether the floating IP is configured on one of the machine's interfaces."""
+    out = lab.exec(name, ["ip", "-4", "-o", "addr", "show"], check=True).stdout
+    return any(f" {lab.addr.floating_ip}/" in line for line in out.splitlines())
 
 
 def test_an_app_server_dies_and_requests_keep_succeeding(settled):
     lab = settled
     victim = lab.topo.hosts_with_role("app")[0].name
-    probe = Probe(lab, 8)
-    time.sleep(1.5)
-    lab.stop(victim, hard=True)
     try:
-        records, result = probe.result()
+        records, result = kill_under_load(lab, victim, seconds=8, kill_at=1.5)
         assert result["failed"] == 0, [r for r in records if not r["ok"]][:5]
         assert {r["host"] for r in records[-10:]} == {other_app.name for other_app in lab.topo.hosts_with_role("app")
                                                        if other_app.name != victim}

@@ -6,9 +6,9 @@ import pytest
 import requests
 
 from hastack.converge import converge
-from hastack.lab import mariadb_pair
 from roles.mariadb import passwords as mariadb_passwords
-from tests.lab.helpers import records_api, wait_for
+from tests.support import mariadb_pair
+from tests.support.lab import records_api, tcp, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"
 
@@ -95,12 +95,10 @@ def test_clients_outside_the_allowed_set_are_refused(pair):
     lab, db1, db2, pw = pair
     ip1 = lab.topo.host(db1).private_ip
     lb = lab.topo.hosts_with_role("loadbalancer")[0].name
-    probe = lab.exec(lb, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip1}/3306"])
-    assert probe.returncode == 124  # a web host never reaches the database port
+    assert tcp(lab, lb, ip1, 3306) == "filtered"  # a web host never reaches the database port
     mon = lab.topo.hosts_with_role("monitoring")[0].name
     # the monitoring host is not a MariaDB client at all
-    probe = lab.exec(mon, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip1}/3306"])
-    assert probe.returncode == 124
+    assert tcp(lab, mon, ip1, 3306) == "filtered"
 
 
 def test_application_writes_on_the_writer_and_is_refused_on_the_passive(pair):

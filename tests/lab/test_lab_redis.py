@@ -6,7 +6,7 @@ import pytest
 
 from hastack.converge import converge
 from roles.redis import passwords as redis_passwords
-from tests.lab.helpers import records_api, wait_for
+from tests.support.lab import records_api, tcp, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host
 
@@ -50,8 +50,7 @@ def test_a_host_outside_the_allowed_set_cannot_connect(redis_lab):
     lab, pw = redis_lab
     r1 = lab.topo.host("lab-redis1")
     lb = lab.topo.hosts_with_role("loadbalancer")[0].name  # load balancers are not Redis clients
-    probe = lab.exec(lb, ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{r1.private_ip}/6379"])
-    assert probe.returncode == 124  # dropped by the host firewall
+    assert tcp(lab, lb, r1.private_ip, 6379) == "filtered"  # dropped by the host firewall
 
 
 def test_replica_in_sync_and_settings_in_force(redis_lab):

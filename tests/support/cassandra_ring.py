@@ -7,10 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hastack.lab import cql_client
-from roles.cassandra.ring import Ring
+from roles.cassandra.config import TLS_DIR
+from roles.cassandra.ring import STATE_DIR, Ring
 
-CLIENT = Path(cql_client.__file__).read_text()
+# the client runs on a Cassandra machine (python3 -, the file on stdin), with the node's
+# files as the cassandra role puts them there: the stack CA, the admin's password
+CLIENT = Path(__file__).with_name("cql_client.py").read_text()
+CLIENT_FILES = ("--ca", f"{TLS_DIR}/ca.crt", "--password-file", f"{STATE_DIR}/admin-password")
 # the probe keyspace: replicated to every node of a 3-node ring
 KEYSPACE = ("CREATE KEYSPACE IF NOT EXISTS hastack_probe WITH replication = "
             "{'class': 'NetworkTopologyStrategy', 'lab': 3}; "
@@ -31,7 +34,7 @@ def ring(lab, topo=None) -> Ring:
 
 
 def client(lab, node: str, *args: str, timeout: float = 120) -> Any:
-    proc = lab.exec(node, ["python3", "-", *args], input=CLIENT)
+    proc = lab.exec(node, ["python3", "-", *CLIENT_FILES, *args], input=CLIENT)
     if proc.returncode != 0:
         raise RuntimeError(f"{node}: CQL client {args[0]} failed: {proc.stderr.strip()[-800:]}")
     return json.loads(proc.stdout)
@@ -47,7 +50,8 @@ def quorum_during_stop(lab, victim: str, via: str, seconds: float = 30, stop_at:
     """QUORUM write+read pairs every ``interval`` s from ``via`` while ``victim`` is stopped and
     started again; every request counted."""
     addresses = [lab.topo.host(n.host).private_ip for n in lab.topo.cluster("cassandra").nodes]
-    proc = lab.machine(via).popen(["python3", "-", "stream", str(seconds), str(interval), *addresses], input=CLIENT)
+    proc = lab.machine(via).popen(["python3", "-", *CLIENT_FILES, "stream", str(seconds), str(interval), *addresses],
+                                  input=CLIENT)
     t0 = time.monotonic()
     time.sleep(stop_at)
     lab.exec(victim, ["systemctl", "stop", "cassandra.service"])

@@ -1,13 +1,18 @@
 """A CQL client the lab runs on a Cassandra machine (Debian's python3-cassandra),
 with the admin password read from the node's root-only file. Prints JSON.
 
-  python3 - check ADDRESS                 which logins the node accepts
-  python3 - cql ADDRESS CONSISTENCY STMT  run statements (';'-separated), rows back
-  python3 - stream SECONDS INTERVAL ADDRESS...
-                                          QUORUM write then read, every INTERVAL s;
-                                          one JSON line per request
+The node's files are named by the caller (tests/support/cassandra_ring.py, from
+the cassandra role's own constants), never here:
+
+  python3 - --ca FILE --password-file FILE COMMAND ...
+    check ADDRESS                 which logins the node accepts
+    cql ADDRESS CONSISTENCY STMT  run statements (';'-separated), rows back
+    stream SECONDS INTERVAL ADDRESS...
+                                  QUORUM write then read, every INTERVAL s;
+                                  one JSON line per request
 """
 
+import argparse
 import json
 import ssl
 import sys
@@ -19,18 +24,19 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy, WhiteListRoundRobinPolicy
 
-CA = "/etc/cassandra/tls/ca.crt"
-PASSWORD_FILE = "/var/lib/hastack/cassandra/admin-password"
+# set from the command line (main): the stack CA the node's certificate verifies against,
+# and the root-only file with the generated superuser's password
+FILES = {"ca": None, "password_file": None}
 
 
 def tls():
-    ctx = ssl.create_default_context(cafile=CA)
+    ctx = ssl.create_default_context(cafile=FILES["ca"])
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
 def admin_password():
-    with open(PASSWORD_FILE) as f:
+    with open(FILES["password_file"]) as f:
         return f.read().strip()
 
 
@@ -99,13 +105,29 @@ def stream(seconds, interval, addresses):
         c.shutdown()
 
 
-if __name__ == "__main__":
-    cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "check":
-        check(args[0])
-    elif cmd == "cql":
-        cql(args[0], args[1], args[2])
-    elif cmd == "stream":
-        stream(float(args[0]), float(args[1]), args[2:])
+def main(argv):
+    p = argparse.ArgumentParser(prog="cql_client")
+    p.add_argument("--ca", required=True, help="the CA file the node's certificate verifies against")
+    p.add_argument("--password-file", required=True, help="the file holding the admin's password")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("check").add_argument("address")
+    c = sub.add_parser("cql")
+    c.add_argument("address")
+    c.add_argument("consistency")
+    c.add_argument("statements")
+    s = sub.add_parser("stream")
+    s.add_argument("seconds", type=float)
+    s.add_argument("interval", type=float)
+    s.add_argument("addresses", nargs="+")
+    a = p.parse_args(argv)
+    FILES.update(ca=a.ca, password_file=a.password_file)
+    if a.command == "check":
+        check(a.address)
+    elif a.command == "cql":
+        cql(a.address, a.consistency, a.statements)
     else:
-        sys.exit(f"unknown command {cmd!r}")
+        stream(a.seconds, a.interval, a.addresses)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

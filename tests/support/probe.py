@@ -1,15 +1,17 @@
 """A client that requests a URL at a fixed interval and records each answer.
 
-Run inside the lab's internet namespace (`ip netns exec hsl-internet python3 -m
-hastack.lab.probe ...`); prints one JSON line per request: start time,
-duration, ok, status or error, and which host answered.
+Runs inside the lab's internet namespace, as a file of its own (standard
+library only): `start` launches it there; prints one JSON line per request:
+start time, duration, ok, status or error, and which host answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
+import subprocess
 import sys
 import time
 import urllib.request
@@ -74,6 +76,25 @@ def outage(records: list[dict]) -> dict:
         "requests": len(records),
         "recovered": after is not None,
     }
+
+
+def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: float = 3.0,
+          write: bool = False) -> subprocess.Popen:
+    """The probe in the internet namespace against https://<floating IP><path>, as a user's client;
+    ``write``: POST records instead of GETs. Read its answers with `records`."""
+    from hastack.lab.layout import INTERNET_NS  # here: the probe itself runs on the standard library alone
+
+    return subprocess.Popen(
+        ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
+         f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.ca.cert_path), "--interval", str(interval),
+         "--duration", str(seconds), "--timeout", str(timeout), *(["--write"] if write else [])],
+        stdout=subprocess.PIPE, text=True)
+
+
+def records(proc: subprocess.Popen, timeout: float = 120) -> list[dict]:
+    """Every answer a started probe recorded, once it has finished."""
+    out, _ = proc.communicate(timeout=timeout)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 if __name__ == "__main__":

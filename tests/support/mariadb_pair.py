@@ -3,13 +3,11 @@ who is the writer, whether both replicate, and whether they hold the same data."
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
 from typing import Any
 
-from hastack.lab.probe import outage
+from tests.support import probe
 
 
 def sql(lab, host: str, query: str) -> list[list[str]]:
@@ -69,10 +67,7 @@ def request_ids(lab, host: str, database: str = "hastack") -> list[str]:
 
 def write_stream(lab, seconds: float, interval: float = 0.1) -> subprocess.Popen:
     """Writes through the floating IP (internet client -> HAProxy -> app -> local proxy -> writer)."""
-    return subprocess.Popen(
-        ["ip", "netns", "exec", "hsl-internet", sys.executable, "-m", "hastack.lab.probe", "--write",
-         f"https://{lab.addr.floating_ip}/records", "--ca", str(lab.ca.cert_path), "--interval", str(interval),
-         "--duration", str(seconds), "--timeout", "8"], stdout=subprocess.PIPE, text=True)
+    return probe.start(lab, seconds, path="/records", interval=interval, timeout=8, write=True)
 
 
 def kill_writer_run(lab, seconds: float = 20, kill_after: float = 3) -> dict[str, Any]:
@@ -82,8 +77,7 @@ def kill_writer_run(lab, seconds: float = 20, kill_after: float = 3) -> dict[str
     stream = write_stream(lab, seconds)
     time.sleep(kill_after)
     lab.stop(writer, hard=True)
-    out, _ = stream.communicate(timeout=seconds + 60)
-    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    records = probe.records(stream, timeout=seconds + 60)
     lab.start(writer)
     new_writer = settled(lab)
     acked = {r["request_id"] for r in records if r["ok"]}
@@ -91,5 +85,5 @@ def kill_writer_run(lab, seconds: float = 20, kill_after: float = 3) -> dict[str
     lost = {h: len(acked - set(ids)) for h, ids in present.items()}
     dup = {h: len(ids) - len(set(ids)) for h, ids in present.items()}
     sums = checksums(lab)
-    return dict(outage(records), killed=writer, new_writer=new_writer, acked=len(acked), lost=lost,
+    return dict(probe.outage(records), killed=writer, new_writer=new_writer, acked=len(acked), lost=lost,
                 duplicates=dup, checksums_match=len(set(sums.values())) == 1, checksums=sums)
