@@ -9,6 +9,7 @@ from roles.redis import passwords as redis_passwords
 from tests.support.lab import records_api, tcp, wait_for
 
 CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host
+WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
 
 
 def cli(lab, src, ip, *args, user=None, password=None, port=6379, tls=True):
@@ -32,18 +33,45 @@ def primary(lab, pw, via):
     return out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else None
 
 
+def journal_cursor(lab, host, unit):
+    out = lab.exec(host, ["journalctl", "-u", unit, "-n", "0", "--show-cursor", "--no-pager"], check=True).stdout
+    return out.rsplit("-- cursor: ", 1)[1].strip()
+
+
 def test_unauthenticated_and_plain_text_access_refused(redis_lab):
     lab, pw = redis_lab
     r1 = lab.topo.host("lab-redis1")
+    # the port is up and speaks TLS: the app's user gets in
+    ok = cli(lab, "lab-redis2", r1.private_ip, "PING", user="app", password=pw["app"])
+    assert ok.stdout.strip() == "PONG", ok
+
+    # no credentials over TLS: the default user is off, so every command needs a login first
     anon = cli(lab, "lab-redis2", r1.private_ip, "PING")
-    assert "NOAUTH" in anon.stdout + anon.stderr, anon
-    plain = cli(lab, "lab-redis2", r1.private_ip, "PING", user="app", password=pw["app"], tls=False)
-    assert "PONG" not in plain.stdout
+    assert anon.stdout.strip() == "NOAUTH Authentication required.", anon
+    acl = lab.exec("lab-redis1", ["cat", "/etc/redis/users.acl"], check=True).stdout.splitlines()
+    assert [line for line in acl if line.split()[:2] == ["user", "default"]] == ["user default off"], acl
+    as_default = cli(lab, "lab-redis2", r1.private_ip, "AUTH", "default", pw["app"])
+    assert as_default.stdout.strip() == WRONGPASS, as_default
+
+    # a wrong password: refused at AUTH, and the command then runs unauthenticated
     wrong = cli(lab, "lab-redis2", r1.private_ip, "PING", user="app", password="wrong")
-    assert "PONG" not in wrong.stdout
+    assert wrong.stderr.strip() == f"AUTH failed: {WRONGPASS}", wrong
+    assert wrong.stdout.strip() == "NOAUTH Authentication required.", wrong
+
+    # plain text to the TLS port (with the right password): the server's TLS handshake rejects the
+    # bytes and drops the connection at once -- a reset, neither a timeout nor a refused connect
+    cursor = journal_cursor(lab, "lab-redis1", "redis-server.service")
+    plain = cli(lab, "lab-redis2", r1.private_ip, "PING", user="app", password=pw["app"], tls=False)
+    assert plain.returncode == 1 and "PONG" not in plain.stdout, plain
+    assert plain.stderr.strip().endswith("Error: Connection reset by peer"), plain
+    logged = wait_for(lambda: lab.exec("lab-redis1", ["journalctl", "-u", "redis-server.service", "--no-pager",
+                                                      "-o", "cat", f"--after-cursor={cursor}"]).stdout, 5,
+                      "Redis to log the refused connection")
+    assert "Error accepting a client connection: error:0A00010B:SSL routines::wrong version number" in logged, logged
+
     # the app user cannot run administrative commands
     admin = cli(lab, "lab-redis2", r1.private_ip, "CONFIG", "GET", "maxmemory", user="app", password=pw["app"])
-    assert "NOPERM" in admin.stdout + admin.stderr
+    assert admin.stdout.strip().startswith("NOPERM"), admin
 
 
 def test_a_host_outside_the_allowed_set_cannot_connect(redis_lab):
