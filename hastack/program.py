@@ -12,12 +12,19 @@ from hastack.cloud.aws_backup import BackupBucket
 from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
 from hastack.outputs import Server, stack_outputs
+from hastack.stackfile import PLAIN_TEXT_REFUSED
 
 
 def read_config() -> tuple[dict[str, Any], set[str]]:
     """The stack's config as the engine handed it over, and which keys are secrets."""
     flat = dict(runtime_config.CONFIG.get()) or runtime_config.get_config_env()
     secret_keys = {k for k in flat if runtime_config.is_config_secret(k)}
+    # a credential of any provider set without --secret sits in the stack file in plain text
+    exposed = sorted(k for k in flat if k in PLAIN_TEXT_REFUSED and k not in secret_keys)
+    if exposed:
+        raise pulumi.RunError("invalid stack config:\n" + "\n".join(
+            f"  - {k}: is stored in plain text; remove it and run `pulumi config set --secret {k} <value>`"
+            for k in exposed))
     plain = {k: v for k, v in flat.items() if k not in secret_keys}
     return topology.config_from_pulumi(plain), secret_keys
 

@@ -286,3 +286,14 @@ def test_code_digest_follows_templates(tmp_path):
     assert before == code_digest(PROJECT_DIR)
     (tmp_path / "templates/base/etc/hosts.j2").write_text("changed\n")
     assert code_digest(tmp_path) != before
+
+
+@pytest.mark.parametrize("key", ["hcloud:token", "aws:secretKey", "aws:accessKey"])
+def test_provider_credentials_in_plain_text_fail_before_any_resource(prod_flat, key):
+    prod_flat[key] = "AKIAEXAMPLEVALUE"
+    with pytest.raises(pulumi.RunError) as err:
+        run("prod", prod_flat, secrets={k: v for k, v in SECRETS.items() if k != key})
+    assert f"{key}: is stored in plain text; remove it and run `pulumi config set --secret {key} <value>`" in str(err.value)
+    assert "AKIAEXAMPLEVALUE" not in str(err.value)
+    from pulumi.runtime import settings
+    assert settings.SETTINGS.monitor.recording.resources == []
