@@ -39,6 +39,20 @@ def open_lab(stack: str):
         fail(str(e))
 
 
+def stack_outputs_of(stack: str, outputs: Path | None) -> dict:
+    """A stack's outputs (hastack.outputs): the lab's, a JSON file, or `pulumi stack output`."""
+    from hastack.inventory import InventoryError, stack_outputs
+    from hastack.lab.layout import is_lab_stack
+    from hastack.stackfile import StackFileError
+
+    try:
+        if is_lab_stack(stack):
+            return open_lab(stack).stack_outputs()
+        return json.loads(outputs.read_text()) if outputs else stack_outputs(stack)
+    except (StackFileError, InventoryError, OSError, ValueError) as e:
+        fail(str(e))
+
+
 def stack_entries(stack: str, outputs: Path | None) -> dict:
     """Every host of a stack as pyinfra host data: the lab's machines, or a deployed stack's outputs."""
     from hastack.inventory import InventoryError, host_entries, stack_outputs

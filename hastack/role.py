@@ -94,6 +94,8 @@ class Role:
     # host data from a deployed stack's outputs (hastack.outputs): (outputs, secrets, host data) -> data;
     # the secrets a role's hosts need (derived from ``seed``, ``failover_token``, ...), peers' server ids
     from_outputs: Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]] | None = None
+    # the backups its hosts produce (the backup role runs where a role names some)
+    backups: tuple[str, ...] = ()
     # kernel settings a host needs that a container cannot set (the lab's host provides them):
     # sysctl name -> the host data key giving the minimum
     host_kernel: Mapping[str, str] = field(default_factory=dict)

@@ -1,16 +1,23 @@
-"""The backup role, on every host with a data volume: backups to the stack's S3
-bucket in Frankfurt (versioned, object-locked, SSE-KMS)."""
+"""The backup role, on every host whose role names backups (MariaDB: full copies
+and continuous binlogs; Cassandra: snapshots; Redis: the primary's RDB):
+streamed, compressed, encrypted on the host with age to the operator's
+recipients, and put into the host's own prefix of the stack's S3 bucket in
+Frankfurt (versioned, object-locked, SSE-KMS). The agent is agent.py."""
 
-from pydantic import Field, model_validator
+import re
+
+from pydantic import Field, field_validator, model_validator
 
 from hastack.role import Role, Section
 from hastack.validators import lifecycle_problems
 
 PORTS = ()  # backups push to S3; nothing listens
 
+AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")  # bech32, as age-keygen prints it
+
 
 class BackupConfig(Section):
-    """hastack:backup: the bucket and its retention (hastack/cloud/aws_backup.py)."""
+    """hastack:backup: the bucket, its retention, the schedule and who can decrypt."""
 
     region: str = Field("eu-central-1", pattern=r"^eu-central-1$")  # backups stay in Frankfurt
     prefix: str = Field("backups/", pattern=r"^[a-z0-9][a-z0-9/_-]*/$")
@@ -18,6 +25,19 @@ class BackupConfig(Section):
     noncurrent_expire_days: int = 90  # replaced versions expire after this
     cold_after_days: int = 30  # objects move to GLACIER_IR
     schedule: str = Field("03:15", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # daily, UTC
+    # seconds between binlog shipments: the recovery point of MariaDB (RPO) is about this plus an upload
+    binlog_interval: int = Field(30, ge=10, le=300)
+    # age public keys (age1...) that can decrypt the backups; their private keys never reach a server
+    recipients: list[str] = []
+
+    @field_validator("recipients")
+    @classmethod
+    def _age_recipients(cls, value: list[str]) -> list[str]:
+        for r in value:
+            if not AGE_RECIPIENT.match(r):
+                raise ValueError(f"{r[:20]!r}... is not an age public key (age1 followed by 58 characters, "
+                                 "as `age-keygen -y KEYFILE` prints it)")
+        return value
 
     @model_validator(mode="after")
     def _lifecycle_s3_accepts(self):
@@ -28,19 +48,51 @@ class BackupConfig(Section):
         return self
 
 
+def _check(cfg):
+    if cfg.provider == "hetzner" and not cfg.sections["backup"].recipients:
+        yield ("hastack:backup.recipients = []: give at least one age public key that can decrypt the backups "
+               "(`age-keygen -o backup.key` on the operator's machine, then `age-keygen -y backup.key`); "
+               "keep the key file off every server")
+
+
+def _backups(topo, host):
+    from roles import role
+
+    return role(host.role).backups
+
+
+def _host_data(topo, host):
+    cfg = topo.section("backup")
+    return {
+        "backup_kinds": list(_backups(topo, host)),
+        "backup_prefix": cfg.prefix,
+        "backup_schedule": cfg.schedule,
+        "backup_binlog_interval": cfg.binlog_interval,
+        "backup_age_recipients": list(cfg.recipients),
+    }
+
+
 def _from_outputs(outputs, secrets, data):
-    if "backup_writer" not in secrets:
+    """Only this host's own writer identity: it may put into its own prefix and nowhere else."""
+    name = data["host_name"]
+    writer = (secrets.get("backup_writers") or {}).get(name)
+    if writer is None:
         return {}
-    return {"backup_credentials": dict(secrets["backup_writer"], bucket=outputs.get("backupBucket"),
-                                       region=outputs.get("backupRegion"))}
+    return {"backup_credentials": dict(writer, bucket=outputs.get("backupBucket"), region=outputs.get("backupRegion"),
+                                       prefix=f"{data['backup_prefix']}{name}/")}
 
 
 ROLE = Role(
     name="backup",
     ports=PORTS,
     section=("backup", BackupConfig),
-    runs_on=lambda topo, host: topo.placement(host.role).data_volume,
+    # what the provider supplies: None means AWS's own endpoint and the system's CAs (the lab: its S3)
+    provided_defaults={"backup_s3_endpoint": None, "backup_s3_ca": None},
+    check=_check,
+    runs_on=lambda topo, host: bool(_backups(topo, host)),
+    host_data=_host_data,
     from_outputs=_from_outputs,
+    cli="roles.backup.cli:app",
 )
 
 DEFAULTS = ROLE.defaults

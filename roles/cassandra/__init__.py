@@ -162,6 +162,7 @@ ROLE = Role(
     section=("cassandra", RingConfig),
     check=_check,
     cluster=_cluster,
+    backups=("cassandra-snapshot",),
     host_data=_host_data,
     from_outputs=lambda outputs, secrets, data: {"cassandra_passwords": passwords(secrets["seed"])} if secrets.get("seed") else {},
     host_kernel={"vm.max_map_count": "cassandra_vm_max_map_count"},

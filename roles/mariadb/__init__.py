@@ -111,6 +111,7 @@ ROLE = Role(
     placement=Placement(short_name="db", first_address=60, min_count=2, max_count=2,
                         count_rule="exactly 2: a master-master pair", data_volume=True),
     cluster=_cluster,
+    backups=("mariadb-full", "mariadb-binlog"),
     host_data=_host_data,
     from_outputs=_from_outputs,
 )

@@ -80,6 +80,7 @@ ROLE = Role(
     placement=Placement(short_name="redis", first_address=70, min_count=1, max_count=5,
                         count_rule="between 1 and 5 (2 or more for automatic failover)"),
     cluster=_cluster,
+    backups=("redis-rdb",),
     host_data=lambda topo, host: client_data(topo),
     from_outputs=server_secrets,
 )

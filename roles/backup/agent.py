@@ -1,0 +1,433 @@
+#!/usr/bin/python3
+"""The backup agent on a data host: one job per run, streamed to the stack's S3 bucket.
+
+  hastack-backup --config /etc/hastack/backup.json mariadb-full | mariadb-binlog | cassandra-snapshot | redis-rdb
+
+Every object is compressed (zstd) and encrypted on the host with age to the
+operator's recipients before it leaves; the bucket adds SSE-KMS at rest. The
+host's identity may only put into its own prefix: it cannot read, list or
+delete anything, so the agent keeps what it shipped in a local state file.
+
+A backup is complete when its manifest exists: the manifest is written last,
+after the data object was uploaded and every process of the pipeline
+succeeded. An object without a manifest is an interrupted run; restores and
+`hastack backup list` ignore it (it cannot be deleted: object lock).
+
+Each job writes its result as Prometheus metrics for the node exporter's
+textfile collector; a failure exits non-zero (the journal has the reason).
+
+Runs with Debian's python3 (python3-boto3, python3-pymysql on MariaDB hosts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+
+log = logging.getLogger("hastack-backup")
+
+KINDS = ("mariadb-full", "mariadb-binlog", "cassandra-snapshot", "redis-rdb")
+STATE_DIR = "/var/lib/hastack/backup"
+METRICS_DIR = "/var/lib/prometheus/node-exporter"
+MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
+CASSANDRA_DATA = "/var/lib/cassandra/data"
+# keyspaces Cassandra makes itself; a restore recreates them (the converge the superuser)
+CASSANDRA_SYSTEM = {"system", "system_schema", "system_auth", "system_distributed", "system_traces",
+                    "system_views", "system_virtual_schema"}
+PART_SIZE = 16 * 1024 * 1024
+
+
+class JobError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- upload
+
+
+class Bucket:
+    """The host's put-only view of the bucket: its prefix, encryption on the way out."""
+
+    def __init__(self, cfg: dict):
+        import boto3
+        from botocore.config import Config
+
+        self.cfg = cfg
+        self.bucket = cfg["bucket"]
+        self.prefix = cfg["prefix"]  # <prefix><host>/
+        self.s3 = boto3.client(
+            "s3", region_name=cfg["region"], endpoint_url=cfg.get("endpoint") or None,
+            verify=cfg.get("ca_file") or True,
+            aws_access_key_id=cfg["access_key_id"], aws_secret_access_key=cfg["secret_access_key"],
+            config=Config(retries={"max_attempts": 8, "mode": "standard"}, signature_version="s3v4"))
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}/{name}"
+
+    def put_stream(self, key: str, producer: list[str] | None, metadata: dict[str, str],
+                   stdin_path: str | None = None, **popen) -> dict:
+        """Run ``producer`` | zstd | age and upload its output as ``key``; (size, sha256, seconds).
+
+        ``stdin_path`` instead of a producer: a file read as is (a closed binlog)."""
+        started = time.monotonic()
+        procs: list[subprocess.Popen] = []
+        source = open(stdin_path, "rb") if stdin_path else None
+        try:
+            if producer:
+                procs.append(subprocess.Popen(producer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen))
+                source = procs[-1].stdout
+            procs.append(subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=source, stdout=subprocess.PIPE))
+            recipients = [a for r in self.cfg["recipients"] for a in ("-r", r)]
+            procs.append(subprocess.Popen(["age", *recipients], stdin=procs[-1].stdout, stdout=subprocess.PIPE))
+            for p in procs[:-1]:
+                p.stdout.close()  # only the next process reads it
+            stderr: dict[int, bytes] = {}
+            readers = [threading.Thread(target=lambda p=p: stderr.__setitem__(p.pid, p.stderr.read()))
+                       for p in procs if p.stderr]
+            for t in readers:
+                t.start()
+            body = _Hashing(procs[-1].stdout)
+            from boto3.s3.transfer import TransferConfig
+
+            self.s3.upload_fileobj(
+                body, self.bucket, key,
+                ExtraArgs={"Metadata": metadata, "ServerSideEncryption": "aws:kms"},
+                Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                                      max_concurrency=2, use_threads=True))
+            for t in readers:
+                t.join()
+            for p in procs:
+                p.wait()
+            failed = [(p.args[0], p.returncode) for p in procs if p.returncode != 0]
+            if failed:
+                detail = "; ".join(stderr.get(p.pid, b"").decode(errors="replace").strip()[-400:] for p in procs)
+                raise JobError(f"pipeline failed ({failed}): {detail}; {key} has no manifest and is ignored")
+            return {"size": body.size, "sha256": body.sha256.hexdigest(),
+                    "seconds": round(time.monotonic() - started, 3),
+                    "producer_stderr": stderr.get(procs[0].pid, b"").decode(errors="replace") if producer else ""}
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            if stdin_path and source:
+                source.close()
+
+    def put_manifest(self, key: str, manifest: dict) -> None:
+        """Written last: a backup without its manifest does not exist for restores."""
+        self.s3.put_object(Bucket=self.bucket, Key=key + ".manifest.json", ServerSideEncryption="aws:kms",
+                           Body=json.dumps(manifest, indent=1, sort_keys=True).encode(),
+                           ContentType="application/json")
+
+
+class _Hashing:
+    """A file-like reader that counts and hashes what the upload reads."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.size += len(data)
+        self.sha256.update(data)
+        return data
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _manifest(cfg: dict, kind: str, key: str, result: dict, **extra) -> dict:
+    return {"kind": kind, "host": cfg["host"], "stack": cfg["stack"], "object": key,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "size": result["size"], "sha256": result["sha256"], "seconds": result["seconds"],
+            "encryption": {"client": "age", "recipients": cfg["recipients"], "compression": "zstd"}, **extra}
+
+
+# ---------------------------------------------------------------- MariaDB
+
+
+def _mariadb():
+    import pymysql
+
+    return pymysql.connect(unix_socket=MARIADB_SOCKET, user="root", autocommit=True, connect_timeout=10)
+
+
+def _query(conn, sql: str, args=None) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+def table_checksums(conn, database: str) -> dict:
+    """Row counts and CHECKSUM TABLE of every table of the application's database, for restore verification."""
+    out = {}
+    for (table,) in _query(conn, "SELECT table_name FROM information_schema.tables WHERE table_schema=%s "
+                                 "AND table_type='BASE TABLE' ORDER BY table_name", (database,)):
+        rows = _query(conn, f"SELECT COUNT(*) FROM `{database}`.`{table}`")[0][0]
+        checksum = _query(conn, f"CHECKSUM TABLE `{database}`.`{table}`")[0][1]
+        out[table] = {"rows": rows, "checksum": checksum}
+    return out
+
+
+def mariadb_full(cfg: dict, bucket: Bucket) -> dict:
+    """mariabackup streamed (xbstream), never staged on disk; its GTID position in the manifest."""
+    name = f"{_stamp()}.xbstream.zst.age"
+    key = bucket.key("mariadb-full", name)
+    conn = _mariadb()
+    try:
+        checksums = table_checksums(conn, cfg["mariadb_database"])
+    finally:
+        conn.close()
+    target = tempfile.mkdtemp(prefix="mariabackup-", dir=STATE_DIR)
+    try:
+        result = bucket.put_stream(
+            key, ["mariabackup", "--backup", "--stream=xbstream", f"--target-dir={target}",
+                  f"--socket={MARIADB_SOCKET}", "--user=root"],
+            metadata={"kind": "mariadb-full", "host": cfg["host"]})
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    gtid = _mariabackup_gtid(result.pop("producer_stderr"))
+    bucket.put_manifest(key, _manifest(cfg, "mariadb-full", key, result, gtid=gtid, database=cfg["mariadb_database"],
+                                       tables=checksums))
+    return result
+
+
+def _mariabackup_gtid(stderr: str) -> str:
+    """mariabackup reports the copy's binlog position: "... GTID of the last change '0-1-5,1-2-3'"."""
+    for line in reversed(stderr.splitlines()):
+        if "GTID of the last change" in line:
+            return line.rsplit("GTID of the last change", 1)[1].strip(" '\"\n")
+    raise JobError("mariabackup did not report the copy's GTID position")
+
+
+def mariadb_binlog(cfg: dict, bucket: Bucket) -> dict:
+    """Close the current binlog and ship every closed one not shipped yet, in order.
+
+    Both masters ship their own binlogs (log_slave_updates: each holds every
+    transaction of the pair), so shipping never depends on which one is the
+    writer and survives a failover and a fail-back without a gap. Each object
+    carries the GTID state before and after it (the Gtid_list events), so a
+    restore chains them."""
+    state_path = os.path.join(STATE_DIR, "binlog-shipped.json")
+    state = _read_json(state_path, {"shipped": []})
+    shipped = set(state["shipped"])
+    conn = _mariadb()
+    total = {"size": 0, "sha256": "", "seconds": 0.0, "files": 0}
+    try:
+        _query(conn, "FLUSH BINARY LOGS")
+        logs = [row[0] for row in _query(conn, "SHOW BINARY LOGS")]
+        basedir = os.path.dirname(_query(conn, "SELECT @@log_bin_basename")[0][0])
+        closed = logs[:-1]  # the last one is being written
+        for name, after in zip(closed, logs[1:]):
+            if name in shipped:
+                continue
+            start, end = _gtid_list(conn, name), _gtid_list(conn, after)
+            key = bucket.key("mariadb-binlog", f"{name}.zst.age")
+            result = bucket.put_stream(key, None, stdin_path=os.path.join(basedir, name),
+                                       metadata={"kind": "mariadb-binlog", "host": cfg["host"],
+                                                 "gtid-start": start, "gtid-end": end})
+            bucket.put_manifest(key, _manifest(cfg, "mariadb-binlog", key, result, binlog=name,
+                                               gtid_start=start, gtid_end=end))
+            shipped.add(name)
+            # keep only names still on the host: purged files never come back
+            _write_json(state_path, {"shipped": sorted(shipped & set(logs))})
+            total["size"] += result["size"]
+            total["seconds"] += result["seconds"]
+            total["files"] += 1
+    finally:
+        conn.close()
+    return total
+
+
+def _gtid_list(conn, binlog: str) -> str:
+    """The GTID state at the start of a binlog file (its Gtid_list event), e.g. '0-1-5,1-2-9'."""
+    for row in _query(conn, f"SHOW BINLOG EVENTS IN %s LIMIT 4", (binlog,)):
+        if row[2] == "Gtid_list":
+            return row[5].strip("[]").replace(" ", "")
+    raise JobError(f"{binlog} has no Gtid_list event")
+
+
+# ---------------------------------------------------------------- Cassandra
+
+
+def cassandra_snapshot(cfg: dict, bucket: Bucket) -> dict:
+    """A snapshot of this node's tables (schema.cql included), streamed as one tar; then removed."""
+    tag = f"hastack-{_stamp()}"
+    key = bucket.key("cassandra-snapshot", f"{tag}.tar.zst.age")
+    _run(["nodetool", "snapshot", "-t", tag])
+    try:
+        dirs, tables = [], {}
+        for keyspace in sorted(os.listdir(CASSANDRA_DATA)):
+            if keyspace in CASSANDRA_SYSTEM:
+                continue
+            for table_dir in sorted(os.listdir(os.path.join(CASSANDRA_DATA, keyspace))):
+                snap = os.path.join(keyspace, table_dir, "snapshots", tag)
+                full = os.path.join(CASSANDRA_DATA, snap)
+                if os.path.isdir(full):
+                    dirs.append(snap)
+                    files = os.listdir(full)
+                    tables[f"{keyspace}.{table_dir.rsplit('-', 1)[0]}"] = {
+                        "files": len(files), "bytes": sum(os.path.getsize(os.path.join(full, f)) for f in files)}
+        result = bucket.put_stream(key, ["tar", "-C", CASSANDRA_DATA, "-cf", "-", "--", *dirs] if dirs else
+                                   ["tar", "-cf", "-", "-T", "/dev/null"],
+                                   metadata={"kind": "cassandra-snapshot", "host": cfg["host"], "tag": tag})
+    finally:
+        _run(["nodetool", "clearsnapshot", "-t", tag])
+    bucket.put_manifest(key, _manifest(cfg, "cassandra-snapshot", key, result, tag=tag, tables=tables,
+                                       datacenter=cfg.get("cassandra_datacenter"), rack=cfg.get("cassandra_rack")))
+    return result
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def redis_rdb(cfg: dict, bucket: Bucket) -> dict | None:
+    """The primary's RDB (a replica has the same data: it skips)."""
+    env = {**os.environ, "REDISCLI_AUTH": _read(cfg["redis_password_file"])}  # never on a command line
+    cli = ["redis-cli", "--tls", "--cacert", cfg["redis_ca"], "-h", cfg["private_ip"], "-p", str(cfg["redis_port"]),
+           "--user", cfg["redis_user"], "--no-auth-warning"]
+    role = subprocess.run(cli + ["ROLE"], env=env, capture_output=True, text=True, timeout=30)
+    if role.returncode != 0:
+        raise JobError(f"redis-cli ROLE failed: {role.stderr.strip()}")
+    if role.stdout.split("\n", 1)[0].strip() != "master":
+        log.info("not the primary; the primary backs up the data set")
+        return None
+    key = bucket.key("redis-rdb", f"{_stamp()}.rdb.zst.age")
+    with tempfile.TemporaryDirectory(dir=STATE_DIR) as tmp:
+        rdb = os.path.join(tmp, "dump.rdb")
+        got = subprocess.run(cli + ["--rdb", rdb], env=env, capture_output=True, text=True, timeout=3600)
+        if got.returncode != 0 or not os.path.exists(rdb):
+            raise JobError(f"redis-cli --rdb failed: {got.stderr.strip()}")
+        result = bucket.put_stream(key, None, stdin_path=rdb, metadata={"kind": "redis-rdb", "host": cfg["host"]})
+    bucket.put_manifest(key, _manifest(cfg, "redis-rdb", key, result))
+    return result
+
+
+# ---------------------------------------------------------------- running a job
+
+
+JOBS = {"mariadb-full": mariadb_full, "mariadb-binlog": mariadb_binlog,
+        "cassandra-snapshot": cassandra_snapshot, "redis-rdb": redis_rdb}
+
+
+def write_metrics(kind: str, ok: bool, result: dict | None, seconds: float) -> None:
+    """node exporter textfile: last success time, duration and size per kind; the last run's outcome."""
+    path = os.path.join(METRICS_DIR, f"hastack_backup_{kind.replace('-', '_')}.prom")
+    previous = _read_metrics(path)
+    now = time.time()
+    lines = [
+        "# HELP hastack_backup_last_run_success 1 if the last run of this backup kind succeeded.",
+        "# TYPE hastack_backup_last_run_success gauge",
+        f'hastack_backup_last_run_success{{kind="{kind}"}} {1 if ok else 0}',
+        "# HELP hastack_backup_last_run_timestamp_seconds When this backup kind last ran.",
+        "# TYPE hastack_backup_last_run_timestamp_seconds gauge",
+        f'hastack_backup_last_run_timestamp_seconds{{kind="{kind}"}} {now:.0f}',
+    ]
+    success = {"ts": now, "duration": seconds, "size": (result or {}).get("size", 0)} if ok else previous
+    if success:
+        lines += [
+            "# HELP hastack_backup_last_success_timestamp_seconds When this backup kind last succeeded.",
+            "# TYPE hastack_backup_last_success_timestamp_seconds gauge",
+            f'hastack_backup_last_success_timestamp_seconds{{kind="{kind}"}} {success["ts"]:.0f}',
+            "# HELP hastack_backup_last_success_duration_seconds How long its last success took.",
+            "# TYPE hastack_backup_last_success_duration_seconds gauge",
+            f'hastack_backup_last_success_duration_seconds{{kind="{kind}"}} {success["duration"]:.3f}',
+            "# HELP hastack_backup_last_success_size_bytes Bytes uploaded by its last success (encrypted).",
+            "# TYPE hastack_backup_last_success_size_bytes gauge",
+            f'hastack_backup_last_success_size_bytes{{kind="{kind}"}} {success["size"]}',
+        ]
+    os.makedirs(METRICS_DIR, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)  # the collector never reads half a file
+
+
+def _read_metrics(path: str) -> dict | None:
+    values = {}
+    try:
+        for line in open(path):
+            for name, field in (("last_success_timestamp_seconds", "ts"), ("last_success_duration_seconds", "duration"),
+                                ("last_success_size_bytes", "size")):
+                if line.startswith(f"hastack_backup_{name}"):
+                    values[field] = float(line.rsplit(" ", 1)[1])
+    except OSError:
+        return None
+    return values if len(values) == 3 else None
+
+
+def _run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise JobError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-400:]}")
+    return proc.stdout
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _read_json(path: str, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+def _write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hastack-backup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="/etc/hastack/backup.json")
+    parser.add_argument("kind", choices=KINDS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    with open(args.config) as f:
+        cfg = json.load(f)
+    if args.kind not in cfg["kinds"]:
+        log.error("%s is not backed up on this host (kinds here: %s)", args.kind, ", ".join(cfg["kinds"]))
+        return 2
+    os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+    # one job of a kind at a time, whoever starts it (timer, `hastack backup now`, by hand)
+    with open(os.path.join(STATE_DIR, f"{args.kind}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = time.monotonic()
+        try:
+            result = JOBS[args.kind](cfg, Bucket(cfg))
+        except Exception as e:  # noqa: BLE001 - every failure is reported the same way
+            write_metrics(args.kind, False, None, time.monotonic() - started)
+            log.error("%s failed: %s", args.kind, e)
+            return 1
+        seconds = time.monotonic() - started
+        write_metrics(args.kind, True, result, seconds)
+        if result is None:
+            log.info("%s: nothing to do on this host", args.kind)
+        else:
+            log.info("%s done in %.1fs: %s bytes", args.kind, seconds, result.get("size"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

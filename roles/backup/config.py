@@ -1,0 +1,63 @@
+"""What the backup role writes: the agent's configuration, its units and timers.
+
+Pure Python (no pyinfra): the deploy and the template tests both take the
+variables from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+AGENT = "/opt/hastack/backup_agent.py"
+CONFIG = "/etc/hastack/backup.json"
+CA_FILE = "/etc/hastack/backup-s3-ca.pem"
+SERVICE = "/etc/systemd/system/hastack-backup@.service"
+DAILY_TIMER = "/etc/systemd/system/hastack-backup-daily@.timer"
+BINLOG_TIMER = "/etc/systemd/system/hastack-backup-binlog.timer"
+# continuous kinds run on their own timer; the others daily at the schedule
+CONTINUOUS = ("mariadb-binlog",)
+# the Redis account allowed to read an RDB (replication), and where Redis keeps its files
+REDIS_USER = "replica"
+REDIS_PASSWORD_FILE = "/etc/hastack/backup-redis.password"
+
+
+def daily_kinds(data: Mapping[str, Any]) -> list[str]:
+    return [k for k in data["backup_kinds"] if k not in CONTINUOUS]
+
+
+def agent_config(data: Mapping[str, Any], hostname: str) -> dict[str, Any]:
+    """/etc/hastack/backup.json (root only: it holds the host's writer key)."""
+    creds = data["backup_credentials"]
+    cfg = {
+        "stack": data["stack"],
+        "host": hostname,
+        "kinds": list(data["backup_kinds"]),
+        "bucket": creds["bucket"],
+        "region": creds["region"],
+        "prefix": creds["prefix"],
+        "access_key_id": creds["access_key_id"],
+        "secret_access_key": creds["secret_access_key"],
+        "endpoint": data.get("backup_s3_endpoint"),
+        "ca_file": CA_FILE if data.get("backup_s3_ca") else None,
+        "recipients": list(data["backup_age_recipients"]),
+        "private_ip": data["private_ip"],
+    }
+    if "mariadb-full" in data["backup_kinds"]:
+        cfg["mariadb_database"] = data.get("mariadb_database", "hastack")
+    if "cassandra-snapshot" in data["backup_kinds"]:
+        cfg["cassandra_datacenter"] = data.get("cassandra_datacenter")
+        cfg["cassandra_rack"] = data.get("cassandra_rack")
+    if "redis-rdb" in data["backup_kinds"]:
+        from roles.redis import REDIS_PORT
+
+        cfg.update(redis_port=REDIS_PORT, redis_user=REDIS_USER, redis_ca="/etc/redis/tls/ca.crt",
+                   redis_password_file=REDIS_PASSWORD_FILE)
+    return cfg
+
+
+def template_vars(data: Mapping[str, Any], hostname: str) -> dict[str, dict[str, Any]]:
+    return {
+        SERVICE: {"hostname": hostname, "agent": AGENT, "config": CONFIG},
+        DAILY_TIMER: {"hostname": hostname, "schedule": data["backup_schedule"], "random_delay": "15min"},
+        BINLOG_TIMER: {"hostname": hostname, "interval": int(data["backup_binlog_interval"])},
+    }

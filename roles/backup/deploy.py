@@ -1,0 +1,56 @@
+"""The backup role: the agent, its root-only configuration, a systemd unit per job
+and the timers (daily at the schedule, the binlog every few seconds)."""
+
+import json
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+
+from hastack.templating import template_path
+from roles.backup import DEFAULTS
+from roles.backup import config as c
+
+AGENT_SOURCE = Path(__file__).resolve().parent / "agent.py"
+
+
+@deploy("backup", data_defaults=DEFAULTS)
+def backup() -> None:
+    d = host.data
+    if not d.get("backup_credentials"):
+        raise ValueError(f"{host.name}: no backup credentials in the stack outputs (secrets.backup_writers)")
+    if not d.backup_age_recipients:
+        raise ValueError(f"{host.name}: no age recipient to encrypt backups to (hastack:backup.recipients)")
+    data = d.dict()
+    tools = ["python3-boto3", "zstd", "age"]
+    if "mariadb-full" in d.backup_kinds:
+        tools += ["python3-pymysql", "mariadb-backup"]
+    apt.packages(name="Backup tools (boto3, zstd, age)", packages=tools, no_recommends=True)
+
+    files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
+    files.put(name="Backup agent", src=str(AGENT_SOURCE), dest=c.AGENT, user="root", group="root", mode="0755")
+    files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
+    files.directory(name="Backup state", path="/var/lib/hastack/backup", user="root", group="root", mode="0700")
+    files.put(name="Backup configuration (root only: the host's writer key)",
+              src=StringIO(json.dumps(c.agent_config(data, host.name), indent=1, sort_keys=True) + "\n"),
+              dest=c.CONFIG, user="root", group="root", mode="0600")
+    if d.backup_s3_ca:
+        files.put(name="S3 endpoint CA", src=StringIO(d.backup_s3_ca), dest=c.CA_FILE, user="root", group="root",
+                  mode="0644")
+    if "redis-rdb" in d.backup_kinds:
+        files.put(name="Redis password for RDB copies (root only)", src=StringIO(d.redis_passwords[c.REDIS_USER]),
+                  dest=c.REDIS_PASSWORD_FILE, user="root", group="root", mode="0600")
+
+    tvars = c.template_vars(data, host.name)
+    units = [files.template(name=f"Backup unit {Path(t).name}", src=template_path("backup", t), dest=t,
+                            user="root", group="root", mode="0644", **tvars[t])
+             for t in (c.SERVICE, c.DAILY_TIMER, c.BINLOG_TIMER)]
+    reload = any(u.will_change for u in units)
+    for kind in c.daily_kinds(data):
+        systemd.service(name=f"Daily backup timer: {kind}", service=f"hastack-backup-daily@{kind}.timer",
+                        running=True, enabled=True, daemon_reload=reload, restarted=reload)
+    binlog = any(k in c.CONTINUOUS for k in d.backup_kinds)
+    systemd.service(name="Binlog shipping timer", service="hastack-backup-binlog.timer",
+                    running=binlog, enabled=binlog, daemon_reload=reload, restarted=binlog and reload)
