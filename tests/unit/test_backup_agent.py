@@ -1,0 +1,92 @@
+"""The backup agent's pipeline, against an in-process S3 (moto) and the real zstd and age:
+what it uploads is encrypted to the recipients only, a failed pipeline leaves no manifest,
+and the metrics say what happened."""
+
+import json
+import shutil
+import subprocess
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from roles.backup import agent
+
+BUCKET = "hastack-test-backups"
+
+
+@pytest.fixture
+def age_key(tmp_path):
+    for tool in ("age", "age-keygen", "zstd"):
+        assert shutil.which(tool), f"{tool} is not installed (make host-deps installs it)"
+    key = tmp_path / "operator.key"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    return key, recipient
+
+
+@pytest.fixture
+def bucket(age_key):
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-central-1")
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+        cfg = {"bucket": BUCKET, "prefix": "backups/prod-db1/", "region": "eu-central-1", "endpoint": None,
+               "ca_file": None, "access_key_id": "testing", "secret_access_key": "testing",
+               "recipients": [age_key[1]], "host": "prod-db1", "stack": "prod"}
+        yield agent.Bucket(cfg), s3, cfg
+
+
+def _get(s3, key):
+    return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def test_a_stream_is_compressed_and_encrypted_to_the_recipients_and_manifested(bucket, age_key, tmp_path):
+    b, s3, cfg = bucket
+    key = b.key("mariadb-full", "t.xbstream.zst.age")
+    payload = b"acknowledged row\n" * 100000
+    source = tmp_path / "payload"
+    source.write_bytes(payload)
+    result = b.put_stream(key, ["cat", str(source)], metadata={"kind": "mariadb-full"})
+    b.put_manifest(key, agent._manifest(cfg, "mariadb-full", key, result, gtid="0-1-5"))
+    stored = _get(s3, key)
+    assert key == "backups/prod-db1/mariadb-full/t.xbstream.zst.age"
+    assert stored.startswith(b"age-encryption.org/v1") and payload[:20] not in stored
+    assert result["size"] == len(stored) < len(payload) // 10  # zstd before age
+    # the operator's key decrypts it; without the key nothing does
+    plain = subprocess.run(["age", "-d", "-i", str(age_key[0])], input=stored, capture_output=True, check=True).stdout
+    assert subprocess.run(["zstd", "-dc"], input=plain, capture_output=True, check=True).stdout == payload
+    other = tmp_path / "other.key"
+    subprocess.run(["age-keygen", "-o", str(other)], check=True, capture_output=True)
+    refused = subprocess.run(["age", "-d", "-i", str(other)], input=stored, capture_output=True)
+    assert refused.returncode != 0 and b"no identity matched" in refused.stderr
+    manifest = json.loads(_get(s3, key + ".manifest.json"))
+    assert manifest["gtid"] == "0-1-5" and manifest["sha256"] == result["sha256"] and manifest["size"] == len(stored)
+
+
+def test_a_failed_producer_leaves_no_manifest(bucket):
+    b, s3, _ = bucket
+    key = b.key("mariadb-full", "broken.xbstream.zst.age")
+    with pytest.raises(agent.JobError, match=r"pipeline failed .*has no manifest"):
+        b.put_stream(key, ["sh", "-c", "echo partial; echo 'disk full' >&2; exit 3"], metadata={})
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert key + ".manifest.json" not in keys
+
+
+def test_the_copy_position_comes_from_mariabackups_report():
+    stderr = ("[00] 2026-11-29 03:15:02 Backup created in directory '/tmp/x'\n"
+              "[00] 2026-11-29 03:15:02 MySQL binlog position: filename 'mariadb-bin.000007', position '1234', "
+              "GTID of the last change '1-1-40,2-2-17'\n[00] 2026-11-29 03:15:02 completed OK!\n")
+    assert agent._mariabackup_gtid(stderr) == "1-1-40,2-2-17"
+    with pytest.raises(agent.JobError, match="did not report"):
+        agent._mariabackup_gtid("[00] completed OK!\n")
+
+
+def test_metrics_keep_the_last_success_when_a_run_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "METRICS_DIR", str(tmp_path))
+    agent.write_metrics("mariadb-full", True, {"size": 4096}, 12.5)
+    agent.write_metrics("mariadb-full", False, None, 1.0)
+    text = (tmp_path / "hastack_backup_mariadb_full.prom").read_text()
+    assert 'hastack_backup_last_run_success{kind="mariadb-full"} 0' in text
+    assert 'hastack_backup_last_success_size_bytes{kind="mariadb-full"} 4096' in text
+    assert 'hastack_backup_last_success_duration_seconds{kind="mariadb-full"} 12.500' in text
+    assert "# TYPE hastack_backup_last_success_timestamp_seconds gauge" in text
