@@ -28,18 +28,40 @@ class BackupConfig(Section):
         return self
 
 
+def host_prefix(prefix: str, host: str) -> str:
+    """Where one host's backups go in the bucket; its writer may put there and nowhere else."""
+    return f"{prefix}{host}/"
+
+
+# Where the S3 API is and which CA signs it: None for AWS itself (its regional endpoint,
+# the system's CAs); a provider standing in for AWS (the lab) supplies both.
+PROVIDED_DEFAULTS = {"backup_s3_endpoint": None, "backup_s3_ca": None}
+
+
+def _host_data(topo, host):
+    return {"backup_host": host.name, "backup_prefix": host_prefix(topo.section("backup").prefix, host.name)}
+
+
 def _from_outputs(outputs, secrets, data):
-    if "backup_writer" not in secrets:
+    """Each backup host gets its own writer's key (put-only, its own prefix) and nothing of the others'."""
+    writers = secrets.get("backup_writers") or {}
+    if data.get("backup_host") not in writers:
         return {}
-    return {"backup_credentials": dict(secrets["backup_writer"], bucket=outputs.get("backupBucket"),
-                                       region=outputs.get("backupRegion"))}
+    return {"backup_credentials": {
+        **writers[data["backup_host"]],
+        "bucket": outputs.get("backupBucket"),
+        "region": outputs.get("backupRegion"),
+        "prefix": data["backup_prefix"],
+    }}
 
 
 ROLE = Role(
     name="backup",
     ports=PORTS,
     section=("backup", BackupConfig),
+    provided_defaults=PROVIDED_DEFAULTS,
     runs_on=lambda topo, host: topo.placement(host.role).data_volume,
+    host_data=_host_data,
     from_outputs=_from_outputs,
 )
 
