@@ -62,7 +62,6 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             public_ip=host.get("public_ipv4"),
             pki_dir=data.get("pki_dir") or str(PKI_DIR / data.get("stack", "stack")),
         )
-        data["host_name"] = name
         # each role says what its hosts take from the outputs: no secret reaches a host that does not use it
         for role_name in data.get("roles") or []:
             take = role(role_name).from_outputs

@@ -49,7 +49,7 @@ def main() -> None:
     secrets = pulumi.Output.secret({
         "failover_token": failover_token,
         "seed": seed,
-        "backup_writer": backup.writer_credentials,
+        "backup_writers": backup.writer_credentials,  # host -> its own put-only key
         "restore_reader": backup.reader_credentials,
     })
     machines = {

@@ -26,6 +26,9 @@ from hastack.stackfile import PROJECT_DIR
 
 PROJECT = "hastack"
 
+# The AWS account the mocks answer for (aws.get_caller_identity).
+ACCOUNT_ID = "000000000000"
+
 # Placeholder values a plan shows for secrets it cannot decrypt.
 PLACEHOLDER_SECRET = "<secret>"
 
@@ -90,14 +93,19 @@ class _Mocks(pulumi.runtime.Mocks):
             name = f"{state.get('bucketPrefix', 'bucket-')}{n:08d}"
             state.update(bucket=name, arn=f"arn:aws:s3:::{name}")
         elif t == "aws:kms/key:Key":
-            state.update(arn=f"arn:aws:kms:eu-central-1:000000000000:key/{n:08d}", keyId=f"{n:08d}")
+            state.update(arn=f"arn:aws:kms:eu-central-1:{ACCOUNT_ID}:key/{n:08d}", keyId=f"{n:08d}")
         elif t == "aws:iam/user:User":
-            state.update(arn=f"arn:aws:iam::000000000000:user/{state.get('name')}")
+            state.update(arn=f"arn:aws:iam::{ACCOUNT_ID}:user{state.get('path', '/')}{state.get('name')}")
+        elif t == "aws:iam/role:Role":
+            state.update(arn=f"arn:aws:iam::{ACCOUNT_ID}:role{state.get('path', '/')}{state.get('name')}")
         elif t == "aws:iam/accessKey:AccessKey":
             state.update(secret=f"mock-secret-access-key-{n}")
         return str(n), state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/deployer",
+                    "userId": "AIDAEXAMPLEDEPLOYER", "id": ACCOUNT_ID}
         raise RuntimeError(f"the program made an unexpected provider call: {args.token}")
 
 

@@ -55,17 +55,28 @@ def _check(cfg):
                "keep the key file off every server")
 
 
+def host_prefix(prefix: str, host: str) -> str:
+    """Where one host's backups go in the bucket; its writer may put there and nowhere else."""
+    return f"{prefix}{host}/"
+
+
 def _backups(topo, host):
     from roles import role
 
     return role(host.role).backups
 
 
+# Where the S3 API is and which CA signs it: None for AWS itself (its regional endpoint,
+# the system's CAs); a provider standing in for AWS (the lab) supplies both.
+PROVIDED_DEFAULTS = {"backup_s3_endpoint": None, "backup_s3_ca": None}
+
+
 def _host_data(topo, host):
     cfg = topo.section("backup")
     return {
+        "backup_host": host.name,
+        "backup_prefix": host_prefix(cfg.prefix, host.name),
         "backup_kinds": list(_backups(topo, host)),
-        "backup_prefix": cfg.prefix,
         "backup_schedule": cfg.schedule,
         "backup_binlog_interval": cfg.binlog_interval,
         "backup_age_recipients": list(cfg.recipients),
@@ -73,21 +84,23 @@ def _host_data(topo, host):
 
 
 def _from_outputs(outputs, secrets, data):
-    """Only this host's own writer identity: it may put into its own prefix and nowhere else."""
-    name = data["host_name"]
-    writer = (secrets.get("backup_writers") or {}).get(name)
-    if writer is None:
+    """Each backup host gets its own writer's key (put-only, its own prefix) and nothing of the others'."""
+    writers = secrets.get("backup_writers") or {}
+    if data.get("backup_host") not in writers:
         return {}
-    return {"backup_credentials": dict(writer, bucket=outputs.get("backupBucket"), region=outputs.get("backupRegion"),
-                                       prefix=f"{data['backup_prefix']}{name}/")}
+    return {"backup_credentials": {
+        **writers[data["backup_host"]],
+        "bucket": outputs.get("backupBucket"),
+        "region": outputs.get("backupRegion"),
+        "prefix": data["backup_prefix"],
+    }}
 
 
 ROLE = Role(
     name="backup",
     ports=PORTS,
     section=("backup", BackupConfig),
-    # what the provider supplies: None means AWS's own endpoint and the system's CAs (the lab: its S3)
-    provided_defaults={"backup_s3_endpoint": None, "backup_s3_ca": None},
+    provided_defaults=PROVIDED_DEFAULTS,
     check=_check,
     runs_on=lambda topo, host: bool(_backups(topo, host)),
     host_data=_host_data,

@@ -36,9 +36,36 @@ def test_secrets_only_where_needed(outputs):
     inv = inventory_from_outputs(outputs)
     assert inv.get_host("prod-lb2").data.failover_token == "recorded-failover-token"
     assert inv.get_host("prod-app1").data.get("failover_token") is None
-    creds = inv.get_host("prod-db1").data.backup_credentials
-    assert creds["bucket"] == outputs["backupBucket"] and creds["secret_access_key"]
     assert inv.get_host("prod-lb1").data.get("backup_credentials") is None
+
+
+def test_each_backup_host_gets_only_its_own_writer_key(outputs):
+    inv = inventory_from_outputs(outputs)
+    writers = outputs["secrets"]["backup_writers"]
+    backup_hosts = sorted(h.name for h in inv.get_group("backup"))
+    assert sorted(writers) == backup_hosts
+    for name in backup_hosts:
+        creds = inv.get_host(name).data.backup_credentials
+        assert creds == {**writers[name], "bucket": outputs["backupBucket"], "region": "eu-central-1",
+                         "prefix": f"backups/{name}/"}
+        data = json.dumps(inv.get_host(name).data.dict(), default=str)
+        for other, key in writers.items():
+            if other != name:
+                assert key["secret_access_key"] not in data and key["access_key_id"] not in data, (name, other)
+        # the restore key never reaches a host
+        assert outputs["secrets"]["restore_reader"]["secret_access_key"] not in data
+    for host in inv:
+        if host.name not in backup_hosts:
+            assert host.data.get("backup_credentials") is None, host.name
+
+
+def test_backup_endpoint_defaults_to_aws(outputs):
+    data = inventory_from_outputs(outputs).get_host("prod-db1").data
+    # the role's provided defaults: AWS's own endpoint and the system's CAs
+    from roles.backup import DEFAULTS
+
+    assert DEFAULTS["backup_s3_endpoint"] is None and DEFAULTS["backup_s3_ca"] is None
+    assert data.get("backup_s3_endpoint") is None
 
 
 def test_ssh_user_override(outputs):

@@ -136,24 +136,96 @@ def test_bucket_controls(rec):
     assert tls["Effect"] == "Deny" and tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
-def test_writer_can_write_and_read_but_never_delete_or_reconfigure(rec):
-    statements = policy(rec, "backup-writer-policy")["Statement"]
-    actions = [a for s in statements for a in s["Action"]]
-    assert all(s["Effect"] == "Allow" for s in statements)
-    assert {"s3:PutObject", "s3:GetObject"} <= set(actions)
-    for action in actions:
-        assert "Delete" not in action and "*" not in action, action
-        assert not action.startswith(("s3:PutBucket", "s3:PutObjectRetention", "s3:PutObjectLegalHold",
-                                      "s3:BypassGovernanceRetention", "s3:PutLifecycle")), action
-    write = next(s for s in statements if s["Sid"] == "WriteBackups")
-    assert write["Resource"].endswith("/backups/*")
+def backup_hosts(stack):
+    topo = load_stack(stack)
+    return sorted(h.name for h in topo.hosts if "backup" in topo.host_roles(h))
+
+
+def test_one_put_only_writer_per_backup_host(rec):
+    hosts = backup_hosts(rec.stack)
+    assert hosts and all(h.split("-", 1)[1].startswith(("db", "cass")) for h in hosts)
+    users = {u.name: u.inputs["name"] for u in rec.of_type("aws:iam/user:User")}
+    bucket = rec.of_type("aws:s3/bucket:Bucket")[0]
+    bucket_arn = f"arn:aws:s3:::{bucket.inputs['bucketPrefix']}"
+    key_arn = rec.outputs["backupKeyArn"].value
+    for host in hosts:
+        assert users[f"backup-writer-{host}"] == f"hastack-{rec.stack}-backup-{host}"
+        doc = policy(rec, f"backup-writer-{host}-policy")
+        statements = {s["Sid"]: s for s in doc["Statement"]}
+        assert all(s["Effect"] == "Allow" for s in doc["Statement"]) and set(statements) == {"PutOwnBackups", "EncryptWithBackupKey"}
+        put = statements["PutOwnBackups"]
+        assert put["Action"] == ["s3:PutObject", "s3:AbortMultipartUpload"]
+        # its own prefix, nothing else: no other host's, not the bucket, not the whole prefix
+        assert put["Resource"].startswith(bucket_arn) and put["Resource"].endswith(f"/backups/{host}/*")
+        kms = statements["EncryptWithBackupKey"]
+        assert kms["Action"] == ["kms:GenerateDataKey", "kms:Decrypt"] and kms["Resource"] == key_arn
+        assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-central-1.amazonaws.com"}}
+        for action in put["Action"] + kms["Action"]:
+            assert not any(word in action for word in ("Get", "List", "Delete", "Bucket", "Retention", "LegalHold",
+                                                       "Bypass", "Lifecycle", "*")), action
+        text = json.dumps(doc)
+        for other in hosts:
+            if other != host:
+                assert f"/{other}/" not in text
+
+
+def test_writer_policy_is_a_pure_function_of_its_prefix():
+    from hastack.cloud.aws_backup import writer_policy
+
+    doc = json.loads(writer_policy("arn:aws:s3:::b", "arn:aws:kms:eu-central-1:1:key/k", "backups/prod-db1/"))
+    assert [s["Resource"] for s in doc["Statement"]] == ["arn:aws:s3:::b/backups/prod-db1/*", "arn:aws:kms:eu-central-1:1:key/k"]
 
 
 def test_restore_reader_is_separate_and_read_only(rec):
     users = sorted(u.inputs["name"] for u in rec.of_type("aws:iam/user:User"))
-    assert users == [f"hastack-{rec.stack}-backup-writer", f"hastack-{rec.stack}-restore-reader"]
-    actions = [a for s in policy(rec, "restore-reader-policy")["Statement"] for a in s["Action"]]
-    assert all(a.startswith(("s3:Get", "s3:List", "kms:Decrypt")) for a in actions), actions
+    assert users == sorted([f"hastack-{rec.stack}-restore-reader"]
+                           + [f"hastack-{rec.stack}-backup-{h}" for h in backup_hosts(rec.stack)])
+    statements = {s["Sid"]: s for s in policy(rec, "restore-reader-policy")["Statement"]}
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    read, lst, kms = statements["ReadBackups"], statements["ListBackups"], statements["DecryptWithBackupKey"]
+    assert read["Action"] == ["s3:GetObject", "s3:GetObjectVersion"] and read["Resource"].endswith("/backups/*")
+    assert lst["Action"] == ["s3:ListBucket", "s3:ListBucketVersions"] and "/" not in lst["Resource"].split(":::")[1]
+    assert lst["Condition"] == {"StringLike": {"s3:prefix": ["backups/*"]}}
+    assert kms["Action"] == ["kms:Decrypt"] and kms["Resource"] == rec.outputs["backupKeyArn"].value
+    assert len(statements) == 3
+
+
+def test_key_policy_denies_disable_and_deletion_to_all_but_break_glass(rec):
+    account = recording.ACCOUNT_ID
+    role = rec.named("backup-break-glass")
+    assert role.inputs["name"] == f"hastack-{rec.stack}-backup-break-glass"
+    role_arn = f"arn:aws:iam::{account}:role/hastack/hastack-{rec.stack}-backup-break-glass"
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert trust == [{"Sid": "AccountWithMfa", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                      "Action": "sts:AssumeRole", "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"}}}]
+    statements = {s["Sid"]: s for s in policy(rec, "backup-key")["Statement"]}
+    # the account keeps administration: the key never becomes unmanageable
+    root = statements["AccountAdministersKey"]
+    assert root["Effect"] == "Allow" and root["Principal"] == {"AWS": f"arn:aws:iam::{account}:root"}
+    assert root["Action"] == "kms:*"
+    deny = statements["DenyKeyDestructionExceptBreakGlass"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": "*"} and deny["Resource"] == "*"
+    assert sorted(deny["Action"]) == ["kms:DisableKey", "kms:ScheduleKeyDeletion"]
+    # not PutKeyPolicy: KMS's lockout safety check would refuse the deployer (see key_policy)
+    assert "kms:PutKeyPolicy" not in deny["Action"]
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": role_arn}}
+    glass = statements["BreakGlassMayDisableOrDeleteKey"]
+    assert glass["Effect"] == "Allow" and glass["Principal"] == {"AWS": role_arn}
+    assert {"kms:DisableKey", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"} <= set(glass["Action"])
+    assert all(s["Resource"] == "*" for s in statements.values())  # a key policy names its own key as "*"
+    assert rec.named("backup-key").protect
+
+
+def test_key_policy_is_a_pure_function():
+    from hastack.cloud.aws_backup import key_policy
+
+    doc = json.loads(key_policy("111122223333", "arn:aws:iam::111122223333:role/bg", ["arn:aws:iam::111122223333:user/ops"]))
+    sids = [s["Sid"] for s in doc["Statement"]]
+    assert sids == ["AccountAdministersKey", "KeyAdministrators", "BreakGlassMayDisableOrDeleteKey",
+                    "DenyKeyDestructionExceptBreakGlass"]
+    admins = doc["Statement"][1]
+    assert admins["Principal"] == {"AWS": ["arn:aws:iam::111122223333:user/ops"]}
+    assert "kms:ScheduleKeyDeletion" not in admins["Action"] and "kms:Disable*" not in admins["Action"]
 
 
 def test_access_keys_only_as_secrets(rec):
@@ -164,8 +236,9 @@ def test_access_keys_only_as_secrets(rec):
 
 def test_no_secret_in_a_plain_output(rec):
     secret = rec.outputs["secrets"].value
-    needles = [TOKEN, SEED, SECRETS["hcloud:token"], secret["backup_writer"]["secret_access_key"],
-               secret["restore_reader"]["secret_access_key"]]
+    needles = [TOKEN, SEED, SECRETS["hcloud:token"], secret["restore_reader"]["secret_access_key"],
+               *(w["secret_access_key"] for w in secret["backup_writers"].values())]
+    assert sorted(secret["backup_writers"]) == backup_hosts(rec.stack)
     for name, out in rec.outputs.items():
         if out.secret:
             continue
