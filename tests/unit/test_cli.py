@@ -22,9 +22,9 @@ EXPECTED_PROD = {
     "hcloud:index/floatingIpAssignment:FloatingIpAssignment": 1,
     "aws:s3/bucket:Bucket": 1,
     "aws:kms/key:Key": 1,
-    "aws:iam/user:User": 6,  # a writer for each of the 5 backup hosts, the restore reader
-    "aws:iam/accessKey:AccessKey": 6,
-    "aws:iam/userPolicy:UserPolicy": 6,
+    "aws:iam/user:User": 8,  # a writer for each of the 7 backup hosts (MariaDB, Cassandra, Redis), the restore reader
+    "aws:iam/accessKey:AccessKey": 8,
+    "aws:iam/userPolicy:UserPolicy": 8,
     "aws:iam/role:Role": 1,  # break glass
     "pulumi-python:dynamic:Resource": 1,  # the converge
 }
@@ -42,7 +42,7 @@ def test_prod_plan_counts():
         by_type[type_] = by_type.get(type_, 0) + n
     for type_, n in EXPECTED_PROD.items():
         assert by_type[type_] == n, type_
-    assert sum(by_type.values()) == 71
+    assert sum(by_type.values()) == 77
 
 
 @pytest.mark.parametrize("stack", ["prod", "staging", "dr"])

@@ -143,7 +143,7 @@ def backup_hosts(stack):
 
 def test_one_put_only_writer_per_backup_host(rec):
     hosts = backup_hosts(rec.stack)
-    assert hosts and all(h.split("-", 1)[1].startswith(("db", "cass")) for h in hosts)
+    assert hosts and all(h.split("-", 1)[1].startswith(("db", "cass", "redis")) for h in hosts)
     users = {u.name: u.inputs["name"] for u in rec.of_type("aws:iam/user:User")}
     bucket = rec.of_type("aws:s3/bucket:Bucket")[0]
     bucket_arn = f"arn:aws:s3:::{bucket.inputs['bucketPrefix']}"
