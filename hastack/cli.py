@@ -186,6 +186,36 @@ def lab_ssh(host: str, stack: str = LabStack) -> None:
     os.execvp(cmd[0], cmd)
 
 
+@lab_app.command("s3")
+def lab_s3(identity: str = typer.Option("admin", "--as", help="admin, reader or writer (with --host)"),
+           host: str = typer.Option(None, "--host", help="the backup host whose writer to act as"),
+           prefix: str = typer.Option("", "--prefix", help="list only keys starting with this"),
+           stack: str = LabStack) -> None:
+    """List every version in the lab's backup bucket as one of its identities (the
+    writer may not list: it is refused, as in AWS)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from hastack.lab import LabError, s3
+
+    try:
+        creds = s3.load_credentials(_lab(stack).paths)
+        if creds is None:
+            raise LabError("the lab's S3 is not set up: run `hastack lab up`")
+        client = s3.client_for(creds, identity, host)
+        pages = client.get_paginator("list_object_versions").paginate(Bucket=creds["bucket"], Prefix=prefix)
+        table = Table(title=f"{creds['bucket']} at {creds['endpoint']}, as {identity} {host or ''}".rstrip())
+        for col in ("key", "version", "size", "latest"):
+            table.add_column(col)
+        for page in pages:
+            for v in page.get("Versions", []):
+                table.add_row(v["Key"], v["VersionId"], str(v["Size"]), "yes" if v["IsLatest"] else "")
+            for m in page.get("DeleteMarkers", []):
+                table.add_row(m["Key"], m["VersionId"], "delete marker", "yes" if m["IsLatest"] else "")
+    except (LabError, ClientError, BotoCoreError) as e:
+        fail(str(e))
+    console.print(table)
+
+
 @lab_app.command("down")
 def lab_down(stack: str = LabStack) -> None:
     """Remove every machine, namespace, bridge, mount and process of the lab."""

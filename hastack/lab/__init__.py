@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from hastack.lab import image, network, services
-from hastack.lab.layout import HCLOUD_API_PORT, Addresses, Paths, default_paths, lab_secret, lab_topology
+from hastack.lab import image, network, s3, services
+from hastack.lab.layout import HCLOUD_API_PORT, S3_PORT, Addresses, Paths, default_paths, lab_secret, lab_topology
 from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
 from hastack.model import Topology
@@ -67,6 +67,8 @@ class Lab:
                          "home_location": self.topo.floating_ip_home},
             cert=self.ca.issue("hcloud-api", dns=["hcloud-api.lab"], ips=[self.addr.host_public]),
             token_file=self.paths.secrets / "hcloud-token")
+        services.start_s3(self.paths, self.addr, self.topo, log=self.log,
+                          cert=self.ca.issue("s3", dns=["s3.lab"], ips=[self.addr.host_private]))
         timings["network"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -126,6 +128,8 @@ class Lab:
             if (root / CGROUP_GROUP).exists():
                 remove_cgroup_tree(root / CGROUP_GROUP)
         removed += services.stop(self.paths)
+        # the lab's S3 kept its keys in memory only: the stored ones are worthless now
+        s3.credentials_path(self.paths).unlink(missing_ok=True)
         removed += network.teardown()
         shutil.rmtree(self.paths.run, ignore_errors=True)
         return removed
@@ -201,7 +205,8 @@ class Lab:
         """The lab in the shape of a real stack's `pulumi stack output --json` (hastack.outputs).
 
         The lab is the cloud here: its server ids and addresses, its CA, its
-        Hetzner API endpoint, Python packages from the host's wheels."""
+        Hetzner API endpoint, its S3 (bucket, writer and reader keys, endpoint),
+        Python packages from the host's wheels."""
         topo = topo or self.topo
         machines = {h.name: Server(server_id=self.server_id(h.name), public_ipv4=self.addr.public_ip(h))
                     for h in topo.hosts}
@@ -212,10 +217,18 @@ class Lab:
             "hcloud_api_ca": self.ca.ca_pem,
             "hcloud_pip_source": ["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
                                   "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
+            # AWS's endpoint and the system CAs in production (roles/backup PROVIDED_DEFAULTS)
+            "backup_s3_endpoint": s3.endpoint_url(self.addr.host_private, S3_PORT),
+            "backup_s3_ca": self.ca.ca_pem,
         })
         secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")}
+        bucket = None
+        backup = s3.load_credentials(self.paths)  # written by `lab up` (services.start_s3)
+        if backup is not None:
+            bucket = backup["bucket"]
+            secrets.update(backup_writers=backup["writers"], restore_reader=backup["reader"])
         return stack_outputs(topo, machines, floating_ip=self.addr.floating_ip, floating_ip_id=FLOATING_IP_ID,
-                             secrets=secrets, provided=provided)
+                             secrets=secrets, backup_bucket=bucket, provided=provided)
 
     def connection(self) -> dict[str, Any]:
         """How pyinfra reaches the machines: the lab admin's key, host keys pinned."""

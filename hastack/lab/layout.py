@@ -20,6 +20,7 @@ PRIVATE_BRIDGE = f"{PREFIX}-priv"
 PUBLIC_BRIDGE = f"{PREFIX}-pub"
 INTERNET_NS = f"{PREFIX}-internet"
 HCLOUD_API_PORT = 8443
+S3_PORT = 9000  # the lab's S3 (moto), TLS, on the host's private address
 APT_CACHE_PORT = 3150  # not 3142: a system apt-cacher-ng may hold that one
 ARTIFACT_PORT = 8700
 DEBIAN_MIRROR = "http://deb.debian.org/debian"

@@ -1,8 +1,10 @@
-"""Host services the machines use: an apt cache and an artifact server.
+"""Host services the machines use: an apt cache, an artifact server, the lab's
+Hetzner API and the lab's S3.
 
 The machines reach nothing but the host, so Debian packages come through
 apt-cacher-ng and everything else (wheels, bundles) from a plain HTTP
-server, both bound to the host's private-network address only.
+server, both bound to the host's private-network address only; so is the
+S3 stand-in (moto, TLS) the backups go to.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from hastack.lab.layout import APT_CACHE_PORT, ARTIFACT_PORT, DEBIAN_MIRROR, Addresses, Paths
 from hastack.lab.system import LabError, pid_alive, read_pid
 
-SERVICES = ("apt-cacher-ng", "artifacts", "hcloud-api")
+SERVICES = ("apt-cacher-ng", "artifacts", "hcloud-api", "s3")
 
 
 def _start(paths: Paths, name: str, cmd: list[str]) -> int:
@@ -106,20 +108,37 @@ def fetch_wheels(paths: Paths, requirements: list[str]) -> None:
     marker.write_text("\n".join(requirements))
 
 
+def start_s3(paths: Paths, addr: Addresses, topo, cert, log=print) -> dict:
+    """The lab's S3 on the host's private address (the data hosts back up to it), set up
+    like production's bucket, key and identities (hastack/lab/s3.py); its credentials."""
+    from hastack.lab import s3
+    from hastack.lab.layout import S3_PORT
+
+    return s3.ensure(paths, topo, addr.host_private, S3_PORT, cert, log=log)
+
+
+def stop_service(paths: Paths, name: str) -> bool:
+    """Stop one service (SIGTERM, then SIGKILL after 5 s); was it running?"""
+    pid = read_pid(paths.run / f"{name}.pid")
+    was_running = pid_alive(pid)
+    if was_running:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    (paths.run / f"{name}.pid").unlink(missing_ok=True)
+    return was_running
+
+
 def stop(paths: Paths) -> list[str]:
     stopped = []
     for name in SERVICES:
         pid = read_pid(paths.run / f"{name}.pid")
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not pid_alive(pid):
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
+        if stop_service(paths, name):
             stopped.append(f"process {name} ({pid})")
-        (paths.run / f"{name}.pid").unlink(missing_ok=True)
     return stopped
 
 
