@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STACK ?= prod
 # host programs: the lab itself, and the real validators the template tests run
 HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps \
-	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven
+	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd
 
 .PHONY: up test check plan lab-down host-deps clean
 

@@ -220,6 +220,8 @@ class Lab:
             # AWS's endpoint and the system CAs in production (roles/backup PROVIDED_DEFAULTS)
             "backup_s3_endpoint": s3.endpoint_url(self.addr.host_private, S3_PORT),
             "backup_s3_ca": self.ca.ca_pem,
+            # the operator's age key: its public half encrypts the backups on the hosts
+            "backup_age_recipients": [backup_age_recipient(self.paths)],
         })
         secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")}
         bucket = None
@@ -264,6 +266,18 @@ class Lab:
         lines = [m.host_key_line() for m in self.machines.values()]
         self.paths.known_hosts.write_text("\n".join(lines) + "\n")
         os.chmod(self.paths.known_hosts, 0o600)
+
+
+def backup_age_recipient(paths: Paths) -> str:
+    """The lab operator's age key for backups (.lab/secrets/backup-age.key, 0600), made once; its public key."""
+    import subprocess
+
+    key = paths.secrets / "backup-age.key"
+    if not key.exists():
+        paths.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+        os.chmod(key, 0o600)
+    return subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def _kernel_settings_for_machines(topo: Topology) -> None:
