@@ -301,7 +301,10 @@ def redis_rdb(cfg: dict, bucket: Bucket) -> dict | None:
     role = subprocess.run(cli + ["ROLE"], env=env, capture_output=True, text=True, timeout=30)
     if role.returncode != 0:
         raise JobError(f"redis-cli ROLE failed: {role.stderr.strip()}")
-    if role.stdout.split("\n", 1)[0].strip() != "master":
+    answer = role.stdout.split("\n", 1)[0].strip()
+    if answer not in ("master", "slave"):  # redis-cli exits 0 on a server error (NOPERM, LOADING...)
+        raise JobError(f"redis-cli ROLE answered {role.stdout.strip()[:200]!r}")
+    if answer != "master":
         log.info("not the primary; the primary backs up the data set")
         return None
     key = bucket.key("redis-rdb", f"{_stamp()}.rdb.zst.age")

@@ -16,8 +16,8 @@ DAILY_TIMER = "/etc/systemd/system/hastack-backup-daily@.timer"
 BINLOG_TIMER = "/etc/systemd/system/hastack-backup-binlog.timer"
 # continuous kinds run on their own timer; the others daily at the schedule
 CONTINUOUS = ("mariadb-binlog",)
-# the Redis account allowed to read an RDB (replication), and where Redis keeps its files
-REDIS_USER = "replica"
+# the Redis account that may copy an RDB (roles/redis: ROLE, SYNC)
+REDIS_USER = "backup"
 REDIS_PASSWORD_FILE = "/etc/hastack/backup-redis.password"
 
 

@@ -244,6 +244,7 @@ def after_roles(step: AfterRoles) -> list[tuple[str, str]]:
     step.log("Cassandra ring: one node at a time")
     ring = Ring(dict(data["cassandra_nodes"]), step.run, log=step.log)
     try:
-        return ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"])
+        return [(name, f"Cassandra ring: {action}")
+                for name, action in ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"])]
     except RingError as e:
         raise AfterRolesError(f"Cassandra ring: {e}") from None

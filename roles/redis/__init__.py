@@ -18,7 +18,8 @@ PORTS = (
     Port("redis-exporter", 9121, sources=("monitoring",), description="Prometheus Redis exporter"),
 )
 
-USERS = ("app", "replica", "sentinel", "exporter")
+# backup: copies the RDB (ROLE, SYNC) for the backup role, nothing else
+USERS = ("app", "replica", "sentinel", "exporter", "backup")
 
 
 class RedisSettings(Settings):

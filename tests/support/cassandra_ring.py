@@ -30,7 +30,7 @@ def runner(lab):
 
 
 def ring(lab, topo=None) -> Ring:
-    return Ring((topo or lab.topo).cassandra_join_order, runner(lab))
+    return Ring((topo or lab.topo).cluster("cassandra").join_order, runner(lab))
 
 
 def client(lab, node: str, *args: str, timeout: float = 120) -> Any:

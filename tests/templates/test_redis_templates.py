@@ -35,12 +35,15 @@ def test_acl_default_user_off_hashed_passwords_and_a_restricted_app_user(stack):
     text = render("redis", rc.USERS_ACL, **redis_vars(stack, host)[rc.USERS_ACL])
     lines = text.splitlines()
     assert lines[0] == "user default off"
-    assert sorted(line.split()[1] for line in lines[1:]) == sorted(passwords) == ["app", "exporter", "replica", "sentinel"]
+    assert sorted(line.split()[1] for line in lines[1:]) == sorted(passwords) == ["app", "backup", "exporter", "replica", "sentinel"]
     for user, password in passwords.items():
         assert password not in text
         assert next(line for line in lines if line.startswith(f"user {user} ")).split()[3] == f"#{acl_hash(password)}"
     app = next(line for line in lines if line.startswith("user app "))
     assert app.split()[-2:] == ["-@admin", "-@dangerous"]
+    # the backup account copies an RDB and nothing else: no keys, no data commands
+    backup = next(line for line in lines if line.startswith("user backup "))
+    assert backup.split()[4:] == ["+role", "+sync", "+psync", "+replconf", "+ping"]
 
 
 @pytest.mark.parametrize("stack", STACKS)
