@@ -12,6 +12,7 @@ from hastack.pki import CertificateAuthority
 from hastack.stackfile import load_stack
 from hastack.templating import render
 from roles.loadbalancer import DEFAULTS, STATS_PORT
+from tests.support.privileges import needs_real_root
 
 STACKS = ["prod", "staging"]
 
@@ -104,6 +105,7 @@ def keepalived_check():
     shutil.rmtree(scripts, ignore_errors=True)
 
 
+@needs_real_root  # keepalived's script security wants every directory up to / owned by root
 @pytest.mark.parametrize("stack", STACKS)
 def test_keepalived_accepts_the_rendered_config(stack, tmp_path, keepalived_check):
     check, scripts = keepalived_check
