@@ -16,6 +16,7 @@ from hastack.pki import CertificateAuthority
 from hastack.templating import render
 from roles.loadbalancer import STATS_PORT
 from roles.loadbalancer import config as c
+from tests.support.privileges import needs_real_root
 from tests.templates.hostdata import FLOATING_IP, host_data, topology
 
 STACKS = ["prod", "staging"]
@@ -173,6 +174,7 @@ def keepalived_check():
     shutil.rmtree(scripts, ignore_errors=True)
 
 
+@needs_real_root  # keepalived's script security wants every directory up to / owned by root
 @pytest.mark.parametrize("stack", STACKS)
 def test_keepalived_accepts_the_rendered_config(stack, tmp_path, keepalived_check):
     check, scripts = keepalived_check

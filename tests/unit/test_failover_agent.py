@@ -11,6 +11,7 @@ import requests
 
 from roles.loadbalancer import failover_agent as agent
 from tests.unit.test_lab_hcloud_api import FIP, FIP_IP, LB1, LB2, TOKEN, Lab, make_ca_and_cert
+from tests.support.privileges import needs_real_root
 
 IFACE = "eth0"
 
@@ -201,6 +202,7 @@ def test_token_with_inner_whitespace_refused_without_logging_it(env, caplog_info
     assert "holds whitespace or non-ASCII characters" in caplog_info.text and "secret-part" not in caplog_info.text
 
 
+@needs_real_root  # gives the file to another user
 def test_token_file_not_owned_by_root_refused(env, caplog_info):
     os.chown(env.token, 65534, 65534)
     assert env.run("take") == 2

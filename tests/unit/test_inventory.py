@@ -93,4 +93,4 @@ def test_redis_passwords_only_for_redis_and_the_app(outputs):
     assert inv.get_host("prod-mon1").data.redis_passwords == expected  # the third sentinel
     assert inv.get_host("prod-app1").data.redis_passwords == {"app": expected["app"]}
     assert inv.get_host("prod-db1").data.get("redis_passwords") is None
-    assert len(set(expected.values())) == 4
+    assert len(set(expected.values())) == 5
