@@ -46,6 +46,7 @@ CASSANDRA_DATA = "/var/lib/cassandra/data"
 CASSANDRA_SYSTEM = {"system", "system_schema", "system_auth", "system_distributed", "system_traces",
                     "system_views", "system_virtual_schema"}
 PART_SIZE = 16 * 1024 * 1024
+KEEP_BINLOG_DAYS = 7  # shipped binlogs stay this long on the host (point-in-time restores from the host)
 
 
 class JobError(RuntimeError):
@@ -246,9 +247,26 @@ def mariadb_binlog(cfg: dict, bucket: Bucket) -> dict:
             total["size"] += result["size"]
             total["seconds"] += result["seconds"]
             total["files"] += 1
+        _purge_shipped(conn, logs, shipped, basedir)
     finally:
         conn.close()
     return total
+
+
+def _purge_shipped(conn, logs: list[str], shipped: set[str], basedir: str) -> None:
+    """Binlogs leave the host once shipped and older than KEEP_BINLOG_DAYS (the peer has long read
+    them); never one that is not in the bucket yet, so a shipping outage loses nothing."""
+    cutoff = time.time() - KEEP_BINLOG_DAYS * 86400
+    first_kept = None
+    for name in logs[:-1]:
+        if name not in shipped or os.path.getmtime(os.path.join(basedir, name)) > cutoff:
+            first_kept = name
+            break
+    if first_kept and first_kept != logs[0]:
+        try:
+            _query(conn, "PURGE BINARY LOGS TO %s", (first_kept,))
+        except Exception as e:  # noqa: BLE001 - MariaDB refuses while a replica still reads one: next time
+            log.warning("binlogs not purged this time: %s", e)
 
 
 def _gtid_list(conn, binlog: str) -> str:

@@ -90,3 +90,24 @@ def test_metrics_keep_the_last_success_when_a_run_fails(tmp_path, monkeypatch):
     assert 'hastack_backup_last_success_size_bytes{kind="mariadb-full"} 4096' in text
     assert 'hastack_backup_last_success_duration_seconds{kind="mariadb-full"} 12.500' in text
     assert "# TYPE hastack_backup_last_success_timestamp_seconds gauge" in text
+
+
+@pytest.mark.parametrize("shipped, young, expected", [
+    ({"b.1", "b.2"}, set(), "b.3"),  # b.3 is not in the bucket yet: it and everything after stay
+    ({"b.1", "b.2", "b.3"}, {"b.2"}, "b.2"),  # shipped but younger than the keep time: stays
+    (set(), set(), None),  # nothing shipped: nothing leaves the host
+])
+def test_binlogs_leave_the_host_only_once_shipped_and_old(tmp_path, monkeypatch, shipped, young, expected):
+    import os
+    import time
+
+    logs = ["b.1", "b.2", "b.3", "b.4"]  # b.4 is being written
+    old = time.time() - (agent.KEEP_BINLOG_DAYS + 1) * 86400
+    for name in logs:
+        (tmp_path / name).write_bytes(b"")
+        if name not in young:
+            os.utime(tmp_path / name, (old, old))
+    queries = []
+    monkeypatch.setattr(agent, "_query", lambda conn, sql, args=None: queries.append((sql, args)) or [])
+    agent._purge_shipped(None, logs, shipped, str(tmp_path))
+    assert queries == ([("PURGE BINARY LOGS TO %s", (expected,))] if expected else [])
