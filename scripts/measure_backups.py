@@ -63,7 +63,7 @@ def backup_runs(lab, runs: int) -> None:
                 durations.append(m["duration_seconds"])
                 sizes.append(m["size_bytes"])
         print(f"{kind:20} per host: median {statistics.median(durations):.1f} s (max {max(durations):.1f}), "
-              f"size median {statistics.median(sizes) / 1e6:.2f} MB encrypted; `backup now` for all "
+              f"size median {statistics.median(sizes) / 1e3:.1f} kB encrypted; `backup now` for all "
               f"{len(hosts[kind])} hosts: median {statistics.median(walls):.1f} s ({runs} runs)")
 
 
@@ -114,7 +114,9 @@ def shipping_delay(lab, seconds: float, failover: bool) -> None:
     delays = sorted(first_seen[r] - acked[r] for r in first_seen)
     missing = len(acked) - len(first_seen)
     p95 = delays[int(0.95 * (len(delays) - 1))] if delays else float("nan")
-    print(f"binlog shipping delay, {len(acked)} acknowledged writes at 10/s"
+    print(f"writes: {len(records)} sent (one every 100 ms when answered in time), {len(acked)} acknowledged, "
+          f"over {seconds:.0f} s")
+    print(f"binlog shipping delay, {len(acked)} acknowledged writes"
           f"{' with a writer failover' if failover else ''}: median {statistics.median(delays):.1f} s, "
           f"p95 {p95:.1f} s, max {delays[-1]:.1f} s; not shipped: {missing}")
     print(f"newest binlog in the bucket, sampled every 5 s: median age {statistics.median(ages):.0f} s, "

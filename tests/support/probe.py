@@ -13,6 +13,7 @@ import os
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -84,17 +85,23 @@ def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: 
     ``write``: POST records instead of GETs. Read its answers with `records`."""
     from hastack.lab.layout import INTERNET_NS  # here: the probe itself runs on the standard library alone
 
-    return subprocess.Popen(
+    # answers go to a file, not a pipe: nobody reads them before the end, and a full pipe
+    # would stop the probe after about 64 kB (some 400 requests)
+    out = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(
         ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
          f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.ca.cert_path), "--interval", str(interval),
          "--duration", str(seconds), "--timeout", str(timeout), *(["--write"] if write else [])],
-        stdout=subprocess.PIPE, text=True)
+        stdout=out, text=True)
+    proc.answers = out
+    return proc
 
 
 def records(proc: subprocess.Popen, timeout: float = 120) -> list[dict]:
     """Every answer a started probe recorded, once it has finished."""
-    out, _ = proc.communicate(timeout=timeout)
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    proc.wait(timeout=timeout)
+    proc.answers.seek(0)
+    return [json.loads(line) for line in proc.answers.read().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":
