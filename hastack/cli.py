@@ -79,9 +79,6 @@ app.add_typer(lab_app, name="lab")
 LabStack = typer.Option("lab", "--stack", "-s", help="lab stack: stacks/Pulumi.<stack>.yaml with hastack:provider lab")
 
 
-_lab = open_lab
-
-
 def _print_converge(report) -> None:
     table = Table(title=f"converge: {report.changes} changes in {report.seconds:.1f}s")
     for col in ("host", "operations", "changed", "result"):
@@ -96,7 +93,7 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
     """Build what is missing, boot every machine, converge. Idempotent; recovers a half-finished run."""
     from hastack.lab import LabError
 
-    lab = _lab(stack)
+    lab = open_lab(stack)
     try:
         result = lab.up(converge=not no_converge)
     except LabError as e:
@@ -128,7 +125,7 @@ def _print_status(lab) -> None:
 @lab_app.command("status")
 def lab_status(stack: str = LabStack, as_json: bool = typer.Option(False, "--json")) -> None:
     """Every machine, its state and addresses."""
-    lab = _lab(stack)
+    lab = open_lab(stack)
     if as_json:
         print(lab.status_json())
     else:
@@ -142,7 +139,7 @@ def lab_stop(host: str, stack: str = LabStack,
     from hastack.lab import LabError
 
     try:
-        _lab(stack).stop(host, hard=hard)
+        open_lab(stack).stop(host, hard=hard)
     except LabError as e:
         fail(str(e))
     console.print(f"{host} stopped")
@@ -154,7 +151,7 @@ def lab_start(host: str, stack: str = LabStack) -> None:
     from hastack.lab import LabError
 
     try:
-        state = _lab(stack).start(host)
+        state = open_lab(stack).start(host)
     except LabError as e:
         fail(str(e))
     console.print(f"{host} {state}")
@@ -168,7 +165,7 @@ def lab_exec(ctx: typer.Context, host: str, stack: str = LabStack) -> None:
     if not ctx.args:
         fail("give a command after --, e.g. hastack lab exec lab-db1 -- systemctl status")
     try:
-        proc = _lab(stack).exec(host, list(ctx.args))
+        proc = open_lab(stack).exec(host, list(ctx.args))
     except LabError as e:
         fail(str(e))
     print(proc.stdout, end="")
@@ -181,7 +178,7 @@ def lab_ssh(host: str, stack: str = LabStack) -> None:
     """Log in to a machine over SSH as the first admin, as an operator would."""
     import os
 
-    lab = _lab(stack)
+    lab = open_lab(stack)
     cmd = lab.ssh_command(host, batch=False)
     os.execvp(cmd[0], cmd)
 
@@ -198,7 +195,7 @@ def lab_s3(identity: str = typer.Option("admin", "--as", help="admin, reader or 
     from hastack.lab import LabError, s3
 
     try:
-        creds = s3.load_credentials(_lab(stack).paths)
+        creds = s3.load_credentials(open_lab(stack).paths)
         if creds is None:
             raise LabError("the lab's S3 is not set up: run `hastack lab up`")
         client = s3.client_for(creds, identity, host)
@@ -219,7 +216,7 @@ def lab_s3(identity: str = typer.Option("admin", "--as", help="admin, reader or 
 @lab_app.command("down")
 def lab_down(stack: str = LabStack) -> None:
     """Remove every machine, namespace, bridge, mount and process of the lab."""
-    lab = _lab(stack)
+    lab = open_lab(stack)
     removed = lab.down()
     left = lab.leftovers()
     console.print(f"removed {len(removed)} items")

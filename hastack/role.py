@@ -43,7 +43,7 @@ class Settings(Section):
     def data(self, prefix: str) -> dict[str, Any]:
         """Only what the stack file set: the rest comes from the role's defaults on the host."""
         dumped = self.model_dump()
-        return {prefix + name: dumped[name] for name in self.model_fields if name in self.model_fields_set}
+        return {prefix + name: dumped[name] for name in type(self).model_fields if name in self.model_fields_set}
 
 
 class NoSettings(Settings):

@@ -84,8 +84,21 @@ def _admin_cidr(value: str) -> str:
     return value
 
 
+def _refused_by(problem_of):
+    """A validator from a hastack.validators check: its problem text becomes the error."""
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return AfterValidator(check)
+
+
 Location = Annotated[str, AfterValidator(_location)]
 AdminCidr = Annotated[str, AfterValidator(_admin_cidr)]
+SshKey = Annotated[str, _refused_by(validators.ssh_public_key_problem)]
+Image = Annotated[str, _refused_by(validators.image_problem)]
+Domain = Annotated[str, _refused_by(validators.domain_problem)]
 
 
 def _own_keys(problems: list[str]) -> ValueError:
@@ -95,21 +108,13 @@ def _own_keys(problems: list[str]) -> ValueError:
 
 class AdminConfig(Section):
     name: str
-    ssh_key: str
+    ssh_key: SshKey
 
     @field_validator("name")
     @classmethod
     def _user(cls, value: str) -> str:
         if not USER_RE.match(value) or value in RESERVED_USERS:
             raise ValueError("must be a Linux user name ([a-z_][a-z0-9_-]*, max 32) and not a system account")
-        return value
-
-    @field_validator("ssh_key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        problem = validators.ssh_public_key_problem(value)
-        if problem:
-            raise ValueError(problem)
         return value
 
 
@@ -215,8 +220,8 @@ class StackConfigBase(Section):
     network: NetworkConfig = NetworkConfig()
     admins: list[AdminConfig] = []
     admin_cidrs: list[AdminCidr] = []
-    image: str = "debian-12"
-    domain: str | None = None
+    image: Image = "debian-12"
+    domain: Domain | None = None
     lab: LabConfig | None = None
     converge: bool = True
 
@@ -249,22 +254,6 @@ class StackConfigBase(Section):
     def _admin_cidrs(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("list the networks admins connect from (office, VPN), e.g. [203.0.113.0/24]")
-        return value
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: str) -> str:
-        problem = validators.image_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, value: str | None) -> str | None:
-        problem = value is not None and validators.domain_problem(value)
-        if problem:
-            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
