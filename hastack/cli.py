@@ -237,10 +237,15 @@ def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption) -> Non
         fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
 
 
-# commands a role brings (`hastack cassandra status`, ...)
+# commands a role brings (`hastack cassandra status`, ...) and its restore (`hastack restore mariadb`)
+restore_app = typer.Typer(help="Restore a data store from the backups (the reader identity and your age key).",
+                          no_args_is_help=True)
 for _role in all_roles():
     if _role.cli_app() is not None:
         app.add_typer(_role.cli_app(), name=_role.name)
+    if _role.restore_command() is not None:
+        restore_app.command(_role.name)(_role.restore_command())
+app.add_typer(restore_app, name="restore")
 
 
 if __name__ == "__main__":

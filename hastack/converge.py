@@ -139,16 +139,61 @@ def connected(entries: dict[str, dict[str, Any]]):
         disconnect_all(state)
 
 
-def runner(state: State) -> Callable[[str, str, float], tuple[bool, str, str]]:
+def runner(state: State) -> "Remote":
     """Run a shell command as root on a connected host: (ok, stdout, stderr)."""
-    hosts = {h.name: h for h in state.inventory}
+    return Remote(state)
 
-    def run(name: str, command: str, timeout: float = 120) -> tuple[bool, str, str]:
-        with ctx_state.use(state):
-            ok, out = hosts[name].run_shell_command(StringCommand(command), _sudo=True, _timeout=timeout)
+
+class Remote:
+    """Shell commands as root on connected hosts: ``run(name, command, timeout)`` -> (ok, stdout, stderr);
+    ``run.stream(name, command, chunks)`` feeds the command's standard input (a restore's data)."""
+
+    def __init__(self, state: State):
+        self.state = state
+        self.hosts = {h.name: h for h in state.inventory}
+
+    def __call__(self, name: str, command: str, timeout: float = 120) -> tuple[bool, str, str]:
+        with ctx_state.use(self.state):
+            ok, out = self.hosts[name].run_shell_command(StringCommand(command), _sudo=True, _timeout=timeout)
         return ok, out.stdout, "\n".join(out.stderr_lines)
 
-    return run
+    def stream(self, name: str, command: str, chunks, timeout: float = 3600) -> tuple[bool, str, str]:
+        """Run ``command`` as root with ``chunks`` (an iterable of bytes) as its standard input, over the
+        host's SSH connection; returns when the command exits: (ok, stdout, stderr)."""
+        import shlex
+
+        transport = self.hosts[name].connector.client.get_transport()
+        chan = transport.open_session(timeout=30)
+        chan.settimeout(timeout)
+        # bash with pipefail: a pipeline fails when any of its programs does (zstd -dc | mbstream ...)
+        chan.exec_command(f"sudo -H -n bash -o pipefail -c {shlex.quote(command)}")
+        out, err = bytearray(), bytearray()
+
+        def drain() -> None:
+            while chan.recv_ready():
+                out.extend(chan.recv(65536))
+            while chan.recv_stderr_ready():
+                err.extend(chan.recv_stderr(65536))
+
+        try:
+            for chunk in chunks:
+                drain()
+                if chan.exit_status_ready():
+                    break  # the command ended early: what it said tells why
+                try:
+                    chan.sendall(chunk)
+                except OSError:
+                    break  # closed by the command's end: its exit status and output say why
+            chan.shutdown_write()
+            while not chan.exit_status_ready() or chan.recv_ready() or chan.recv_stderr_ready():
+                drain()
+                time.sleep(0.05)
+            status = chan.recv_exit_status()
+        finally:
+            chan.close()
+            if hasattr(chunks, "close"):
+                chunks.close()  # a generator that was not read to its end stops (and cleans up) now
+        return status == 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None]) -> None:

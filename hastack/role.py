@@ -101,6 +101,10 @@ class Role:
     host_kernel: Mapping[str, str] = field(default_factory=dict)
     after_roles: str | None = None  # "module:function" taking AfterRoles, yielding (host, change)
     cli: str | None = None  # "module:attribute": a typer app, mounted as `hastack <role> ...`
+    # "module:function" restoring the role's data from the backups (roles.backup.restore.Restore -> report);
+    # `hastack dr` calls it, and it is the command `hastack restore <role>`
+    restore: str | None = None
+    restore_cli: str | None = None  # "module:function": the typer command `hastack restore <role>`
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -111,6 +115,12 @@ class Role:
 
     def cli_app(self):
         return _load(self.cli) if self.cli else None
+
+    def restore_step(self):
+        return _load(self.restore) if self.restore else None
+
+    def restore_command(self):
+        return _load(self.restore_cli) if self.restore_cli else None
 
 
 def _load(ref: str):

@@ -171,26 +171,49 @@ def _query(conn, sql: str, args=None) -> list[tuple]:
         return list(cur.fetchall())
 
 
-def table_checksums(conn, database: str) -> dict:
-    """Row counts and CHECKSUM TABLE of every table of the application's database, for restore verification."""
-    out = {}
-    for (table,) in _query(conn, "SELECT table_name FROM information_schema.tables WHERE table_schema=%s "
-                                 "AND table_type='BASE TABLE' ORDER BY table_name", (database,)):
-        rows = _query(conn, f"SELECT COUNT(*) FROM `{database}`.`{table}`")[0][0]
-        checksum = _query(conn, f"CHECKSUM TABLE `{database}`.`{table}`")[0][1]
-        out[table] = {"rows": rows, "checksum": checksum}
+def digest_sql(database: str, table: str, columns: list[str]) -> str:
+    """Row count and an order-independent digest of every row's values (NULL told apart from
+    empty): the same query on two servers holding the same rows gives the same answer, whatever
+    the storage layout (CHECKSUM TABLE's value depends on the row format)."""
+    quoted = [f"`{c}`" for c in columns]
+    row = "CONCAT_WS('#', " + ", ".join(quoted + [f"ISNULL({q})" for q in quoted]) + ")"
+    return (f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT(MD5({row}), 15), 16, 10) AS UNSIGNED)), 0) "
+            f"FROM `{database}`.`{table}`")
+
+
+def tables_and_columns(conn, database: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for table, column in _query(conn, "SELECT c.table_name, c.column_name FROM information_schema.columns c "
+                                      "JOIN information_schema.tables t USING (table_schema, table_name) "
+                                      "WHERE c.table_schema = %s AND t.table_type = 'BASE TABLE' "
+                                      "ORDER BY c.table_name, c.ordinal_position", (database,)):
+        out.setdefault(table, []).append(column)
     return out
 
 
+def consistent_checksums(conn, database: str) -> dict:
+    """Every table's row count and digest in one consistent snapshot, and the GTID position that
+    snapshot is at: a restore replays the binlogs to exactly that position and compares."""
+    _query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    _query(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+    try:
+        status = dict(_query(conn, "SHOW STATUS LIKE 'binlog_snapshot_%'"))
+        gtid = _query(conn, "SELECT BINLOG_GTID_POS(%s, %s)",
+                      (status["Binlog_snapshot_file"], int(status["Binlog_snapshot_position"])))[0][0]
+        tables = {}
+        for table, columns in tables_and_columns(conn, database).items():
+            rows, digest = _query(conn, digest_sql(database, table, columns))[0]
+            tables[table] = {"rows": int(rows), "digest": str(digest)}
+    finally:
+        _query(conn, "ROLLBACK")
+    return {"gtid": gtid or "", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tables": tables}
+
+
 def mariadb_full(cfg: dict, bucket: Bucket) -> dict:
-    """mariabackup streamed (xbstream), never staged on disk; its GTID position in the manifest."""
+    """mariabackup streamed (xbstream), never staged on disk; its GTID position in the manifest,
+    then row counts and digests of every table at a GTID position just after it (verification)."""
     name = f"{_stamp()}.xbstream.zst.age"
     key = bucket.key("mariadb-full", name)
-    conn = _mariadb()
-    try:
-        checksums = table_checksums(conn, cfg["mariadb_database"])
-    finally:
-        conn.close()
     target = tempfile.mkdtemp(prefix="mariabackup-", dir=STATE_DIR)
     try:
         result = bucket.put_stream(
@@ -200,8 +223,13 @@ def mariadb_full(cfg: dict, bucket: Bucket) -> dict:
     finally:
         shutil.rmtree(target, ignore_errors=True)
     gtid = _mariabackup_gtid(result.pop("producer_stderr"))
+    conn = _mariadb()
+    try:
+        checksums = consistent_checksums(conn, cfg["mariadb_database"])
+    finally:
+        conn.close()
     bucket.put_manifest(key, _manifest(cfg, "mariadb-full", key, result, gtid=gtid, database=cfg["mariadb_database"],
-                                       tables=checksums))
+                                       checksums=checksums))
     return result
 
 

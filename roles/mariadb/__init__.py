@@ -114,6 +114,8 @@ ROLE = Role(
     backups=("mariadb-full", "mariadb-binlog"),
     host_data=_host_data,
     from_outputs=_from_outputs,
+    restore="roles.mariadb.restore:restore",
+    restore_cli="roles.mariadb.restore:command",
 )
 
 DEFAULTS = ROLE.defaults

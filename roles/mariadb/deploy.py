@@ -26,6 +26,7 @@ from roles.mariadb.config import CNF, JOIN
 from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
+HOLD_FILE = f"{SQL_DIR}/hold-writes"  # the writer agent's hold_file
 AGENT_SOURCE = Path(__file__).resolve().parent / "writer_agent.py"
 # the name the application's TLS client checks, whichever master its local proxy reaches
 WRITER_NAME = "mariadb-writer"
@@ -140,6 +141,10 @@ def mariadb() -> None:
               user="root", group="root", mode="0600")
     template("Join command", JOIN, "0750")
     member = host.get_fact(Command, f"test -d /var/lib/mysql/{d.mariadb_database} && echo member || true") == "member"
+    if not member and d.get("mariadb_hold_new_pair"):
+        # a stack restored from another's backups: no writes until `hastack restore mariadb` ends
+        files.file(name="Hold writes until the restore", path=HOLD_FILE, user="root", group="root", mode="0600",
+                   touch=True)
     if not member:
         # every host runs `init` before any runs `seed`: pyinfra runs an operation on all hosts before the next
         server.shell(name="Initialise the pair (preferred master of a new pair)", commands=[f"{JOIN} init"])

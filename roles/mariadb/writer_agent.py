@@ -20,7 +20,10 @@ Rules, checked every `interval` seconds:
 * both writable (a stalled server came back): the one promoted earlier
   steps down, so writes go to one master again;
 * a master that returns finds the other writable and stays passive: there
-  is no automatic fail-back.
+  is no automatic fail-back;
+* while the hold file exists (a pair rebuilt for a restore, or a restore
+  under way) neither master takes writes: nothing the application writes
+  can land in a database that the restore then replaces.
 
 Before taking writes a master applies every transaction it has received
 from the peer (MASTER_GTID_WAIT). Replication is asynchronous: what the
@@ -64,6 +67,8 @@ class Config:
     token_file: str
     ca_file: str | None = None
     state_file: str = "/var/lib/hastack/mariadb/writer-state.json"
+    # while this file exists neither master takes writes (a new pair waiting for its restore)
+    hold_file: str = "/var/lib/hastack/mariadb/hold-writes"
     interval: float = 0.5
     failover_after: float = 2.0
     fence_retry: float = 5.0
@@ -284,6 +289,10 @@ class Agent:
 
     def _decide(self, local: dict[str, Any], peer: dict[str, Any] | None, t: float) -> None:
         cfg = self.cfg
+        if os.path.exists(cfg.hold_file):
+            if local["writable"]:
+                self.demote(f"writes are held until a restore ends ({cfg.hold_file})")
+            return
         if local["writable"]:
             self._remember(cfg.name)
             if peer and peer["writable"] and peer.get("promoted_at", 0) > self.state.promoted_at:

@@ -18,7 +18,7 @@ PORTS = (
     Port("redis-exporter", 9121, sources=("monitoring",), description="Prometheus Redis exporter"),
 )
 
-# backup: copies the RDB (ROLE, SYNC) for the backup role, nothing else
+# backup: copies the RDB (ROLE, SYNC) for the backup role; INFO and DBSIZE verify a restore
 USERS = ("app", "replica", "sentinel", "exporter", "backup")
 
 
