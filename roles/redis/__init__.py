@@ -84,6 +84,8 @@ ROLE = Role(
     backups=("redis-rdb",),
     host_data=lambda topo, host: client_data(topo),
     from_outputs=server_secrets,
+    restore="roles.redis.restore:restore",
+    restore_cli="roles.redis.restore:command",
 )
 
 DEFAULTS = ROLE.defaults
