@@ -168,6 +168,8 @@ ROLE = Role(
     host_kernel={"vm.max_map_count": "cassandra_vm_max_map_count"},
     after_roles="roles.cassandra.ring:after_roles",
     cli="roles.cassandra.cli:app",
+    restore="roles.cassandra.restore:restore",
+    restore_cli="roles.cassandra.restore:command",
 )
 
 DEFAULTS = ROLE.defaults

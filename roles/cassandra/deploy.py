@@ -22,10 +22,11 @@ from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
 from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
                                     REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
-from roles.cassandra.ring import AUTH_SCRIPT, RESTART_MARK, STATE_DIR
+from roles.cassandra.ring import AUTH_SCRIPT, CQL_TOOL, RESTART_MARK, STATE_DIR
 from roles.data_volume import mount_data_volume
 
 AUTH_SOURCE = Path(__file__).parent / "auth.py"
+CQL_TOOL_SOURCE = Path(__file__).parent / "cql_tool.py"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 _build_lock = Semaphore()  # hosts are prepared in parallel greenlets: one Maven build
 
@@ -111,6 +112,8 @@ def cassandra() -> None:
     # -- ring maintenance: the auth bootstrap script, and a primary-range repair well inside gc_grace_seconds
     files.directory(name="hastack directory", path="/opt/hastack", user="root", group="root", mode="0755")
     files.put(name="Cassandra auth bootstrap", src=str(AUTH_SOURCE), dest=AUTH_SCRIPT, user="root", group="root",
+              mode="0644")
+    files.put(name="CQL tool for restores", src=str(CQL_TOOL_SOURCE), dest=CQL_TOOL, user="root", group="root",
               mode="0644")
     files.put(name="Cassandra admin password (root only)", src=StringIO(d.cassandra_passwords["admin"]),
               dest=f"{STATE_DIR}/admin-password", user="root", group="root", mode="0600")

@@ -27,6 +27,7 @@ RESTART_MARK = f"{STATE_DIR}/restart-needed"
 CLEANUP_MARK = f"{STATE_DIR}/cleanup-needed"
 AUTH_DONE = f"{STATE_DIR}/auth-secured"
 AUTH_SCRIPT = "/opt/hastack/cassandra_auth.py"  # roles/cassandra/auth.py, put there by the deploy
+CQL_TOOL = "/opt/hastack/cassandra_cql.py"  # roles/cassandra/cql_tool.py (restores), beside it
 REPLACE_ENV = "/etc/cassandra/replace.env"
 DATA_MARK = "/var/lib/cassandra/data/system"  # exists once a node has ever started
 JOIN_TIMEOUT = 900.0
