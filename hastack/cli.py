@@ -243,6 +243,8 @@ restore_app = typer.Typer(help="Restore a data store from the backups (the reade
 for _role in all_roles():
     if _role.cli_app() is not None:
         app.add_typer(_role.cli_app(), name=_role.name)
+    for _name, _group in _role.command_groups().items():
+        app.add_typer(_group, name=_name)
     if _role.restore_command() is not None:
         restore_app.command(_role.name)(_role.restore_command())
 app.add_typer(restore_app, name="restore")

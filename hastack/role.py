@@ -105,6 +105,8 @@ class Role:
     # `hastack dr` calls it, and it is the command `hastack restore <role>`
     restore: str | None = None
     restore_cli: str | None = None  # "module:function": the typer command `hastack restore <role>`
+    # more command groups it brings: name -> "module:attribute" (a typer app), `hastack <name> ...`
+    commands: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -118,6 +120,9 @@ class Role:
 
     def restore_step(self):
         return _load(self.restore) if self.restore else None
+
+    def command_groups(self) -> dict:
+        return {name: _load(ref) for name, ref in self.commands.items()}
 
     def restore_command(self):
         return _load(self.restore_cli) if self.restore_cli else None

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hastack.lab import Lab  # noqa: E402
 from roles.backup.agent import KINDS  # noqa: E402
 from roles.backup.cli import reader_client  # noqa: E402
-from tests.support import mariadb_pair, probe  # noqa: E402
+from hastack.lab import probe  # noqa: E402
+from tests.support import mariadb_pair  # noqa: E402
 
 HASTACK = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "hastack")
 

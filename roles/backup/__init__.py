@@ -106,6 +106,7 @@ ROLE = Role(
     host_data=_host_data,
     from_outputs=_from_outputs,
     cli="roles.backup.cli:app",
+    commands={"dr": "roles.backup.dr:app"},
 )
 
 DEFAULTS = ROLE.defaults

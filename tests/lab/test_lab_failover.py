@@ -11,7 +11,7 @@ import time
 import pytest
 
 from roles.loadbalancer import STATS_PORT
-from tests.support import probe
+from hastack.lab import probe
 from tests.support.failover import assigns, current_master, kill_under_load, other, owner, settle, states, vrrp_state
 from tests.support.lab import INTERNET, tcp, wait_for
 

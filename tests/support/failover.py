@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from tests.support import probe
+from hastack.lab import probe
 from tests.support.lab import wait_for
 
 STATE_FILE = "/run/hastack/failover-state.json"  # the failover agent's record of keepalived's last notify
@@ -65,7 +65,7 @@ def settle(lab, timeout: float = 30, owned: bool = True) -> str:
 def kill_under_load(lab, victim: str, seconds: float = 12, kill_at: float = 2) -> tuple[list[dict], dict]:
     """A client requests the site through the floating IP every 100 ms for ``seconds`` s; ``victim``
     dies like a power cut after ``kill_at`` s and stays off until the client is done. The client's
-    records and its outage (tests.support.probe.outage)."""
+    records and its outage (hastack.lab.probe.outage)."""
     client = probe.start(lab, seconds)
     time.sleep(kill_at)
     lab.stop(victim, hard=True)

@@ -7,7 +7,7 @@ import subprocess
 import time
 from typing import Any
 
-from tests.support import probe
+from hastack.lab import probe
 
 
 def sql(lab, host: str, query: str) -> list[list[str]]:
