@@ -144,8 +144,11 @@ def break_glass_trust_policy(account_id: str) -> str:
 
 
 def backup_hosts(topo: Topology) -> list[str]:
-    """The hosts that run the backup role (those with a data volume): one writer each."""
-    return [h.name for h in topo.hosts if "backup" in topo.host_roles(h)]
+    """The hosts that take backups (their role names some): one writer each. (The backup role
+    also runs on the monitoring host, which only reads: the weekly test restore.)"""
+    from roles import role
+
+    return [h.name for h in topo.hosts if "backup" in topo.host_roles(h) and role(h.role).backups]
 
 
 def writer_name(stack: str, host: str) -> str:

@@ -66,6 +66,14 @@ def _backups(topo, host):
     return role(host.role).backups
 
 
+def verifier(topo) -> str | None:
+    """The host that test-restores the MariaDB backups every week: the first monitoring host."""
+    if not topo.hosts_with_role("mariadb"):
+        return None
+    monitoring = topo.hosts_with_role("monitoring")
+    return monitoring[0].name if monitoring else None
+
+
 # Where the S3 API is and which CA signs it: None for AWS itself (its regional endpoint,
 # the system's CAs); a provider standing in for AWS (the lab) supplies both.
 PROVIDED_DEFAULTS = {"backup_s3_endpoint": None, "backup_s3_ca": None}
@@ -73,6 +81,10 @@ PROVIDED_DEFAULTS = {"backup_s3_endpoint": None, "backup_s3_ca": None}
 
 def _host_data(topo, host):
     cfg = topo.section("backup")
+    if host.name == verifier(topo):
+        return {"backup_host": host.name, "backup_verifier": True, "backup_kinds": [],
+                "backup_bucket_prefix": cfg.prefix, "backup_schedule": cfg.schedule,
+                "backup_binlog_interval": cfg.binlog_interval, "backup_age_recipients": list(cfg.recipients)}
     return {
         "backup_host": host.name,
         "backup_prefix": host_prefix(cfg.prefix, host.name),
@@ -84,11 +96,24 @@ def _host_data(topo, host):
 
 
 def _from_outputs(outputs, secrets, data):
-    """Each backup host gets its own writer's key (put-only, its own prefix) and nothing of the others'."""
+    """Each backup host gets its own writer's key (put-only, its own prefix) and nothing of the others';
+    MariaDB hosts the verification key's public half; the verifier the reader and that key's private half."""
+    from roles.backup.verify_key import verify_identity
+
+    if data.get("backup_verifier"):
+        reader = secrets.get("restore_reader")
+        if not reader or not secrets.get("seed"):
+            return {}
+        return {"backup_verify_credentials": {**reader, "bucket": outputs.get("backupBucket"),
+                                              "region": outputs.get("backupRegion"),
+                                              "prefix": data["backup_bucket_prefix"]},
+                "backup_verify_identity": verify_identity(secrets["seed"])[0]}
     writers = secrets.get("backup_writers") or {}
     if data.get("backup_host") not in writers:
         return {}
-    return {"backup_credentials": {
+    verify = ({"backup_verify_recipients": [verify_identity(secrets["seed"])[1]]}
+              if secrets.get("seed") and any(k.startswith("mariadb-") for k in data.get("backup_kinds", [])) else {})
+    return {**verify, "backup_credentials": {
         **writers[data["backup_host"]],
         "bucket": outputs.get("backupBucket"),
         "region": outputs.get("backupRegion"),
@@ -102,7 +127,7 @@ ROLE = Role(
     section=("backup", BackupConfig),
     provided_defaults=PROVIDED_DEFAULTS,
     check=_check,
-    runs_on=lambda topo, host: bool(_backups(topo, host)),
+    runs_on=lambda topo, host: bool(_backups(topo, host)) or host.name == verifier(topo),
     host_data=_host_data,
     from_outputs=_from_outputs,
     cli="roles.backup.cli:app",

@@ -88,7 +88,8 @@ class Bucket:
                 procs.append(subprocess.Popen(producer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen))
                 source = procs[-1].stdout
             procs.append(subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=source, stdout=subprocess.PIPE))
-            recipients = [a for r in self.cfg["recipients"] for a in ("-r", r)]
+            kind = key.rsplit("/", 2)[-2]  # <prefix><kind>/<name>
+            recipients = [a for r in recipients_for(self.cfg, kind) for a in ("-r", r)]
             procs.append(subprocess.Popen(["age", *recipients], stdin=procs[-1].stdout, stdout=subprocess.PIPE))
             for p in procs[:-1]:
                 p.stdout.close()  # only the next process reads it
@@ -153,7 +154,14 @@ def _manifest(cfg: dict, kind: str, key: str, result: dict, **extra) -> dict:
     return {"kind": kind, "host": cfg["host"], "stack": cfg["stack"], "object": key,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "size": result["size"], "sha256": result["sha256"], "seconds": result["seconds"],
-            "encryption": {"client": "age", "recipients": cfg["recipients"], "compression": "zstd"}, **extra}
+            "encryption": {"client": "age", "recipients": recipients_for(cfg, kind), "compression": "zstd"}, **extra}
+
+
+def recipients_for(cfg: dict, kind: str) -> list[str]:
+    """The operators' keys; for MariaDB backups also the restore-verification key (the monitoring
+    host's weekly test restore, roles/backup/verify_key.py)."""
+    extra = cfg.get("verify_recipients", []) if kind.startswith("mariadb-") else []
+    return list(cfg["recipients"]) + [r for r in extra if r not in cfg["recipients"]]
 
 
 # ---------------------------------------------------------------- MariaDB
@@ -303,6 +311,58 @@ def _gtid_list(conn, binlog: str) -> str:
         if row[2] == "Gtid_list":
             return row[5].strip("[]").replace(" ", "")
     raise JobError(f"{binlog} has no Gtid_list event")
+
+
+# ---------------------------------------------------------------- restoring: which binlogs continue a backup
+
+
+def gtids(text: str) -> dict[int, int]:
+    """'0-1-5,1-1-9' -> {domain: sequence number}."""
+    out: dict[int, int] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        domain, _server, seq = part.split("-")
+        out[int(domain)] = int(seq)
+    return out
+
+
+def covers(a: str, b: str) -> bool:
+    """GTID position ``a`` includes everything of position ``b``."""
+    have = gtids(a)
+    return all(have.get(d, -1) >= seq for d, seq in gtids(b).items())
+
+
+def choose_chain(full: dict, by_host: dict[str, list[dict]], to=None) -> dict:
+    """The shipped binlogs (manifests, each with the time it was listed as ``_time``) that
+    continue the full backup ``full``, from the master whose shipments reach furthest.
+
+    Both masters ship every transaction of the pair (log_slave_updates), so either chain
+    serves; a chain must start at or before the backup's position and has no gap. With
+    ``to`` (a point in time), files closed after it are left out but the first one."""
+    best = None
+    for host, manifests in sorted(by_host.items()):
+        manifests = sorted(manifests, key=lambda m: m["binlog"])
+        chain = [m for m in manifests if not covers(full["gtid"], m["gtid_end"])]
+        if not chain or not covers(full["gtid"], chain[0]["gtid_start"]):
+            continue  # nothing after the backup, or a gap right after it
+        contiguous = [chain[0]]
+        for m in chain[1:]:
+            if _binlog_number(m["binlog"]) != _binlog_number(contiguous[-1]["binlog"]) + 1 \
+                    or m["gtid_start"] != contiguous[-1]["gtid_end"]:
+                break
+            contiguous.append(m)
+        if to is not None:
+            cut = next((i for i, m in enumerate(contiguous) if m["_time"] > to), None)
+            contiguous = contiguous[: cut + 1] if cut is not None else contiguous
+        end = contiguous[-1]["gtid_end"]
+        if best is None or (covers(end, best[1][-1]["gtid_end"]) and end != best[1][-1]["gtid_end"]):
+            best = (host, contiguous)
+    if best is None:
+        return {"binlogs": [], "binlog_host": None}
+    return {"binlogs": best[1], "binlog_host": best[0]}
+
+
+def _binlog_number(name: str) -> int:
+    return int(name.rsplit(".", 1)[1])
 
 
 # ---------------------------------------------------------------- Cassandra

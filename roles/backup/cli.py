@@ -102,3 +102,34 @@ def now(stack: str = StackOption, outputs: Path = OutputsOption,
     if failed:
         raise typer.Exit(1)
     console.print(f"{len(jobs)} backup jobs done")
+
+
+@app.command("verify")
+def verify(stack: str = StackOption, outputs: Path = OutputsOption,
+           as_json: bool = typer.Option(False, "--json", help="the result as JSON")) -> None:
+    """Test-restore the newest MariaDB backup now (the weekly job on the monitoring host) and compare it."""
+    from hastack.converge import connected
+    from roles.backup.config import VERIFY_SERVICE
+    from roles.backup.verify import RESULT
+
+    entries = {n: d for n, d in stack_entries(stack, outputs).items() if d.get("backup_verifier")}
+    if not entries:
+        fail(f"stack {stack!r} has no host that verifies backups (a monitoring host and a MariaDB pair)")
+    name = next(iter(entries))
+    say(f"{name}: restoring the newest MariaDB backup into a scratch server")
+    with connected(entries) as run:
+        run(name, f"systemctl start {Path(VERIFY_SERVICE).name}", 7200)
+        ok, out, err = run(name, f"cat {RESULT}", 30)
+    if not ok:
+        fail(f"{name}: no result from the test restore: {err.strip()}", code=1)
+    result = json.loads(out)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    elif result["ok"]:
+        console.print(f"verified: {result['backup']} ({result['backup_created']}) and {result['binlogs']} binlogs "
+                      f"restored in {result['seconds']} s; {result['tables']} tables, {result['rows']:,} rows equal "
+                      f"to the backup's record at GTID {result['gtid']}", highlight=False, markup=False)
+    else:
+        console.print(f"FAILED: {result['error']}", highlight=False, markup=False)
+    if not result["ok"]:
+        raise typer.Exit(1)

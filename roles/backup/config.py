@@ -14,6 +14,13 @@ CA_FILE = "/etc/hastack/backup-s3-ca.pem"
 SERVICE = "/etc/systemd/system/hastack-backup@.service"
 DAILY_TIMER = "/etc/systemd/system/hastack-backup-daily@.timer"
 BINLOG_TIMER = "/etc/systemd/system/hastack-backup-binlog.timer"
+# the weekly test restore on the monitoring host (verify.py)
+VERIFY_SCRIPT = "/opt/hastack/backup_verify.py"
+VERIFY_CONFIG = "/etc/hastack/backup-verify.json"
+VERIFY_KEY = "/etc/hastack/backup-verify.key"
+VERIFY_SERVICE = "/etc/systemd/system/hastack-backup-verify.service"
+VERIFY_TIMER = "/etc/systemd/system/hastack-backup-verify.timer"
+VERIFY_SCHEDULE = "Sun *-*-* 05:30:00"  # after the daily backups of Sunday
 # continuous kinds run on their own timer; the others daily at the schedule
 CONTINUOUS = ("mariadb-binlog",)
 # the Redis account that may copy an RDB (roles/redis: ROLE, SYNC)
@@ -40,6 +47,7 @@ def agent_config(data: Mapping[str, Any], hostname: str) -> dict[str, Any]:
         "endpoint": data.get("backup_s3_endpoint"),
         "ca_file": CA_FILE if data.get("backup_s3_ca") else None,
         "recipients": list(data["backup_age_recipients"]),
+        "verify_recipients": list(data.get("backup_verify_recipients") or []),
         "private_ip": data["private_ip"],
     }
     if "mariadb-full" in data["backup_kinds"]:
@@ -53,6 +61,28 @@ def agent_config(data: Mapping[str, Any], hostname: str) -> dict[str, Any]:
         cfg.update(redis_port=REDIS_PORT, redis_user=REDIS_USER, redis_ca="/etc/redis/tls/ca.crt",
                    redis_password_file=REDIS_PASSWORD_FILE)
     return cfg
+
+
+def verify_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """/etc/hastack/backup-verify.json (root only: it holds the restore reader's key)."""
+    creds = data["backup_verify_credentials"]
+    return {
+        "bucket": creds["bucket"],
+        "region": creds["region"],
+        "prefix": creds["prefix"],
+        "access_key_id": creds["access_key_id"],
+        "secret_access_key": creds["secret_access_key"],
+        "endpoint": data.get("backup_s3_endpoint"),
+        "ca_file": CA_FILE if data.get("backup_s3_ca") else None,
+        "identity_file": VERIFY_KEY,
+    }
+
+
+def verify_template_vars(hostname: str) -> dict[str, dict[str, Any]]:
+    return {
+        VERIFY_SERVICE: {"hostname": hostname, "script": VERIFY_SCRIPT, "config": VERIFY_CONFIG},
+        VERIFY_TIMER: {"hostname": hostname, "schedule": VERIFY_SCHEDULE},
+    }
 
 
 def template_vars(data: Mapping[str, Any], hostname: str) -> dict[str, dict[str, Any]]:

@@ -14,10 +14,55 @@ from roles.backup import DEFAULTS
 from roles.backup import config as c
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "agent.py"
+VERIFY_SOURCE = Path(__file__).resolve().parent / "verify.py"
 
 
 @deploy("backup", data_defaults=DEFAULTS)
 def backup() -> None:
+    if host.data.get("backup_verifier"):
+        verifier()
+    else:
+        data_host()
+
+
+def verifier() -> None:
+    """The weekly test restore: a scratch MariaDB (the packaged server stays off), the reader's
+    key and the verification key, root only."""
+    d = host.data
+    if not d.get("backup_verify_credentials"):
+        raise ValueError(f"{host.name}: no restore reader or secret seed in the stack outputs (secrets)")
+    apt.packages(name="Test restore tools (MariaDB, boto3, zstd, age)",
+                 packages=["mariadb-server", "mariadb-backup", "mariadb-client", "python3-boto3", "zstd", "age"],
+                 no_recommends=True)
+    # only scratch servers run here: the packaged one is neither started nor listening
+    systemd.service(name="Packaged MariaDB stays off", service="mariadb.service", running=False, enabled=False)
+    files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
+    files.put(name="Backup agent (shared code)", src=str(AGENT_SOURCE), dest="/opt/hastack/backup_agent.py",
+              user="root", group="root", mode="0644")
+    files.put(name="Test restore script", src=str(VERIFY_SOURCE), dest=c.VERIFY_SCRIPT, user="root", group="root",
+              mode="0755")
+    files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
+    files.directory(name="Backup state", path="/var/lib/hastack/backup", user="root", group="root", mode="0700")
+    files.directory(name="Test restore work directory", path="/var/lib/hastack/verify", user="root", group="root",
+                    mode="0700")
+    files.put(name="Test restore configuration (root only: the reader's key)",
+              src=StringIO(json.dumps(c.verify_config(d.dict()), indent=1, sort_keys=True) + "\n"),
+              dest=c.VERIFY_CONFIG, user="root", group="root", mode="0600")
+    files.put(name="Verification key (root only)", src=StringIO(d.backup_verify_identity + "\n"), dest=c.VERIFY_KEY,
+              user="root", group="root", mode="0600")
+    if d.backup_s3_ca:
+        files.put(name="S3 endpoint CA", src=StringIO(d.backup_s3_ca), dest=c.CA_FILE, user="root", group="root",
+                  mode="0644")
+    tvars = c.verify_template_vars(host.name)
+    units = [files.template(name=f"Test restore unit {Path(t).name}", src=template_path("backup", t), dest=t,
+                            user="root", group="root", mode="0644", **tvars[t])
+             for t in (c.VERIFY_SERVICE, c.VERIFY_TIMER)]
+    reload = any(u.will_change for u in units)
+    systemd.service(name="Weekly test restore timer", service="hastack-backup-verify.timer", running=True,
+                    enabled=True, daemon_reload=reload, restarted=reload)
+
+
+def data_host() -> None:
     d = host.data
     if not d.get("backup_credentials"):
         raise ValueError(f"{host.name}: no backup credentials in the stack outputs (secrets.backup_writers)")

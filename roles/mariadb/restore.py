@@ -13,15 +13,15 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from pathlib import Path
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
 import typer
 
 from hastack.console import OutputsOption, StackOption, fail
-from roles.backup.agent import digest_sql
+from roles.backup.agent import choose_chain, covers, digest_sql
 from roles.backup.restore import Restore, RestoreError, Source, cli_options, parse_time, run_cli, stream_to
 
 SQL_DIR = "/var/lib/hastack/mariadb"
@@ -43,24 +43,6 @@ SECRET_IN_SQL = re.compile(r"(IDENTIFIED BY|PASSWORD\s*=?)\s*'[^']*'", re.IGNORE
 def redact(text: str) -> str:
     """MariaDB echoes a failed statement: its passwords never reach the operator's terminal or a log."""
     return SECRET_IN_SQL.sub(r"\1 '***'", text)
-
-
-# ---------------------------------------------------------------- GTID positions
-
-
-def gtids(text: str) -> dict[int, int]:
-    """'0-1-5,1-1-9' -> {domain: sequence number}."""
-    out: dict[int, int] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        domain, _server, seq = part.split("-")
-        out[int(domain)] = int(seq)
-    return out
-
-
-def covers(a: str, b: str) -> bool:
-    """Position ``a`` includes everything of position ``b``."""
-    have = gtids(a)
-    return all(have.get(d, -1) >= seq for d, seq in gtids(b).items())
 
 
 # ---------------------------------------------------------------- what to restore
@@ -90,40 +72,14 @@ def plan(source: Source, to: datetime | None) -> Plan:
 
 
 def binlog_chain(source: Source, full: dict, to: datetime | None) -> dict:
-    """The binlogs that continue the full backup, from the master whose shipments reach furthest.
-
-    Both masters ship every transaction of the pair (log_slave_updates), so either chain
-    serves; each must start at or before the backup's position and have no gap."""
+    """The binlogs that continue the full backup (roles/backup/agent.py choose_chain): only those
+    listed since the backup began are read."""
     started = datetime.fromisoformat(full["created"]) - timedelta(seconds=float(full.get("seconds", 0)) + 300)
     by_host: dict[str, list[dict]] = {}
     for b in source.backups("mariadb-binlog"):
         if b["time"] >= started:
-            by_host.setdefault(b["host"], []).append(b)
-    best: tuple | None = None
-    for host, items in by_host.items():
-        manifests = sorted((source.manifest(i["key"]) | {"_time": i["time"]} for i in items),
-                           key=lambda m: m["binlog"])
-        chain = [m for m in manifests if not covers(full["gtid"], m["gtid_end"])]
-        if not chain or not covers(full["gtid"], chain[0]["gtid_start"]):
-            continue  # nothing after the backup, or a gap right after it
-        contiguous = [chain[0]]
-        for m in chain[1:]:
-            if _number(m["binlog"]) != _number(contiguous[-1]["binlog"]) + 1 or m["gtid_start"] != contiguous[-1]["gtid_end"]:
-                break
-            contiguous.append(m)
-        if to is not None:  # files closed after the time asked hold nothing needed but the first one
-            cut = next((i for i, m in enumerate(contiguous) if m["_time"] > to), None)
-            contiguous = contiguous[: cut + 1] if cut is not None else contiguous
-        end = contiguous[-1]
-        if best is None or covers(end["gtid_end"], best[1][-1]["gtid_end"]) and end["gtid_end"] != best[1][-1]["gtid_end"]:
-            best = (host, contiguous)
-    if best is None:
-        return {"binlogs": [], "binlog_host": None}
-    return {"binlogs": best[1], "binlog_host": best[0]}
-
-
-def _number(binlog: str) -> int:
-    return int(binlog.rsplit(".", 1)[1])
+            by_host.setdefault(b["host"], []).append(source.manifest(b["key"]) | {"_time": b["time"]})
+    return choose_chain(full, by_host, to)
 
 
 # ---------------------------------------------------------------- on the masters

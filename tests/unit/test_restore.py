@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from roles.backup.restore import AgeIdentity, Progress, RestoreError, Source, parse_time
-from roles.mariadb.restore import binlog_chain, covers, gtids, plan, redact
+from roles.backup.agent import covers, gtids
+from roles.mariadb.restore import binlog_chain, plan, redact
 
 pytestmark = pytest.mark.unit
 
