@@ -9,6 +9,9 @@ One builder writes it, whoever provisioned the machines: the Pulumi program
   floatingIp    the site's address; floatingIpId its id at the provider
   backupBucket  the S3 bucket (and backupRegion)
   secrets       one secret output: the failover token, the seed, the backup keys
+  restoreSource only with hastack:restoreFrom (never in the lab), one secret output: the
+                source stack's name as configured (stack), its backupBucket, backupRegion
+                and secrets.restore_reader, which `hastack restore --from <stack>` reads
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ def print_plan(plan: Plan, console: Console) -> None:
     topo = plan.topology
     console.print(f"[bold]Stack {topo.stack}[/bold]: {len(topo.hosts)} hosts in {', '.join(topo.locations)} "
                   f"(network {topo.ip_range}, subnet {topo.subnet}), backups in {topo.section('backup').region}")
+    if topo.restore_from is not None:
+        console.print(f"Restores from stack [bold]{topo.restore_from}[/bold]: its bucket and restore reader are read "
+                      "through a stack reference into the secret output restoreSource")
 
     counts = plan.counts()
     table = Table(title="Resources `pulumi up` would create")

@@ -8,7 +8,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from hastack import model as topology
-from hastack.cloud.aws_backup import BackupBucket
+from hastack.cloud.aws_backup import BackupBucket, restore_source
 from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
 from hastack.outputs import Server, stack_outputs
@@ -62,6 +62,9 @@ def main() -> None:
     for name, value in outputs.items():
         pulumi.export(name, value)
     pulumi.export("backupKeyArn", backup.key.arn)
+    if topo.restore_from is not None:
+        # for `hastack restore` only: the converge does not need the source's reader key
+        pulumi.export("restoreSource", restore_source(topo.restore_from))
 
     if topo.converge:
         # The same converge as `hastack converge`, once every server, volume and

@@ -3,7 +3,8 @@
 Every resource the program registers is recorded with its inputs and the
 options that matter for review (protect, ignore_changes, parent, secret
 outputs); the stack's exports are resolved and marked secret or plain.
-Used by `hastack plan` and by the tests.
+Stack references are answered with the outputs a run is given, or with a
+plausible hastack stack's. Used by `hastack plan` and by the tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ PROJECT = "hastack"
 
 # The AWS account the mocks answer for (aws.get_caller_identity).
 ACCOUNT_ID = "000000000000"
+
+# pulumi.get_organization() under the mocks: what a self-managed backend reports.
+ORGANIZATION = "organization"
 
 # Placeholder values a plan shows for secrets it cannot decrypt.
 PLACEHOLDER_SECRET = "<secret>"
@@ -60,6 +64,8 @@ class Output:
 class Recording:
     stack: str
     resources: list[RecordedResource] = field(default_factory=list)
+    # what the program reads rather than creates: stack references, by the stack they name
+    reads: list[RecordedResource] = field(default_factory=list)
     outputs: dict[str, Output] = field(default_factory=dict)
 
     def of_type(self, type_: str) -> list[RecordedResource]:
@@ -72,12 +78,24 @@ class Recording:
         return matches[0]
 
 
+def reference_outputs(name: str) -> dict[str, Any]:
+    """What a referenced stack answers when a run is not given its outputs: a hastack
+    stack's backup bucket and restore reader, the reader's key as placeholders."""
+    stack = name.rsplit("/", 1)[-1]
+    return {
+        "backupBucket": f"hastack-{stack}-backups-00000000",
+        "backupRegion": "eu-central-1",
+        "secrets": {"restore_reader": {"access_key_id": PLACEHOLDER_SECRET, "secret_access_key": PLACEHOLDER_SECRET}},
+    }
+
+
 class _Mocks(pulumi.runtime.Mocks):
     """Plausible provider answers: numeric ids, documentation-range addresses."""
 
-    def __init__(self) -> None:
+    def __init__(self, references: dict[str, dict[str, Any]] | None = None) -> None:
         self.counter = 0
         self.lock = threading.Lock()
+        self.references = references or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         with self.lock:
@@ -100,6 +118,12 @@ class _Mocks(pulumi.runtime.Mocks):
             state.update(arn=f"arn:aws:iam::{ACCOUNT_ID}:role{state.get('path', '/')}{state.get('name')}")
         elif t == "aws:iam/accessKey:AccessKey":
             state.update(secret=f"mock-secret-access-key-{n}")
+        elif t == "pulumi:pulumi:StackReference":
+            name = state["name"]
+            outputs = self.references[name] if name in self.references else reference_outputs(name)
+            # as the engine does: which of the stack's outputs are secrets
+            secret = [k for k in ("secrets", "restoreSource") if k in outputs]
+            return name, {"name": name, "outputs": outputs, "secretOutputNames": secret}
         return str(n), state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -133,6 +157,23 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 ))
         return response
 
+    def ReadResource(self, request):
+        response = super().ReadResource(request)
+        inputs = rpc.deserialize_properties(request.properties)
+        with self.lock:
+            self.recording.reads.append(RecordedResource(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent=request.parent,
+                inputs=_plain(inputs),
+                protect=False,
+                ignore_changes=[],
+                secret_outputs=list(request.additionalSecretOutputs),
+                provider=request.provider,
+            ))
+        return response
+
 
 SECRET_SIG = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -154,15 +195,17 @@ def flatten_config(config: dict[str, Any]) -> dict[str, str]:
 
 
 def run(stack: str, config: dict[str, Any], secrets: dict[str, str] | None = None,
-        program: Path = PROJECT_DIR / "__main__.py") -> Recording:
+        program: Path = PROJECT_DIR / "__main__.py",
+        references: dict[str, dict[str, Any]] | None = None) -> Recording:
     """Run the program for ``stack`` with ``config`` (namespace:key -> value) and
-    ``secrets`` (namespace:key -> value, passed as Pulumi secrets)."""
+    ``secrets`` (namespace:key -> value, passed as Pulumi secrets). ``references``:
+    the outputs of stacks the program references (org/project/stack -> outputs)."""
     secrets = secrets or {}
     recording = Recording(stack=stack)
-    mocks = _Mocks()
+    mocks = _Mocks(references)
     pulumi_settings.ROOT.set(None)  # a fresh root stack for every run
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False,
-                             monitor=_Monitor(mocks, recording))
+                             monitor=_Monitor(mocks, recording), organization=ORGANIZATION)
     pulumi.runtime.set_all_config(flatten_config({**config, **secrets}), secret_keys=list(secrets))
     pulumi_settings.SETTINGS.rpc_manager.clear()
 

@@ -9,12 +9,15 @@ plain HTTP.
 
 The policies are pure functions of ARNs: the lab's S3 (hastack/lab/s3.py)
 applies exactly the same ones.
+
+A stack that restores from another (hastack:restoreFrom) also carries that
+stack's bucket and restore reader in its outputs (restore_source).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -279,3 +282,47 @@ class BackupBucket(pulumi.ComponentResource):
                                 opts=pulumi.ResourceOptions(parent=self, provider=provider,
                                                             additional_secret_outputs=["secret"]))
         return user, pulumi.Output.secret({"access_key_id": key.id, "secret_access_key": key.secret})
+
+
+# ---------------------------------------------------------------- restoring from another stack
+
+
+def source_stack_name(restore_from: str, organization: str, project: str) -> str:
+    """The Pulumi stack reference of hastack:restoreFrom: a bare name (prod) is a stack of this
+    organization and project; a name with a '/' is already Pulumi's own reference."""
+    if "/" in restore_from:
+        return restore_from
+    return f"{organization}/{project}/{restore_from}"
+
+
+def restore_source_of(restore_from: str, source: Mapping[str, Any]) -> dict:
+    """``restoreSource`` from the source stack's outputs (backupBucket, backupRegion, secrets)."""
+    reader = (source.get("secrets") or {}).get("restore_reader")
+    missing = [name for name, value in (("backupBucket", source.get("backupBucket")),
+                                        ("backupRegion", source.get("backupRegion")),
+                                        ("secrets.restore_reader", reader)) if not value]
+    if missing:
+        raise pulumi.RunError(f"hastack:restoreFrom = {restore_from!r}: that stack's outputs have no "
+                              f"{', '.join(missing)}; it must be a hastack stack on Hetzner that has run `pulumi up`")
+    return {
+        "stack": restore_from,
+        "backupBucket": source["backupBucket"],
+        "backupRegion": source["backupRegion"],
+        "secrets": {"restore_reader": reader},
+    }
+
+
+def restore_source(restore_from: str) -> pulumi.Output:
+    """The source stack's bucket, region and restore reader, read through a stack reference;
+    one secret output.
+
+    Nothing is granted here and nothing changes in the source stack: its reader identity
+    already may list and read its bucket, and decrypt its key through S3 (the reader's IAM
+    policy; the key policy's AccountAdministersKey statement lets IAM grant that). Both stacks
+    live in the same AWS account, of which the reader is an IAM user.
+    """
+    ref = pulumi.StackReference(
+        "restore-from", stack_name=source_stack_name(restore_from, pulumi.get_organization(), pulumi.get_project()))
+    source = pulumi.Output.all(backupBucket=ref.get_output("backupBucket"), backupRegion=ref.get_output("backupRegion"),
+                               secrets=ref.get_output("secrets"))
+    return pulumi.Output.secret(source.apply(lambda s: restore_source_of(restore_from, s)))

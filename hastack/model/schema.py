@@ -53,6 +53,8 @@ SECRET_KEYS = frozenset(k for keys in REQUIRED_SECRETS.values() for k in keys)
 RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# a stack name, or a Pulumi stack reference: [org/][project/]stack
+STACK_REF_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
 RESERVED_USERS = frozenset("root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc nobody "
                            "sshd systemd-network systemd-resolve messagebus _apt mysql redis cassandra prometheus "
                            "haproxy".split())
@@ -224,6 +226,7 @@ class StackConfigBase(Section):
     domain: Domain | None = None
     lab: LabConfig | None = None
     converge: bool = True
+    restore_from: str | None = None
 
     @field_validator("locations")
     @classmethod
@@ -256,6 +259,20 @@ class StackConfigBase(Section):
             raise ValueError("list the networks admins connect from (office, VPN), e.g. [203.0.113.0/24]")
         return value
 
+    @field_validator("restore_from")
+    @classmethod
+    def _restore_from(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not STACK_REF_RE.match(value):
+            raise ValueError("must name a stack (e.g. prod) or a Pulumi stack reference (org/project/stack) "
+                             "of letters, digits, '_', '.' and '-'")
+        stack = (info.context or {}).get("stack")
+        if stack is not None and value.rsplit("/", 1)[-1] == stack:
+            raise ValueError(f"names this stack ({stack}); give the stack whose backups this one restores from, "
+                             "e.g. prod")
+        return value
+
     @model_validator(mode="after")
     def _across(self, info: ValidationInfo):
         ns = NAMESPACE
@@ -268,6 +285,9 @@ class StackConfigBase(Section):
                                     f"({value}); choose ranges that do not overlap")
         elif self.provider == "lab":
             problems.append(f"{ns}:lab: required when {ns}:provider is 'lab' (give publicRange and floatingIp)")
+        if self.provider == "lab" and self.restore_from is not None:
+            problems.append(f"{ns}:restoreFrom = {self.restore_from!r}: not possible when {ns}:provider is 'lab' "
+                            "(the lab has one bucket only, its own); remove the key")
         stack = (info.context or {}).get("stack", "stack")
         seen: dict[str, str] = {}
         for name in role_names():

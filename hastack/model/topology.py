@@ -81,6 +81,11 @@ class Topology:
     def converge(self) -> bool:
         return self.config.converge
 
+    @property
+    def restore_from(self) -> str | None:
+        """The stack whose backups this one restores from (hastack:restoreFrom), as configured."""
+        return self.config.restore_from
+
     # -- roles
 
     @property

@@ -76,6 +76,8 @@ def _host_data(topo, host):
         # single writer: the first master takes writes, the other is read-only
         "mariadb_writer": pair.writer,
         "mariadb_app_ips": [h.private_ip for h in topo.hosts_with_role("app")],
+        # a new pair of a stack restored from another's backups holds writes until `hastack restore mariadb`
+        "mariadb_hold_new_pair": topo.restore_from is not None,
     }
 
 

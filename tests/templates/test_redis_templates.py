@@ -42,8 +42,9 @@ def test_acl_default_user_off_hashed_passwords_and_a_restricted_app_user(stack):
     app = next(line for line in lines if line.startswith("user app "))
     assert app.split()[-2:] == ["-@admin", "-@dangerous"]
     # the backup account copies an RDB and nothing else: no keys, no data commands
+    # (INFO and DBSIZE are the checks of `hastack restore redis`)
     backup = next(line for line in lines if line.startswith("user backup "))
-    assert backup.split()[4:] == ["+role", "+sync", "+psync", "+replconf", "+ping"]
+    assert backup.split()[4:] == ["+role", "+sync", "+psync", "+replconf", "+ping", "+info", "+dbsize"]
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -19,10 +19,10 @@ SERVER = "hcloud:index/server:Server"
 STACKS = ["prod", "staging", "dr"]
 
 
-def run(stack, flat=None, secrets=SECRETS):
+def run(stack, flat=None, secrets=SECRETS, references=None):
     if flat is None:
         flat = read_stack_file(stack)[0]
-    return recording.run(stack, flat, secrets)
+    return recording.run(stack, flat, secrets, references=references)
 
 
 @pytest.fixture(scope="module", params=STACKS)
@@ -288,6 +288,8 @@ def test_cloud_init_gives_admins_keys_and_no_password_login(rec):
     (lambda c: c.update({"hastack:adminCidrs": ["0.0.0.0/0"]}), "would open SSH to the whole internet"),
     (lambda c: c["hastack:roles"]["redis"].update(names=["prod-db1", "prod-db9"]), "host name 'prod-db1' is also used"),
     (lambda c: c["hastack:roles"].update(webserver={"count": 1, "serverType": "cx22"}), "hastack:roles.webserver: unknown role"),
+    (lambda c: c.update({"hastack:restoreFrom": "a b"}), "hastack:restoreFrom = 'a b': must name a stack"),
+    (lambda c: c.update({"hastack:restoreFrom": "prod"}), "hastack:restoreFrom = 'prod': names this stack (prod)"),
 ])
 def test_bad_config_fails_before_any_resource(prod_flat, mutate, message):
     mutate(prod_flat)
@@ -370,3 +372,99 @@ def test_provider_credentials_in_plain_text_fail_before_any_resource(prod_flat, 
     assert "AKIAEXAMPLEVALUE" not in str(err.value)
     from pulumi.runtime import settings
     assert settings.SETTINGS.monitor.recording.resources == []
+
+
+# ------------------------------------------------------------------ restoring from another stack
+
+# prod's outputs as its stack reference returns them (hastack.outputs.stack_outputs)
+PROD_OUTPUTS = {
+    "hosts": {"prod-db1": {"groups": ["base", "mariadb", "backup", "nbg1"], "private_ip": "10.20.1.60"}},
+    "floatingIp": "203.0.113.10",
+    "floatingIpId": "7",
+    "backupBucket": "hastack-prod-backups-20260101",
+    "backupRegion": "eu-central-1",
+    "backupKeyArn": "arn:aws:kms:eu-central-1:000000000000:key/prod",
+    "secrets": {
+        "failover_token": "prod-failover-token",
+        "seed": "prod-seed",
+        "backup_writers": {"prod-db1": {"access_key_id": "AKIAPRODDB1", "secret_access_key": "prod-db1-writer-secret"}},
+        "restore_reader": {"access_key_id": "AKIAPRODREADER", "secret_access_key": "prod-reader-secret"},
+    },
+}
+
+
+def test_dr_exports_prods_bucket_and_reader_as_a_secret():
+    rec = run("dr", references={"organization/hastack/prod": PROD_OUTPUTS})
+    # a bare name is a stack of this organization and project
+    assert [(r.type, r.inputs["name"]) for r in rec.reads] == [("pulumi:pulumi:StackReference", "organization/hastack/prod")]
+    source = rec.outputs["restoreSource"]
+    assert source.secret
+    assert source.value == {
+        "stack": "prod",
+        "backupBucket": "hastack-prod-backups-20260101",
+        "backupRegion": "eu-central-1",
+        "secrets": {"restore_reader": {"access_key_id": "AKIAPRODREADER", "secret_access_key": "prod-reader-secret"}},
+    }
+    # the reader only: prod's seed, failover token and writers stay in prod
+    text = json.dumps({name: out.value for name, out in rec.outputs.items()})
+    for needle in ("prod-seed", "prod-failover-token", "prod-db1-writer-secret"):
+        assert needle not in text
+    # dr keeps its own bucket for its own backups
+    assert rec.outputs["backupBucket"].value.startswith("hastack-dr-backups-")
+    assert "restoreSource" not in rec.named("converge").inputs["outputs"]
+
+
+def test_restore_source_is_what_a_restore_from_the_source_reads():
+    from roles.backup.restore import source_for
+
+    rec = run("dr", references={"organization/hastack/prod": PROD_OUTPUTS})
+    outputs = {name: out.value for name, out in rec.outputs.items()}
+    source = source_for("dr", outputs, "prod")
+    assert source.stack == "prod" and source.bucket == "hastack-prod-backups-20260101"
+    assert source.outputs["secrets"]["restore_reader"]["access_key_id"] == "AKIAPRODREADER"
+    assert source.outputs["backupRegion"] == "eu-central-1"
+
+
+def test_a_stack_reference_is_used_as_given():
+    flat = read_stack_file("dr")[0]
+    flat["hastack:restoreFrom"] = "acme/hastack/prod"
+    rec = run("dr", flat, references={"acme/hastack/prod": PROD_OUTPUTS})
+    assert [r.inputs["name"] for r in rec.reads] == ["acme/hastack/prod"]
+    assert rec.outputs["restoreSource"].value["stack"] == "acme/hastack/prod"
+    assert rec.outputs["restoreSource"].value["backupBucket"] == "hastack-prod-backups-20260101"
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging"])
+def test_a_stack_without_restore_from_exports_no_restore_source(stack):
+    rec = run(stack)
+    assert "restoreSource" not in rec.outputs
+    assert rec.reads == []
+    for host in load_stack(stack).hosts_with_role("mariadb"):
+        assert rec.outputs["hosts"].value[host.name]["data"]["mariadb_hold_new_pair"] is False
+
+
+def test_a_restored_stacks_mariadb_hosts_hold_a_new_pair():
+    rec = run("dr", references={"organization/hastack/prod": PROD_OUTPUTS})
+    hosts = rec.outputs["hosts"].value
+    db = [name for name, h in hosts.items() if "mariadb" in h["groups"]]
+    assert db == ["dr-db1", "dr-db2"]
+    assert all(hosts[name]["data"]["mariadb_hold_new_pair"] is True for name in db)
+    assert not any("mariadb_hold_new_pair" in h["data"] for name, h in hosts.items() if name not in db)
+
+
+def test_a_source_without_backups_fails_naming_the_key():
+    outputs = {k: v for k, v in PROD_OUTPUTS.items() if k not in ("backupBucket", "backupRegion", "secrets")}
+    with pytest.raises(pulumi.RunError) as err:
+        run("dr", references={"organization/hastack/prod": outputs})
+    assert str(err.value) == ("hastack:restoreFrom = 'prod': that stack's outputs have no backupBucket, backupRegion, "
+                              "secrets.restore_reader; it must be a hastack stack on Hetzner that has run `pulumi up`")
+
+
+def test_restore_from_naming_this_stack_by_reference_is_refused(prod_flat):
+    prod_flat["hastack:restoreFrom"] = "acme/hastack/prod"
+    with pytest.raises(pulumi.RunError) as err:
+        run("prod", prod_flat)
+    assert "hastack:restoreFrom = 'acme/hastack/prod': names this stack (prod)" in str(err.value)
+    from pulumi.runtime import settings
+    assert settings.SETTINGS.monitor.recording.resources == []
+    assert settings.SETTINGS.monitor.recording.reads == []

@@ -278,6 +278,62 @@ def test_every_problem_is_reported_at_once(prod_config):
     assert len(problems_of(prod_config)) == 3
 
 
+# ------------------------------------------------------------------ restoring from another stack (hastack:restoreFrom)
+
+
+def test_restore_from_is_on_the_topology_and_holds_a_new_mariadb_pair():
+    dr, prod = load_stack("dr"), load_stack("prod")
+    assert dr.restore_from == "prod" and prod.restore_from is None
+    for topo, hold in ((dr, True), (prod, False)):
+        for host in topo.hosts_with_role("mariadb"):
+            assert topo.host_data(host)["mariadb_hold_new_pair"] is hold
+        for host in topo.hosts_with_role("app") + topo.hosts_with_role("cassandra"):
+            assert "mariadb_hold_new_pair" not in topo.host_data(host)
+
+
+@pytest.mark.parametrize("value", ["prod", "prod-eu", "acme/hastack/prod", "hastack/prod", "acme/other.project/prod_2"])
+def test_restore_from_takes_a_stack_name_or_reference(prod_config, value):
+    prod_config["restoreFrom"] = value
+    assert load("staging", prod_config, SECRETS).restore_from == value
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("a b", "hastack:restoreFrom = 'a b': must name a stack (e.g. prod) or a Pulumi stack reference "
+            "(org/project/stack) of letters, digits, '_', '.' and '-'"),
+    ("", "hastack:restoreFrom = '': must name a stack (e.g. prod) or a Pulumi stack reference "
+         "(org/project/stack) of letters, digits, '_', '.' and '-'"),
+    ("a/b/c/prod", "hastack:restoreFrom = 'a/b/c/prod': must name a stack (e.g. prod) or a Pulumi stack reference "
+                   "(org/project/stack) of letters, digits, '_', '.' and '-'"),
+    ("acme/hastack/", "hastack:restoreFrom = 'acme/hastack/': must name a stack (e.g. prod) or a Pulumi stack "
+                      "reference (org/project/stack) of letters, digits, '_', '.' and '-'"),
+    ("prod", "hastack:restoreFrom = 'prod': names this stack (prod); give the stack whose backups this one "
+             "restores from, e.g. prod"),
+    ("acme/hastack/prod", "hastack:restoreFrom = 'acme/hastack/prod': names this stack (prod); give the stack "
+                          "whose backups this one restores from, e.g. prod"),
+])
+def test_bad_restore_from_is_refused_naming_the_key(prod_config, value, problem):
+    prod_config["restoreFrom"] = value
+    assert only_problem(prod_config) == problem
+
+
+def test_restore_from_is_refused_on_a_lab_stack():
+    from hastack.stackfile import hastack_config, read_stack_file
+    config = copy.deepcopy(hastack_config(read_stack_file("lab")[0]))
+    for admin in config["admins"]:
+        admin["sshKey"] = load_stack("prod").admins[0].ssh_key
+    config["restoreFrom"] = "prod"
+    assert only_problem(config, stack="lab", secrets=set()) == (
+        "hastack:restoreFrom = 'prod': not possible when hastack:provider is 'lab' (the lab has one bucket only, "
+        "its own); remove the key")
+
+
+def test_restore_from_problems_come_with_the_others(prod_config):
+    prod_config["restoreFrom"] = "prod"
+    prod_config["roles"]["mariadb"]["count"] = 3
+    problems = problems_of(prod_config)
+    assert sorted(p.split(" = ")[0] for p in problems) == ["hastack:restoreFrom", "hastack:roles.mariadb.count"]
+
+
 # ------------------------------------------------------------------ role settings (hastack:settings)
 
 
@@ -323,6 +379,15 @@ def test_every_setting_is_documented_in_the_example_stack():
     for r in all_roles():
         for name, f in r.settings.model_fields.items():
             assert f"{f.alias}:" in text, f"settings.{r.name}.{f.alias} is not in the example stack"
+
+
+def test_every_top_level_key_is_documented_in_the_example_stack():
+    """stacks/Pulumi.example.yaml names every hastack:<key> (set, or commented out when optional)."""
+    from hastack.model.schema import stack_config_model
+
+    text = (Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.example.yaml").read_text()
+    for name, f in stack_config_model().model_fields.items():
+        assert f"hastack:{f.alias}:" in text, f"hastack:{f.alias} is not in the example stack"
 
 
 def test_the_lab_stack_sets_its_overrides_in_its_stack_file():
