@@ -43,8 +43,9 @@ def verifier() -> None:
               mode="0755")
     files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
     files.directory(name="Backup state", path="/var/lib/hastack/backup", user="root", group="root", mode="0700")
+    # 0711: the scratch server runs as mysql and must reach its own directory (0700, mysql) below
     files.directory(name="Test restore work directory", path="/var/lib/hastack/verify", user="root", group="root",
-                    mode="0700")
+                    mode="0711")
     files.put(name="Test restore configuration (root only: the reader's key)",
               src=StringIO(json.dumps(c.verify_config(d.dict()), indent=1, sort_keys=True) + "\n"),
               dest=c.VERIFY_CONFIG, user="root", group="root", mode="0600")

@@ -139,6 +139,8 @@ def drill(stack: str = typer.Option("lab", "--stack", "-s", help="a lab stack"),
     try:
         result = run_drill(lab, interval=interval, log=log)
     except RestoreError as e:
+        if isinstance(getattr(e, "timeline", None), Timeline):
+            console.print(e.timeline.table(), highlight=False, markup=False)
         fail(str(e), code=1)
     if as_json:
         print(json.dumps(result, indent=1))
@@ -153,10 +155,18 @@ CASSANDRA_MARKERS = 200  # rows written before the backups, every one expected b
 
 
 def run_drill(lab, interval: float = 0.2, log: Callable[[str], None] = say) -> dict:
+    timeline = Timeline(log)
+    try:
+        return _drill(lab, interval, log, timeline)
+    except RestoreError as e:
+        e.timeline = timeline  # what was done before it failed, printed with the error
+        raise
+
+
+def _drill(lab, interval: float, log: Callable[[str], None], timeline: Timeline) -> dict:
     from hastack.converge import connected
     from hastack.lab import probe
 
-    timeline = Timeline(log)
     identity = AgeIdentity.load(None, lab.stack)
     data_hosts = [h.name for h in lab.topo.hosts if any(r.name in lab.topo.host_roles(h) for r in data_roles())]
 

@@ -102,12 +102,12 @@ def restore(r: Restore) -> dict:
 
     with timeline.step("cassandra: import on every node"):
         for node in nodes:
-            for m in snaps:
-                for table, info in m["tables"].items():
-                    ks, name = table.split(".")
-                    dirs = sh(node, f"ls -d {STAGE}/{m['host']}/{ks}/{name}-*/snapshots/{m['tag']} 2>/dev/null || true")
-                    for d in dirs.split():
-                        sh(node, f"nodetool import --no-tokens {ks} {name} {d}", 3600)
+            for table in tables:  # one nodetool (one JVM) per table: every source node's files at once
+                ks, name = table.split(".")
+                dirs = sh(node, " ".join(f"ls -d {STAGE}/{m['host']}/{ks}/{name}-*/snapshots/{m['tag']} 2>/dev/null;"
+                                         for m in snaps) + " true").split()
+                if dirs:
+                    sh(node, f"nodetool import --no-tokens {ks} {name} {' '.join(dirs)}", 3600)
             for ks in keyspaces:  # nodetool takes one keyspace (and its tables) per call
                 sh(node, f"nodetool cleanup {ks}", 3600)
             sh(node, f"rm -rf {STAGE}")

@@ -231,11 +231,7 @@ def restore(r: Restore) -> dict:
                         f">/dev/null && systemctl start mariadb && {WAIT_FOR_UPGRADE} && {JOIN} seed && "
                         f"mariadb --batch < {SQL_DIR}/users.sql && mariadb --batch < {SQL_DIR}/replication.sql",
                 timeout=7200)
-
-    with timeline.step("mariadb: writes again"):
-        for h in (first, second):
-            pair.sh(h, f"rm -f {HOLD} {STATE} && systemctl start hastack-mariadb-writer")
-        _wait(lambda: pair.sql(first, "SELECT @@read_only")[0][0] == "0", 60, f"{first} to take writes")
+        # still held: nothing is written while the two are compared
         final = pair.sql(first, "SELECT @@gtid_binlog_pos")[0][0]
         _wait(lambda: covers(pair.sql(second, "SELECT @@gtid_slave_pos")[0][0], final), 120,
               f"{second} to replicate everything restored")
@@ -246,6 +242,11 @@ def restore(r: Restore) -> dict:
         report["checks"].append(f"{second} equal to {first}: {len(a)} tables, "
                                 f"{sum(d['rows'] for d in a.values()):,} rows, GTID {final}")
         say(report["checks"][-1])
+
+    with timeline.step("mariadb: writes again"):
+        for h in (first, second):
+            pair.sh(h, f"rm -f {HOLD} {STATE} && systemctl start hastack-mariadb-writer")
+        _wait(lambda: pair.sql(first, "SELECT @@read_only")[0][0] == "0", 60, f"{first} to take writes")
     return report
 
 
