@@ -266,7 +266,9 @@ def test_min_interval_spaces_api_calls(env):
     env.write_config(min_interval=0.1)
     assert env.run("take") == 0
     assert len(times) >= 3  # get, assign, poll
-    assert all(b - a >= 0.09 for a, b in zip(times, times[1:]))
+    # arrival times at the API: the agent starts calls 0.1 s apart, a loaded machine delays one
+    # arrival more than the next; unpaced, they come a few milliseconds apart
+    assert all(b - a >= 0.06 for a, b in zip(times, times[1:])), [round(b - a, 3) for a, b in zip(times, times[1:])]
 
 
 def test_https_verified_through_ca_file_even_with_requests_ca_bundle_set(tmp_path, caplog_info, monkeypatch):

@@ -307,4 +307,11 @@ def test_lab_outputs_hand_each_backup_host_its_own_writer_and_the_endpoint(tmp_p
                                                   "region": "eu-central-1", "prefix": f"backups/{name}/"}
         else:
             assert "backup_credentials" not in data
-        assert "reader-secret" not in json.dumps(data, default=str)
+        # the reader's key reaches the host that test-restores every week, and no other
+        verifier = name == lab.topo.hosts_with_role("monitoring")[0].name
+        assert ("reader-secret" in json.dumps(data, default=str)) == verifier, name
+        if verifier:
+            assert data["backup_verify_credentials"]["secret_access_key"] == "reader-secret"
+            assert data["backup_verify_identity"].startswith("AGE-SECRET-KEY-1")
+        else:
+            assert "AGE-SECRET-KEY" not in json.dumps(data, default=str)
