@@ -192,3 +192,30 @@ def test_a_download_the_key_cannot_open_fails(age_key, tmp_path):
     manifest = {"object": "k", "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
     with pytest.raises(RestoreError, match="age could not decrypt k: .*no identity matched"):
         list(s.chunks(manifest, AgeIdentity.load(age_key, "prod"), Progress(lambda _m: None, 1, "k")))
+
+
+# ---------------------------------------------------------------- the commands, as an operator runs them
+
+
+def cli(*args, env=None):
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hastack.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None})
+
+
+def test_restore_and_rebuild_refuse_without_an_age_key_before_touching_anything(tmp_path):
+    env = {"HASTACK_AGE_KEY": None}
+    for args in (["restore", "mariadb"], ["restore", "cassandra"], ["restore", "redis"], ["dr", "rebuild", "--from", "prod"]):
+        proc = cli(*args, "--stack", "dr", "--outputs", str(tmp_path / "none.json"), env=env)
+        err = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "no age key to decrypt the backups: pass --age-key FILE" in err, (args, err)
+
+
+def test_bad_restore_options_name_the_option():
+    proc = cli("restore", "mariadb", "--stack", "lab", "--to", "last tuesday")
+    assert proc.returncode == 2 and "--to 'last tuesday': not a time" in " ".join(proc.stderr.split())
+    proc = cli("restore", "cassandra", "--stack", "lab", "--snapshot", "soon")
+    assert proc.returncode == 2 and "--snapshot 'soon': not a time" in " ".join(proc.stderr.split())
+    proc = cli("dr", "drill", "--stack", "prod")
+    assert proc.returncode == 2 and "a drill destroys machines, so it runs on a lab stack only" in proc.stderr
