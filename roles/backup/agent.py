@@ -256,7 +256,12 @@ def mariadb_binlog(cfg: dict, bucket: Bucket) -> dict:
     transaction of the pair), so shipping never depends on which one is the
     writer and survives a failover and a fail-back without a gap. Each object
     carries the GTID state before and after it (the Gtid_list events), so a
-    restore chains them."""
+    restore chains them.
+
+    A restore or a re-seed starts the binlog over (RESET MASTER: the names begin
+    again at .000001): the first file's starting position tells a new series
+    from the old one, so its files are shipped too, and every object's name
+    carries the time it was shipped, so none replaces an earlier one."""
     state_path = os.path.join(STATE_DIR, "binlog-shipped.json")
     state = _read_json(state_path, {"shipped": []})
     shipped = set(state["shipped"])
@@ -266,12 +271,18 @@ def mariadb_binlog(cfg: dict, bucket: Bucket) -> dict:
         _query(conn, "FLUSH BINARY LOGS")
         logs = [row[0] for row in _query(conn, "SHOW BINARY LOGS")]
         basedir = os.path.dirname(_query(conn, "SELECT @@log_bin_basename")[0][0])
+        first = [logs[0], _gtid_list(conn, logs[0])]
+        if new_series(state.get("first"), first) or "first" not in state:
+            # a new series, or a state that cannot tell (written before series were told apart): ship
+            # what is here; a restore counts a file shipped twice once
+            log.warning("shipping every binlog from %s (at %s) on", first[0], first[1])
+            shipped = set()
         closed = logs[:-1]  # the last one is being written
         for name, after in zip(closed, logs[1:]):
             if name in shipped:
                 continue
             start, end = _gtid_list(conn, name), _gtid_list(conn, after)
-            key = bucket.key("mariadb-binlog", f"{name}.zst.age")
+            key = bucket.key("mariadb-binlog", f"{_stamp()}-{name}.zst.age")
             result = bucket.put_stream(key, None, stdin_path=os.path.join(basedir, name),
                                        metadata={"kind": "mariadb-binlog", "host": cfg["host"],
                                                  "gtid-start": start, "gtid-end": end})
@@ -279,14 +290,25 @@ def mariadb_binlog(cfg: dict, bucket: Bucket) -> dict:
                                                gtid_start=start, gtid_end=end))
             shipped.add(name)
             # keep only names still on the host: purged files never come back
-            _write_json(state_path, {"shipped": sorted(shipped & set(logs))})
+            _write_json(state_path, {"shipped": sorted(shipped & set(logs)), "first": first})
             total["size"] += result["size"]
             total["seconds"] += result["seconds"]
             total["files"] += 1
+        _write_json(state_path, {"shipped": sorted(shipped & set(logs)), "first": first})
         _purge_shipped(conn, logs, shipped, basedir)
     finally:
         conn.close()
     return total
+
+
+def new_series(before: list | None, now: list) -> bool:
+    """Did the binlog start over since the last run? ``[first file, its starting GTID list]``:
+    purging only ever moves the first file forward; RESET MASTER brings back a lower or equal
+    number with another start."""
+    if not before:
+        return False
+    was, is_ = _binlog_number(before[0]), _binlog_number(now[0])
+    return is_ < was or (is_ == was and before[1] != now[1])
 
 
 def _purge_shipped(conn, logs: list[str], shipped: set[str], basedir: str) -> None:
@@ -340,15 +362,19 @@ def choose_chain(full: dict, by_host: dict[str, list[dict]], to=None) -> dict:
     ``to`` (a point in time), files closed after it are left out but the first one."""
     best = None
     for host, manifests in sorted(by_host.items()):
-        manifests = sorted(manifests, key=lambda m: m["binlog"])
-        chain = [m for m in manifests if not covers(full["gtid"], m["gtid_end"])]
+        # in the order they were shipped (a restored master's names start over); a file shipped twice once
+        seen, ordered = set(), []
+        for m in sorted(manifests, key=lambda m: (m["_time"], m["object"])):
+            if (m["binlog"], m["gtid_start"], m["gtid_end"]) not in seen:
+                seen.add((m["binlog"], m["gtid_start"], m["gtid_end"]))
+                ordered.append(m)
+        chain = [m for m in ordered if not covers(full["gtid"], m["gtid_end"])]
         if not chain or not covers(full["gtid"], chain[0]["gtid_start"]):
             continue  # nothing after the backup, or a gap right after it
         contiguous = [chain[0]]
         for m in chain[1:]:
-            if _binlog_number(m["binlog"]) != _binlog_number(contiguous[-1]["binlog"]) + 1 \
-                    or m["gtid_start"] != contiguous[-1]["gtid_end"]:
-                break
+            if m["gtid_start"] != contiguous[-1]["gtid_end"]:
+                break  # a gap, or another series
             contiguous.append(m)
         if to is not None:
             cut = next((i for i, m in enumerate(contiguous) if m["_time"] > to), None)

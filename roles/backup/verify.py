@@ -116,8 +116,9 @@ def verify(cfg: dict) -> dict:
     try:
         os.makedirs(data, mode=0o700)
         fetch(s3, cfg, full, ["zstd", "-dc", "|", "mbstream", "-x", "-C", data])
-        for m in binlogs:
-            fetch(s3, cfg, m, ["zstd", "-dc", ">", os.path.join(logs, m["binlog"])])
+        files = [os.path.join(logs, f"{i:06d}-{m['binlog']}") for i, m in enumerate(binlogs)]
+        for m, path in zip(binlogs, files):
+            fetch(s3, cfg, m, ["zstd", "-dc", ">", path])
         prep = subprocess.run(["mariadb-backup", "--prepare", f"--target-dir={data}"], capture_output=True, text=True)
         if prep.returncode:
             raise VerifyError(f"mariadb-backup --prepare failed: {prep.stderr.strip()[-300:]}")
@@ -137,7 +138,7 @@ def verify(cfg: dict) -> dict:
         if not agent.covers(full["gtid"], checkpoint["gtid"]):
             if not binlogs:
                 raise VerifyError(f"no binlog continues {full['object']} to its verification point {checkpoint['gtid']}")
-            names = " ".join(os.path.join(logs, m["binlog"]) for m in binlogs)
+            names = " ".join(files)
             replay = subprocess.run(
                 ["bash", "-o", "pipefail", "-c",
                  f"TZ=UTC mariadb-binlog --skip-gtid-strict-mode --start-position={full['gtid']} "

@@ -166,8 +166,8 @@ def restore(r: Restore) -> dict:
     if p.binlogs:
         with timeline.step(f"mariadb: download {len(p.binlogs)} binlogs"):
             pair.sh(first, f"rm -rf {BINLOGS} && mkdir -p -m 0700 {BINLOGS}")
-            for m in p.binlogs:
-                stream_to(run, first, f"zstd -dc > {BINLOGS}/{m['binlog']}", source, m, identity, say,
+            for i, m in enumerate(p.binlogs):  # numbered: a restored master's names start over
+                stream_to(run, first, f"zstd -dc > {BINLOGS}/{i:06d}-{m['binlog']}", source, m, identity, say,
                           label=f"{m['host']} {m['binlog']}")
 
     with timeline.step("mariadb: prepare"):

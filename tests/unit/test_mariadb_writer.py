@@ -27,7 +27,8 @@ class FakeLocal:
 def agent(tmp_path, name="db1", preferred="db1", local=None, fence_ok=True):
     cfg = Config(name=name, peer_name="db2" if name == "db1" else "db1", peer_ip="10.0.0.2", preferred=preferred,
                  bind="10.0.0.1", port=9106, peer_server_id=7, api_endpoint="https://api.invalid/v1",
-                 token_file=str(tmp_path / "token"), state_file=str(tmp_path / "state.json"))
+                 token_file=str(tmp_path / "token"), state_file=str(tmp_path / "state.json"),
+                 hold_file=str(tmp_path / "hold-writes"))
     a = Agent(cfg, local=local or FakeLocal())
     a.clock = 100.0
     a.now = lambda: a.clock
@@ -63,6 +64,26 @@ def test_cold_start_the_preferred_master_promotes_once_caught_up(tmp_path):
     other = agent(tmp_path / "db2", name="db2", preferred="db1")
     tick(other, peer())
     assert not other.local.writable  # not the preferred one: it waits
+
+
+def test_while_writes_are_held_no_master_takes_them_and_a_writer_steps_down(tmp_path):
+    """A pair waiting for its restore (or being restored): nothing the application writes may land."""
+    (tmp_path / "hold-writes").touch()
+    a = agent(tmp_path)
+    tick(a, peer())  # a cold start would promote the preferred master
+    assert not a.local.writable
+    a.clock += 60
+    tick(a, peer(mysqld=False, down_for=60))  # and so would a dead peer
+    tick(a, None)
+    a.clock += 60
+    tick(a, None)
+    assert not a.local.writable and a.fenced == []
+    writer = agent(tmp_path, local=FakeLocal(writable=True))
+    tick(writer, peer())
+    assert not writer.local.writable
+    (tmp_path / "hold-writes").unlink()  # the restore ends
+    tick(a, peer())
+    assert a.local.writable
 
 
 def test_a_returning_master_stays_passive(tmp_path):

@@ -40,7 +40,8 @@ def full(host, at, gtid):
 
 
 def binlog(host, n, start, end, at):
-    return {"kind": "mariadb-binlog", "host": host, "object": f"{host}/binlog/{n}", "binlog": f"mariadb-bin.{n:06d}",
+    return {"kind": "mariadb-binlog", "host": host, "object": f"{host}/binlog/{at:%Y%m%dT%H%M%SZ}-mariadb-bin.{n:06d}",
+            "binlog": f"mariadb-bin.{n:06d}",
             "gtid_start": start, "gtid_end": end, "_listed": at}
 
 
@@ -219,3 +220,28 @@ def test_bad_restore_options_name_the_option():
     assert proc.returncode == 2 and "--snapshot 'soon': not a time" in " ".join(proc.stderr.split())
     proc = cli("dr", "drill", "--stack", "prod")
     assert proc.returncode == 2 and "a drill destroys machines, so it runs on a lab stack only" in proc.stderr
+
+
+def test_a_restored_master_starts_a_new_series_and_a_chain_crosses_it_only_where_it_continues():
+    from roles.backup.agent import new_series
+
+    assert not new_series(None, ["mariadb-bin.000001", "1-1-1"])
+    assert not new_series(["mariadb-bin.000003", "1-1-40"], ["mariadb-bin.000005", "1-1-90"])  # purged
+    assert new_series(["mariadb-bin.000009", "1-1-40"], ["mariadb-bin.000001", "1-1-300"])  # RESET MASTER
+    assert new_series(["mariadb-bin.000001", "1-1-0"], ["mariadb-bin.000001", "1-1-300"])
+    m = T0 + timedelta(minutes=1)
+    f = full("db1", T0, "1-1-100")
+    s = source(
+        f,
+        binlog("db1", 1, "1-1-90", "1-1-120", m),
+        binlog("db1", 1, "1-1-90", "1-1-120", m + timedelta(seconds=1)),  # shipped twice: counted once
+        binlog("db1", 2, "1-1-120", "1-1-150", m + timedelta(seconds=30)),
+        # the master restored to 1-1-150 starts over at .000001 and continues from there
+        binlog("db1", 1, "1-1-150", "1-1-170", m + timedelta(seconds=90)),
+        # a second restore, to an earlier point, starts a series that does not continue this one
+        binlog("db1", 1, "1-1-130", "1-1-135", m + timedelta(seconds=150)),
+    )
+    s.stored = {f"{k}@{i}": v | {"object": f"{k}@{i}"} for i, (k, v) in enumerate(s.stored.items())}
+    chain = binlog_chain(s, s.manifest(next(k for k in s.stored if "full" in k)), None)["binlogs"]
+    assert [(b["binlog"], b["gtid_end"]) for b in chain] == [
+        ("mariadb-bin.000001", "1-1-120"), ("mariadb-bin.000002", "1-1-150"), ("mariadb-bin.000001", "1-1-170")]
