@@ -37,25 +37,12 @@ def reader_client(outputs: dict):
                         aws_access_key_id=reader["access_key_id"], aws_secret_access_key=reader["secret_access_key"])
 
 
-def list_backups(outputs: dict, prefix: str | None = None) -> list[dict]:
+def list_backups(outputs: dict) -> list[dict]:
     """Every complete backup (its manifest exists), newest first: kind, host, time, size, key."""
-    s3 = reader_client(outputs)
-    bucket = outputs["backupBucket"]
-    objects: dict[str, dict] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix or ""):
-        for obj in page.get("Contents", []):
-            objects[obj["Key"]] = obj
-    found = []
-    for key, obj in objects.items():
-        if not key.endswith(".manifest.json"):
-            continue
-        data_key = key[: -len(".manifest.json")]
-        parts = data_key.split("/")
-        if len(parts) < 3 or parts[-2] not in KINDS or data_key not in objects:
-            continue
-        found.append({"kind": parts[-2], "host": parts[-3], "time": obj["LastModified"].isoformat(timespec="seconds"),
-                      "size": objects[data_key]["Size"], "key": data_key})
-    return sorted(found, key=lambda b: (b["time"], b["key"]), reverse=True)
+    from roles.backup.restore import Source
+
+    return [dict(b, time=b["time"].isoformat(timespec="seconds"))
+            for b in reversed(Source("", outputs).backups())]
 
 
 @app.command("list")

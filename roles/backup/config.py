@@ -34,18 +34,11 @@ def daily_kinds(data: Mapping[str, Any]) -> list[str]:
 
 def agent_config(data: Mapping[str, Any], hostname: str) -> dict[str, Any]:
     """/etc/hastack/backup.json (root only: it holds the host's writer key)."""
-    creds = data["backup_credentials"]
     cfg = {
         "stack": data["stack"],
         "host": hostname,
         "kinds": list(data["backup_kinds"]),
-        "bucket": creds["bucket"],
-        "region": creds["region"],
-        "prefix": creds["prefix"],
-        "access_key_id": creds["access_key_id"],
-        "secret_access_key": creds["secret_access_key"],
-        "endpoint": data.get("backup_s3_endpoint"),
-        "ca_file": CA_FILE if data.get("backup_s3_ca") else None,
+        **_bucket(data, data["backup_credentials"]),
         "recipients": list(data["backup_age_recipients"]),
         "verify_recipients": list(data.get("backup_verify_recipients") or []),
         "private_ip": data["private_ip"],
@@ -65,7 +58,11 @@ def agent_config(data: Mapping[str, Any], hostname: str) -> dict[str, Any]:
 
 def verify_config(data: Mapping[str, Any]) -> dict[str, Any]:
     """/etc/hastack/backup-verify.json (root only: it holds the restore reader's key)."""
-    creds = data["backup_verify_credentials"]
+    return {**_bucket(data, data["backup_verify_credentials"]), "identity_file": VERIFY_KEY}
+
+
+def _bucket(data: Mapping[str, Any], creds: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the bucket is and the identity that reaches it (a writer's, or the reader's)."""
     return {
         "bucket": creds["bucket"],
         "region": creds["region"],
@@ -74,7 +71,6 @@ def verify_config(data: Mapping[str, Any]) -> dict[str, Any]:
         "secret_access_key": creds["secret_access_key"],
         "endpoint": data.get("backup_s3_endpoint"),
         "ca_file": CA_FILE if data.get("backup_s3_ca") else None,
-        "identity_file": VERIFY_KEY,
     }
 
 

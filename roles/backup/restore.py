@@ -109,9 +109,8 @@ class Source:
                     self._objects[obj["Key"]] = obj
         return self._objects
 
-    def backups(self, kind: str, host: str | None = None) -> list[dict]:
-        """Complete backups (their manifest exists) of ``kind``, oldest first: key, host, time, size."""
-        assert kind in KINDS
+    def backups(self, kind: str | None = None, host: str | None = None) -> list[dict]:
+        """Complete backups (their manifest exists), oldest first: kind, key, host, time, size."""
         objects = self.objects()
         found = []
         for key, obj in objects.items():
@@ -119,10 +118,10 @@ class Source:
                 continue
             data_key = key[: -len(".manifest.json")]
             parts = data_key.split("/")
-            if len(parts) < 3 or parts[-2] != kind or data_key not in objects:
+            if len(parts) < 3 or parts[-2] not in KINDS or data_key not in objects:
                 continue
-            if host is None or parts[-3] == host:
-                found.append({"key": data_key, "host": parts[-3], "time": obj["LastModified"],
+            if kind in (None, parts[-2]) and host in (None, parts[-3]):
+                found.append({"kind": parts[-2], "key": data_key, "host": parts[-3], "time": obj["LastModified"],
                               "size": objects[data_key]["Size"]})
         return sorted(found, key=lambda b: (b["time"], b["key"]))
 
