@@ -23,7 +23,7 @@ from typing import Callable
 
 import typer
 
-from hastack.console import OutputsOption, StackOption, console, fail, say
+from hastack.console import OutputsOption, StackOption, console, err_console, fail, say
 from roles.backup.restore import AGE_KEY_ENV, AgeIdentity, Restore, RestoreError, Timeline, source_for
 
 app = typer.Typer(help="Disaster recovery: rebuild a stack's data from the backups; drill it on the lab.",
@@ -71,16 +71,19 @@ def rebuild(stack: str = StackOption, from_stack: str = typer.Option(..., "--fro
     from hastack.converge import converge
     from hastack.lab.layout import is_lab_stack
 
-    timeline = Timeline(say)
+    log = _stderr if as_json else say  # --json: standard output is the JSON alone
+    timeline = Timeline(log)
     try:
         identity = AgeIdentity.load(age_key, stack)  # before anything changes
         with timeline.step("infrastructure"):
             if is_lab_stack(stack):
                 from hastack.console import open_lab
 
-                open_lab(stack).up(converge=False)
+                lab = open_lab(stack)
+                lab.log = log
+                lab.up(converge=False)
             elif shutil.which("pulumi"):
-                _pulumi_up(stack)
+                _pulumi_up(stack, log)
             elif outputs is None:
                 raise RestoreError(
                     f"no Pulumi CLI here to create the infrastructure: run `pulumi up --stack {stack}` in "
@@ -88,19 +91,19 @@ def rebuild(stack: str = StackOption, from_stack: str = typer.Option(..., "--fro
                     "network and the bucket and converges them), then run this command again, here with "
                     f"`--outputs FILE` from `pulumi stack output --stack {stack} --json --show-secrets > FILE`")
             else:
-                say(f"no Pulumi CLI here: using the outputs in {outputs} (`pulumi up --stack {stack}` ran elsewhere)")
+                log(f"no Pulumi CLI here: using the outputs in {outputs} (`pulumi up --stack {stack}` ran elsewhere)")
         out = stack_outputs_of(stack, outputs)
         entries = stack_entries(stack, outputs)
         with timeline.step("converge"):
-            report = converge(entries, progress=say)
+            report = converge(entries, progress=log)
             if not report.ok:
                 failed = next(r for r in report.hosts.values() if r.failed)
                 raise RestoreError(f"converge failed on {failed.name}: {failed.failed}")
-        reports = restore_all(stack, out, entries, from_stack, identity, timeline, force=force)
+        reports = restore_all(stack, out, entries, from_stack, identity, timeline, force=force, log=log)
         with timeline.step("site"):
             site = _site_answers(out)
     except RestoreError as e:
-        console.print(timeline.table(), highlight=False, markup=False)
+        err_console.print(timeline.table(), highlight=False, markup=False)
         fail(str(e), code=1)
     result = {"stack": stack, "from": from_stack, "timeline": timeline.steps, "restored": reports, "site": site}
     if as_json:
@@ -112,12 +115,16 @@ def rebuild(stack: str = StackOption, from_stack: str = typer.Option(..., "--fro
                   highlight=False, markup=False)
 
 
-def _pulumi_up(stack: str) -> None:
+def _pulumi_up(stack: str, log: Callable[[str], None]) -> None:
     """`pulumi up` through the Automation API (the program in this directory)."""
     from pulumi import automation as auto
 
     s = auto.select_stack(stack_name=stack, work_dir=str(Path(__file__).resolve().parents[2]))
-    s.up(on_output=lambda line: say(line.rstrip()))
+    s.up(on_output=lambda line: log(line.rstrip()))
+
+
+def _stderr(message: str) -> None:
+    print(f"· {message}", file=sys.stderr, flush=True)
 
 
 def _site_answers(outputs: dict) -> dict:
@@ -139,12 +146,12 @@ def drill(stack: str = typer.Option("lab", "--stack", "-s", help="a lab stack"),
     if not is_lab_stack(stack):
         fail(f"--stack {stack!r}: a drill destroys machines, so it runs on a lab stack only")
     lab = open_lab(stack)
-    log = (lambda m: print(f"· {m}", file=sys.stderr, flush=True)) if as_json else say
+    log = _stderr if as_json else say
     try:
         result = run_drill(lab, interval=interval, log=log)
     except RestoreError as e:
         if isinstance(getattr(e, "timeline", None), Timeline):
-            console.print(e.timeline.table(), highlight=False, markup=False)
+            err_console.print(e.timeline.table(), highlight=False, markup=False)
         fail(str(e), code=1)
     if as_json:
         print(json.dumps(result, indent=1))
@@ -156,6 +163,7 @@ def drill(stack: str = typer.Option("lab", "--stack", "-s", help="a lab stack"),
 
 
 CASSANDRA_MARKERS = 200  # rows written before the backups, every one expected back
+WRITES_AFTER_BACKUP_S = 90  # longer than the RPO goal: "lost" then counts real writes
 
 
 def run_drill(lab, interval: float = 0.2, log: Callable[[str], None] = say) -> dict:
@@ -175,14 +183,15 @@ def _drill(lab, interval: float, log: Callable[[str], None], timeline: Timeline)
     identity = AgeIdentity.load(None, lab.stack)
     data_hosts = [h.name for h in lab.topo.hosts if any(r.name in lab.topo.host_roles(h) for r in data_roles())]
 
-    with timeline.step("before: marker rows, then every backup"):
-        entries = lab.inventory_entries()
-        _cassandra_markers(entries, log)
-        _backup_now(lab.stack, log)
-
-    writes = probe.start(lab, seconds=3600, path="/records", interval=interval, timeout=8, write=True)
+    writes = probe.start(lab, seconds=7200, path="/records", interval=interval, timeout=8, write=True)
     try:
-        time.sleep(45)  # some writes only in binlogs shipped after the full backup
+        with timeline.step("before: marker rows, then every backup, under writes"):
+            entries = lab.inventory_entries()
+            _cassandra_markers(entries, log)
+            _backup_now(lab.stack, log)
+        # writes go on: the older ones must all come back (from the full backup or the binlogs),
+        # the last seconds' only as far as binlog shipping reached
+        time.sleep(WRITES_AFTER_BACKUP_S)
         disaster_at = time.time()
         with timeline.step(f"disaster: {len(data_hosts)} data machines destroyed with their disks"):
             for name in data_hosts:
@@ -230,6 +239,7 @@ def _drill(lab, interval: float, log: Callable[[str], None], timeline: Timeline)
         "rto_s": round(serving_again_at - disaster_at, 1) if serving_again_at else None,
         "rpo_s": round(disaster_at - newest, 1) if newest else None,
         "acknowledged_before": len(acked),
+        "acknowledged_older_than_goal": sum(r["t"] + r["d"] < disaster_at - RPO_GOAL_S for r in acked),
         "recovered": len(recovered),
         "lost": len(lost),
         "missing_within_rpo_goal": len(missing) - len(lost),
