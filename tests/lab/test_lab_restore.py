@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from hastack.converge import converge
+from roles.backup.agent import covers
 from roles.backup.restore import Source
 from tests.support import cassandra_ring, mariadb_pair
 from tests.support.lab import wait_for
@@ -92,6 +93,16 @@ def test_a_point_in_time_restore_has_the_write_before_the_moment_and_not_the_one
     wait_for(lambda: "after-restore" in rows(lab, other), 30, "replication to the seeded master")
     mariadb_pair.sql(lab, other, "INSERT INTO hastack.pitr (tag) VALUES ('from-the-other')")
     wait_for(lambda: "from-the-other" in rows(lab, first), 30, "replication back to the restored master")
+    # binlog shipping goes on after the restore started the binlog over (RESET MASTER)
+    position = mariadb_pair.sql(lab, first, "SELECT @@gtid_binlog_pos")[0][0]
+    src = Source(lab.stack, lab.stack_outputs())
+
+    def shipped_to_position():
+        src._objects = None  # list again
+        return any(covers(src.manifest(b["key"])["gtid_end"], position)
+                   for b in src.backups("mariadb-binlog", host=first)[-4:])
+
+    wait_for(shipped_to_position, 120, f"{first} to ship its binlog up to {position} after the restore")
     # nothing for a converge to repair afterwards
     again = converge({n: d for n, d in lab.inventory_entries().items() if n in mariadb_pair.masters(lab)})
     assert again.ok and again.changes == 0, {n: r.changed_operations for n, r in again.hosts.items() if r.changed}
