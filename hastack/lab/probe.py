@@ -92,9 +92,18 @@ def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: 
         ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
          f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.ca.cert_path), "--interval", str(interval),
          "--duration", str(seconds), "--timeout", str(timeout), *(["--write"] if write else [])],
-        stdout=out, text=True)
+        stdout=out, text=True, preexec_fn=_die_with_parent)
     proc.answers = out
     return proc
+
+
+def _die_with_parent() -> None:
+    """A probe whose starter is killed stops too (PR_SET_PDEATHSIG, kept across exec): a stray
+    writer would go on adding records to the site for its whole duration."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def records(proc: subprocess.Popen, timeout: float = 120) -> list[dict]:
