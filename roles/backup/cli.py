@@ -103,7 +103,8 @@ def verify(stack: str = StackOption, outputs: Path = OutputsOption,
     if not entries:
         fail(f"stack {stack!r} has no host that verifies backups (a monitoring host and a MariaDB pair)")
     name = next(iter(entries))
-    say(f"{name}: restoring the newest MariaDB backup into a scratch server")
+    if not as_json:  # --json: standard output is the JSON alone
+        say(f"{name}: restoring the newest MariaDB backup into a scratch server")
     with connected(entries) as run:
         run(name, f"systemctl start {Path(VERIFY_SERVICE).name}", 7200)
         ok, out, err = run(name, f"cat {RESULT}", 30)
