@@ -353,6 +353,19 @@ def covers(a: str, b: str) -> bool:
     return all(have.get(d, -1) >= seq for d, seq in gtids(b).items())
 
 
+def start_position(position: str, binlogs: list[dict]) -> str:
+    """``position`` as mariadb-binlog's --start-position, naming every GTID domain the binlogs hold.
+
+    A domain the position lacks (a master that first took writes after the full backup, say
+    after a failover) starts from its beginning (sequence 0): left out, mariadb-binlog would
+    skip that domain's transactions."""
+    have = {int(p.split("-")[0]): p for p in filter(None, (x.strip() for x in position.split(",")))}
+    for m in binlogs:
+        for domain in gtids(m["gtid_end"]):
+            have.setdefault(domain, f"{domain}-0-0")
+    return ",".join(have[d] for d in sorted(have))
+
+
 def choose_chain(full: dict, by_host: dict[str, list[dict]], to=None) -> dict:
     """The shipped binlogs (manifests, each with the time it was listed as ``_time``) that
     continue the full backup ``full``, from the master whose shipments reach furthest.

@@ -141,7 +141,8 @@ def verify(cfg: dict) -> dict:
             names = " ".join(files)
             replay = subprocess.run(
                 ["bash", "-o", "pipefail", "-c",
-                 f"TZ=UTC mariadb-binlog --skip-gtid-strict-mode --start-position={full['gtid']} "
+                 "TZ=UTC mariadb-binlog --skip-gtid-strict-mode "
+                 f"--start-position={agent.start_position(full['gtid'], binlogs)} "
                  f"--stop-position={checkpoint['gtid']} {names} | mariadb --socket={socket} --binary-mode"],
                 capture_output=True, text=True, timeout=7200)
             if replay.returncode:

@@ -21,7 +21,7 @@ from typing import Callable
 import typer
 
 from hastack.console import OutputsOption, StackOption, fail
-from roles.backup.agent import choose_chain, covers, digest_sql
+from roles.backup.agent import choose_chain, covers, digest_sql, start_position
 from roles.backup.restore import Restore, RestoreError, Source, cli_options, parse_time, run_cli, stream_to
 
 SQL_DIR = "/var/lib/hastack/mariadb"
@@ -193,7 +193,7 @@ def restore(r: Restore) -> dict:
             if not p.binlogs:
                 raise RestoreError(f"the backup's verification point {checkpoint['gtid']} lies after the full backup "
                                    "and no binlog reaches it")
-            _replay(pair, first, position, f"--stop-position={checkpoint['gtid']}")
+            _replay(pair, first, start_position(position, p.binlogs), f"--stop-position={checkpoint['gtid']}")
             position = checkpoint["gtid"]
         if reach:
             now_at = pair.sql(first, "SELECT @@gtid_binlog_pos")[0][0]
@@ -215,7 +215,7 @@ def restore(r: Restore) -> dict:
             say("no verification point at or before the time asked: row counts only")
         if p.binlogs:
             stop = [f"--stop-datetime={shlex.quote(p.to.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S'))}"] if p.to else []
-            _replay(pair, first, position, *stop)
+            _replay(pair, first, start_position(position, p.binlogs), *stop)
 
     with timeline.step("mariadb: accounts and replication on the restored master"):
         # the source's accounts (its addresses, its passwords) go; this stack's come back from users.sql

@@ -42,7 +42,8 @@ def pitr(lab):
                                   "INSERT INTO hastack.pitr (tag, v) VALUES ('in-full-backup', NULL)")
     proc = hastack("backup", "now", "--stack", lab.stack, "--kind", "mariadb-full")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    mariadb_pair.sql(lab, writer, "INSERT INTO hastack.pitr (tag, v) VALUES ('first', 1.5)")
+    # in a GTID domain of its own, new since the full backup (as a master's first writes after a failover)
+    mariadb_pair.sql(lab, writer, "SET SESSION gtid_domain_id = 9; INSERT INTO hastack.pitr (tag, v) VALUES ('first', 1.5)")
     time.sleep(2)
     moment = datetime.now(timezone.utc).replace(microsecond=0)
     time.sleep(2)

@@ -245,3 +245,13 @@ def test_a_restored_master_starts_a_new_series_and_a_chain_crosses_it_only_where
     chain = binlog_chain(s, s.manifest(next(k for k in s.stored if "full" in k)), None)["binlogs"]
     assert [(b["binlog"], b["gtid_end"]) for b in chain] == [
         ("mariadb-bin.000001", "1-1-120"), ("mariadb-bin.000002", "1-1-150"), ("mariadb-bin.000001", "1-1-170")]
+
+
+def test_the_replay_starts_every_domain_the_binlogs_hold():
+    from roles.backup.agent import start_position
+
+    chain = [{"gtid_end": "1-1-120,2-2-7"}, {"gtid_end": "1-1-130,2-2-9,9-1-1"}]
+    # domain 2 first took writes after the full backup (a failover), domain 9 later still
+    assert start_position("1-1-100", chain) == "1-1-100,2-0-0,9-0-0"
+    assert start_position("1-1-100,2-2-5", chain) == "1-1-100,2-2-5,9-0-0"
+    assert start_position("1-1-100", []) == "1-1-100"
