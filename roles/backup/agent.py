@@ -381,9 +381,13 @@ def choose_chain(full: dict, by_host: dict[str, list[dict]], to=None) -> dict:
             if (m["binlog"], m["gtid_start"], m["gtid_end"]) not in seen:
                 seen.add((m["binlog"], m["gtid_start"], m["gtid_end"]))
                 ordered.append(m)
-        chain = [m for m in ordered if not covers(full["gtid"], m["gtid_end"])]
-        if not chain or not covers(full["gtid"], chain[0]["gtid_start"]):
+        # the file the backup's position falls in: it starts at or before it and ends at or after it
+        # in every domain (a file of another lineage, one a restore left behind, does not)
+        first = next((i for i, m in enumerate(ordered) if not covers(full["gtid"], m["gtid_end"])
+                      and covers(full["gtid"], m["gtid_start"]) and covers(m["gtid_end"], full["gtid"])), None)
+        if first is None:
             continue  # nothing after the backup, or a gap right after it
+        chain = ordered[first:]
         contiguous = [chain[0]]
         for m in chain[1:]:
             if m["gtid_start"] != contiguous[-1]["gtid_end"]:
@@ -392,9 +396,10 @@ def choose_chain(full: dict, by_host: dict[str, list[dict]], to=None) -> dict:
         if to is not None:
             cut = next((i for i, m in enumerate(contiguous) if m["_time"] > to), None)
             contiguous = contiguous[: cut + 1] if cut is not None else contiguous
-        end = contiguous[-1]["gtid_end"]
-        if best is None or (covers(end, best[1][-1]["gtid_end"]) and end != best[1][-1]["gtid_end"]):
-            best = (host, contiguous)
+        end, best_end = contiguous[-1]["gtid_end"], best[1][-1]["gtid_end"] if best else None
+        if best is None or (covers(end, best_end) and end != best_end) or (
+                not covers(best_end, end) and contiguous[-1]["_time"] > best[1][-1]["_time"]):
+            best = (host, contiguous)  # reaches further, or (neither includes the other) was shipped later
     if best is None:
         return {"binlogs": [], "binlog_host": None}
     return {"binlogs": best[1], "binlog_host": best[0]}

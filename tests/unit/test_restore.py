@@ -255,3 +255,19 @@ def test_the_replay_starts_every_domain_the_binlogs_hold():
     assert start_position("1-1-100", chain) == "1-1-100,2-0-0,9-0-0"
     assert start_position("1-1-100,2-2-5", chain) == "1-1-100,2-2-5,9-0-0"
     assert start_position("1-1-100", []) == "1-1-100"
+
+
+def test_files_a_restore_left_behind_do_not_continue_a_later_backup():
+    """db1's old files hold a transaction (2-2-1) an earlier restore lost; a backup taken later
+    (1-1-4784, without it) continues in db2's files, not in those."""
+    m = T0 + timedelta(minutes=1)
+    f = full("db2", m + timedelta(minutes=5), "1-1-4784")
+    s = source(
+        f,
+        binlog("db1", 1, "1-1-4754", "1-1-4756,2-2-1", m),
+        binlog("db1", 2, "1-1-4756,2-2-1", "1-1-4756,2-2-1", m + timedelta(seconds=30)),
+        binlog("db2", 2, "1-1-4756", "1-1-4791", m + timedelta(minutes=5, seconds=2)),
+        binlog("db2", 3, "1-1-4791", "1-1-4946", m + timedelta(minutes=5, seconds=32)),
+    )
+    chain = binlog_chain(s, s.manifest(f["object"]), None)
+    assert chain["binlog_host"] == "db2" and [b["gtid_end"] for b in chain["binlogs"]] == ["1-1-4791", "1-1-4946"]
