@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import threading
@@ -270,6 +271,29 @@ def stream_to(run, host: str, command: str, source: Source, manifest: dict, iden
     if not ok:
         raise RestoreError(f"{host}: `{command}` failed: {(err or out).strip()[-600:]}")
     return progress.finish()
+
+
+def shell(run, host: str, command: str, timeout: float = 600, clean: Callable[[str], str] = lambda t: t) -> str:
+    """``command`` as root on ``host`` under bash with pipefail (a pipeline fails when any of its programs
+    does: mariadb-binlog failing half-way must not feed half a replay); its output, or RestoreError
+    with the end of what it said (``clean`` masks what must not be shown)."""
+    ok, out, err = run(host, f"bash -o pipefail -c {shlex.quote(command)}", timeout)
+    if not ok:
+        raise RestoreError(f"{host}: `{command[:200]}` failed: {clean((err or out).strip()[-600:])}")
+    return out
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    """Until ``condition()`` holds; a RestoreError meanwhile (still starting, loading) is a no."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except RestoreError:
+            pass
+        time.sleep(interval)
+    raise RestoreError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def parse_time(value: str | None) -> datetime | None:

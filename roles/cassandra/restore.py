@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import typer
 
 from hastack.console import OutputsOption, StackOption, fail
-from roles.backup.restore import Restore, RestoreError, cli_options, parse_time, run_cli, stream_to
+from roles.backup.restore import Restore, RestoreError, cli_options, parse_time, run_cli, shell, stream_to
 from roles.cassandra.ring import CQL_TOOL, STATE_DIR, parse_status
 
 STAGE = "/var/lib/cassandra/restore"  # on the data volume, beside the data: imports move, not copy
@@ -45,10 +45,7 @@ def restore(r: Restore) -> dict:
     dc, rf = data["cassandra_datacenter"], int(data["cassandra_replication_factor"])
 
     def sh(host: str, command: str, timeout: float = 600) -> str:
-        ok, out, err = run(host, f"bash -o pipefail -c {shlex.quote(command)}", timeout)
-        if not ok:
-            raise RestoreError(f"{host}: `{command[:160]}` failed: {(err or out).strip()[-500:]}")
-        return out
+        return shell(run, host, command, timeout)
 
     def cql(command: str, *args: str, stdin: str | None = None, timeout: float = 900) -> object:
         tool = (f"python3 {CQL_TOOL} --address {nodes[first]} --ca /etc/cassandra/tls/ca.crt "

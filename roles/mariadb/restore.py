@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,7 +21,8 @@ import typer
 
 from hastack.console import OutputsOption, StackOption, fail
 from roles.backup.agent import choose_chain, covers, digest_sql, start_position
-from roles.backup.restore import Restore, RestoreError, Source, cli_options, parse_time, run_cli, stream_to
+from roles.backup.restore import (Restore, RestoreError, Source, cli_options, parse_time, run_cli, shell, stream_to,
+                                  wait_until)
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 HOLD = f"{SQL_DIR}/hold-writes"
@@ -92,11 +92,7 @@ class Pair:
         self.run, self.first, self.second, self.database, self.say = run, first, second, database, say
 
     def sh(self, host: str, command: str, timeout: float = 600) -> str:
-        # bash with pipefail: mariadb-binlog failing half-way must fail the replay, not feed half of it
-        ok, out, err = self.run(host, f"bash -o pipefail -c {shlex.quote(command)}", timeout)
-        if not ok:
-            raise RestoreError(f"{host}: `{command[:200]}` failed: {redact((err or out).strip()[-600:])}")
-        return out
+        return shell(self.run, host, command, timeout, clean=redact)
 
     def sql(self, host: str, statement: str, timeout: float = 600) -> list[list[str]]:
         out = self.sh(host, f"mariadb --batch --skip-column-names -e {shlex.quote(statement)}", timeout)
@@ -233,8 +229,8 @@ def restore(r: Restore) -> dict:
                 timeout=7200)
         # still held: nothing is written while the two are compared
         final = pair.sql(first, "SELECT @@gtid_binlog_pos")[0][0]
-        _wait(lambda: covers(pair.sql(second, "SELECT @@gtid_slave_pos")[0][0], final), 120,
-              f"{second} to replicate everything restored")
+        wait_until(lambda: covers(pair.sql(second, "SELECT @@gtid_slave_pos")[0][0], final), 120,
+              f"{second} to replicate everything restored", 1)
         a, b = pair.digests(first), pair.digests(second)
         if a != b:
             raise RestoreError(f"{second} differs from {first} after seeding: {a} != {b}")
@@ -246,7 +242,7 @@ def restore(r: Restore) -> dict:
     with timeline.step("mariadb: writes again"):
         for h in (first, second):
             pair.sh(h, f"rm -f {HOLD} {STATE} && systemctl start hastack-mariadb-writer")
-        _wait(lambda: pair.sql(first, "SELECT @@read_only")[0][0] == "0", 60, f"{first} to take writes")
+        wait_until(lambda: pair.sql(first, "SELECT @@read_only")[0][0] == "0", 60, f"{first} to take writes", 1)
     return report
 
 
@@ -258,16 +254,6 @@ def _replay(pair: Pair, host: str, start: str, *options: str) -> None:
                   "$(ls | sort) | mariadb --binary-mode", timeout=7200)
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except RestoreError:
-            pass
-        time.sleep(1)
-    raise RestoreError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 _opts = cli_options()

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from pathlib import Path
 
-import typer
-
 from hastack.console import OutputsOption, StackOption
-from roles.backup.restore import Restore, RestoreError, cli_options, run_cli, stream_to
+from roles.backup.restore import Restore, RestoreError, cli_options, run_cli, shell, stream_to, wait_until
 from roles.redis import REDIS_PORT
 
 DATA = "/var/lib/redis"
@@ -37,10 +34,7 @@ def restore(r: Restore) -> dict:
     run, say, timeline = r.run, r.say, r.timeline
 
     def sh(host: str, command: str, timeout: float = 600) -> str:
-        ok, out, err = run(host, f"bash -o pipefail -c {shlex.quote(command)}", timeout)
-        if not ok:
-            raise RestoreError(f"{host}: `{command[:160]}` failed: {(err or out).strip()[-400:]}")
-        return out.strip()
+        return shell(run, host, command, timeout).strip()
 
     ips = {n: d["private_ip"] for n, d in r.entries.items()}
 
@@ -84,7 +78,7 @@ def restore(r: Restore) -> dict:
                    f" && printf %s {shlex.quote(AOF_MANIFEST)} > {AOF_DIR}/appendonly.aof.manifest"
                    f" && chown -R redis:redis {AOF_DIR} && systemctl start redis-server")
         expected = found["keys read"] - found.get("already expired", 0)
-        _wait(lambda: role_of(target) == "master", 120, f"{target} to serve as the primary")
+        wait_until(lambda: role_of(target) == "master", 120, f"{target} to serve as the primary")
         loaded = int(sh(target, _cli(ips[target], "DBSIZE")))
         # keys that expired between the check and the load are gone, nothing else may be
         if not expected - found.get("expires", 0) <= loaded <= expected:
@@ -94,9 +88,9 @@ def restore(r: Restore) -> dict:
         for h in replicas:
             sh(h, "systemctl start redis-server")
         for h in replicas:
-            _wait(lambda h=h: "master_link_status:up" in sh(h, _cli(ips[h], "INFO", "replication")), 180,
+            wait_until(lambda h=h: "master_link_status:up" in sh(h, _cli(ips[h], "INFO", "replication")), 180,
                   f"{h} to copy the restored data from {target}")
-            _wait(lambda h=h: sh(h, _cli(ips[h], "DBSIZE")) == sh(target, _cli(ips[target], "DBSIZE")), 60,
+            wait_until(lambda h=h: sh(h, _cli(ips[h], "DBSIZE")) == sh(target, _cli(ips[target], "DBSIZE")), 60,
                   f"{h} to hold as many keys as {target}")
     check = f"{loaded:,} keys on {target} ({found['keys read']:,} in the backup, {found.get('already expired', 0)} " \
             f"expired), the same on {', '.join(replicas) or 'no replica'}"
@@ -104,16 +98,6 @@ def restore(r: Restore) -> dict:
     return {"backup": manifest["object"], "primary": target, "keys": loaded, "checks": [check]}
 
 
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except RestoreError:  # still starting or loading
-            pass
-        time.sleep(0.5)
-    raise RestoreError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 _opts = cli_options()
