@@ -123,6 +123,8 @@ def test_the_weekly_test_restore_verifies_the_newest_backup(lab):
 
 def test_dr_rebuild_converges_and_restores_every_data_store_with_a_timeline(lab):
     """On a running stack the rebuild is a converge (nothing to create) and every restore, forced."""
+    taken = hastack("backup", "now", "--stack", lab.stack)  # every kind, whatever ran before
+    assert taken.returncode == 0, taken.stdout + taken.stderr
     proc = hastack("dr", "rebuild", "--stack", lab.stack, "--from", lab.stack, "--force", "--json", timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(proc.stdout)
