@@ -34,6 +34,8 @@ PACKAGES = [
     "unattended-upgrades",
     "systemd-timesyncd",
     "prometheus-node-exporter",
+    # apt_info every 15 min: node_reboot_required and pending upgrades, for monitoring
+    "prometheus-node-exporter-collectors",
 ]
 
 SSHD_INCLUDE = "Include /etc/ssh/sshd_config.d/*.conf"

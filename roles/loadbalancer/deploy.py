@@ -95,6 +95,7 @@ def loadbalancer() -> None:
         "interface": public_interface,
         "state_file": "/run/hastack/failover-state.json",
         "poweroff_peer_on_takeover": bool(d.lb_poweroff_peer_on_takeover),
+        "metrics_file": "/var/lib/prometheus/node-exporter/hastack_floating_ip.prom",
     }
     files.put(name="Failover agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
               dest="/etc/hastack/failover.json", user="root", group="root", mode="0600")

@@ -126,6 +126,9 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "max_attempts": (_pos_int, "a positive integer", 6),
     "initial_backoff": (_number, "a number of seconds >= 0", 0.5),
     "min_interval": (_number, "a number of seconds >= 0", 0.25),
+    # node exporter textfile: whether this load balancer has the floating IP configured (null: none)
+    "metrics_file": (lambda v: v is None or (_abs_path(v) and v.endswith(".prom")),
+                     "an absolute path ending in .prom, or null", None),
 }
 
 
@@ -145,6 +148,7 @@ class Config:
     max_attempts: int
     initial_backoff: float
     min_interval: float
+    metrics_file: str | None
 
 
 def load_config(path: str) -> Config:
@@ -468,6 +472,27 @@ class FailoverAgent:
                 self.remove_ip()  # not MASTER: the address has no business here
             return EXIT_OK
 
+    def publish_metrics(self) -> None:
+        """What monitoring reads: 1 while the address is configured here (exactly one of the pair should)."""
+        if not self.cfg.metrics_file:
+            return
+        try:
+            self._write_metrics()
+        except (RuntimeError, OSError) as e:  # monitoring then sees stale data and alerts; the IP is what matters
+            log.warning("could not write %s: %s", self.cfg.metrics_file, e)
+
+    def _write_metrics(self) -> None:
+        held = 1 if self.ip_configured() else 0
+        text = ("# HELP hastack_floating_ip_configured 1 if this load balancer has the floating IP configured.\n"
+                "# TYPE hastack_floating_ip_configured gauge\n"
+                f'hastack_floating_ip_configured{{ip="{self.cfg.floating_ip}"}} {held}\n')
+        os.makedirs(os.path.dirname(self.cfg.metrics_file), exist_ok=True)
+        tmp = self.cfg.metrics_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.cfg.metrics_file)  # the collector never reads half a file
+
     def status(self) -> tuple[int, dict[str, Any]]:
         local = read_state(self.cfg.state_file)
         out: dict[str, Any] = {
@@ -511,12 +536,15 @@ def run(argv: list[str] | None = None, runner: Runner = run_ip,
     try:
         cfg = load_config(args.config)
         agent = FailoverAgent(cfg, read_token(cfg.token_file), runner, sleep, action_poll)
-        if args.command == "notify":
-            return agent.notify(args.instance_type, args.name, args.state, args.priority)
-        if args.command == "take":
-            return agent.take()
-        if args.command == "reconcile":
-            return agent.reconcile()
+        if args.command in ("notify", "take", "reconcile"):
+            try:
+                if args.command == "notify":
+                    return agent.notify(args.instance_type, args.name, args.state, args.priority)
+                if args.command == "take":
+                    return agent.take()
+                return agent.reconcile()
+            finally:
+                agent.publish_metrics()
         code, out = agent.status()
         print(json.dumps(out, indent=2))
         return code

@@ -164,6 +164,7 @@ def mariadb() -> None:
         "name": host.name, "peer_name": d.mariadb_peer, "peer_ip": d.mariadb_peer_ip, "preferred": d.mariadb_writer,
         "bind": d.private_ip, "port": WRITER_AGENT_PORT, "peer_server_id": d.get("mariadb_peer_server_id"),
         "failover_after": float(d.mariadb_failover_after), "state_file": f"{SQL_DIR}/writer-state.json",
+        "metrics_file": "/var/lib/prometheus/node-exporter/hastack_mariadb_writer.prom",
     }
     agent_cfg = files.put(name="Writer agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
                           dest="/etc/hastack/mariadb-writer.json", user="root", group="root", mode="0600")

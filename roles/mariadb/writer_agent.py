@@ -73,6 +73,8 @@ class Config:
     failover_after: float = 2.0
     fence_retry: float = 5.0
     gtid_wait: float = 10.0
+    # node exporter textfile: writes held, the peer fenced and not back (None: no metrics)
+    metrics_file: str | None = None
 
 
 def load_config(path: str) -> Config:
@@ -143,6 +145,7 @@ class Local:
 class State:
     last_writer: str | None = None
     promoted_at: float = 0.0
+    fenced_peer_at: float = 0.0  # when this node powered its peer off; 0 once the peer answers again
 
     @classmethod
     def load(cls, path: str) -> "State":
@@ -155,7 +158,8 @@ class State:
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"last_writer": self.last_writer, "promoted_at": self.promoted_at}, f)
+            json.dump({"last_writer": self.last_writer, "promoted_at": self.promoted_at,
+                       "fenced_peer_at": self.fenced_peer_at}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -171,6 +175,7 @@ class Agent:
     local_down_since: float | None = None
     peer_lost_since: float | None = None
     last_fence_try: float = -1e9
+    metrics_written: tuple | None = None
 
     def __post_init__(self) -> None:
         self.state = State.load(self.cfg.state_file)
@@ -284,8 +289,36 @@ class Agent:
             self.peer_lost_since = self.peer_lost_since or t
         else:
             self.peer_lost_since = None
+            if self.state.fenced_peer_at:
+                log.warning("%s answers again after being fenced", self.cfg.peer_name)
+                self.state.fenced_peer_at = 0.0
+                self.state.save(self.cfg.state_file)
         self._decide(local, peer, t)
         self._publish(self.local.status() or local)
+        try:
+            self.write_metrics()
+        except OSError as e:  # monitoring sees stale data; the pair's decisions do not wait for it
+            log.warning("could not write %s: %s", self.cfg.metrics_file, e)
+
+    def write_metrics(self) -> None:
+        """What monitoring reads; written when it changes (a tick is half a second)."""
+        values = (int(os.path.exists(self.cfg.hold_file)), int(bool(self.state.fenced_peer_at)))
+        if not self.cfg.metrics_file or values == self.metrics_written:
+            return
+        held, fenced = values
+        text = ("# HELP hastack_mariadb_writes_held 1 while writes are held on purpose (a restore).\n"
+                "# TYPE hastack_mariadb_writes_held gauge\n"
+                f"hastack_mariadb_writes_held {held}\n"
+                "# HELP hastack_mariadb_peer_fenced 1 while this master has powered its peer off and it is not back.\n"
+                "# TYPE hastack_mariadb_peer_fenced gauge\n"
+                f'hastack_mariadb_peer_fenced{{peer="{self.cfg.peer_name}"}} {fenced}\n')
+        os.makedirs(os.path.dirname(self.cfg.metrics_file), exist_ok=True)
+        tmp = self.cfg.metrics_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.cfg.metrics_file)  # the collector never reads half a file
+        self.metrics_written = values
 
     def _decide(self, local: dict[str, Any], peer: dict[str, Any] | None, t: float) -> None:
         cfg = self.cfg
@@ -315,6 +348,7 @@ class Agent:
                 return
             self.last_fence_try = t
             if self.fence():
+                self.state.fenced_peer_at = time.time()
                 self.promote(f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s and fenced")
 
     def run(self) -> None:

@@ -338,7 +338,7 @@ def test_restore_from_problems_come_with_the_others(prod_config):
 
 
 def test_role_settings_reach_the_hosts_of_that_role_only(prod_config):
-    prod_config["settings"] = {"mariadb": {"failoverAfter": 3}, "cassandra": {"heapMb": 2048}}
+    prod_config["settings"] |= {"mariadb": {"failoverAfter": 3}, "cassandra": {"heapMb": 2048}}
     topo = load("prod", prod_config, secret_keys=SECRETS)
     assert topo.host_data(topo.host("prod-db1"))["mariadb_failover_after"] == 3.0
     assert topo.host_data(topo.host("prod-cass1"))["cassandra_heap_mb"] == 2048
@@ -348,7 +348,7 @@ def test_role_settings_reach_the_hosts_of_that_role_only(prod_config):
 
 
 def test_mappings_in_settings_add_to_the_defaults(prod_config):
-    prod_config["settings"] = {"base": {"sshd": {"MaxAuthTries": 2}, "sysctl": {"vm.swappiness": 10}}}
+    prod_config["settings"] |= {"base": {"sshd": {"MaxAuthTries": 2}, "sysctl": {"vm.swappiness": 10}}}
     topo = load("prod", prod_config, secret_keys=SECRETS)
     data = topo.host_data(topo.hosts[0])
     assert data["base_sshd"]["MaxAuthTries"] == 2 and data["base_sshd"]["PasswordAuthentication"] == "no"
@@ -367,7 +367,7 @@ def test_mappings_in_settings_add_to_the_defaults(prod_config):
     ({"app": {"exec": "python3 app.py"}}, "hastack:settings.app.exec = 'python3 app.py': one line starting with the program's absolute path, e.g. /usr/bin/python3 /opt/app/main.py"),
 ])
 def test_bad_role_settings_are_refused_naming_the_key(prod_config, settings, problem):
-    prod_config["settings"] = settings
+    prod_config["settings"] |= settings
     assert problems_of(prod_config) == [problem]
 
 

@@ -1,0 +1,82 @@
+"""The monitoring role: Prometheus, Alertmanager and the blackbox exporter from Debian.
+
+Every configuration file is checked by its own program (promtool, amtool,
+the blackbox exporter) before it replaces the live one, so a converge never
+leaves Prometheus with a file it cannot load at its next restart.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
+
+from hastack.templating import template_path
+from roles.monitoring import DEFAULTS
+from roles.monitoring import config as c
+from roles.monitoring import rules
+
+STAGING = "/var/lib/hastack/staging/monitoring"
+# each checked file: its check ({staged} is the candidate), its owner group and mode
+CHECKS = {
+    rules.RULES_FILE: ("promtool check rules {staged}", "root", "0644"),
+    c.PROMETHEUS_YML: ("promtool check config --syntax-only {staged}", "root", "0644"),
+    # webhook URLs may hold tokens: readable by the service's user only
+    c.ALERTMANAGER_YML: ("amtool check-config {staged}", "prometheus", "0640"),
+    c.BLACKBOX_YML: ("prometheus-blackbox-exporter --config.check --config.file={staged}", "prometheus", "0640"),
+}
+
+
+def _checked_install(tvars, target):
+    """Render to a staging copy, check it, only then install it; a copy that fails its
+    check is removed, so the next converge tries (and reports) it again."""
+    check, group, mode = CHECKS[target]
+    staged = STAGING + target
+    files.directory(name=f"Staging for {target}", path=posixpath.dirname(staged), user="root", group="root",
+                    mode="0700")
+    candidate = files.template(name=f"Candidate {target}", src=template_path("monitoring", target), dest=staged,
+                               user="root", group="root", mode="0600", **tvars[target])
+    live_missing = not host.get_fact(File, path=target)
+    return server.shell(
+        name=f"Check and install {target}",
+        commands=[f"if {check.format(staged=staged)}; then install -o root -g {group} -m {mode} {staged} {target}; "
+                  f"else rm -f {staged}; exit 1; fi"],
+        _if=lambda: candidate.did_change() or live_missing,
+    )
+
+
+def _args(tvars, target, service):
+    return files.template(name=f"{service} arguments", src=template_path("monitoring", target), dest=target,
+                          user="root", group="root", mode="0644", **tvars[target])
+
+
+@deploy("monitoring", data_defaults=DEFAULTS)
+def monitoring() -> None:
+    apt.packages(name="Prometheus, Alertmanager, blackbox exporter",
+                 packages=["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"],
+                 no_recommends=True)
+    size = host.get_fact(Command, command="df --output=size -B1 /var/lib | tail -n 1") or "0"
+    tvars = c.template_vars(host.data.dict(), filesystem_bytes=int(size.strip() or 0))
+    files.directory(name="Prometheus rules directory", path=posixpath.dirname(rules.RULES_FILE),
+                    user="root", group="root", mode="0755")
+
+    rules_op = _checked_install(tvars, rules.RULES_FILE)
+    prom_cfg = _checked_install(tvars, c.PROMETHEUS_YML)
+    am_cfg = _checked_install(tvars, c.ALERTMANAGER_YML)
+    bb_cfg = _checked_install(tvars, c.BLACKBOX_YML)
+    prom_args = _args(tvars, c.PROMETHEUS_ARGS, "Prometheus")
+    am_args = _args(tvars, c.ALERTMANAGER_ARGS, "Alertmanager")
+    bb_args = _args(tvars, c.BLACKBOX_ARGS, "Blackbox exporter")
+
+    # arguments need a restart; configuration and rules a reload (SIGHUP), keeping the data in memory
+    for unit, args, configs in (("prometheus-blackbox-exporter", bb_args, (bb_cfg,)),
+                                ("prometheus-alertmanager", am_args, (am_cfg,)),
+                                ("prometheus", prom_args, (prom_cfg, rules_op))):
+        systemd.service(name=f"Restart {unit}", service=unit, restarted=True, _if=args.did_change)
+        systemd.service(name=f"Reload {unit}", service=unit, reloaded=True,
+                        _if=lambda a=args, cs=configs: any(op.did_change() for op in cs) and not a.did_change())
+        systemd.service(name=f"{unit} running", service=unit, running=True, enabled=True)
