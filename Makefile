@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STACK ?= prod
 # host programs: the lab itself, and the real validators the template tests run
 HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps \
-	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd
+	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd \
+	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium
+# the lab runs its own instances of these (the uptime probe): the system services stay off
+HOST_SERVICES_OFF := prometheus prometheus-alertmanager prometheus-blackbox-exporter
 
 .PHONY: up test check plan lab-down host-deps clean
 
@@ -45,7 +48,9 @@ host-deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing host packages:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null && \
+		for s in $(HOST_SERVICES_OFF); do case " $$missing " in *" $$s "*) \
+			systemctl disable --now $$s >/dev/null 2>&1 || true;; esac; done; \
 	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt

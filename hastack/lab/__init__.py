@@ -69,6 +69,7 @@ class Lab:
             token_file=self.paths.secrets / "hcloud-token")
         services.start_s3(self.paths, self.addr, self.topo, log=self.log,
                           cert=self.ca.issue("s3", dns=["s3.lab"], ips=[self.addr.host_private]))
+        services.start_monitoring(self.paths, self.addr, self.stack)
         timings["network"] = time.monotonic() - t
 
         t = time.monotonic()

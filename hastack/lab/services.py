@@ -19,7 +19,11 @@ import time
 from hastack.lab.layout import APT_CACHE_PORT, ARTIFACT_PORT, DEBIAN_MIRROR, Addresses, Paths
 from hastack.lab.system import LabError, pid_alive, read_pid
 
-SERVICES = ("apt-cacher-ng", "artifacts", "hcloud-api", "s3")
+SERVICES = ("apt-cacher-ng", "artifacts", "hcloud-api", "s3", "alert-receiver", "uptime-blackbox",
+            "uptime-prometheus", "uptime-alertmanager", "status-page", "status-web")
+ALERT_RECEIVER_PORT = 9095
+UPTIME_PROMETHEUS_PORT = 9190
+STATUS_WEB_PORT = 8080
 
 
 def _start(paths: Paths, name: str, cmd: list[str]) -> int:
@@ -115,6 +119,55 @@ def start_s3(paths: Paths, addr: Addresses, topo, cert, log=print) -> dict:
     from hastack.lab.layout import S3_PORT
 
     return s3.ensure(paths, topo, addr.host_private, S3_PORT, cert, log=log)
+
+
+def alerts_log(paths: Paths):
+    return paths.logs / "alerts.jsonl"
+
+
+def status_dir(paths: Paths):
+    return paths.root / "status"
+
+
+def uptime_url(addr: Addresses) -> str:
+    return f"http://{addr.internet}:{UPTIME_PROMETHEUS_PORT}"
+
+
+def status_url(addr: Addresses) -> str:
+    return f"http://{addr.host_public}:{STATUS_WEB_PORT}/"
+
+
+def start_monitoring(paths: Paths, addr: Addresses, stack: str) -> None:
+    """What sits outside the stack: the alert receiver (operator host), the uptime probe (the
+    internet namespace, as an external host would be) and the status page (operator host)."""
+    from dataclasses import replace
+
+    from hastack.lab.layout import INTERNET_NS
+    from roles.monitoring import uptime
+
+    _start(paths, "alert-receiver", [
+        sys.executable, "-m", "hastack.lab.alert_receiver", "--log", str(alerts_log(paths)),
+        "--bind", f"{addr.host_private}:{ALERT_RECEIVER_PORT}", "--bind", f"{addr.host_public}:{ALERT_RECEIVER_PORT}",
+    ])
+    probe = uptime.for_stack(stack, addr.floating_ip, prometheus=f"{addr.internet}:{UPTIME_PROMETHEUS_PORT}",
+                             alertmanager="127.0.0.1:9193", blackbox="127.0.0.1:9115", probe_from="lab-internet")
+    # from the internet namespace the operator host is its public address
+    probe = replace(probe, webhooks=(f"http://{addr.host_public}:{ALERT_RECEIVER_PORT}/uptime",), email=None)
+    config = uptime.write_config(probe, paths.run / "uptime")
+    for name, argv in uptime.commands(probe, config, paths.run / "uptime").items():
+        _start(paths, name, ["ip", "netns", "exec", INTERNET_NS, *argv])
+    out = status_dir(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    _start(paths, "status-page", [
+        sys.executable, "-m", "hastack.cli", "uptime", "page", "--stack", stack, "--out", str(out),
+        "--uptime-url", uptime_url(addr), "--every", "60",
+    ])
+    _start(paths, "status-web", [
+        sys.executable, "-m", "http.server", "--bind", addr.host_public, "--directory", str(out), str(STATUS_WEB_PORT),
+    ])
+    _wait_port(addr.host_private, ALERT_RECEIVER_PORT, "alert-receiver")
+    _wait_port(addr.internet, UPTIME_PROMETHEUS_PORT, "uptime-prometheus", timeout=30)
+    _wait_port(addr.host_public, STATUS_WEB_PORT, "status-web")
 
 
 def stop_service(paths: Paths, name: str) -> bool:

@@ -100,6 +100,7 @@ ROLE = Role(
     placement=Placement(short_name="mon", first_address=150, min_count=1, max_count=1, count_rule="exactly 1"),
     check=_check,
     host_data=_host_data,
+    commands={"uptime": "roles.monitoring.uptime:app"},
 )
 
 DEFAULTS = ROLE.defaults
