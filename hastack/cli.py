@@ -250,5 +250,34 @@ for _role in all_roles():
 app.add_typer(restore_app, name="restore")
 
 
+@app.command("status")
+def status_cmd(stack: str = StackOption, outputs: Path = OutputsOption,
+               uptime_url: str = typer.Option(None, "--uptime-url", help="the uptime Prometheus outside the stack "
+                                              "(default: the lab's own for a lab stack, else none)"),
+               interval: float = typer.Option(15.0, "--interval", help="seconds between the uptime probes"),
+               as_json: bool = typer.Option(False, "--json", help="the summary as JSON on standard output"),
+               html: Path = typer.Option(None, "--html", help="also write the static status page here")) -> None:
+    """The stack's services, the site's uptime, incidents and firing alerts.
+
+    Exit code: 0 when every service is ok and no critical alert fires; 1 when a service
+    is down, degraded or unknown, or a critical alert fires; 2 on a usage error."""
+    from hastack.status import collect_for_stack, lab_uptime_url, render_terminal, write_page
+
+    if interval <= 0:
+        fail("--interval must be more than 0 seconds")
+    entries = stack_entries(stack, outputs)
+    result = collect_for_stack(stack, entries, uptime_url or lab_uptime_url(stack), interval)
+    if html is not None:
+        try:
+            write_page(result, html)
+        except OSError as e:
+            fail(f"--html {html}: {e}")
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        render_terminal(result, console)
+    raise typer.Exit(result.exit_code)
+
+
 if __name__ == "__main__":
     app()

@@ -14,9 +14,12 @@ from hastack.secrets import derive
 from hastack.validators import config_name_problem
 from roles.cassandra.bundle import CASSANDRA_VERSION, JMX_EXPORTER_VERSION
 
+CQL_PORT = 9042
+
 PORTS = (
     Port("cassandra-internode", 7000, sources=("cassandra",), description="Cassandra gossip and streaming (TLS)"),
-    Port("cassandra-cql", 9042, sources=("app", "cassandra"), description="CQL native transport (TLS)"),
+    # monitoring: a TLS handshake checks the certificate and its expiry (no CQL account)
+    Port("cassandra-cql", CQL_PORT, sources=("app", "cassandra", "monitoring"), description="CQL native transport (TLS)"),
     Port("cassandra-jmx-exporter", 7070, sources=("monitoring",), description="Prometheus JMX exporter agent"),
 )
 

@@ -298,7 +298,8 @@ class Agent:
         try:
             self.write_metrics()
         except OSError as e:  # monitoring sees stale data; the pair's decisions do not wait for it
-            log.warning("could not write %s: %s", self.cfg.metrics_file, e)
+            log.warning("could not write %s: %s (tried again when the values change)", self.cfg.metrics_file, e)
+            self.metrics_written = (int(os.path.exists(self.cfg.hold_file)), int(bool(self.state.fenced_peer_at)))
 
     def write_metrics(self) -> None:
         """What monitoring reads; written when it changes (a tick is half a second)."""

@@ -51,15 +51,22 @@ class AlertEmail(Section):
 class MonitoringSettings(Settings):
     """hastack:settings.monitoring -> host data monitoring_<key>."""
 
-    scrape_interval: str = Field("15s", pattern=PROM_DURATION)
-    retention_time: str = Field("30d", pattern=PROM_DURATION)
+    scrape_interval: str = "15s"
+    retention_time: str = "30d"
     # null: half the filesystem holding Prometheus's data, measured on the host at converge
     retention_size: str | None = Field(None, pattern=r"^\d+(MB|GB|TB)$")
     # where alerts go: webhooks (Alertmanager's JSON) and/or email; at least one
     alert_webhooks: list[str] = Field(default_factory=list)
     alert_email: AlertEmail | None = None
     # the external uptime probe (`hastack uptime`): how often it checks the site
-    site_probe_interval: str = Field("15s", pattern=PROM_DURATION)
+    site_probe_interval: str = "15s"
+
+    @field_validator("scrape_interval", "retention_time", "site_probe_interval")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.match(PROM_DURATION, value):
+            raise ValueError(f"{value!r} is not a duration: a number and a unit (ms, s, m, h, d, w, y), e.g. 15s or 30d")
+        return value
 
     @field_validator("alert_webhooks")
     @classmethod

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from roles.app import APP_PORT
+from roles.cassandra import CQL_PORT
 from roles.monitoring import ALERTMANAGER_PORT, BLACKBOX_PORT, PROMETHEUS_PORT
 from roles.monitoring import rules
+from roles.redis import REDIS_PORT
 
 PROMETHEUS_YML = "/etc/prometheus/prometheus.yml"
 ALERTMANAGER_YML = "/etc/prometheus/alertmanager.yml"
@@ -30,7 +33,7 @@ EXPORTERS = (
     ("cassandra", ("cassandra",), 7070, "/metrics"),
 )
 # TLS endpoints the blackbox exporter handshakes with (certificate valid, expiry): service -> (roles, port)
-TLS_ENDPOINTS = {"redis": (("redis",), 6379), "cassandra": (("cassandra",), 9042), "app": (("app",), 8000)}
+TLS_ENDPOINTS = {"redis": (("redis",), REDIS_PORT), "cassandra": (("cassandra",), CQL_PORT), "app": (("app",), APP_PORT)}
 SENTINEL_PORT = 26379
 
 

@@ -57,7 +57,8 @@ def _args(tvars, target, service):
 @deploy("monitoring", data_defaults=DEFAULTS)
 def monitoring() -> None:
     apt.packages(name="Prometheus, Alertmanager, blackbox exporter",
-                 packages=["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"],
+                 # curl: `hastack status` queries Prometheus on this host over SSH
+                 packages=["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "curl"],
                  no_recommends=True)
     size = host.get_fact(Command, command="df --output=size -B1 /var/lib | tail -n 1") or "0"
     tvars = c.template_vars(host.data.dict(), filesystem_bytes=int(size.strip() or 0))
@@ -72,11 +73,14 @@ def monitoring() -> None:
     am_args = _args(tvars, c.ALERTMANAGER_ARGS, "Alertmanager")
     bb_args = _args(tvars, c.BLACKBOX_ARGS, "Blackbox exporter")
 
-    # arguments need a restart; configuration and rules a reload (SIGHUP), keeping the data in memory
+    # configuration and rules take a reload (SIGHUP: the data stays in memory), arguments a restart.
+    # The reload comes first: on the first converge it replaces the package's example targets with
+    # the stack's, and Prometheus marks the examples' series stale instead of alerting on them.
     for unit, args, configs in (("prometheus-blackbox-exporter", bb_args, (bb_cfg,)),
                                 ("prometheus-alertmanager", am_args, (am_cfg,)),
                                 ("prometheus", prom_args, (prom_cfg, rules_op))):
+        # reload-or-restart: a stopped service is started instead (a plain reload would fail)
+        server.shell(name=f"Reload {unit}", commands=[f"systemctl reload-or-restart {unit}"],
+                     _if=lambda cs=configs: any(op.did_change() for op in cs))
         systemd.service(name=f"Restart {unit}", service=unit, restarted=True, _if=args.did_change)
-        systemd.service(name=f"Reload {unit}", service=unit, reloaded=True,
-                        _if=lambda a=args, cs=configs: any(op.did_change() for op in cs) and not a.did_change())
         systemd.service(name=f"{unit} running", service=unit, running=True, enabled=True)

@@ -158,44 +158,18 @@ def generate_page(stack: str, uptime_url: str | None, interval: float, out: Path
     ``out``/index.html; returns the status."""
     from hastack import status as st
 
-    uptime_prom = st.HttpPrometheus(uptime_url) if uptime_url else None
     started = time.monotonic()
     try:
-        with _stack_prometheus(stack) as stack_prom:
-            result = st.collect(stack_prom, uptime_prom, interval)
-    except st.StatusError:
-        result = st.collect(None, uptime_prom, interval)
+        entries = _entries(stack)
+    except Exception as e:  # no outputs here (the stack is gone or unreachable): the site part still works
+        result = st.collect(None, st.HttpPrometheus(uptime_url) if uptime_url else None, interval, stack=stack,
+                            stack_error=f"{st.STACK_UNREACHABLE}: {e}")
+    else:
+        result = st.collect_for_stack(stack, entries, uptime_url, interval)
     result.generation_seconds = time.monotonic() - started
     out.mkdir(parents=True, exist_ok=True)
     st.write_page(result, out / "index.html")
     return result
-
-
-class _stack_prometheus:
-    """The stack's Prometheus through SSH to the monitoring host; None when the stack cannot be reached."""
-
-    def __init__(self, stack: str):
-        self.stack = stack
-        self.ctx = None
-
-    def __enter__(self):
-        from hastack import status as st
-        from hastack.converge import connected
-
-        try:
-            entries = _entries(self.stack)
-            name, data = next((n, d) for n, d in entries.items() if d.get("role") == "monitoring")
-            self.ctx = connected({name: data})
-            run = self.ctx.__enter__()
-        except Exception:  # the stack is down or unreachable: the page still shows the site
-            self.ctx = None
-            return None
-        return st.SshPrometheus(run, name, f"http://{data['private_ip']}:{mc.PROMETHEUS_PORT}")
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
-        return False
 
 
 def _entries(stack: str) -> dict:

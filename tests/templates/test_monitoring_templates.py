@@ -51,7 +51,7 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_exporter_of_the_top
     assert sorted(jobs["redis"]) == ips("redis", 9121)
     assert sorted(jobs["cassandra"]) == ips("cassandra", 7070)
     sentinels = [topo.host(s).private_ip + ":26379" for s in topo.cluster("redis").sentinels]
-    assert sorted(jobs["tls"]) == sorted(ips("redis", 6379) + ips("cassandra", 9042) + ips("app", 8000) + sentinels)
+    assert sorted(jobs["tls"]) == sorted(ips("redis", 6379) + ips("cassandra", 9042) + ips("app", 8080) + sentinels)
     assert jobs["site"] == ["https://203.0.113.10/", "http://203.0.113.10/"]
     # every target names its host, so an alert says which machine and inhibition can match it
     for job in parsed["scrape_configs"]:
@@ -118,3 +118,32 @@ def test_blackbox_config_passes_the_exporters_own_check(stack, tmp_path):
     site = modules["site_https"]["http"]
     assert site["fail_if_not_ssl"] and site["tls_config"]["server_name"] == topology(stack).domain
     assert modules["tls"]["tcp"]["tls_config"]["ca_file"] == f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
+
+
+def test_the_external_uptime_probe_config_passes_its_checks(tmp_path):
+    from roles.monitoring import uptime
+
+    ca = write(tmp_path, "ca.crt", "-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
+    probe = uptime.for_stack("prod", "203.0.113.10", ca_file=ca)
+    files = uptime.write_config(probe, tmp_path / "uptime")
+    proc = subprocess.run([tool("promtool"), "check", "config", str(files["prometheus.yml"])], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([tool("amtool"), "check-config", str(files["alertmanager.yml"])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    parsed = yaml.safe_load(files["prometheus.yml"].read_text())
+    assert parsed["global"]["scrape_interval"] == "15s"  # siteProbeInterval
+    assert parsed["scrape_configs"][0]["static_configs"][0]["targets"] == ["https://203.0.113.10/"]
+    blackbox = yaml.safe_load(files["blackbox.yml"].read_text())["modules"]["site_https"]["http"]["tls_config"]
+    assert blackbox == {"server_name": "www.example.com", "ca_file": str(tmp_path / "uptime" / "stack-ca.crt")}
+    assert all(p.stat().st_mode & 0o777 == 0o640 for p in files.values())
+    argv = uptime.commands(probe, files, tmp_path / "data")
+    assert "--web.listen-address=127.0.0.1:9090" in argv["uptime-prometheus"]
+    assert "--cluster.listen-address=" in argv["uptime-alertmanager"]
+
+
+def test_the_uptime_probe_refuses_a_missing_stack_ca_naming_it(tmp_path):
+    from roles.monitoring import uptime
+
+    with pytest.raises(ValueError, match=r"its CA .*missing.crt is not on this machine: copy it here and pass --ca-file"):
+        uptime.for_stack("prod", "203.0.113.10", ca_file=tmp_path / "missing.crt")

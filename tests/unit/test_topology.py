@@ -365,6 +365,10 @@ def test_mappings_in_settings_add_to_the_defaults(prod_config):
     ({"base": {"sysctl": {"kernel.x": "1\nkernel.y=2"}}}, "hastack:settings.base.sysctl: kernel.x: '1\\nkernel.y=2' must be a number or a one-line string without '#'"),
     ({"cassandra": {"version": "4.1.0"}}, "hastack:settings.cassandra: version '4.1.0': the bundle is locked to 5.0.9 (roles/cassandra/bundle.lock); another version needs tarballUrl and tarballSha256"),
     ({"app": {"exec": "python3 app.py"}}, "hastack:settings.app.exec = 'python3 app.py': one line starting with the program's absolute path, e.g. /usr/bin/python3 /opt/app/main.py"),
+    ({"monitoring": {"alertWebhooks": ["ftp://x"]}}, "hastack:settings.monitoring.alertWebhooks = ['ftp://x']: not http(s) URLs: ftp://x (expected e.g. https://hooks.example.com/alerts)"),
+    ({"monitoring": {"alertEmail": None, "alertWebhooks": []}}, "hastack:settings.monitoring: no receiver for alerts; give alertWebhooks (a list of http(s) URLs) and/or alertEmail ({to: [name@domain], from: name@domain, smarthost: host:port})"),
+    ({"monitoring": {"alertEmail": {"to": ["ops"], "from": "a@b.c", "smarthost": "smtp:25"}}}, "hastack:settings.monitoring.alertEmail.to = ['ops']: not email addresses: ops (expected name@domain)"),
+    ({"monitoring": {"scrapeInterval": "15"}}, "hastack:settings.monitoring.scrapeInterval = '15': '15' is not a duration: a number and a unit (ms, s, m, h, d, w, y), e.g. 15s or 30d"),
 ])
 def test_bad_role_settings_are_refused_naming_the_key(prod_config, settings, problem):
     prod_config["settings"] |= settings
