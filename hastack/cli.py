@@ -91,7 +91,7 @@ def _print_converge(report) -> None:
 @lab_app.command("up")
 def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-converge")) -> None:
     """Build what is missing, boot every machine, converge. Idempotent; recovers a half-finished run."""
-    from hastack.lab import LabError
+    from hastack.lab import LabError, services
 
     lab = open_lab(stack)
     try:
@@ -107,7 +107,8 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
                   f"boot {t['boot']:.0f}s" + (f", converge {t['converge']:.0f}s" if "converge" in t else "") + ")")
     console.print(f"log in: [bold]hastack lab ssh {lab.topo.hosts[0].name}[/bold]  "
                   f"(or ssh -i {lab.paths.admin_key(lab.admin)} {lab.admin}@<public IP>); "
-                  f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace")
+                  f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace; "
+                  f"its status page: {services.status_url(lab.addr)}")
     if report is not None and not report.ok:
         failed = next(r for r in report.hosts.values() if r.failed)
         fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
@@ -136,7 +137,7 @@ def lab_status(stack: str = LabStack, as_json: bool = typer.Option(False, "--jso
 def lab_stop(host: str, stack: str = LabStack,
              hard: bool = typer.Option(False, "--hard", help="kill it like a power cut instead of a clean poweroff")) -> None:
     """Power a machine off (for failure tests)."""
-    from hastack.lab import LabError
+    from hastack.lab import LabError, services
 
     try:
         open_lab(stack).stop(host, hard=hard)
@@ -148,7 +149,7 @@ def lab_stop(host: str, stack: str = LabStack,
 @lab_app.command("start")
 def lab_start(host: str, stack: str = LabStack) -> None:
     """Power a machine on again and wait for it to boot."""
-    from hastack.lab import LabError
+    from hastack.lab import LabError, services
 
     try:
         state = open_lab(stack).start(host)
@@ -160,7 +161,7 @@ def lab_start(host: str, stack: str = LabStack) -> None:
 @lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def lab_exec(ctx: typer.Context, host: str, stack: str = LabStack) -> None:
     """Run a command as root in a machine: hastack lab exec HOST -- CMD..."""
-    from hastack.lab import LabError
+    from hastack.lab import LabError, services
 
     if not ctx.args:
         fail("give a command after --, e.g. hastack lab exec lab-db1 -- systemctl status")

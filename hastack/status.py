@@ -89,7 +89,23 @@ def _range_params(expr: str, start: float, end: float, step: float) -> dict[str,
     return {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
 
 
-class HttpPrometheus:
+class _PrometheusAPI:
+    """The three calls of Prometheus's HTTP API used here; subclasses say how a GET gets there."""
+
+    def _get(self, path: str, params: dict[str, str]) -> Any:
+        raise NotImplementedError
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        return self._get("/api/v1/query", _query_params(expr, at))["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
+        return self._get("/api/v1/query_range", _range_params(expr, start, end, step))["result"]
+
+    def alerts(self) -> list[dict]:
+        return self._get("/api/v1/alerts", {})["alerts"]
+
+
+class HttpPrometheus(_PrometheusAPI):
     """A Prometheus reached over plain HTTP (the uptime Prometheus)."""
 
     def __init__(self, base_url: str, timeout: float = 10.0):
@@ -110,17 +126,8 @@ class HttpPrometheus:
             raise StatusError(f"Prometheus at {self.base_url} unreachable: {reason}") from None
         return _answer(body, f"Prometheus at {self.base_url}")
 
-    def query(self, expr: str, at: float | None = None) -> list[dict]:
-        return self._get("/api/v1/query", _query_params(expr, at))["result"]
 
-    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
-        return self._get("/api/v1/query_range", _range_params(expr, start, end, step))["result"]
-
-    def alerts(self) -> list[dict]:
-        return self._get("/api/v1/alerts", {})["alerts"]
-
-
-class SshPrometheus:
+class SshPrometheus(_PrometheusAPI):
     """A Prometheus on a private network, asked with curl on a host reached over SSH
     (``run(host, command, timeout) -> (ok, stdout, stderr)``, hastack.converge.connected)."""
 
@@ -143,15 +150,6 @@ class SshPrometheus:
         if not ok:
             raise StatusError(f"{where} unreachable: {(err or out).strip()[:300]}")
         return _answer(out, where)
-
-    def query(self, expr: str, at: float | None = None) -> list[dict]:
-        return self._get("/api/v1/query", _query_params(expr, at))["result"]
-
-    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
-        return self._get("/api/v1/query_range", _range_params(expr, start, end, step))["result"]
-
-    def alerts(self) -> list[dict]:
-        return self._get("/api/v1/alerts", {})["alerts"]
 
 
 # -- the summary

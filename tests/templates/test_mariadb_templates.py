@@ -90,7 +90,9 @@ def test_writer_agent_unit_runs_the_agent_from_its_virtualenv():
     lines = render("mariadb", c.WRITER_UNIT, **db_vars("prod", pair[0])[c.WRITER_UNIT]).splitlines()
     assert (f"ExecStart={hcloud_agent.VENV}/bin/python /opt/hastack/mariadb_writer.py "
             "--config /etc/hastack/mariadb-writer.json run") in lines
-    assert "ReadWritePaths=/var/lib/hastack/mariadb" in lines and "ProtectSystem=strict" in lines
+    # its state, and its metrics (the node exporter's textfile directory, if there is one)
+    assert "ReadWritePaths=/var/lib/hastack/mariadb -/var/lib/prometheus/node-exporter" in lines
+    assert "ProtectSystem=strict" in lines
 
 
 def test_exporter_listens_on_the_private_address_as_the_exporter_user():
