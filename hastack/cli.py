@@ -255,7 +255,8 @@ app.add_typer(restore_app, name="restore")
 def status_cmd(stack: str = StackOption, outputs: Path = OutputsOption,
                uptime_url: str = typer.Option(None, "--uptime-url", help="the uptime Prometheus outside the stack "
                                               "(default: the lab's own for a lab stack, else none)"),
-               interval: float = typer.Option(15.0, "--interval", help="seconds between the uptime probes"),
+               interval: float = typer.Option(None, "--interval", help="seconds between the uptime probes "
+                                              "(default: the stack's siteProbeInterval)"),
                as_json: bool = typer.Option(False, "--json", help="the summary as JSON on standard output"),
                html: Path = typer.Option(None, "--html", help="also write the static status page here")) -> None:
     """The stack's services, the site's uptime, incidents and firing alerts.
@@ -264,6 +265,10 @@ def status_cmd(stack: str = StackOption, outputs: Path = OutputsOption,
     is down, degraded or unknown, or a critical alert fires; 2 on a usage error."""
     from hastack.status import collect_for_stack, lab_uptime_url, render_terminal, write_page
 
+    if interval is None:
+        from roles.monitoring.uptime import probe_interval
+
+        interval = probe_interval(stack)
     if interval <= 0:
         fail("--interval must be more than 0 seconds")
     entries = stack_entries(stack, outputs)

@@ -16,6 +16,7 @@ Prometheus and, while it answers, the stack's.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -185,6 +186,11 @@ def _entries(stack: str) -> dict:
 # ------------------------------------------------------------------ commands
 
 
+def probe_interval(stack: str) -> float:
+    """Seconds between the probes of ``stack``'s site (its siteProbeInterval)."""
+    return duration_seconds(_topology(stack).resolved_settings("monitoring")["monitoring_site_probe_interval"])
+
+
 def _floating_ip(stack: str, floating_ip: str | None) -> str:
     if floating_ip:
         return floating_ip
@@ -269,6 +275,8 @@ def install(stack: str = typer.Option(..., "--stack", "-s"),
 
     from hastack.console import fail, say
 
+    if os.geteuid() != 0:
+        fail("run as root: it writes /etc/hastack-uptime and systemd units")
     missing = [b for b in ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter")
                if not shutil.which(b)]
     if missing:
@@ -301,7 +309,7 @@ def page(stack: str = typer.Option(..., "--stack", "-s"), out: Path = typer.Opti
     from hastack.console import say
 
     if interval is None:
-        interval = duration_seconds(_topology(stack).resolved_settings("monitoring")["monitoring_site_probe_interval"])
+        interval = probe_interval(stack)
     while True:
         started = time.monotonic()
         result = generate_page(stack, uptime_url, interval, out)
