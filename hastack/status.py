@@ -597,7 +597,9 @@ def _redis(prom: Prometheus, exporter: dict[str, float]) -> Service:
 def _cassandra(prom: Prometheus, exporter: dict[str, float]) -> Service:
     modes = {_host(s): s["metric"].get("mode", "?") for s in prom.query("cassandra_storageservice_operationmode")
              if _value(s) == 1}
-    seen_down = _by_host(prom.query("cassandra_failuredetector_downendpointcount"))
+    # live endpoints as each node sees them (itself included); the down count would also count a
+    # decommissioned node, which gossip remembers for three days
+    seen_up = _by_host(prom.query("cassandra_failuredetector_upendpointcount"))
     hosts = sorted(set(exporter) | set(modes))
     if not hosts:
         return Service("cassandra", "Cassandra", "unknown", "no Cassandra metrics")
@@ -607,7 +609,7 @@ def _cassandra(prom: Prometheus, exporter: dict[str, float]) -> Service:
     detail = f"{len(normal)}/{len(hosts)} nodes Up/Normal"
     if others:
         detail += f"; not: {', '.join(others)}"
-    gossip_down = max((v for h, v in seen_down.items() if h in normal and _finite(v)), default=0)
+    gossip_down = max((len(hosts) - v for h, v in seen_up.items() if h in normal and _finite(v)), default=0)
     if gossip_down and not others:
         detail += f"; {gossip_down:.0f} seen down by the ring"
     if not normal:

@@ -56,10 +56,14 @@ def _args(tvars, target, service):
 
 @deploy("monitoring", data_defaults=DEFAULTS)
 def monitoring() -> None:
-    apt.packages(name="Prometheus, Alertmanager, blackbox exporter",
+    prometheus = apt.packages(name="Prometheus", packages=["prometheus"], no_recommends=True)
+    # The package starts Prometheus at once with its example configuration (localhost targets, which
+    # the stack's rules would see down): on a fresh install what it scraped is dropped.
+    server.shell(name="Forget what the package's example configuration scraped",
+                 commands=["systemctl stop prometheus", f"rm -rf {c.DATA_DIR}"], _if=prometheus.did_change)
+    apt.packages(name="Alertmanager, blackbox exporter",
                  # curl: `hastack status` queries Prometheus on this host over SSH
-                 packages=["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "curl"],
-                 no_recommends=True)
+                 packages=["prometheus-alertmanager", "prometheus-blackbox-exporter", "curl"], no_recommends=True)
     size = host.get_fact(Command, command="df --output=size -B1 /var/lib | tail -n 1") or "0"
     tvars = c.template_vars(host.data.dict(), filesystem_bytes=int(size.strip() or 0))
     files.directory(name="Prometheus rules directory", path=posixpath.dirname(rules.RULES_FILE),
@@ -73,9 +77,7 @@ def monitoring() -> None:
     am_args = _args(tvars, c.ALERTMANAGER_ARGS, "Alertmanager")
     bb_args = _args(tvars, c.BLACKBOX_ARGS, "Blackbox exporter")
 
-    # configuration and rules take a reload (SIGHUP: the data stays in memory), arguments a restart.
-    # The reload comes first: on the first converge it replaces the package's example targets with
-    # the stack's, and Prometheus marks the examples' series stale instead of alerting on them.
+    # configuration and rules take a reload (SIGHUP: the data stays in memory), arguments a restart
     for unit, args, configs in (("prometheus-blackbox-exporter", bb_args, (bb_cfg,)),
                                 ("prometheus-alertmanager", am_args, (am_cfg,)),
                                 ("prometheus", prom_args, (prom_cfg, rules_op))):

@@ -160,8 +160,9 @@ def healthy_stack():
     q["cassandra_storageservice_operationmode"] = [
         vec("cassandra_storageservice_operationmode", 1 if mode == "NORMAL" else 0, host=h, mode=mode, **cass)
         for h in HOSTS["cassandra"] for mode in ("NORMAL", "JOINING", "LEAVING")]
-    q["cassandra_failuredetector_downendpointcount"] = [
-        vec("cassandra_failuredetector_downendpointcount", 0, host=h, **cass) for h in HOSTS["cassandra"]]
+    q["cassandra_failuredetector_upendpointcount"] = [
+        vec("cassandra_failuredetector_upendpointcount", len(HOSTS["cassandra"]), host=h, **cass)
+        for h in HOSTS["cassandra"]]
     backups = [("lab-db1", "mariadb-full", 3 * 3600), ("lab-db2", "mariadb-full", 4 * 3600),
                ("lab-db1", "mariadb-binlog", 40), ("lab-db2", "mariadb-binlog", 20),
                *((h, "cassandra-snapshot", 5 * 3600) for h in HOSTS["cassandra"]), ("lab-redis2", "redis-rdb", 4 * 3600)]
@@ -271,6 +272,9 @@ def test_a_healthy_stack_is_ok_everywhere():
      "backups", "degraded", "no redis-rdb backup yet"),
     (lambda q: set_value(q, "hastack_backup_verify_last_run_success", "lab-mon1", 0), "backups", "degraded",
      "last test restore failed"),
+    # a partition: every node runs, one sees only two of the three up
+    (lambda q: set_value(q, "cassandra_failuredetector_upendpointcount", "lab-cass2", 2), "cassandra", "degraded",
+     "3/3 nodes Up/Normal; 1 seen down by the ring"),
 ])
 def test_a_failure_shows_in_its_service(change, key, state, detail):
     answers = healthy_stack()
