@@ -9,17 +9,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from roles.app import APP_PORT
+from roles.base.config import stack_ca_file
 from roles.mariadb import MARIADB_PORT, WRITER_AGENT_PORT
 from roles.redis import REDIS_PORT
 
 PROXY_CFG = "/etc/haproxy/haproxy.cfg"  # the local proxy to the MariaDB writer
 UNIT = "/etc/systemd/system/hastack-app.service"
 SETTINGS_DIR = "/etc/hastack-app"       # root-only: passwords and the TLS key, handed over as credentials
-
-
-def stack_ca_file(stack: str) -> str:
-    """The stack CA as the base role installs it in the system trust store."""
-    return f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
 
 
 def proxy_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, Any]:

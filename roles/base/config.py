@@ -15,6 +15,12 @@ from roles.base import NODE_EXPORTER_PORT
 # first and only installed over the live file once they pass their check.
 STAGING = "/var/lib/hastack/staged"
 
+
+def stack_ca_file(stack: str) -> str:
+    """Where the base role installs the stack CA in the system trust store."""
+    return f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
+
+
 SUDOERS = "/etc/sudoers.d/hastack-admins"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-hastack.conf"
 NFTABLES = "/etc/nftables.conf"

@@ -165,7 +165,7 @@ def _trust_stack_ca():
         return
     ca = files.put(name="Stack CA in the system trust store",
                    src=StringIO(CertificateAuthority(host.data.pki_dir, host.data.stack).ca_pem_ensured()),
-                   dest=f"/usr/local/share/ca-certificates/hastack-{host.data.stack}.crt",
+                   dest=c.stack_ca_file(host.data.stack),
                    user="root", group="root", mode="0644")
     server.shell(name="Update the system trust store", commands=["update-ca-certificates"], _if=ca.did_change)
 

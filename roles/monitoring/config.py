@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from roles.app import APP_PORT
+from roles.base.config import stack_ca_file
 from roles.cassandra import CQL_PORT
 from roles.monitoring import ALERTMANAGER_PORT, BLACKBOX_PORT, PROMETHEUS_PORT
 from roles.monitoring import rules
@@ -35,11 +36,6 @@ EXPORTERS = (
 # TLS endpoints the blackbox exporter handshakes with (certificate valid, expiry): service -> (roles, port)
 TLS_ENDPOINTS = {"redis": (("redis",), REDIS_PORT), "cassandra": (("cassandra",), CQL_PORT), "app": (("app",), APP_PORT)}
 SENTINEL_PORT = 26379
-
-
-def stack_ca_file(stack: str) -> str:
-    """The stack CA as the base role installs it in the system trust store."""
-    return f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
 
 
 def scrape_jobs(hosts: list[Mapping[str, str]]) -> list[dict[str, Any]]:
