@@ -52,6 +52,7 @@ from typing import Any
 log = logging.getLogger("hastack-mariadb-writer")
 
 SOCKET = "/run/mysqld/mysqld.sock"
+MAX_FENCE_BACKOFF = 60.0
 
 
 @dataclass
@@ -175,6 +176,7 @@ class Agent:
     local_down_since: float | None = None
     peer_lost_since: float | None = None
     last_fence_try: float = -1e9
+    fence_failures: int = 0
     metrics_written: tuple | None = None
 
     def __post_init__(self) -> None:
@@ -281,6 +283,9 @@ class Agent:
         t = self.now()
         if local is None:
             self.local_down_since = self.local_down_since or t
+            # the peer's silence counts only while this node could act on it: after a long local
+            # outage it gets the full grace again, not an instant fence
+            self.peer_lost_since = None
             self._publish(None)
             return
         self.local_down_since = None
@@ -345,12 +350,16 @@ class Agent:
         if peer is None and t - self.peer_lost_since >= cfg.failover_after:
             if self.state.last_writer is None:
                 return  # the pair never worked: wait for the peer rather than fence it
-            if t - self.last_fence_try < cfg.fence_retry:
+            # failed fences are retried with backoff (5, 10, 20 ... 60 s): the API's rate limit is shared
+            if t - self.last_fence_try < min(MAX_FENCE_BACKOFF, cfg.fence_retry * 2 ** max(0, self.fence_failures - 1)):
                 return
             self.last_fence_try = t
-            if self.fence():
-                self.state.fenced_peer_at = time.time()
-                self.promote(f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s and fenced")
+            if not self.fence():
+                self.fence_failures += 1
+                return
+            self.fence_failures = 0
+            self.state.fenced_peer_at = time.time()
+            self.promote(f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s and fenced")
 
     def run(self) -> None:
         serve(self)

@@ -174,3 +174,36 @@ def test_agent_port_answers_haproxy_and_the_peer(tmp_path, line, expected):
         assert expected in data
     finally:
         srv.shutdown()
+
+
+def test_after_a_long_local_outage_the_peer_gets_its_full_grace_again(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1")
+    tick(a, peer(writable=True))
+    tick(a, None)  # the peer falls silent...
+    up = a.local.status
+    a.local.status = lambda: None  # ...and this node's own MariaDB is down for a minute
+    for _ in range(6):
+        a.clock += 10
+        tick(a, None)
+    a.local.status = up
+    tick(a, None)  # back: the peer's silence is counted from now, not from a minute ago
+    assert a.fenced == [] and not a.local.writable
+    a.clock += 2.5
+    tick(a, None)
+    assert a.fenced == ["db1"] and a.local.writable
+
+
+def test_failed_fences_are_retried_with_backoff_up_to_a_minute(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1", fence_ok=False)
+    tick(a, peer(writable=True))
+    tick(a, None)
+    tries = []
+    for _ in range(400):  # 200 s, a tick every half second
+        a.clock += 0.5
+        before = len(a.fenced)
+        tick(a, None)
+        if len(a.fenced) > before:
+            tries.append(a.clock)
+    gaps = [round(b - x, 1) for x, b in zip(tries, tries[1:])]
+    assert gaps[:4] == [5.0, 10.0, 20.0, 40.0] and set(gaps[4:]) == {60.0}, gaps
+    assert not a.local.writable  # no fence, no promotion
