@@ -26,7 +26,8 @@ Rules, checked every `interval` seconds:
   can land in a database that the restore then replaces.
 
 Before taking writes a master applies every transaction it has received
-from the peer (MASTER_GTID_WAIT). Replication is asynchronous: what the
+from the peer (MASTER_GTID_WAIT); until it has, it does not promote (new
+writes on top of unapplied ones would conflict with them). Replication is asynchronous: what the
 failed master committed but had not sent is not lost, it is replicated
 when that master returns (separate GTID domains and odd/even keys keep the
 two streams from colliding).
@@ -220,19 +221,23 @@ class Agent:
             self.state.last_writer = writer
             self.state.save(self.cfg.state_file)
 
-    def promote(self, why: str) -> None:
+    def promote(self, why: str) -> bool:
+        """Take writes, once everything received from the peer is applied; False: not yet."""
         log.warning("promoting %s to writer: %s", self.cfg.name, why)
         io_pos = self._io_pos()
         if io_pos:
             (res,), = self.local.query("SELECT MASTER_GTID_WAIT(%s, %s)", (io_pos, self.cfg.gtid_wait))
             if res != 0:
-                log.error("relay log not applied within %.0f s (received up to %s); promoting anyway, "
-                          "the rest is applied as it comes", self.cfg.gtid_wait, io_pos)
+                # new writes on top of unapplied ones would conflict with them: wait, the next check tries again
+                log.error("relay log not applied within %.0f s (received up to %s): not promoting yet",
+                          self.cfg.gtid_wait, io_pos)
+                return False
         self.local.query("SET GLOBAL read_only = OFF")
         self.state.promoted_at = time.time()
         self.state.last_writer = self.cfg.name
         self.state.save(self.cfg.state_file)
         log.warning("%s is the writer", self.cfg.name)
+        return True
 
     def _io_pos(self) -> str:
         """Everything received from the peer (applied or not)."""

@@ -8,6 +8,7 @@ from roles.mariadb.writer_agent import Agent, Config, contains, parse_gtid
 class FakeLocal:
     def __init__(self, writable=False, pos="1-1-10,2-2-5"):
         self.writable, self.pos, self.log = writable, pos, []
+        self.applied = True  # MASTER_GTID_WAIT: everything received is applied within the wait
 
     def status(self):
         return {"writable": self.writable, "gtid_binlog_pos": self.pos, "gtid_current_pos": self.pos}
@@ -17,7 +18,7 @@ class FakeLocal:
         if sql.startswith("SET GLOBAL read_only"):
             self.writable = sql.endswith("OFF")
         if "MASTER_GTID_WAIT" in sql:
-            return [(0,)]
+            return [(0 if self.applied else -1,)]
         return []
 
     def close(self):
@@ -207,3 +208,14 @@ def test_failed_fences_are_retried_with_backoff_up_to_a_minute(tmp_path):
     gaps = [round(b - x, 1) for x, b in zip(tries, tries[1:])]
     assert gaps[:4] == [5.0, 10.0, 20.0, 40.0] and set(gaps[4:]) == {60.0}, gaps
     assert not a.local.writable  # no fence, no promotion
+
+
+def test_no_promotion_while_what_the_peer_sent_is_not_applied(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1")
+    tick(a, peer(writable=True))
+    a.local.applied = False  # the relay log holds the old writer's last transactions, not yet applied
+    tick(a, peer(mysqld=False, down_for=2.5))
+    assert not a.local.writable and "SET GLOBAL read_only = OFF" not in a.local.log
+    a.local.applied = True
+    tick(a, peer(mysqld=False, down_for=3.0))
+    assert a.local.writable and a.state.last_writer == "db2"
