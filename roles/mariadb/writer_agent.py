@@ -397,6 +397,9 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # every app server's HAProxy checks this port twice a second: a backlog of 5 (the default)
+    # overflows under a burst, and a dropped check looks like a dead agent to the peer
+    request_queue_size = 512
 
 
 def serve(agent: Agent) -> _Server:

@@ -219,3 +219,29 @@ def test_no_promotion_while_what_the_peer_sent_is_not_applied(tmp_path):
     a.local.applied = True
     tick(a, peer(mysqld=False, down_for=3.0))
     assert a.local.writable and a.state.last_writer == "db2"
+
+
+def test_the_agent_port_takes_a_burst_of_connections(tmp_path):
+    import socket
+    import subprocess
+
+    from roles.mariadb.writer_agent import serve
+
+    a = agent(tmp_path)
+    a.cfg.bind, a.cfg.port = "127.0.0.1", 0
+    srv = serve(a)
+    try:
+        port = srv.server_address[1]
+        # the kernel's accept queue for the port (ss shows a listener's backlog as Send-Q)
+        listener = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+        assert int(listener[2]) >= 512, listener
+        # a burst as from 40 app servers' checks at once: every one answered
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(100)]
+        for c in conns:
+            c.sendall(b"haproxy\n")
+        answers = [c.recv(64) for c in conns]
+        for c in conns:
+            c.close()
+        assert all(x.endswith(b"\n") for x in answers), answers
+    finally:
+        srv.shutdown()
