@@ -7,7 +7,7 @@ RateLimit-Limit/-Remaining/-Reset headers with the same budget: `rate_limit`
 requests per `rate_window` seconds, refilled evenly, so RateLimit-Reset is
 when the budget is full again.
 
-Actions (assign, unassign, poweroff) are returned `running`, as the real API
+Actions (assign, unassign, poweroff, poweron) are returned `running`, as the real API
 does; the lab's callback runs inside the request and, once it returns, the
 action is `success` for the next GET /actions/{id} (`error` if it raised, and
 then nothing changes). Callbacks run under the API's lock, so they must not
@@ -27,7 +27,8 @@ The state file is {"servers": [{"id", "name", "public_ip", "private_ip"?,
 restarted API keeps the assignment. Command templates are split like a shell
 line, then each word is formatted with {ip}, {floating_ip_id}, {server_id},
 {server_name}, {server_public_ip}, {server_private_ip} and run without a
-shell. At start the on-assign command is run for every assigned floating IP,
+shell. With --machines-dir a server's status is its machine's real power
+state, whoever started or stopped it, as Hetzner reports a server's. At start the on-assign command is run for every assigned floating IP,
 so the routes match what the API reports.
 """
 
@@ -125,6 +126,8 @@ class FakeHetznerAPI:
     def __init__(self, token: str, servers: list[dict[str, Any]], floating_ips: list[dict[str, Any]], *,
                  on_assign: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
                  on_poweroff: Callable[[dict[str, Any]], None] | None = None,
+                 on_poweron: Callable[[dict[str, Any]], None] | None = None,
+                 power_state: Callable[[dict[str, Any]], str | None] | None = None,
                  on_change: Callable[[], None] | None = None,
                  rate_limit: int = 3600, rate_window: float = 3600.0, clock: Callable[[], float] = time.time):
         self.token = token
@@ -133,6 +136,9 @@ class FakeHetznerAPI:
         self.actions: dict[int, dict[str, Any]] = {}
         self.log: list[dict[str, Any]] = []
         self.on_assign, self.on_poweroff, self.on_change = on_assign, on_poweroff, on_change
+        # the machine's real power state ("running"/"off"; None: unknown, the recorded one stands):
+        # a server started again outside the API is running, as Hetzner would report it
+        self.on_poweron, self.power_state = on_poweron, power_state
         self.rate_limit, self.rate_window, self.clock = rate_limit, rate_window, clock
         self.tokens, self.refilled = float(rate_limit), clock()
         self.next_action = 1
@@ -145,6 +151,7 @@ class FakeHetznerAPI:
             ("GET", re.compile(r"/v1/servers"), self._list_servers),
             ("GET", re.compile(r"/v1/servers/([^/]+)"), self._get_server),
             ("POST", re.compile(r"/v1/servers/([^/]+)/actions/poweroff"), self._poweroff),
+            ("POST", re.compile(r"/v1/servers/([^/]+)/actions/poweron"), self._poweron),
             ("GET", re.compile(r"/v1/actions/([^/]+)"), self._get_action),
         ]
 
@@ -235,6 +242,8 @@ class FakeHetznerAPI:
         return server
 
     def _render_server(self, server: dict[str, Any]) -> dict[str, Any]:
+        if self.power_state is not None:
+            server["status"] = self.power_state(server) or server["status"]
         out = copy.deepcopy(server)
         out["public_net"]["floating_ips"] = sorted(f["id"] for f in self.floating_ips.values() if f["server"] == server["id"])
         return out
@@ -333,6 +342,16 @@ class FakeHetznerAPI:
             server["status"] = "off"
 
         return self._run_action("stop_server", [{"id": server["id"], "type": "server"}], work)
+
+    def _poweron(self, raw: str, query: dict[str, list[str]], body: bytes) -> tuple[int, dict[str, Any]]:
+        server = self._server(raw)
+
+        def work() -> None:
+            if self.on_poweron:
+                self.on_poweron(self._render_server(server))
+            server["status"] = "running"
+
+        return self._run_action("start_server", [{"id": server["id"], "type": "server"}], work)
 
     # ---------------------------------------------------------- state file
 
@@ -471,6 +490,23 @@ def _write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def machine_power(machines_dir: str) -> Callable[[dict[str, Any]], str | None]:
+    """A lab machine's power state from its nspawn pid file: running while that process lives."""
+    def state(server: dict[str, Any]) -> str | None:
+        try:
+            pid = int(open(os.path.join(machines_dir, server["name"], "nspawn.pid")).read().strip())
+        except (OSError, ValueError):
+            return "off"  # never started, or removed
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "off"
+        except PermissionError:
+            return "running"
+        return "running"
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hastack.lab.hcloud_api", description=__doc__.splitlines()[0])
     p.add_argument("--bind", default="127.0.0.1")
@@ -481,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", help="PEM private key of --cert")
     p.add_argument("--on-assign-cmd", help="run on assign, e.g. 'ip route replace {ip}/32 via {server_public_ip}'")
     p.add_argument("--on-poweroff-cmd", help="run on poweroff, e.g. 'machinectl poweroff {server_name}'")
+    p.add_argument("--on-poweron-cmd", help="run on poweron, e.g. 'machinectl start {server_name}'")
+    p.add_argument("--machines-dir", help="the lab's machines: a server runs while DIR/<name>/nspawn.pid is alive")
     p.add_argument("--rate-limit", type=int, default=3600, help="requests per window (default 3600)")
     p.add_argument("--rate-window", type=float, default=3600.0, help="seconds (default 3600)")
     args = p.parse_args(argv)
@@ -498,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     on_assign = command_hook(args.on_assign_cmd) if args.on_assign_cmd else None
     api = FakeHetznerAPI(token, servers, fips, on_assign=on_assign,
                          on_poweroff=command_hook(args.on_poweroff_cmd) if args.on_poweroff_cmd else None,
+                         on_poweron=command_hook(args.on_poweron_cmd) if args.on_poweron_cmd else None,
+                         power_state=machine_power(args.machines_dir) if args.machines_dir else None,
                          rate_limit=args.rate_limit, rate_window=args.rate_window)
     api.on_change = lambda: _write_json(args.state, api.state())
     if on_assign:

@@ -94,6 +94,9 @@ def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floatin
         "--token-file", str(token_file), "--state", str(state), "--cert", str(cert_file), "--key", str(key_file),
         "--on-assign-cmd", f"{sys.executable} -m hastack.lab.network {{ip}} {{server_public_ip}}",
         "--on-poweroff-cmd", f"{sys.executable} -m hastack.cli lab stop {{server_name}} --hard",
+        "--on-poweron-cmd", f"{sys.executable} -m hastack.cli lab start {{server_name}}",
+        # a server's status is its machine's: one started again by hand is running, as in Hetzner's API
+        "--machines-dir", str(paths.machines),
     ])
     _wait_port(addr.host_public, HCLOUD_API_PORT, "hcloud-api")
 

@@ -27,8 +27,9 @@ class LoadBalancerSettings(Settings):
     certificate: Literal["internal", "provided"] = "internal"
     certificate_file: str | None = None
     # abuse protection, per client address
-    max_conn_per_ip: int = Field(100, ge=1, le=100000)
-    max_req_rate_per_ip: int = Field(300, ge=1, le=1000000)  # requests per 10 s
+    # per client address; sized for many users behind one address (an office's NAT, a carrier's CGNAT)
+    max_conn_per_ip: int = Field(1000, ge=1, le=100000)
+    max_req_rate_per_ip: int = Field(3000, ge=1, le=1000000)  # requests per 10 s
     hsts_max_age: int = Field(63072000, ge=0)
     maxconn: int = Field(8000, ge=100, le=500000)  # HAProxy needs about 2 file descriptors per connection
     # VRRP: both start BACKUP with nopreempt (a returning load balancer does

@@ -26,7 +26,8 @@ Rules, checked every `interval` seconds:
   can land in a database that the restore then replaces.
 
 Before taking writes a master applies every transaction it has received
-from the peer (MASTER_GTID_WAIT). Replication is asynchronous: what the
+from the peer (MASTER_GTID_WAIT); until it has, it does not promote (new
+writes on top of unapplied ones would conflict with them). Replication is asynchronous: what the
 failed master committed but had not sent is not lost, it is replicated
 when that master returns (separate GTID domains and odd/even keys keep the
 two streams from colliding).
@@ -52,6 +53,7 @@ from typing import Any
 log = logging.getLogger("hastack-mariadb-writer")
 
 SOCKET = "/run/mysqld/mysqld.sock"
+MAX_FENCE_BACKOFF = 60.0
 
 
 @dataclass
@@ -175,6 +177,7 @@ class Agent:
     local_down_since: float | None = None
     peer_lost_since: float | None = None
     last_fence_try: float = -1e9
+    fence_failures: int = 0
     metrics_written: tuple | None = None
 
     def __post_init__(self) -> None:
@@ -218,19 +221,23 @@ class Agent:
             self.state.last_writer = writer
             self.state.save(self.cfg.state_file)
 
-    def promote(self, why: str) -> None:
+    def promote(self, why: str) -> bool:
+        """Take writes, once everything received from the peer is applied; False: not yet."""
         log.warning("promoting %s to writer: %s", self.cfg.name, why)
         io_pos = self._io_pos()
         if io_pos:
             (res,), = self.local.query("SELECT MASTER_GTID_WAIT(%s, %s)", (io_pos, self.cfg.gtid_wait))
             if res != 0:
-                log.error("relay log not applied within %.0f s (received up to %s); promoting anyway, "
-                          "the rest is applied as it comes", self.cfg.gtid_wait, io_pos)
+                # new writes on top of unapplied ones would conflict with them: wait, the next check tries again
+                log.error("relay log not applied within %.0f s (received up to %s): not promoting yet",
+                          self.cfg.gtid_wait, io_pos)
+                return False
         self.local.query("SET GLOBAL read_only = OFF")
         self.state.promoted_at = time.time()
         self.state.last_writer = self.cfg.name
         self.state.save(self.cfg.state_file)
         log.warning("%s is the writer", self.cfg.name)
+        return True
 
     def _io_pos(self) -> str:
         """Everything received from the peer (applied or not)."""
@@ -281,6 +288,9 @@ class Agent:
         t = self.now()
         if local is None:
             self.local_down_since = self.local_down_since or t
+            # the peer's silence counts only while this node could act on it: after a long local
+            # outage it gets the full grace again, not an instant fence
+            self.peer_lost_since = None
             self._publish(None)
             return
         self.local_down_since = None
@@ -345,12 +355,16 @@ class Agent:
         if peer is None and t - self.peer_lost_since >= cfg.failover_after:
             if self.state.last_writer is None:
                 return  # the pair never worked: wait for the peer rather than fence it
-            if t - self.last_fence_try < cfg.fence_retry:
+            # failed fences are retried with backoff (5, 10, 20 ... 60 s): the API's rate limit is shared
+            if t - self.last_fence_try < min(MAX_FENCE_BACKOFF, cfg.fence_retry * 2 ** max(0, self.fence_failures - 1)):
                 return
             self.last_fence_try = t
-            if self.fence():
-                self.state.fenced_peer_at = time.time()
-                self.promote(f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s and fenced")
+            if not self.fence():
+                self.fence_failures += 1
+                return
+            self.fence_failures = 0
+            self.state.fenced_peer_at = time.time()
+            self.promote(f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s and fenced")
 
     def run(self) -> None:
         serve(self)
@@ -383,6 +397,9 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # every app server's HAProxy checks this port twice a second: a backlog of 5 (the default)
+    # overflows under a burst, and a dropped check looks like a dead agent to the peer
+    request_queue_size = 512
 
 
 def serve(agent: Agent) -> _Server:

@@ -97,8 +97,10 @@ def test_haproxy_limits_are_the_role_defaults():
     lines = [line.strip() for line in haproxy_cfg("prod", topo.hosts_with_role("loadbalancer")[0], {"site": "s", "ca": "c"}).splitlines()]
     assert "maxconn 8000" in lines
     assert 'http-response set-header Strict-Transport-Security "max-age=63072000; includeSubDomains"' in lines
-    assert "tcp-request connection reject if { sc0_conn_cur gt 100 }" in lines
-    assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in lines
+    # sized for many users behind one address; a refused client is told when to come back
+    assert "tcp-request connection reject if { sc0_conn_cur gt 1000 }" in lines
+    assert ('http-request deny deny_status 429 content-type text/plain string "too many requests from your address; '
+            'retry in 10 s\\n" hdr Retry-After 10 if { sc0_http_req_rate gt 3000 }') in lines
 
 
 def test_haproxy_plain_to_app_servers_when_app_tls_is_off(pki, tmp_path):

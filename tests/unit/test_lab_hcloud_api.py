@@ -273,3 +273,40 @@ def test_cli_serves_applies_routes_and_writes_state_back(tmp_path):
         proc.terminate()
         proc.wait(timeout=5)
         proc.stderr.close()
+
+
+def test_power_state_is_the_machines_and_poweron_starts_it_again():
+    # a server powered off through the API and started again by other means is running again:
+    # a later fence must power it off, not find it "already off"
+    machines = {LB2: "running"}
+    started = []
+    lab = Lab(power_state=lambda server: machines.get(server["id"]),
+              on_poweron=lambda server: started.append(server["id"])).start()
+    try:
+        client = lab.client()
+        client.servers.power_off(client.servers.get_by_id(LB2)).wait_until_finished()
+        machines[LB2] = "off"
+        assert client.servers.get_by_id(LB2).status == "off"
+        machines[LB2] = "running"  # `hastack lab start`, a console, a Hetzner robot: not through this API
+        assert client.servers.get_by_id(LB2).status == "running"
+        machines[LB2] = "off"
+        action = client.servers.power_on(client.servers.get_by_id(LB2))
+        assert action.command == "start_server"
+        action.wait_until_finished()
+        assert started == [LB2] and lab.api.state()["servers"][1]["status"] == "running"
+    finally:
+        lab.httpd.shutdown()
+
+
+def test_machine_power_reads_the_nspawn_pid_file(tmp_path):
+    import os
+
+    from hastack.lab.hcloud_api import machine_power
+
+    state = machine_power(str(tmp_path))
+    (tmp_path / "lab-lb1").mkdir()
+    (tmp_path / "lab-lb1" / "nspawn.pid").write_text(str(os.getpid()))
+    (tmp_path / "lab-lb2").mkdir()
+    (tmp_path / "lab-lb2" / "nspawn.pid").write_text("999999999")
+    assert state({"name": "lab-lb1"}) == "running"
+    assert state({"name": "lab-lb2"}) == "off" and state({"name": "lab-app1"}) == "off"

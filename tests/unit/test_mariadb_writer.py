@@ -8,6 +8,7 @@ from roles.mariadb.writer_agent import Agent, Config, contains, parse_gtid
 class FakeLocal:
     def __init__(self, writable=False, pos="1-1-10,2-2-5"):
         self.writable, self.pos, self.log = writable, pos, []
+        self.applied = True  # MASTER_GTID_WAIT: everything received is applied within the wait
 
     def status(self):
         return {"writable": self.writable, "gtid_binlog_pos": self.pos, "gtid_current_pos": self.pos}
@@ -17,7 +18,7 @@ class FakeLocal:
         if sql.startswith("SET GLOBAL read_only"):
             self.writable = sql.endswith("OFF")
         if "MASTER_GTID_WAIT" in sql:
-            return [(0,)]
+            return [(0 if self.applied else -1,)]
         return []
 
     def close(self):
@@ -172,5 +173,75 @@ def test_agent_port_answers_haproxy_and_the_peer(tmp_path, line, expected):
             s.sendall(line)
             data = s.recv(4096)
         assert expected in data
+    finally:
+        srv.shutdown()
+
+
+def test_after_a_long_local_outage_the_peer_gets_its_full_grace_again(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1")
+    tick(a, peer(writable=True))
+    tick(a, None)  # the peer falls silent...
+    up = a.local.status
+    a.local.status = lambda: None  # ...and this node's own MariaDB is down for a minute
+    for _ in range(6):
+        a.clock += 10
+        tick(a, None)
+    a.local.status = up
+    tick(a, None)  # back: the peer's silence is counted from now, not from a minute ago
+    assert a.fenced == [] and not a.local.writable
+    a.clock += 2.5
+    tick(a, None)
+    assert a.fenced == ["db1"] and a.local.writable
+
+
+def test_failed_fences_are_retried_with_backoff_up_to_a_minute(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1", fence_ok=False)
+    tick(a, peer(writable=True))
+    tick(a, None)
+    tries = []
+    for _ in range(400):  # 200 s, a tick every half second
+        a.clock += 0.5
+        before = len(a.fenced)
+        tick(a, None)
+        if len(a.fenced) > before:
+            tries.append(a.clock)
+    gaps = [round(b - x, 1) for x, b in zip(tries, tries[1:])]
+    assert gaps[:4] == [5.0, 10.0, 20.0, 40.0] and set(gaps[4:]) == {60.0}, gaps
+    assert not a.local.writable  # no fence, no promotion
+
+
+def test_no_promotion_while_what_the_peer_sent_is_not_applied(tmp_path):
+    a = agent(tmp_path, name="db2", preferred="db1")
+    tick(a, peer(writable=True))
+    a.local.applied = False  # the relay log holds the old writer's last transactions, not yet applied
+    tick(a, peer(mysqld=False, down_for=2.5))
+    assert not a.local.writable and "SET GLOBAL read_only = OFF" not in a.local.log
+    a.local.applied = True
+    tick(a, peer(mysqld=False, down_for=3.0))
+    assert a.local.writable and a.state.last_writer == "db2"
+
+
+def test_the_agent_port_takes_a_burst_of_connections(tmp_path):
+    import socket
+    import subprocess
+
+    from roles.mariadb.writer_agent import serve
+
+    a = agent(tmp_path)
+    a.cfg.bind, a.cfg.port = "127.0.0.1", 0
+    srv = serve(a)
+    try:
+        port = srv.server_address[1]
+        # the kernel's accept queue for the port (ss shows a listener's backlog as Send-Q)
+        listener = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+        assert int(listener[2]) >= 512, listener
+        # a burst as from 40 app servers' checks at once: every one answered
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(100)]
+        for c in conns:
+            c.sendall(b"haproxy\n")
+        answers = [c.recv(64) for c in conns]
+        for c in conns:
+            c.close()
+        assert all(x.endswith(b"\n") for x in answers), answers
     finally:
         srv.shutdown()
