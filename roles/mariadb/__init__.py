@@ -9,16 +9,19 @@ from pydantic import Field
 from hastack.ports import Port
 from hastack.role import Placement, Role, Settings
 from hastack.secrets import derive
-from roles import HCLOUD_DEFAULTS
+from roles import HCLOUD_DEFAULTS, witness
 
 MARIADB_PORT = 3306
-WRITER_AGENT_PORT = 9106
+WRITER_AGENT_PORT = 9106  # the health answer the app servers' HAProxy reads
+WRITER_PEER_PORT = 9109  # the two agents' own channel (mutual TLS)
 DONOR_PORT = 4444
 
 PORTS = (
     Port("mysql", MARIADB_PORT, sources=("app", "mariadb"), description="MariaDB clients and replication (TLS)"),
-    Port("mariadb-writer", WRITER_AGENT_PORT, sources=("app", "mariadb"),
-         description="which master takes writes (HAProxy agent-check, the peer's agent)"),
+    Port("mariadb-writer", WRITER_AGENT_PORT, sources=("app",),
+         description="which master takes writes (the app servers' HAProxy agent-check)"),
+    Port("mariadb-writer-peer", WRITER_PEER_PORT, sources=("mariadb",),
+         description="the writer agents' channel to each other (mutual TLS)"),
     Port("mariadb-seed", DONOR_PORT, sources=("mariadb",), description="mariabackup stream to a re-seeded peer (mutual TLS)"),
     Port("mysqld-exporter", 9104, sources=("monitoring",), description="Prometheus MySQL exporter"),
 )
@@ -78,6 +81,7 @@ def _host_data(topo, host):
         "mariadb_app_ips": [h.private_ip for h in topo.hosts_with_role("app")],
         # a new pair of a stack restored from another's backups holds writes until `hastack restore mariadb`
         "mariadb_hold_new_pair": topo.restore_from is not None,
+        **witness.client_data(topo),
     }
 
 

@@ -20,7 +20,8 @@ from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent
 from roles.data_volume import mount_data_volume
-from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT
+from roles import witness
+from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER_PORT
 from roles.mariadb import config as c
 from roles.mariadb.config import CNF, JOIN
 from roles.tls_files import put_tls_files
@@ -159,11 +160,20 @@ def mariadb() -> None:
     apt.packages(name="PyMySQL for the writer agent", packages=["python3-pymysql"], no_recommends=True)
     agent = files.put(name="Writer agent", src=str(AGENT_SOURCE), dest="/opt/hastack/mariadb_writer.py",
                       user="root", group="root", mode="0644")
+    # one certificate (this host's name) for the peer channel and the witness
+    agent_tls = witness.put_client_tls()
+    wcfg = witness.client_config()
+    failover_after = float(d.mariadb_failover_after)
     config = {
         **hcloud_agent.api_config(),
         "name": host.name, "peer_name": d.mariadb_peer, "peer_ip": d.mariadb_peer_ip, "preferred": d.mariadb_writer,
-        "bind": d.private_ip, "port": WRITER_AGENT_PORT, "peer_server_id": d.get("mariadb_peer_server_id"),
-        "failover_after": float(d.mariadb_failover_after), "state_file": f"{SQL_DIR}/writer-state.json",
+        "bind": d.private_ip, "port": WRITER_AGENT_PORT, "peer_port": WRITER_PEER_PORT,
+        "peer_server_id": d.get("mariadb_peer_server_id"),
+        "tls_cert": wcfg["witness_cert"], "tls_key": wcfg["witness_key"], "tls_ca": wcfg["witness_ca"],
+        "witness_name": wcfg["witness_name"], "witness_ip": wcfg["witness_ip"], "witness_port": wcfg["witness_port"],
+        # an isolated writer steps down well before the witness lets the other side claim its epoch
+        "failover_after": failover_after, "isolation_after": round(0.4 * failover_after, 2),
+        "state_file": f"{SQL_DIR}/writer-state.json",
         "metrics_file": "/var/lib/prometheus/node-exporter/hastack_mariadb_writer.prom",
     }
     agent_cfg = files.put(name="Writer agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
@@ -171,7 +181,8 @@ def mariadb() -> None:
     unit = template("Writer agent unit", c.WRITER_UNIT, "0644")
     systemd.service(name="Writer agent running", service="hastack-mariadb-writer.service", running=True, enabled=True,
                     daemon_reload=unit.will_change,
-                    restarted=unit.will_change or agent.will_change or agent_cfg.will_change)
+                    restarted=unit.will_change or agent.will_change or agent_cfg.will_change
+                    or any(op.will_change for op in agent_tls))
 
     # -- metrics
     exporter = template("MySQL exporter settings", c.EXPORTER_ARGS, "0600")

@@ -2,38 +2,47 @@
 
 Runs on both masters (systemd, as root). Both servers boot read-only; this
 agent decides which one takes writes, and tells the application servers'
-local HAProxy through an agent-check port, so the application always
-connects to 127.0.0.1:3306 and reaches the writer.
+local HAProxy through a health port (`up ready` / `down`, nothing else), so
+the application always connects to 127.0.0.1:3306 and reaches the writer.
 
-Rules, checked every `interval` seconds:
+Three votes decide: the two masters and the witness on the monitoring host
+(roles/monitoring/witness_server.py). The witness holds the writer epoch, a
+counter that grows at every promotion, and who holds it. Every half second
+the agent asks its peer (mutual TLS, on a port only the peer can reach) and
+sends the witness a heartbeat. Rules:
 
-* both up and read-only (a cold start): the preferred master promotes
-  itself once it has applied everything the peer has written;
-* the peer's agent answers but its MariaDB has been down for
-  `failover_after` seconds: promote (when it returns it boots read-only and
-  stays passive);
-* the peer does not answer at all for `failover_after` seconds, and it was
-  seen working before: fence it (power off through the Hetzner API, so a
-  partitioned peer cannot keep taking writes), then promote. No fence, no
-  promotion. A peer never seen working (the pair's first start) is waited
-  for, never fenced;
-* both writable (a stalled server came back): the one promoted earlier
-  steps down, so writes go to one master again;
-* a master that returns finds the other writable and stays passive: there
-  is no automatic fail-back;
+* a master takes writes only once the witness granted it the next epoch
+  (without the witness there is no promotion; a writer already writable
+  stays so while it sees its peer);
+* the epoch's holder takes writes again after a restart of its MariaDB or
+  of both masters; at the pair's first start the preferred master does,
+  once it has applied everything the peer has written;
+* the other master claims the epoch when the writer's MariaDB has been down
+  for `failover_after` seconds, or when the writer does not answer at all
+  for that long. The witness grants it only if the writer is silent or down
+  there too, and only if the claimant has caught up with the current epoch
+  since its MariaDB started: a master that returns with stale data cannot
+  take writes, even while the writer's agent stalls;
+* a writer that answered neither its peer nor the witness for
+  `isolation_after` seconds turns itself read-only: it has lost the
+  majority, and the witness grants the epoch away only later (`dead_after`);
+* a writer that did not answer is still fenced (powered off through the
+  Hetzner API) before the other promotes: a stalled agent cannot turn its
+  MariaDB read-only. No fence, no promotion. After `restart_fenced_after`
+  seconds the new writer powers the fenced master on again; it returns
+  read-only and catches up (it cannot claim the epoch until it has);
+* a writable master that learns the epoch moved on steps down;
 * while the hold file exists (a pair rebuilt for a restore, or a restore
-  under way) neither master takes writes: nothing the application writes
-  can land in a database that the restore then replaces.
+  under way) neither master takes writes.
 
 Before taking writes a master applies every transaction it has received
-from the peer (MASTER_GTID_WAIT); until it has, it does not promote (new
-writes on top of unapplied ones would conflict with them). Replication is asynchronous: what the
-failed master committed but had not sent is not lost, it is replicated
-when that master returns (separate GTID domains and odd/even keys keep the
-two streams from colliding).
+from the peer (MASTER_GTID_WAIT); until it has, it does not promote. What a
+failed writer committed but had not sent is not lost: it is replicated when
+that master returns (separate GTID domains and odd/even keys keep the two
+streams from colliding).
 
   hastack-mariadb-writer run        the agent (systemd)
-  hastack-mariadb-writer status     this node's view, as JSON
+  hastack-mariadb-writer status     this node's view, the peer's and the witness's, as JSON
 """
 
 from __future__ import annotations
@@ -44,9 +53,11 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,18 +74,28 @@ class Config:
     peer_ip: str
     preferred: str
     bind: str
-    port: int
+    port: int  # the health answer for the application servers' HAProxy (plain: `up ready` / `down`)
+    peer_port: int  # the peer's channel (mutual TLS)
     peer_server_id: int | None
     api_endpoint: str
     token_file: str
+    # mutual TLS with the peer and the witness: this host's certificate (its name), the stack CA
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
+    witness_name: str
+    witness_ip: str
+    witness_port: int
     ca_file: str | None = None
     state_file: str = "/var/lib/hastack/mariadb/writer-state.json"
     # while this file exists neither master takes writes (a new pair waiting for its restore)
     hold_file: str = "/var/lib/hastack/mariadb/hold-writes"
     interval: float = 0.5
     failover_after: float = 2.0
+    isolation_after: float = 1.0
     fence_retry: float = 5.0
     gtid_wait: float = 10.0
+    restart_fenced_after: float | None = 60.0
     # node exporter textfile: writes held, the peer fenced and not back (None: no metrics)
     metrics_file: str | None = None
 
@@ -83,9 +104,13 @@ def load_config(path: str) -> Config:
     with open(path) as f:
         raw = json.load(f)
     try:
-        return Config(**raw)
+        cfg = Config(**raw)
     except TypeError as e:
         raise SystemExit(f"{path}: {e}") from None
+    if not cfg.isolation_after < cfg.failover_after:
+        raise SystemExit(f"{path}: isolation_after ({cfg.isolation_after}) must be below failover_after "
+                         f"({cfg.failover_after}): an isolated writer steps down before the other side may act")
+    return cfg
 
 
 def parse_gtid(pos: str) -> dict[tuple[int, int], int]:
@@ -142,9 +167,18 @@ class Local:
             return None
         return {"writable": not ro, "gtid_binlog_pos": binlog, "gtid_current_pos": current}
 
+    def io_pos(self) -> str:
+        """Everything received from the peer (applied or not)."""
+        with self._cursor() as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description or ()]
+        return dict(zip(names, row or ())).get("Gtid_IO_Pos") or ""
+
 
 @dataclass
 class State:
+    epoch: int = 0  # the newest writer epoch this node knows of
     last_writer: str | None = None
     promoted_at: float = 0.0
     fenced_peer_at: float = 0.0  # when this node powered its peer off; 0 once the peer answers again
@@ -153,18 +187,45 @@ class State:
     def load(cls, path: str) -> "State":
         try:
             with open(path) as f:
-                return cls(**json.load(f))
+                raw = json.load(f)
+            return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
         except (OSError, ValueError, TypeError):
             return cls()
 
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"last_writer": self.last_writer, "promoted_at": self.promoted_at,
-                       "fenced_peer_at": self.fenced_peer_at}, f)
+            json.dump(vars(self), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+class Channel:
+    """One JSON line each way over mutual TLS: to the peer's agent and to the witness."""
+
+    def __init__(self, cfg: Config):
+        self.ctx = ssl.create_default_context(cafile=cfg.tls_ca)
+        self.ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+
+    def ask(self, name: str, ip: str, port: int, request: dict[str, Any], timeout: float = 0.6) -> dict | None:
+        # short timeouts: the private network answers in a millisecond, and a tick must stay short
+        # for an isolated writer to notice in time
+        try:
+            with socket.create_connection((ip, port), timeout=0.3) as raw:
+                raw.settimeout(timeout)
+                with self.ctx.wrap_socket(raw, server_hostname=name) as s:
+                    s.sendall(json.dumps(request).encode() + b"\n")
+                    data = b""
+                    while not data.endswith(b"\n"):
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+            answer = json.loads(data)
+            return answer if isinstance(answer, dict) and "error" not in answer else None
+        except (OSError, ValueError):
+            return None
 
 
 @dataclass
@@ -172,17 +233,30 @@ class Agent:
     cfg: Config
     local: Local = field(default_factory=Local)
     state: State = field(default_factory=State)
+    channel: Any = None
     now: Any = time.monotonic
     status_now: dict[str, Any] = field(default_factory=dict)
     local_down_since: float | None = None
     peer_lost_since: float | None = None
+    peer_seen_at: float = -1e9
+    witness_seen_at: float = -1e9
+    witness: dict[str, Any] | None = None  # the witness's last answer: epoch, writer, members
+    # the epoch this node has caught up with since its MariaDB started (never from disk: a
+    # restarted master has to catch up again before it may claim the next epoch)
+    synced_epoch: int | None = None
+    peer_pos_before: str | None = None
+    must_fence: bool = False  # the epoch is ours, the old writer did not answer: power it off first
     last_fence_try: float = -1e9
     fence_failures: int = 0
+    restart_peer_at: float | None = None
     metrics_written: tuple | None = None
 
     def __post_init__(self) -> None:
         self.state = State.load(self.cfg.state_file)
         self.lock = threading.Lock()
+        if self.channel is None:
+            self.channel = Channel(self.cfg)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ask")
 
     # -- what this node tells others
     def report(self) -> dict[str, Any]:
@@ -196,35 +270,48 @@ class Agent:
                 "name": self.cfg.name, "mysqld": local is not None, "mysqld_down_for": round(down_for, 2),
                 "writable": bool(local and local["writable"]),
                 "gtid_binlog_pos": local["gtid_binlog_pos"] if local else "",
+                "epoch": self.state.epoch, "synced_epoch": self.synced_epoch,
                 "last_writer": self.state.last_writer, "promoted_at": self.state.promoted_at,
             }
 
-    # -- the peer
+    # -- the other two votes
     def peer_status(self) -> dict[str, Any] | None:
-        try:
-            with socket.create_connection((self.cfg.peer_ip, self.cfg.port), timeout=0.4) as s:
-                s.settimeout(0.6)
-                s.sendall(b"status\n")
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            return json.loads(data)
-        except (OSError, ValueError):
-            return None
+        return self.channel.ask(self.cfg.peer_name, self.cfg.peer_ip, self.cfg.peer_port, {"op": "status"})
 
-    # -- actions
-    def _remember(self, writer: str) -> None:
-        if self.state.last_writer != writer:
-            self.state.last_writer = writer
+    def ask_witness(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        return self.channel.ask(self.cfg.witness_name, self.cfg.witness_ip, self.cfg.witness_port,
+                                {"group": "mariadb", "name": self.cfg.name, **request})
+
+    def heartbeat(self, local: dict[str, Any] | None) -> dict[str, Any] | None:
+        return self.ask_witness({"op": "heartbeat", "mysqld": local is not None,
+                                 "writable": bool(local and local["writable"])})
+
+    def claim(self) -> bool:
+        """Ask the witness for the next epoch; True once it is this node's."""
+        epoch = self.witness["epoch"] if self.witness else self.state.epoch
+        answer = self.ask_witness({"op": "claim", "epoch": epoch, "synced_epoch": self.synced_epoch})
+        if answer is None:
+            log.error("claim for epoch %d: the witness did not answer; no promotion", epoch + 1)
+            return False
+        self.witness = answer
+        self._learn_epoch(answer)
+        if not answer.get("granted"):
+            log.warning("claim for epoch %d refused: %s", epoch + 1, answer.get("reason"))
+            return False
+        log.warning("epoch %d is %s's: %s", answer["epoch"], self.cfg.name, answer.get("reason"))
+        self.synced_epoch = answer["epoch"]
+        return True
+
+    def _learn_epoch(self, view: dict[str, Any]) -> None:
+        if view["epoch"] != self.state.epoch or view.get("writer") != self.state.last_writer:
+            self.state.epoch, self.state.last_writer = view["epoch"], view.get("writer")
             self.state.save(self.cfg.state_file)
 
+    # -- actions
     def promote(self, why: str) -> bool:
         """Take writes, once everything received from the peer is applied; False: not yet."""
         log.warning("promoting %s to writer: %s", self.cfg.name, why)
-        io_pos = self._io_pos()
+        io_pos = self.local.io_pos()
         if io_pos:
             (res,), = self.local.query("SELECT MASTER_GTID_WAIT(%s, %s)", (io_pos, self.cfg.gtid_wait))
             if res != 0:
@@ -236,28 +323,15 @@ class Agent:
         self.state.promoted_at = time.time()
         self.state.last_writer = self.cfg.name
         self.state.save(self.cfg.state_file)
-        log.warning("%s is the writer", self.cfg.name)
+        log.warning("%s is the writer (epoch %d)", self.cfg.name, self.state.epoch)
         return True
-
-    def _io_pos(self) -> str:
-        """Everything received from the peer (applied or not)."""
-        with self.local._cursor() as cur:
-            cur.execute("SHOW SLAVE STATUS")
-            row = cur.fetchone()
-            names = [d[0] for d in cur.description or ()]
-        return dict(zip(names, row or ())).get("Gtid_IO_Pos") or ""
 
     def demote(self, why: str) -> None:
         log.warning("%s steps down: %s", self.cfg.name, why)
         self.local.query("SET GLOBAL read_only = ON")
 
-    def fence(self) -> bool:
-        """Power the peer off through the Hetzner API; True once it is off."""
-        if self.cfg.peer_server_id is None:
-            log.error("no server id for %s: cannot fence it, so no promotion", self.cfg.peer_name)
-            return False
+    def _client(self):
         from hcloud import Client
-        from hcloud.servers import Server
 
         with open(self.cfg.token_file) as f:
             token = f.read().strip()
@@ -269,7 +343,17 @@ class Agent:
             session = client._client._session
             session.verify = self.cfg.ca_file
             session.trust_env = False
+        return client
+
+    def fence(self) -> bool:
+        """Power the peer off through the Hetzner API; True once it is off."""
+        if self.cfg.peer_server_id is None:
+            log.error("no server id for %s: cannot fence it, so no promotion", self.cfg.peer_name)
+            return False
+        from hcloud.servers import Server
+
         try:
+            client = self._client()
             server = client.servers.get_by_id(self.cfg.peer_server_id)
             if server.status == "off":
                 log.warning("%s (server %d) is already off", self.cfg.peer_name, self.cfg.peer_server_id)
@@ -282,34 +366,75 @@ class Agent:
             log.error("fencing %s failed: %s", self.cfg.peer_name, e)
             return False
 
+    def power_on_peer(self) -> None:
+        """The fenced master comes back read-only and catches up: it cannot claim the epoch before it has."""
+        from hcloud.servers import Server
+
+        try:
+            client = self._client()
+            if client.servers.get_by_id(self.cfg.peer_server_id).status == "off":
+                log.warning("powering %s (server %d) on again after its fence", self.cfg.peer_name,
+                            self.cfg.peer_server_id)
+                client.servers.power_on(Server(id=self.cfg.peer_server_id)).wait_until_finished(max_retries=60)
+            self.restart_peer_at = None
+        except Exception as e:
+            log.error("powering %s on failed: %s (tried again in a minute)", self.cfg.peer_name, e)
+            self.restart_peer_at = self.now() + 60
+
     # -- one decision
     def tick(self) -> None:
         local = self.local.status()
+        # the two other votes are asked at once: an unreachable one costs its timeout, not both
+        asked_witness = self.pool.submit(self.heartbeat, local)
+        asked_peer = self.pool.submit(self.peer_status) if local is not None else None
+        view = asked_witness.result()
+        peer = asked_peer.result() if asked_peer else None
         t = self.now()
+        if view is not None:
+            self.witness_seen_at, self.witness = t, view
+            self._learn_epoch(view)
         if local is None:
             self.local_down_since = self.local_down_since or t
             # the peer's silence counts only while this node could act on it: after a long local
             # outage it gets the full grace again, not an instant fence
             self.peer_lost_since = None
+            self.synced_epoch = None  # what this node holds is unknown until it catches up again
             self._publish(None)
             return
         self.local_down_since = None
-        peer = self.peer_status()
         if peer is None:
             self.peer_lost_since = self.peer_lost_since or t
         else:
-            self.peer_lost_since = None
+            self.peer_seen_at, self.peer_lost_since = t, None
+            self.must_fence = False  # it answers: it learns the epoch moved and steps down itself
             if self.state.fenced_peer_at:
                 log.warning("%s answers again after being fenced", self.cfg.peer_name)
                 self.state.fenced_peer_at = 0.0
                 self.state.save(self.cfg.state_file)
-        self._decide(local, peer, t)
+            self.restart_peer_at = None
+        self._track_sync(local, peer)
+        self._decide(local, peer, view, t)
+        if self.restart_peer_at is not None and t >= self.restart_peer_at:
+            self.power_on_peer()
         self._publish(self.local.status() or local)
         try:
             self.write_metrics()
         except OSError as e:  # monitoring sees stale data; the pair's decisions do not wait for it
             log.warning("could not write %s: %s (tried again when the values change)", self.cfg.metrics_file, e)
             self.metrics_written = (int(os.path.exists(self.cfg.hold_file)), int(bool(self.state.fenced_peer_at)))
+
+    def _track_sync(self, local: dict[str, Any], peer: dict[str, Any] | None) -> None:
+        """Caught up with the epoch: the writer of the current epoch is the peer, and this node has applied
+        what the peer had written half a second ago (a moving target under writes is never reached)."""
+        epoch = self.state.epoch
+        if local["writable"] and self.state.last_writer == self.cfg.name:
+            self.synced_epoch = epoch
+        elif peer and peer["writable"] and peer.get("epoch") == epoch and self.state.last_writer == self.cfg.peer_name:
+            if self.peer_pos_before is not None and contains(local["gtid_current_pos"], self.peer_pos_before):
+                if self.synced_epoch != epoch:
+                    log.info("caught up with epoch %d (%s)", epoch, self.cfg.peer_name)
+                self.synced_epoch = epoch
+        self.peer_pos_before = peer["gtid_binlog_pos"] if peer and peer["writable"] else None
 
     def write_metrics(self) -> None:
         """What monitoring reads; written when it changes (a tick is half a second)."""
@@ -331,40 +456,85 @@ class Agent:
         os.replace(tmp, self.cfg.metrics_file)  # the collector never reads half a file
         self.metrics_written = values
 
-    def _decide(self, local: dict[str, Any], peer: dict[str, Any] | None, t: float) -> None:
+    def _decide(self, local: dict[str, Any], peer: dict[str, Any] | None, view: dict[str, Any] | None,
+                t: float) -> None:
         cfg = self.cfg
         if os.path.exists(cfg.hold_file):
             if local["writable"]:
                 self.demote(f"writes are held until a restore ends ({cfg.hold_file})")
             return
         if local["writable"]:
-            self._remember(cfg.name)
-            if peer and peer["writable"] and peer.get("promoted_at", 0) > self.state.promoted_at:
-                self.demote(f"{cfg.peer_name} became the writer after this node did")
+            self._decide_writable(peer, view, t)
             return
         if peer and peer["writable"]:
-            self._remember(cfg.peer_name)
+            return  # the peer writes; this node replicates
+        if view is None:
+            return  # no majority without the witness: never promote
+        writer = view["writer"]
+        if writer is None:
+            # the pair's first start: the preferred master, once it holds everything the peer wrote
+            if peer and peer["mysqld"] and cfg.name == cfg.preferred and contains(
+                    local["gtid_current_pos"], peer["gtid_binlog_pos"]) and self.claim():
+                self.promote("the pair's first writer")
             return
-        if peer and peer["mysqld"]:
-            if cfg.name == cfg.preferred and contains(local["gtid_current_pos"], peer["gtid_binlog_pos"]):
-                self.promote("neither master was writable")
-            return
-        if peer and peer["mysqld_down_for"] >= cfg.failover_after:
-            self.promote(f"MariaDB on {cfg.peer_name} is down ({peer['mysqld_down_for']:.1f} s)")
-            return
-        if peer is None and t - self.peer_lost_since >= cfg.failover_after:
-            if self.state.last_writer is None:
-                return  # the pair never worked: wait for the peer rather than fence it
-            # failed fences are retried with backoff (5, 10, 20 ... 60 s): the API's rate limit is shared
-            if t - self.last_fence_try < min(MAX_FENCE_BACKOFF, cfg.fence_retry * 2 ** max(0, self.fence_failures - 1)):
+        if writer == cfg.name:
+            # this node holds the epoch: its MariaDB restarted, or both did, or it claimed and must fence
+            if self.must_fence and not self._fence_peer(t):
                 return
-            self.last_fence_try = t
-            if not self.fence():
-                self.fence_failures += 1
+            self.promote(f"it holds epoch {view['epoch']}")
+            return
+        # the peer holds the epoch: take it only if the peer's MariaDB is down, or the peer is gone
+        seen = view["members"].get(cfg.peer_name, {})
+        if peer is None and seen.get("mysqld") and seen.get("silent_for", 1e9) < cfg.failover_after:
+            return  # the witness hears the writer: only the link between the two is cut
+        if peer is not None:
+            if peer["mysqld"] or peer["mysqld_down_for"] < cfg.failover_after:
                 return
-            self.fence_failures = 0
-            self.state.fenced_peer_at = time.time()
-            self.promote(f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s and fenced")
+            why = f"MariaDB on {cfg.peer_name} is down ({peer['mysqld_down_for']:.1f} s)"
+        else:
+            if t - self.peer_lost_since < cfg.failover_after:
+                return
+            why = f"{cfg.peer_name} unreachable for {t - self.peer_lost_since:.1f} s"
+        if self.synced_epoch != view["epoch"]:
+            return  # stale: a promotion would hide the writes of the current epoch (the witness refuses too)
+        if not self.claim():
+            return
+        self.must_fence = peer is None  # an agent that answers turns its MariaDB read-only itself
+        if self.must_fence and not self._fence_peer(t):
+            return
+        self.promote(why)
+
+    def _decide_writable(self, peer: dict[str, Any] | None, view: dict[str, Any] | None, t: float) -> None:
+        cfg = self.cfg
+        if view is not None:
+            if view["writer"] is None and view["epoch"] == 0:
+                self.claim()  # writable before the witness knew the pair: record this node as the writer
+            elif view["writer"] != cfg.name:
+                self.demote(f"epoch {view['epoch']} belongs to {view['writer']}")
+            return
+        if t - self.peer_seen_at >= cfg.isolation_after and t - self.witness_seen_at >= cfg.isolation_after:
+            self.demote(f"neither {cfg.peer_name} nor the witness answered for {cfg.isolation_after:.1f} s: "
+                        "no majority")
+            return
+        if peer and peer["writable"] and (peer.get("epoch", 0), peer.get("promoted_at", 0)) > (
+                self.state.epoch, self.state.promoted_at):
+            self.demote(f"{cfg.peer_name} holds a newer epoch")
+
+    def _fence_peer(self, t: float) -> bool:
+        """Power the old writer off; failed attempts back off (5, 10, 20 ... 60 s): the API's rate limit is shared."""
+        wait = min(MAX_FENCE_BACKOFF, self.cfg.fence_retry * 2 ** max(0, self.fence_failures - 1))
+        if self.fence_failures and t - self.last_fence_try < wait:
+            return False
+        self.last_fence_try = t
+        if not self.fence():
+            self.fence_failures += 1
+            return False
+        self.fence_failures, self.must_fence = 0, False
+        self.state.fenced_peer_at = time.time()
+        self.state.save(self.cfg.state_file)
+        if self.cfg.restart_fenced_after is not None:
+            self.restart_peer_at = t + self.cfg.restart_fenced_after
+        return True
 
     def run(self) -> None:
         serve(self)
@@ -377,36 +547,63 @@ class Agent:
             time.sleep(self.cfg.interval)
 
 
-class _Handler(socketserver.StreamRequestHandler):
+class _HealthHandler(socketserver.StreamRequestHandler):
+    """HAProxy's agent-check: only the writer takes the application's connections."""
     timeout = 1
 
     def handle(self) -> None:
         agent: Agent = self.server.agent  # type: ignore[attr-defined]
         try:
-            line = self.rfile.readline(64).strip()
+            self.rfile.readline(64)
+            self.wfile.write(b"up ready\n" if agent.report().get("writable") else b"down\n")
         except OSError:
-            return
-        report = agent.report()
-        if line == b"status":
-            self.wfile.write(json.dumps(report).encode() + b"\n")
-        else:
-            # HAProxy's agent-check: only the writer takes the application's connections
-            self.wfile.write(b"up ready\n" if report.get("writable") else b"down\n")
+            pass
+
+
+class _PeerHandler(socketserver.StreamRequestHandler):
+    """The peer's question, over mutual TLS: only the peer's certificate is answered."""
+    timeout = 1
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        self.request = self.server.ctx.wrap_socket(self.request, server_side=True)  # type: ignore[attr-defined]
+        super().setup()
+
+    def handle(self) -> None:
+        agent: Agent = self.server.agent  # type: ignore[attr-defined]
+        cert = self.connection.getpeercert() or {}
+        names = [v for kind, v in cert.get("subjectAltName", ()) if kind == "DNS"]
+        try:
+            request = json.loads(self.rfile.readline(256) or b"{}")
+            if agent.cfg.peer_name not in names:
+                self.wfile.write(b'{"error": "not the peer"}\n')
+            elif isinstance(request, dict) and request.get("op") == "status":
+                self.wfile.write(json.dumps(agent.report()).encode() + b"\n")
+        except (OSError, ValueError):
+            pass
 
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
-    # every app server's HAProxy checks this port twice a second: a backlog of 5 (the default)
-    # overflows under a burst, and a dropped check looks like a dead agent to the peer
+    # every app server's HAProxy checks the health port twice a second: a backlog of 5 (the default)
+    # overflows under a burst
     request_queue_size = 512
 
+    def handle_error(self, request, client_address) -> None:
+        log.debug("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
 
-def serve(agent: Agent) -> _Server:
-    srv = _Server((agent.cfg.bind, agent.cfg.port), _Handler)
-    srv.agent = agent  # type: ignore[attr-defined]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
+
+def serve(agent: Agent) -> tuple[_Server, _Server]:
+    health = _Server((agent.cfg.bind, agent.cfg.port), _HealthHandler)
+    peer = _Server((agent.cfg.bind, agent.cfg.peer_port), _PeerHandler)
+    peer.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=agent.cfg.tls_ca)  # type: ignore[attr-defined]
+    peer.ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    peer.ctx.load_cert_chain(agent.cfg.tls_cert, agent.cfg.tls_key)  # type: ignore[attr-defined]
+    for srv in (health, peer):
+        srv.agent = agent  # type: ignore[attr-defined]
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return health, peer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     if args.command == "status":
         agent = Agent(cfg)
-        local = agent.local.status()
-        print(json.dumps({"local": local, "peer": agent.peer_status(), "state": vars(agent.state)}, indent=2))
+        print(json.dumps({"local": agent.local.status(), "peer": agent.peer_status(),
+                          "witness": agent.ask_witness({"op": "view"}), "state": vars(agent.state)}, indent=2))
         return 0
     Agent(cfg).run()
     return 0

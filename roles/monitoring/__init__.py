@@ -5,10 +5,13 @@ site, and the third Redis Sentinel."""
 from __future__ import annotations
 
 import re
+
 from pydantic import Field, field_validator
 
 from hastack.ports import Port
 from hastack.role import Placement, Role, Section, Settings
+from roles.loadbalancer import STATS_PORT as HAPROXY_METRICS_PORT
+from roles.witness import WITNESS_PORT
 
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
@@ -18,6 +21,8 @@ BLACKBOX_PORT = 9115  # loopback only: Prometheus on the same host is its one cl
 PORTS = (
     Port("prometheus", PROMETHEUS_PORT, sources=("monitoring",), description="Prometheus"),
     Port("alertmanager", ALERTMANAGER_PORT, sources=("monitoring",), description="Alertmanager"),
+    Port("witness", WITNESS_PORT, sources=("mariadb", "loadbalancer"),
+         description="the pairs' third vote: writer epochs, load balancer tie-break (mutual TLS)"),
 )
 
 PROM_DURATION = r"^\d+(ms|s|m|h|d|w|y)$"
@@ -96,6 +101,14 @@ def _host_data(topo, host):
         "monitoring_site_name": topo.domain,
         "monitoring_site_internal_ca": lb.get("lb_certificate") == "internal",
         "monitoring_app_tls": topo.resolved_settings("app")["app_tls"] if topo.hosts_with_role("app") else False,
+        "monitoring_witness_groups": {
+            "mariadb": {h.name: None for h in topo.hosts_with_role("mariadb")},
+            # a load balancer is alive for the witness while its HAProxy answers on the private network
+            "lb": {h.name: [h.private_ip, HAPROXY_METRICS_PORT] for h in topo.hosts_with_role("loadbalancer")},
+        },
+        # a little under the masters' own patience, so a claim after `failover_after` is granted at once
+        "monitoring_witness_dead_after": round(0.9 * topo.resolved_settings("mariadb")["mariadb_failover_after"], 2)
+        if topo.hosts_with_role("mariadb") else 1.8,
     }
 
 

@@ -7,7 +7,10 @@ leaves Prometheus with a file it cannot load at its next restart.
 
 from __future__ import annotations
 
+import json
 import posixpath
+from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -15,12 +18,17 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
+from roles import witness
+from roles.tls_files import put_tls_files
 from roles.monitoring import DEFAULTS
 from roles.monitoring import config as c
 from roles.monitoring import rules
 
 STAGING = "/var/lib/hastack/staging/monitoring"
+WITNESS_SOURCE = Path(__file__).resolve().parent / "witness_server.py"
+WITNESS_UNIT = "/etc/systemd/system/hastack-witness.service"
 # each checked file: its check ({staged} is the candidate), its owner group and mode
 CHECKS = {
     rules.RULES_FILE: ("promtool check rules {staged}", "root", "0644"),
@@ -56,6 +64,8 @@ def _args(tvars, target, service):
 
 @deploy("monitoring", data_defaults=DEFAULTS)
 def monitoring() -> None:
+    files.directory(name="hastack configuration", path="/etc/hastack", user="root", group="root", mode="0700")
+    install_witness()
     prometheus = apt.packages(name="Prometheus", packages=["prometheus"], no_recommends=True)
     # The package starts Prometheus at once with its example configuration (localhost targets, which
     # the stack's rules would see down): on a fresh install what it scraped is dropped.
@@ -86,3 +96,28 @@ def monitoring() -> None:
                      _if=lambda cs=configs: any(op.did_change() for op in cs))
         systemd.service(name=f"Restart {unit}", service=unit, restarted=True, _if=args.did_change)
         systemd.service(name=f"{unit} running", service=unit, running=True, enabled=True)
+
+
+def install_witness() -> None:
+    """The pairs' third vote (witness_server.py): standard library only, an unprivileged user of its own."""
+    d = host.data
+    files.directory(name="hastack programs", path="/opt/hastack", user="root", group="root", mode="0755")
+    program = files.put(name="Witness", src=str(WITNESS_SOURCE), dest="/opt/hastack/witness_server.py",
+                        user="root", group="root", mode="0644")
+    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"witness-{host.name}", dns=[host.name],
+                                                            ips=[d.private_ip])
+    tls = put_tls_files("Witness", witness.TLS_DIR, "root", issued, dir_mode="0700", names=witness.SERVER_FILES)
+    config = {
+        "bind": d.private_ip, "port": witness.WITNESS_PORT,
+        # the TLS files and this one reach the service as systemd credentials (root-only on disk)
+        "cert": witness.SERVER_FILES[0], "key": witness.SERVER_FILES[1], "ca": witness.SERVER_FILES[2],
+        "groups": d.monitoring_witness_groups, "dead_after": d.monitoring_witness_dead_after,
+        "state_file": "/var/lib/hastack/witness/state.json",
+    }
+    cfg = files.put(name="Witness configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+                    dest="/etc/hastack/witness.json", user="root", group="root", mode="0600")
+    unit = files.template(name="Witness unit", src=template_path("monitoring", WITNESS_UNIT), dest=WITNESS_UNIT,
+                          user="root", group="root", mode="0644")
+    systemd.service(name="Witness running", service="hastack-witness.service", running=True, enabled=True,
+                    daemon_reload=unit.will_change,
+                    restarted=any(op.will_change for op in (program, cfg, unit, *tls)))
