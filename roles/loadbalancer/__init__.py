@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from hastack.ports import PUBLIC, Port
 from hastack.role import Placement, Role, Settings
 from roles import HCLOUD_DEFAULTS
+from roles import witness
 
 PORTS = (
     Port("http", 80, sources=(PUBLIC,), description="HTTP, redirected to HTTPS"),
@@ -66,6 +67,8 @@ def _host_data(topo, host):
         # how the application behind it is reached and checked
         "app_tls": app["app_tls"],
         "app_health_path": app["app_health_path"],
+        # the third vote before the failover agent takes the floating IP from a live-looking peer
+        **witness.client_data(topo),
     }
 
 

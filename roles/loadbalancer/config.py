@@ -22,6 +22,9 @@ FAILOVER_COMMAND = "/usr/local/sbin/hastack-failover"
 NOTIFY_COMMAND = f"{FAILOVER_COMMAND} notify"
 RECONCILE_SERVICE = "/etc/systemd/system/hastack-failover-reconcile.service"
 RECONCILE_TIMER = "/etc/systemd/system/hastack-failover-reconcile.timer"
+FAILOVER_CONFIG = "/etc/hastack/failover.json"
+FAILOVER_STATE = "/run/hastack/failover-state.json"
+FAILOVER_METRICS = "/var/lib/prometheus/node-exporter/hastack_floating_ip.prom"
 
 
 def backend_tls(data: Mapping[str, Any]) -> bool:
@@ -86,4 +89,27 @@ def template_vars(hostname: str, data: Mapping[str, Any], interface: str,
         KEEPALIVED_CONF: keepalived_vars(hostname, data, interface, public_interface),
         RECONCILE_SERVICE: {},
         RECONCILE_TIMER: {"interval": data["lb_reconcile_interval"]},
+    }
+
+
+def failover_config(hostname: str, data: Mapping[str, Any], public_interface: str,
+                    api: Mapping[str, Any], witness: Mapping[str, Any]) -> dict[str, Any]:
+    """The failover agent's JSON configuration (its SCHEMA checks it on every run).
+
+    ``api`` is the Hetzner API part (roles.hcloud_agent.api_config), ``witness`` the witness
+    part (roles.witness.client_config): where the witness is and this host's client TLS files.
+    """
+    return {
+        **{k: v for k, v in api.items() if v is not None},
+        **witness,
+        "floating_ip_id": int(data["floating_ip_id"]),
+        "floating_ip": data["floating_ip"],
+        "server_id": int(data["server_id"]),
+        "server_name": hostname,
+        "peer_server_id": int(data["vrrp_peer_server_id"]),
+        "peer_name": data["vrrp_peer"],  # what the witness is asked about
+        "interface": public_interface,
+        "state_file": FAILOVER_STATE,
+        "poweroff_peer_on_takeover": bool(data["lb_poweroff_peer_on_takeover"]),
+        "metrics_file": FAILOVER_METRICS,
     }

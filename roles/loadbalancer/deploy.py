@@ -12,14 +12,14 @@ from pyinfra.operations import apt, files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
-from roles import hcloud_agent
+from roles import hcloud_agent, witness
 from roles.loadbalancer import DEFAULTS
 from roles.loadbalancer import config as c
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "failover_agent.py"
 WRAPPER = """#!/bin/sh
 # Managed by hastack: the failover agent (keepalived notify, reconcile timer, operators).
-exec {venv}/bin/python /opt/hastack/failover_agent.py --config /etc/hastack/failover.json "$@"
+exec {venv}/bin/python /opt/hastack/failover_agent.py --config {config} "$@"
 """
 
 
@@ -83,22 +83,13 @@ def loadbalancer() -> None:
     hcloud_agent.install()
     files.put(name="Failover agent", src=str(AGENT_SOURCE), dest="/opt/hastack/failover_agent.py",
               user="root", group="root", mode="0644")
-    files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV)),
+    files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV, config=c.FAILOVER_CONFIG)),
               dest=c.FAILOVER_COMMAND, user="root", group="root", mode="0755")
-    config = {
-        **{k: v for k, v in hcloud_agent.api_config().items() if v is not None},
-        "floating_ip_id": int(d.floating_ip_id),
-        "floating_ip": d.floating_ip,
-        "server_id": int(d.server_id),
-        "server_name": host.name,
-        "peer_server_id": int(d.vrrp_peer_server_id),
-        "interface": public_interface,
-        "state_file": "/run/hastack/failover-state.json",
-        "poweroff_peer_on_takeover": bool(d.lb_poweroff_peer_on_takeover),
-        "metrics_file": "/var/lib/prometheus/node-exporter/hastack_floating_ip.prom",
-    }
+    witness.put_client_tls()  # the agent asks the witness before taking the IP from a live-looking peer
+    config = c.failover_config(host.name, d.dict(), public_interface, api=hcloud_agent.api_config(),
+                               witness=witness.client_config())
     files.put(name="Failover agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
-              dest="/etc/hastack/failover.json", user="root", group="root", mode="0600")
+              dest=c.FAILOVER_CONFIG, user="root", group="root", mode="0600")
 
     # -- keepalived
     ka = template("keepalived configuration", c.KEEPALIVED_CONF, mode="0600")

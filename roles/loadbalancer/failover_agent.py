@@ -8,12 +8,43 @@ deployed as a single file, so it imports only the standard library and hcloud.
 
 Commands:
   notify INSTANCE_TYPE NAME STATE [PRIORITY]  what keepalived passes to a notify script
-  take                                         move the floating IP here (idempotent)
+  take [--force]                               move the floating IP here (idempotent)
   reconcile                                    compare keepalived's state with the API; repair or alert
-  status                                       print local state and API owner as JSON
+  status                                       print local state, API owner and the witness's view as JSON
 
-Exit codes: 0 done, 1 mismatch alert or failed action, 2 bad config or token
-file, 3 API unreachable or failing after `max_attempts` attempts.
+Exit codes: 0 done, 1 mismatch alert, failed action or takeover withheld (see
+the tie-break), 2 bad config or token file, 3 API unreachable or failing after
+`max_attempts` attempts.
+
+Tie-break through the witness: two load balancers that cannot see each other
+both become MASTER. Each would take the floating IP from the other on every
+reconcile, and a load balancer cut off from the private network (and so from
+the app servers) could still take it through the public API. So the agent
+takes the IP freely only when it is unassigned or already here; to take it
+AWAY from the peer (the API names the peer as owner) it asks the witness on the
+monitoring host (TCP, mutual TLS, one JSON line each way:
+{"op": "alive", "group": "lb", "name": <us>, "member": <peer>} ->
+{"alive": bool}; the witness tries the peer's HAProxy port on the private
+network) and takes only when the witness answers that the peer is NOT alive.
+Peer alive: a partition between the two load balancers while the peer still
+serves; nothing moves, a warning is logged, exit 1. Witness unreachable or
+failing: this side may be the isolated one and, without a majority, does not
+act either (exit 1). Both publish `hastack_floating_ip_withheld 1`. On a
+MASTER notify the peer may be dying just now: an "alive" answer is asked again
+(`WITNESS_REASKS` times, `WITNESS_REASK_DELAY` apart, re-reading the owner
+from the API each time) before giving up.
+
+Release: because the MASTER does not take the IP from a peer the witness sees
+alive, a load balancer that keepalived makes BACKUP, FAULT or STOP gives the IP
+up itself when the API still names it as owner (unassign; on a notify after
+`RELEASE_DELAY`, so that a new MASTER the witness lets take first does so),
+and the MASTER then takes the unassigned IP without asking anyone. That is
+what moves the IP after a partition heals to the other side or after
+keepalived is restarted on the master.
+
+Operator override: `take --force` takes the IP from the peer without asking
+the witness (the witness is down and the operator knows the peer is gone, or
+a planned move while the peer's HAProxy still answers).
 
 Fencing: Hetzner routes a floating IP to exactly one server, so the assign
 itself is the fence: once its action succeeds the old master receives no more
@@ -44,6 +75,8 @@ import logging.handlers
 import os
 import random
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -67,6 +100,12 @@ EXIT_OK, EXIT_MISMATCH, EXIT_CONFIG, EXIT_API = 0, 1, 2, 3
 HTTP_TIMEOUT = (5, 20)  # connect, read: hcloud's default is no timeout at all
 MAX_BACKOFF = 30.0
 ACTION_TIMEOUT = 60.0
+WITNESS_CONNECT_TIMEOUT = 1.0
+WITNESS_TIMEOUT = 2.0      # the whole question: connect, TLS handshake, request, answer
+WITNESS_MAX_ANSWER = 4096  # one JSON line
+WITNESS_REASKS = 3         # on a MASTER notify: asked again this many times while the peer looks alive ...
+WITNESS_REASK_DELAY = 1.0  # ... this far apart (keepalived notices a dead peer within 1-3 s)
+RELEASE_DELAY = 1.0        # a notified BACKUP/FAULT/STOP owner waits this long before it unassigns
 # Retried besides HTTP 5xx: transient by Hetzner's definition, or another action holds the lock.
 RETRY_CODES = {"rate_limit_exceeded", "conflict", "locked", "timeout", "bad_gateway",
                "server_error", "service_error", "unavailable", "maintenance"}
@@ -78,6 +117,10 @@ class ConfigError(Exception):
 
 class ApiError(Exception):
     pass
+
+
+class WitnessError(Exception):
+    """No usable answer from the witness: unreachable, TLS refused, timeout, an error or a garbled answer."""
 
 
 # ------------------------------------------------------------------ config
@@ -107,6 +150,14 @@ def _ipv4(v: Any) -> bool:
         return False
 
 
+def _port(v: Any) -> bool:
+    return _pos_int(v) and v <= 65535
+
+
+def _hostname(v: Any) -> bool:
+    return _text(v) and len(v) <= 253 and all(c.isalnum() or c in "-." for c in v)
+
+
 REQUIRED = object()
 # key: (check, what is valid, default)
 SCHEMA: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
@@ -119,6 +170,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "server_id": (_pos_int, "a positive integer (this server's Hetzner id)", REQUIRED),
     "server_name": (_text, "a non-empty string", REQUIRED),
     "peer_server_id": (_pos_int, "a positive integer (the other load balancer's Hetzner id)", REQUIRED),
+    "peer_name": (_hostname, "a host name (the other load balancer's server name)", REQUIRED),
     "interface": (lambda v: _text(v) and len(v) <= 15 and not any(c in v for c in " /"),
                   "a network interface name such as eth0", REQUIRED),
     "state_file": (_abs_path, "an absolute path", "/run/hastack/failover-state.json"),
@@ -129,6 +181,14 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     # node exporter textfile: whether this load balancer has the floating IP configured (null: none)
     "metrics_file": (lambda v: v is None or (_abs_path(v) and v.endswith(".prom")),
                      "an absolute path ending in .prom, or null", None),
+    # the witness (monitoring host): its certificate's name, private address and port; our client TLS files
+    "witness_name": (_hostname, "a host name (the name in the witness's certificate)", REQUIRED),
+    "witness_ip": (_ipv4, "an IPv4 address string (the witness's private address)", REQUIRED),
+    "witness_port": (_port, "a TCP port number (1-65535)", 9107),
+    "witness_cert": (_abs_path, "an absolute path (PEM client certificate chain)", "/etc/hastack/witness/client.crt"),
+    "witness_key": (_abs_path, "an absolute path (PEM client key)", "/etc/hastack/witness/client.key"),
+    "witness_ca": (_abs_path, "an absolute path (PEM CA that signed the witness's certificate)",
+                   "/etc/hastack/witness/ca.crt"),
 }
 
 
@@ -142,6 +202,7 @@ class Config:
     server_id: int
     server_name: str
     peer_server_id: int
+    peer_name: str
     interface: str
     state_file: str
     poweroff_peer_on_takeover: bool
@@ -149,6 +210,12 @@ class Config:
     initial_backoff: float
     min_interval: float
     metrics_file: str | None
+    witness_name: str
+    witness_ip: str
+    witness_port: int
+    witness_cert: str
+    witness_key: str
+    witness_ca: str
 
 
 def load_config(path: str) -> Config:
@@ -176,6 +243,8 @@ def load_config(path: str) -> Config:
             values[key] = raw[key]
     if values["server_id"] == values["peer_server_id"]:
         raise ConfigError(f"config {path}: server_id and peer_server_id are both {values['server_id']}")
+    if values["server_name"] == values["peer_name"]:
+        raise ConfigError(f"config {path}: server_name and peer_name are both {values['server_name']!r}")
     if values["ca_file"] is not None and not os.path.isfile(values["ca_file"]):
         raise ConfigError(f"config {path}: ca_file {values['ca_file']} does not exist")
     return Config(**values)
@@ -204,6 +273,64 @@ def read_token(path: str) -> str:
     if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
         raise ConfigError(f"token file {path} holds whitespace or non-ASCII characters inside the token")
     return token
+
+
+# ------------------------------------------------------------------ the witness
+
+
+def ask_witness(cfg: Config, member: str, timeout: float = WITNESS_TIMEOUT) -> bool:
+    """Whether the witness reaches ``member`` (mutual TLS, one JSON line each way); WitnessError otherwise.
+
+    The TLS files are read on each question, not at config load: without them the
+    agent still takes an unassigned IP, it only cannot outvote a live-looking peer.
+    """
+    where = f"witness {cfg.witness_name} ({cfg.witness_ip}:{cfg.witness_port})"
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.witness_ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cfg.witness_cert, cfg.witness_key)
+    except (OSError, ssl.SSLError) as e:
+        raise WitnessError(f"cannot load the witness client TLS files ({cfg.witness_cert}, {cfg.witness_key}, "
+                           f"{cfg.witness_ca}): {e}") from None
+    request = {"op": "alive", "group": "lb", "name": cfg.server_name, "member": member}
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("timed out")
+        return remaining
+
+    try:
+        raw = socket.create_connection((cfg.witness_ip, cfg.witness_port), timeout=min(WITNESS_CONNECT_TIMEOUT, left()))
+        with raw:
+            raw.settimeout(left())
+            with ctx.wrap_socket(raw, server_hostname=cfg.witness_name) as conn:
+                conn.settimeout(left())
+                conn.sendall(json.dumps(request).encode() + b"\n")
+                answer = b""
+                while b"\n" not in answer:
+                    conn.settimeout(left())
+                    chunk = conn.recv(1024)
+                    if not chunk:
+                        break
+                    answer += chunk
+                    if len(answer) > WITNESS_MAX_ANSWER:
+                        raise WitnessError(f"{where}: answer longer than {WITNESS_MAX_ANSWER} bytes")
+    except (OSError, ssl.SSLError) as e:  # refused, unreachable, timeouts, TLS verification
+        raise WitnessError(f"{where}: {type(e).__name__}: {e}") from None
+    line = answer.split(b"\n", 1)[0].strip()
+    if not line:
+        raise WitnessError(f"{where}: closed the connection without an answer")
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise WitnessError(f"{where}: answer is not JSON: {line[:200]!r}") from None
+    if isinstance(reply, dict) and isinstance(reply.get("alive"), bool):
+        return reply["alive"]
+    if isinstance(reply, dict) and "error" in reply:
+        raise WitnessError(f"{where} answered an error: {str(reply['error'])[:200]}")
+    raise WitnessError(f"{where}: unexpected answer {line[:200]!r}")
 
 
 # ------------------------------------------------------------------ API access
@@ -353,7 +480,9 @@ class FailoverAgent:
         self.cfg = cfg
         self.api = HetznerAPI(cfg, token, sleep)
         self.runner = runner
+        self.sleep = sleep
         self.action_poll = action_poll
+        self.withheld = False  # this run refused to take the IP from the peer (published as a metric)
 
     @contextmanager
     def _lock(self):
@@ -396,13 +525,21 @@ class FailoverAgent:
 
     # commands
 
-    def take(self) -> int:
+    def take(self, force: bool = False) -> int:
         with self._lock():
-            return self._take()
+            return self._take(force=force)
 
-    def _take(self) -> int:
+    def _take(self, force: bool = False, reasks: int = 0, still_master: Callable[[], bool] | None = None) -> int:
         cfg = self.cfg
         owner = self.api.floating_ip_owner()
+        if owner == cfg.peer_server_id:
+            if force:
+                log.warning("take --force: taking floating IP %s from peer %s (id %d) without asking the witness",
+                            cfg.floating_ip, cfg.peer_name, cfg.peer_server_id)
+            else:
+                owner, stop = self._witness_vote(reasks, still_master)
+                if stop is not None:
+                    return stop
         if owner == cfg.server_id:
             log.info("already holds floating IP %s (id %d); no assign", cfg.floating_ip, cfg.floating_ip_id)
         else:
@@ -416,6 +553,75 @@ class FailoverAgent:
         self.ensure_ip()
         if owner == cfg.peer_server_id and cfg.poweroff_peer_on_takeover:
             return self._poweroff_peer()
+        return EXIT_OK
+
+    def _witness_vote(self, reasks: int, still_master: Callable[[], bool] | None) -> tuple[int | None, int | None]:
+        """The API names the peer as owner: may this server take the IP from it?
+
+        (owner, None) to go ahead, ``owner`` as last read from the API; (owner, exit code) to stop.
+        While the witness still reaches the peer, it is asked again ``reasks`` times, the owner
+        re-read before each (the peer may release the IP meanwhile), and ``still_master`` checked.
+        """
+        cfg = self.cfg
+        peer = f"{cfg.peer_name} (id {cfg.peer_server_id})"
+        owner: int | None = cfg.peer_server_id
+        for attempt in range(reasks + 1):
+            if attempt:
+                self.sleep(WITNESS_REASK_DELAY)
+                if still_master is not None and not still_master():
+                    log.info("keepalived left MASTER while the witness was asked; not taking floating IP %s",
+                             cfg.floating_ip)
+                    return owner, EXIT_OK
+                owner = self.api.floating_ip_owner()
+                if owner != cfg.peer_server_id:
+                    log.info("floating IP %s is now on server %s, no longer on peer %s; no witness needed",
+                             cfg.floating_ip, owner, peer)
+                    return owner, None
+            try:
+                alive = ask_witness(cfg, cfg.peer_name)
+            except WitnessError as e:
+                self.withheld = True
+                log.error("not taking floating IP %s from peer %s: no answer from the witness (%s). This server may be "
+                          "the isolated one; without the witness's vote it does not move the IP "
+                          "(operator override: hastack-failover take --force)", cfg.floating_ip, peer, e)
+                return owner, EXIT_MISMATCH
+            if not alive:
+                log.info("the witness cannot reach peer %s either: taking floating IP %s from it", peer, cfg.floating_ip)
+                return owner, None
+            if attempt < reasks:
+                log.info("the witness still reaches peer %s; asking again in %.1fs (%d/%d)",
+                         peer, WITNESS_REASK_DELAY, attempt + 1, reasks)
+        self.withheld = True
+        log.warning("partition between the load balancers: keepalived says MASTER here, but the witness still reaches "
+                    "peer %s, which holds floating IP %s and still serves; not taking it (operator override: "
+                    "hastack-failover take --force)", peer, cfg.floating_ip)
+        return owner, EXIT_MISMATCH
+
+    def _release(self, state: str, delay: float) -> int:
+        """Not MASTER (keepalived says ``state``) but the API routes the IP here: unassign it, so that
+        the MASTER takes it without having to outvote a live peer. After ``delay`` s, unless this
+        server became MASTER or the IP moved meanwhile."""
+        cfg = self.cfg
+        if self.api.floating_ip_owner() != cfg.server_id:
+            return EXIT_OK
+        if delay:
+            log.info("state %s but the API routes floating IP %s here; releasing it in %.1fs unless the MASTER "
+                     "takes it first", state, cfg.floating_ip, delay)
+            self.sleep(delay)
+            now = read_state(cfg.state_file).get("state")
+            if now == "MASTER":
+                log.info("keepalived made this server MASTER meanwhile; keeping floating IP %s", cfg.floating_ip)
+                return EXIT_OK
+            owner = self.api.floating_ip_owner()
+            if owner != cfg.server_id:
+                log.info("floating IP %s moved to server %s meanwhile; nothing to release", cfg.floating_ip, owner)
+                return EXIT_OK
+        log.warning("releasing floating IP %s (keepalived state %s here): unassigning it so that the MASTER, "
+                    "peer %s, takes it", cfg.floating_ip, state, cfg.peer_name)
+        action = self.api.call(f"unassign floating IP {cfg.floating_ip_id}",
+                               lambda: self.api.client.floating_ips.unassign(FloatingIP(id=cfg.floating_ip_id)))
+        self.api.wait_action("unassign", action, self.action_poll)
+        log.info("floating IP %s unassigned (action %d succeeded)", cfg.floating_ip, action.id)
         return EXIT_OK
 
     def _poweroff_peer(self) -> int:
@@ -446,10 +652,12 @@ class FailoverAgent:
             if current != state:
                 log.info("state changed to %s since this notify (%s); acting on %s", current, state, current)
             if current == "MASTER":
-                return self._take()
+                # the peer may have died just now: while the witness still reaches it, ask again
+                return self._take(reasks=WITNESS_REASKS,
+                                  still_master=lambda: read_state(self.cfg.state_file).get("state") == "MASTER")
             log.info("state %s: releasing %s locally", current, self.cfg.floating_ip)
             self.remove_ip()
-            return EXIT_OK
+            return self._release(current, RELEASE_DELAY)
 
     def reconcile(self) -> int:
         cfg = self.cfg
@@ -457,12 +665,18 @@ class FailoverAgent:
             state = read_state(cfg.state_file).get("state", "UNKNOWN")
             owner = self.api.floating_ip_owner()
             if state == "MASTER" and owner != cfg.server_id:
-                log.warning("mismatch: keepalived state MASTER but floating IP %s is on server %s; taking it",
-                            cfg.floating_ip, owner)
+                log.warning("mismatch: keepalived state MASTER but floating IP %s is on server %s; taking it%s",
+                            cfg.floating_ip, owner,
+                            " if the witness agrees" if owner == cfg.peer_server_id else "")
                 return self._take()
+            if state in ("BACKUP", "FAULT", "STOP") and owner == cfg.server_id:
+                log.warning("mismatch: keepalived state %s but floating IP %s is assigned to this server %d; "
+                            "releasing it for the MASTER", state, cfg.floating_ip, cfg.server_id)
+                self.remove_ip()
+                return self._release(state, delay=0)
             if state != "MASTER" and owner == cfg.server_id:
                 log.warning("mismatch: keepalived state %s but floating IP %s is assigned to this server %d; "
-                            "leaving it for the MASTER to take", state, cfg.floating_ip, cfg.server_id)
+                            "leaving it until keepalived reports a state", state, cfg.floating_ip, cfg.server_id)
                 return EXIT_MISMATCH
             if state == "MASTER":
                 log.info("consistent: MASTER and holding floating IP %s", cfg.floating_ip)
@@ -473,7 +687,8 @@ class FailoverAgent:
             return EXIT_OK
 
     def publish_metrics(self) -> None:
-        """What monitoring reads: 1 while the address is configured here (exactly one of the pair should)."""
+        """What monitoring reads: 1 while the address is configured here (exactly one of the pair should);
+        1 while this server, MASTER, withholds the takeover (peer alive per the witness, or no witness)."""
         if not self.cfg.metrics_file:
             return
         try:
@@ -485,7 +700,11 @@ class FailoverAgent:
         held = 1 if self.ip_configured() else 0
         text = ("# HELP hastack_floating_ip_configured 1 if this load balancer has the floating IP configured.\n"
                 "# TYPE hastack_floating_ip_configured gauge\n"
-                f'hastack_floating_ip_configured{{ip="{self.cfg.floating_ip}"}} {held}\n')
+                f'hastack_floating_ip_configured{{ip="{self.cfg.floating_ip}"}} {held}\n'
+                "# HELP hastack_floating_ip_withheld 1 if this load balancer, MASTER, did not take the floating IP "
+                "from its peer: the witness reaches the peer, or the witness did not answer.\n"
+                "# TYPE hastack_floating_ip_withheld gauge\n"
+                f'hastack_floating_ip_withheld{{ip="{self.cfg.floating_ip}"}} {int(self.withheld)}\n')
         os.makedirs(os.path.dirname(self.cfg.metrics_file), exist_ok=True)
         tmp = self.cfg.metrics_file + ".tmp"
         with open(tmp, "w") as f:
@@ -508,6 +727,11 @@ class FailoverAgent:
             return EXIT_API, out
         out["owner_server_id"] = owner
         out["holds_floating_ip"] = owner == self.cfg.server_id
+        try:
+            out["witness_peer_alive"] = ask_witness(self.cfg, self.cfg.peer_name)
+        except WitnessError as e:
+            out["witness_peer_alive"] = None
+            out["witness_error"] = str(e)
         return EXIT_OK, out
 
 
@@ -523,7 +747,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     n.add_argument("name", help="the VRRP instance or group name")
     n.add_argument("state", type=str.upper, choices=STATES)
     n.add_argument("priority", nargs="?", type=int, default=None)
-    sub.add_parser("take", help="assign the floating IP to this server and configure it locally")
+    t = sub.add_parser("take", help="assign the floating IP to this server and configure it locally")
+    t.add_argument("--force", action="store_true",
+                   help="take it from the peer without asking the witness (operator override)")
     sub.add_parser("reconcile", help="compare keepalived's state with the API: repair (MASTER) or alert (exit 1)")
     sub.add_parser("status", help="print local state and the API's owner as JSON")
     return p.parse_args(argv)
@@ -541,7 +767,7 @@ def run(argv: list[str] | None = None, runner: Runner = run_ip,
                 if args.command == "notify":
                     return agent.notify(args.instance_type, args.name, args.state, args.priority)
                 if args.command == "take":
-                    return agent.take()
+                    return agent.take(force=args.force)
                 return agent.reconcile()
             finally:
                 agent.publish_metrics()

@@ -4,6 +4,7 @@ Variables come from roles.loadbalancer.config with the host's data (tests/templa
 as the deploy gets them; only file paths are moved onto this machine where a checker opens them.
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -210,3 +211,34 @@ def test_keepalived_rejects_a_broken_config(tmp_path, keepalived_check):
     broken.write_text(text.replace(f"interface {PRIVATE_IF}", "interface eth9"))
     assert check(good).returncode == 0
     assert check(broken).returncode != 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_failover_agent_configuration_passes_the_agents_own_checks(stack, tmp_path, monkeypatch):
+    """What the deploy writes to /etc/hastack/failover.json, read by the agent's load_config:
+    the peer by name and the witness (the monitoring host) where the tie-break asks it."""
+    from types import SimpleNamespace
+
+    from roles import hcloud_agent, witness
+    from roles.loadbalancer import failover_agent
+
+    topo = topology(stack)
+    mon = topo.hosts_with_role("monitoring")[0]
+    lbs = topo.hosts_with_role("loadbalancer")
+    for host in lbs:
+        data = host_data(stack, host, "loadbalancer")
+        fake_host = SimpleNamespace(name=host.name, data=SimpleNamespace(**data))
+        monkeypatch.setattr(witness, "host", fake_host)
+        monkeypatch.setattr(hcloud_agent, "host", fake_host)
+        config = c.failover_config(host.name, data, PUBLIC_IF, api=hcloud_agent.api_config(),
+                                   witness=witness.client_config())
+        path = tmp_path / f"{host.name}.json"
+        path.write_text(json.dumps(config))
+        cfg = failover_agent.load_config(str(path))
+        peer = next(h for h in lbs if h.name != host.name)
+        assert (cfg.server_name, cfg.peer_name) == (host.name, peer.name)
+        assert cfg.peer_server_id != cfg.server_id
+        assert (cfg.witness_name, cfg.witness_ip, cfg.witness_port) == (mon.name, mon.private_ip, witness.WITNESS_PORT)
+        assert (cfg.witness_cert, cfg.witness_key, cfg.witness_ca) == tuple(
+            f"{witness.TLS_DIR}/{name}" for name in witness.CLIENT_FILES)
+        assert cfg.interface == PUBLIC_IF and cfg.metrics_file == c.FAILOVER_METRICS

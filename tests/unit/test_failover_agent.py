@@ -1,19 +1,97 @@
-"""The failover agent against the lab's Hetzner API, in-process; only `ip` is faked."""
+"""The failover agent against the lab's Hetzner API, in-process; only `ip` is faked.
+
+The witness is a stand-in server on localhost speaking the witness's protocol (mutual TLS,
+one JSON line each way) with certificates from the stack CA code (hastack.pki).
+"""
 
 import json
 import logging
 import os
 import socket
+import ssl
+import threading
 import time
 
 import pytest
 import requests
 
+from hastack.pki import CertificateAuthority
 from roles.loadbalancer import failover_agent as agent
 from tests.unit.test_lab_hcloud_api import FIP, FIP_IP, LB1, LB2, TOKEN, Lab, make_ca_and_cert
 from tests.support.privileges import needs_real_root
 
 IFACE = "eth0"
+WITNESS_NAME = "lab-mon1"
+
+
+class FakeWitness:
+    """The witness's side of the protocol on 127.0.0.1: demands a client certificate from the
+    stack CA, records each request with the client's certificate name, answers ``answer(request)``
+    (a dict, or None to hold the connection open without answering)."""
+
+    def __init__(self, pki_dir, answer=None, server_name=WITNESS_NAME, client_name="lab-lb1"):
+        ca = CertificateAuthority(pki_dir, "test")
+        server = ca.issue(f"witness-{server_name}", dns=[server_name])
+        client = ca.issue(f"witness-{client_name}", dns=[client_name], client=True)
+        self.files = {}
+        for key, text in {"server_crt": server.chain_pem, "server_key": server.key_pem,
+                          "client_crt": client.chain_pem, "client_key": client.key_pem, "ca": ca.ca_pem}.items():
+            path = pki_dir / f"{key}.pem"
+            path.write_text(text)
+            self.files[key] = str(path)
+        self.answer = answer or (lambda request: {"alive": False})
+        self.requests = []  # (request, the client certificate's common name)
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.files["ca"])
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_cert_chain(self.files["server_crt"], self.files["server_key"])
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(5)
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = tls.recv(1024)
+                    if not chunk:
+                        return
+                    line += chunk
+                request = json.loads(line)
+                cn = dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+                self.requests.append((request, cn))
+                reply = self.answer(request)
+                if reply is None:
+                    self.stopped.wait(5)
+                    return
+                tls.sendall(json.dumps(reply).encode() + b"\n")
+        except (OSError, ValueError):
+            pass
+
+    def client_config(self):
+        return {"witness_name": WITNESS_NAME, "witness_ip": "127.0.0.1", "witness_port": self.port,
+                "witness_cert": self.files["client_crt"], "witness_key": self.files["client_key"],
+                "witness_ca": self.files["ca"]}
+
+    def stop(self):
+        self.stopped.set()
+        self.sock.close()
+
+
+def closed_port():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class FakeIp:
@@ -53,13 +131,18 @@ class Env:
         self.config = tmp_path / "failover.json"
         self.ip = FakeIp()
         self.sleeps = []
+        pki = tmp_path / "witness-pki"
+        pki.mkdir(exist_ok=True)
+        self.witness = FakeWitness(pki)  # by default: the peer is not alive
+        self.metrics = tmp_path / "textfile" / "hastack_floating_ip.prom"
         self.write_config()
 
     def write_config(self, **changes):
         cfg = {"api_endpoint": self.lab.url, "token_file": str(self.token), "floating_ip_id": FIP,
                "floating_ip": FIP_IP, "server_id": LB1, "server_name": "lab-lb1", "peer_server_id": LB2,
-               "interface": IFACE, "state_file": str(self.state), "max_attempts": 4,
-               "initial_backoff": 0.01, "min_interval": 0}
+               "peer_name": "lab-lb2", "interface": IFACE, "state_file": str(self.state), "max_attempts": 4,
+               "initial_backoff": 0.01, "min_interval": 0, "metrics_file": str(self.metrics),
+               **self.witness.client_config()}
         cfg.update(changes)
         self.config.write_text(json.dumps({k: v for k, v in cfg.items() if v is not ...}))
 
@@ -77,6 +160,18 @@ class Env:
     def posts(self):
         return [(e["path"].rsplit("/", 1)[1], e["body"], e["status"]) for e in self.lab.lab_log()]
 
+    def owner(self):
+        return self.lab.api.floating_ips[FIP]["server"]
+
+    def metric(self, name):
+        for line in self.metrics.read_text().splitlines():
+            if line.startswith(name + "{"):
+                return int(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} not in {self.metrics}")
+
+    def asked(self):
+        return [r for r, _ in self.witness.requests]
+
 
 @pytest.fixture
 def caplog_info(caplog):
@@ -88,11 +183,19 @@ def start_env(tmp_path, **lab_kwargs):
     return Env(tmp_path, Lab(**lab_kwargs).start())
 
 
+@pytest.fixture(autouse=True)
+def quick_delays(monkeypatch):
+    """The agent's waits between witness questions and before a release, shortened."""
+    monkeypatch.setattr(agent, "WITNESS_REASK_DELAY", 0.02)
+    monkeypatch.setattr(agent, "RELEASE_DELAY", 0.02)
+
+
 @pytest.fixture
 def env(tmp_path, caplog_info):
     env = start_env(tmp_path)
     yield env
     env.lab.httpd.shutdown()
+    env.witness.stop()
 
 
 def test_take_when_peer_holds_assigns_once_and_adds_ip(env, caplog_info):
@@ -148,12 +251,24 @@ def test_reconcile_repairs_master_that_does_not_hold_the_ip(env, caplog_info):
     assert f"{FIP_IP}/32" in env.ip.addrs
 
 
-def test_reconcile_backup_holding_the_ip_alerts(env, caplog_info):
-    env.set_state("BACKUP")
+@pytest.mark.parametrize("state", ["BACKUP", "FAULT", "STOP"])
+def test_reconcile_non_master_holding_the_ip_releases_it(env, caplog_info, state):
+    """The MASTER does not take the IP from a peer the witness sees alive: the holder gives it up."""
+    env.set_state(state)
+    env.lab.api.floating_ips[FIP]["server"] = LB1
+    env.ip.addrs.add(f"{FIP_IP}/32")
+    assert env.run("reconcile") == 0
+    assert any(r.levelno == logging.WARNING and "mismatch" in r.message and "releasing" in r.message
+               for r in caplog_info.records)
+    assert env.posts() == [("unassign", None, 201)] and env.owner() is None
+    assert env.ip.addrs == set() and env.asked() == []
+
+
+def test_reconcile_without_a_recorded_state_holding_the_ip_only_alerts(env, caplog_info):
     env.lab.api.floating_ips[FIP]["server"] = LB1
     assert env.run("reconcile") == 1
-    assert any(r.levelno == logging.WARNING and "mismatch" in r.message for r in caplog_info.records)
-    assert env.posts() == []  # no unassign: the MASTER side repairs
+    assert "keepalived state UNKNOWN" in caplog_info.text
+    assert env.posts() == []
 
 
 def test_reconcile_consistent_master_ensures_local_ip(env):
@@ -217,6 +332,17 @@ def test_token_file_not_owned_by_root_refused(env, caplog_info):
     ({"max_attempts": True}, "key 'max_attempts' is True; it must be a positive integer"),
     ({"interfaces": "eth0"}, "unknown key 'interfaces'; valid keys: api_endpoint, token_file"),
     ({"peer_server_id": LB1}, "server_id and peer_server_id are both 11"),
+    ({"peer_name": ...}, "missing required key 'peer_name' (a host name"),
+    ({"peer_name": "lab-lb1"}, "server_name and peer_name are both 'lab-lb1'"),
+    ({"witness_name": ...}, "missing required key 'witness_name' (a host name"),
+    ({"witness_name": "mon 1"}, "key 'witness_name' is 'mon 1'; it must be a host name"),
+    ({"witness_ip": "lab-mon1"}, "key 'witness_ip' is 'lab-mon1'; it must be an IPv4 address string"),
+    ({"witness_ip": ...}, "missing required key 'witness_ip'"),
+    ({"witness_port": 70000}, "key 'witness_port' is 70000; it must be a TCP port number (1-65535)"),
+    ({"witness_port": "9107"}, "key 'witness_port' is '9107'; it must be a TCP port number"),
+    ({"witness_cert": "client.crt"}, "key 'witness_cert' is 'client.crt'; it must be an absolute path"),
+    ({"witness_key": None}, "key 'witness_key' is None; it must be an absolute path"),
+    ({"witness_ca": ""}, "key 'witness_ca' is ''; it must be an absolute path"),
 ])
 def test_bad_config_refused(env, caplog_info, changes, message):
     env.write_config(**changes)
@@ -234,9 +360,7 @@ def test_wrong_token_fails_without_retries_and_is_not_logged(env, caplog_info):
 def test_api_down_retries_with_backoff_then_fails(tmp_path, caplog_info):
     env = start_env(tmp_path)
     env.lab.httpd.shutdown()
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = closed_port()
     env.write_config(api_endpoint=f"http://127.0.0.1:{port}/v1", max_attempts=3, initial_backoff=0.05)
     assert env.run("notify", "INSTANCE", "VI_1", "MASTER", "150") == 3
     assert len(env.sleeps) == 2 and 0.05 <= env.sleeps[0] <= 0.075 and 0.1 <= env.sleeps[1] <= 0.15
@@ -286,3 +410,215 @@ def test_https_verified_through_ca_file_even_with_requests_ca_bundle_set(tmp_pat
         assert "CERTIFICATE_VERIFY_FAILED" in caplog_info.text
     finally:
         lab.httpd.shutdown()
+
+
+# ------------------------------------------------------------------ the witness tie-break
+
+ALIVE, DEAD = {"alive": True}, {"alive": False}
+
+
+def answers(*replies):
+    """The witness answers these in turn, then the last one again."""
+    replies = list(replies)
+    return lambda request: replies.pop(0) if len(replies) > 1 else replies[0]
+
+
+def test_take_from_the_peer_asks_the_witness_over_mutual_tls(env, caplog_info):
+    assert env.run("take") == 0
+    assert env.witness.requests == [({"op": "alive", "group": "lb", "name": "lab-lb1", "member": "lab-lb2"}, "lab-lb1")]
+    assert env.posts() == [("assign", {"server": LB1}, 201)] and env.owner() == LB1
+    assert "the witness cannot reach peer lab-lb2 (id 12) either" in caplog_info.text
+    assert env.metric("hastack_floating_ip_withheld") == 0 and env.metric("hastack_floating_ip_configured") == 1
+
+
+def test_take_withheld_while_the_witness_sees_the_peer_alive(env, caplog_info):
+    env.witness.answer = answers(ALIVE)
+    assert env.run("take") == 1
+    assert env.posts() == [] and env.owner() == LB2 and env.ip.changes() == []
+    assert len(env.asked()) == 1  # an operator's take asks once
+    warning = next(r.message for r in caplog_info.records if r.levelno == logging.WARNING)
+    assert "partition between the load balancers" in warning and "peer lab-lb2 (id 12)" in warning
+    assert "still serves" in warning and "take --force" in warning
+    assert env.metric("hastack_floating_ip_withheld") == 1 and env.metric("hastack_floating_ip_configured") == 0
+
+
+@pytest.mark.parametrize("how, message", [
+    ("error", "answered an error: member lab-lb2 unknown"),
+    ("unreachable", "ConnectionRefusedError"),
+    ("garbled", "unexpected answer"),
+    ("empty", "unexpected answer"),
+])
+def test_take_withheld_without_a_usable_answer_from_the_witness(env, caplog_info, how, message):
+    if how == "error":
+        env.witness.answer = answers({"error": "member lab-lb2 unknown"})
+    elif how == "unreachable":
+        env.write_config(witness_port=closed_port())
+    elif how == "garbled":
+        env.witness.answer = lambda request: ["alive"]
+    else:
+        env.witness.answer = lambda request: {}
+    assert env.run("take") == 1
+    assert env.posts() == [] and env.owner() == LB2
+    error = next(r.message for r in caplog_info.records if r.levelno == logging.ERROR)
+    assert "not taking floating IP" in error and "no answer from the witness" in error and message in error
+    assert "may be the isolated one" in error
+    assert env.metric("hastack_floating_ip_withheld") == 1
+
+
+def test_take_force_overrides_the_witness(env, caplog_info):
+    env.write_config(witness_port=closed_port())
+    assert env.run("take", "--force") == 0
+    assert env.posts() == [("assign", {"server": LB1}, 201)] and env.owner() == LB1
+    assert "take --force: taking floating IP" in caplog_info.text
+    env.witness.answer = answers(ALIVE)
+    env.lab.api.floating_ips[FIP]["server"] = LB2
+    env.write_config()
+    assert env.run("take", "--force") == 0
+    assert env.owner() == LB1 and env.asked() == []
+    assert env.metric("hastack_floating_ip_withheld") == 0
+
+
+@pytest.mark.parametrize("owner", [None, LB1])
+def test_unassigned_or_own_ip_taken_without_the_witness(env, owner):
+    env.lab.api.floating_ips[FIP]["server"] = owner
+    env.write_config(witness_port=closed_port())  # the witness is down: not needed here
+    assert env.run("take") == 0
+    assert env.owner() == LB1 and f"{FIP_IP}/32" in env.ip.addrs
+    assert env.posts() == ([("assign", {"server": LB1}, 201)] if owner is None else [])
+    assert env.asked() == []
+
+
+def test_notify_master_asks_again_while_the_dying_peer_still_answers(env, caplog_info):
+    env.witness.answer = answers(ALIVE, ALIVE, DEAD)
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "100") == 0
+    assert len(env.asked()) == 3
+    assert env.sleeps.count(agent.WITNESS_REASK_DELAY) == 2
+    assert "asking again" in caplog_info.text
+    assert env.posts() == [("assign", {"server": LB1}, 201)] and f"{FIP_IP}/32" in env.ip.addrs
+
+
+def test_notify_master_gives_up_when_the_peer_stays_alive(env, caplog_info):
+    env.witness.answer = answers(ALIVE)
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "100") == 1
+    assert len(env.asked()) == 1 + agent.WITNESS_REASKS
+    assert env.posts() == [] and env.owner() == LB2
+    assert "partition between the load balancers" in caplog_info.text
+    assert env.metric("hastack_floating_ip_withheld") == 1
+
+
+def test_notify_master_with_the_witness_unreachable_does_not_take(env, caplog_info):
+    env.write_config(witness_port=closed_port())
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "100") == 1
+    assert env.posts() == [] and env.owner() == LB2
+    assert "no answer from the witness" in caplog_info.text
+
+
+def test_notify_master_takes_the_ip_the_peer_released_meanwhile(env, caplog_info):
+    def alive_then_released(request):
+        env.lab.api.floating_ips[FIP]["server"] = None  # the peer, now BACKUP, unassigned it
+        return ALIVE
+    env.witness.answer = alive_then_released
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "100") == 0
+    assert len(env.asked()) == 1
+    assert "no longer on peer lab-lb2" in caplog_info.text
+    assert env.posts() == [("assign", {"server": LB1}, 201)] and env.owner() == LB1
+
+
+def test_notify_master_stops_asking_when_keepalived_leaves_master(env, caplog_info):
+    def alive_and_demoted(request):
+        env.set_state("BACKUP")  # a later notify recorded BACKUP
+        return ALIVE
+    env.witness.answer = alive_and_demoted
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "100") == 0
+    assert len(env.asked()) == 1 and env.posts() == []
+    assert "keepalived left MASTER while the witness was asked" in caplog_info.text
+
+
+def test_reconcile_master_takes_from_the_peer_only_when_the_witness_agrees(env, caplog_info):
+    env.set_state("MASTER")
+    env.witness.answer = answers(ALIVE)
+    assert env.run("reconcile") == 1
+    assert env.posts() == [] and len(env.asked()) == 1  # the timer asks again on its next run
+    assert "partition between the load balancers" in caplog_info.text
+    assert env.metric("hastack_floating_ip_withheld") == 1
+    env.witness.answer = answers(DEAD)
+    assert env.run("reconcile") == 0
+    assert env.posts() == [("assign", {"server": LB1}, 201)] and env.owner() == LB1
+    assert env.metric("hastack_floating_ip_withheld") == 0
+
+
+def test_reconcile_in_a_partition_does_not_flap(env):
+    """Both sides MASTER and the witness reaching both: the IP stays where it is, run after run."""
+    env.set_state("MASTER")
+    env.witness.answer = answers(ALIVE)
+    assert [env.run("reconcile") for _ in range(3)] == [1, 1, 1]
+    assert env.posts() == [] and env.owner() == LB2
+
+
+@pytest.mark.parametrize("state", ["BACKUP", "FAULT", "STOP"])
+def test_notify_non_master_releases_the_ip_it_still_holds(env, caplog_info, state):
+    env.lab.api.floating_ips[FIP]["server"] = LB1
+    env.ip.addrs.add(f"{FIP_IP}/32")
+    assert env.run("notify", "INSTANCE", "web", state) == 0
+    assert agent.RELEASE_DELAY in env.sleeps  # first a chance for the new MASTER to take it
+    assert env.posts() == [("unassign", None, 201)] and env.owner() is None and env.ip.addrs == set()
+    assert "releasing floating IP" in caplog_info.text
+
+
+def test_notify_backup_does_not_release_what_the_master_took_meanwhile(env):
+    env.lab.api.floating_ips[FIP]["server"] = LB1
+    env.sleep = lambda s: (env.sleeps.append(s), env.lab.api.floating_ips[FIP].update(server=LB2))
+    assert env.run("notify", "INSTANCE", "web", "BACKUP") == 0
+    assert env.posts() == [] and env.owner() == LB2
+
+
+def test_notify_backup_keeps_the_ip_when_made_master_meanwhile(env, caplog_info):
+    env.lab.api.floating_ips[FIP]["server"] = LB1
+    env.sleep = lambda s: (env.sleeps.append(s), env.set_state("MASTER"))
+    assert env.run("notify", "INSTANCE", "web", "BACKUP") == 0
+    assert env.posts() == [] and env.owner() == LB1
+    assert "MASTER meanwhile; keeping" in caplog_info.text
+
+
+def test_witness_certificate_checked_against_the_ca_and_its_name(env, caplog_info, tmp_path):
+    other = tmp_path / "other-pki"
+    other.mkdir()
+    stranger = FakeWitness(other)  # a witness whose certificate another CA signed
+    try:
+        env.write_config(witness_port=stranger.port)
+        assert env.run("take") == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog_info.text and stranger.requests == []
+    finally:
+        stranger.stop()
+    caplog_info.clear()
+    env.write_config(witness_name="lab-mon2")  # the right CA, another name
+    assert env.run("take") == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog_info.text and "lab-mon2" in caplog_info.text
+    assert env.asked() == [] and env.posts() == []
+
+
+def test_missing_client_certificate_is_a_witness_failure_not_a_config_error(env, caplog_info, tmp_path):
+    env.write_config(witness_cert=str(tmp_path / "missing.crt"))
+    assert env.run("take") == 1  # no witness vote: nothing taken from the peer
+    assert "cannot load the witness client TLS files" in caplog_info.text
+    env.lab.api.floating_ips[FIP]["server"] = None
+    assert env.run("take") == 0 and env.owner() == LB1  # an unassigned IP still is
+
+
+def test_a_silent_witness_times_out(env):
+    env.witness.answer = lambda request: None  # accepts, reads, never answers
+    cfg = agent.load_config(str(env.config))
+    start = time.monotonic()
+    with pytest.raises(agent.WitnessError, match="timed out"):
+        agent.ask_witness(cfg, "lab-lb2", timeout=0.3)
+    assert time.monotonic() - start < 1.5
+
+
+def test_status_shows_the_witness_view(env, capsys):
+    env.witness.answer = answers(ALIVE)
+    assert env.run("status") == 0
+    assert json.loads(capsys.readouterr().out)["witness_peer_alive"] is True
+    env.write_config(witness_port=closed_port())
+    assert env.run("status") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["witness_peer_alive"] is None and "ConnectionRefusedError" in out["witness_error"]
