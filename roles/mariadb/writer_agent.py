@@ -182,6 +182,9 @@ class State:
     last_writer: str | None = None
     promoted_at: float = 0.0
     fenced_peer_at: float = 0.0  # when this node powered its peer off; 0 once the peer answers again
+    # this node claimed the epoch from a writer that did not answer: it powers that writer off before
+    # taking writes, even after its own restart, unless the old writer answers read-only meanwhile
+    must_fence: bool = False
 
     @classmethod
     def load(cls, path: str) -> "State":
@@ -245,7 +248,6 @@ class Agent:
     # restarted master has to catch up again before it may claim the next epoch)
     synced_epoch: int | None = None
     peer_pos_before: str | None = None
-    must_fence: bool = False  # the epoch is ours, the old writer did not answer: power it off first
     last_fence_try: float = -1e9
     fence_failures: int = 0
     restart_peer_at: float | None = None
@@ -406,7 +408,10 @@ class Agent:
             self.peer_lost_since = self.peer_lost_since or t
         else:
             self.peer_seen_at, self.peer_lost_since = t, None
-            self.must_fence = False  # it answers: it learns the epoch moved and steps down itself
+            if self.state.must_fence and not peer["writable"]:
+                log.warning("%s answers read-only: no fence needed", self.cfg.peer_name)
+                self.state.must_fence = False
+                self.state.save(self.cfg.state_file)
             if self.state.fenced_peer_at:
                 log.warning("%s answers again after being fenced", self.cfg.peer_name)
                 self.state.fenced_peer_at = 0.0
@@ -479,7 +484,7 @@ class Agent:
             return
         if writer == cfg.name:
             # this node holds the epoch: its MariaDB restarted, or both did, or it claimed and must fence
-            if self.must_fence and not self._fence_peer(t):
+            if self.state.must_fence and not self._fence_peer(t):
                 return
             self.promote(f"it holds epoch {view['epoch']}")
             return
@@ -499,8 +504,10 @@ class Agent:
             return  # stale: a promotion would hide the writes of the current epoch (the witness refuses too)
         if not self.claim():
             return
-        self.must_fence = peer is None  # an agent that answers turns its MariaDB read-only itself
-        if self.must_fence and not self._fence_peer(t):
+        if peer is None:  # an agent that answers and is read-only needs no fence
+            self.state.must_fence = True
+            self.state.save(self.cfg.state_file)
+        if self.state.must_fence and not self._fence_peer(t):
             return
         self.promote(why)
 
@@ -529,7 +536,7 @@ class Agent:
         if not self.fence():
             self.fence_failures += 1
             return False
-        self.fence_failures, self.must_fence = 0, False
+        self.fence_failures, self.state.must_fence = 0, False
         self.state.fenced_peer_at = time.time()
         self.state.save(self.cfg.state_file)
         if self.cfg.restart_fenced_after is not None:
@@ -577,6 +584,8 @@ class _PeerHandler(socketserver.StreamRequestHandler):
             request = json.loads(self.rfile.readline(256) or b"{}")
             if agent.cfg.peer_name not in names:
                 self.wfile.write(b'{"error": "not the peer"}\n')
+            elif not agent.report():
+                self.wfile.write(b'{"error": "starting"}\n')  # no answer is better than an empty one
             elif isinstance(request, dict) and request.get("op") == "status":
                 self.wfile.write(json.dumps(agent.report()).encode() + b"\n")
         except (OSError, ValueError):
