@@ -23,6 +23,7 @@ from roles.cassandra import DEFAULTS
 from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
                                     REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
 from roles.cassandra.ring import AUTH_SCRIPT, CQL_TOOL, RESTART_MARK, STATE_DIR
+from roles import rolling_restart
 from roles.data_volume import mount_data_volume
 
 AUTH_SOURCE = Path(__file__).parent / "auth.py"
@@ -105,9 +106,7 @@ def cassandra() -> None:
     # orchestrator (it starts nothing here).
     server.shell(name="Cassandra enabled at boot", commands=["systemctl enable cassandra.service"],
                  _if=lambda: host.get_fact(Command, "systemctl is-enabled cassandra.service || true") != "enabled")
-    server.shell(name="Cassandra marked for a rolling restart",
-                 commands=[f"systemctl is-active --quiet cassandra.service && touch {RESTART_MARK} || true"],
-                 _if=lambda: any(op.did_change() for op in changed))
+    rolling_restart.mark("Cassandra marked for a rolling restart", RESTART_MARK, "cassandra.service", changed)
 
     # -- ring maintenance: the auth bootstrap script, and a primary-range repair well inside gc_grace_seconds
     files.directory(name="hastack directory", path="/opt/hastack", user="root", group="root", mode="0755")

@@ -120,6 +120,7 @@ ROLE = Role(
     backups=("mariadb-full", "mariadb-binlog"),
     host_data=_host_data,
     from_outputs=_from_outputs,
+    after_roles="roles.mariadb.restart:after_roles",  # a new configuration: one master at a time
     restore="roles.mariadb.restore:restore",
     restore_cli="roles.mariadb.restore:command",
 )

@@ -6,6 +6,7 @@ variables from here, so the tests render exactly what hosts receive.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, Mapping
 
 from roles.mariadb import DONOR_PORT
@@ -15,6 +16,32 @@ DONOR_UNIT = "/etc/systemd/system/hastack-mariadb-donor.service"
 JOIN = "/usr/local/sbin/hastack-mariadb-join"
 WRITER_UNIT = "/etc/systemd/system/hastack-mariadb-writer.service"
 EXPORTER_ARGS = "/etc/default/prometheus-mysqld-exporter"
+DATADIR = "/var/lib/mysql"
+# The directories a master's data directory holds before it has any data of its own: a
+# database is a directory of the data directory, and the package's install (Debian's postinst
+# runs `mysql_install_db --skip-test-db`), like a rebuilt server's `mariadb-install-db
+# --skip-test-db`, creates only MariaDB's own schemas; a data volume's file system brings
+# lost+found. Everything else there is a database somebody made: user data.
+SYSTEM_DIRS = ("mysql", "performance_schema", "sys", "lost+found")
+
+
+def datadir_state(database: str, datadir: str = DATADIR) -> str:
+    """A POSIX shell command printing what the data directory holds:
+
+    ``member``  the application's database is there (this master belongs to the pair);
+    ``fresh``   no database but MariaDB's own (a new install, or none yet): the only state a
+                master may be seeded over;
+    ``other <databases>``  databases, but not the application's (a renamed database, a stray
+                restore): user data, never seeded over.
+
+    It always exits 0 (the deploy gathers it as a fact; the join command uses it too).
+    """
+    dd, db = shlex.quote(datadir), shlex.quote(database)
+    skip = " ".join(f"! -name {shlex.quote(name)}" for name in SYSTEM_DIRS)
+    return (f"if [ -d {dd}/{db} ]; then echo member; "
+            f"else dbs=$( (find {dd} -mindepth 1 -maxdepth 1 -type d {skip} -printf '%f\\n' 2>/dev/null || true) "
+            f"| sort | tr '\\n' ' '); "
+            f"if [ -z \"$dbs\" ]; then echo fresh; else echo \"other ${{dbs% }}\"; fi; fi")
 
 
 def preferred(hostname: str, data: Mapping[str, Any]) -> bool:
@@ -38,10 +65,12 @@ def donor_vars(data: Mapping[str, Any]) -> dict[str, Any]:
     return {"port": DONOR_PORT, "private_ip": data["private_ip"], "peer_name": data["mariadb_peer"]}
 
 
-def join_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, Any]:
+def join_vars(hostname: str, data: Mapping[str, Any], datadir: str = DATADIR) -> dict[str, Any]:
     return {
         "hostname": hostname,
         "database": data["mariadb_database"],
+        "datadir": datadir,
+        "datadir_state": datadir_state(data["mariadb_database"], datadir),
         "peer_ip": data["mariadb_peer_ip"],
         "peer_name": data["mariadb_peer"],
         "donor_port": DONOR_PORT,

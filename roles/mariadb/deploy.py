@@ -2,9 +2,12 @@
 
 SQL that sets users and replication up is written to root-only files and
 applied only when a file changes, so passwords never appear on a command
-line and an unchanged pair sees no change. A master without the pair's data
-(the second of a new pair, or one rebuilt empty) is seeded from its peer with
-mariabackup. Both masters boot read-only; the writer agent makes one writable.
+line and an unchanged pair sees no change. A master without any data of its
+own (the second of a new pair, or one rebuilt empty) is seeded from its peer
+with mariabackup; one holding databases, or running writable, never is. Both
+masters boot read-only; the writer agent makes one writable. A running master
+is restarted for a new configuration by the pair's rolling restart, one master
+at a time (roles/mariadb/restart.py).
 """
 
 import json
@@ -18,12 +21,13 @@ from pyinfra.operations import apt, files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
-from roles import hcloud_agent
+from roles import hcloud_agent, rolling_restart
 from roles.data_volume import mount_data_volume
 from roles import witness
 from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER_PORT
 from roles.mariadb import config as c
 from roles.mariadb.config import CNF, JOIN
+from roles.mariadb.restart import RESTART_MARK
 from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
@@ -128,8 +132,13 @@ def mariadb() -> None:
                                                             ips=[d.private_ip], client=True)
     tls = put_tls_files("MariaDB", "/etc/mysql/tls", "mysql", issued)
     cnf = template("MariaDB settings", CNF, "0644")
-    systemd.service(name="MariaDB running", service="mariadb.service", running=True, enabled=True,
-                    restarted=cnf.will_change or any(op.will_change for op in tls))
+    # member: it holds the application database; fresh: no database but MariaDB's own (what the package's
+    # install leaves, or a server rebuilt empty); other: databases, but not the application's (config.datadir_state)
+    state = (host.get_fact(Command, c.datadir_state(d.mariadb_database)) or "").split(" ", 1)[0]
+    member = state == "member"
+    # a master with data is restarted by the pair's rolling restart (roles/mariadb/restart.py), never here;
+    # a fresh one serves nothing yet: restarted here, before it is initialised or seeded
+    rolling_restart.running("MariaDB", "mariadb.service", RESTART_MARK, [cnf, *tls], new_member=state == "fresh")
 
     files.directory(name="SQL directory", path=SQL_DIR, user="root", group="root", mode="0700")
     _apply_sql("MariaDB accounts", f"{SQL_DIR}/users.sql", users_sql(d))
@@ -141,13 +150,14 @@ def mariadb() -> None:
     files.put(name="Peer client settings", src=StringIO(peer_client_cnf(d)), dest="/etc/mysql/hastack-peer.cnf",
               user="root", group="root", mode="0600")
     template("Join command", JOIN, "0750")
-    member = host.get_fact(Command, f"test -d /var/lib/mysql/{d.mariadb_database} && echo member || true") == "member"
-    if not member and d.get("mariadb_hold_new_pair"):
+    if state == "fresh" and d.get("mariadb_hold_new_pair"):
         # a stack restored from another's backups: no writes until `hastack restore mariadb` ends
         files.file(name="Hold writes until the restore", path=HOLD_FILE, user="root", group="root", mode="0600",
                    touch=True)
     if not member:
-        # every host runs `init` before any runs `seed`: pyinfra runs an operation on all hosts before the next
+        # every host runs `init` before any runs `seed`: pyinfra runs an operation on all hosts before the next.
+        # Only a fresh master is seeded; the join command refuses one holding other databases, or running
+        # writable, and moves the data directory it replaces aside.
         server.shell(name="Initialise the pair (preferred master of a new pair)", commands=[f"{JOIN} init"])
         server.shell(name="Seed from the peer (mariabackup)", commands=[f"{JOIN} seed"])
         # the copy brought the peer's accounts and replication settings: this node's own go back on top

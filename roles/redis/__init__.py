@@ -84,6 +84,7 @@ ROLE = Role(
     backups=("redis-rdb",),
     host_data=lambda topo, host: client_data(topo),
     from_outputs=server_secrets,
+    after_roles="roles.redis.restart:after_roles",  # a new configuration: one host at a time
     restore="roles.redis.restore:restore",
     restore_cli="roles.redis.restore:command",
 )

@@ -15,6 +15,8 @@ from pyinfra.operations import apt, files, systemd
 from hastack.templating import template_path
 from roles.redis import DEFAULTS
 from roles.redis import config as c
+from roles import rolling_restart
+from roles.redis.restart import RESTART_MARK
 from roles.redis.tls import tls_files
 from roles.sentinel import SENTINEL_PORT
 
@@ -54,8 +56,8 @@ def redis() -> None:
     conf = template("Redis settings", c.SETTINGS, "redis", "redis", "0640")
     template("Redis configuration", c.REDIS_CONF, "root", "redis", "0640")
     # a new replication line alone needs no restart: Sentinel already made it so at runtime
-    changed = any(op.will_change for op in tls) or acl.will_change or conf.will_change
-    systemd.service(name="Redis running", service="redis-server.service", running=True, enabled=True, restarted=changed)
+    # a running Redis is restarted by the rolling restart (roles/redis/restart.py), one host at a time
+    rolling_restart.running("Redis", "redis-server.service", RESTART_MARK, [*tls, acl, conf])
 
     exporter = template("Redis exporter settings", c.EXPORTER_ARGS, "root", "root", "0600")
     systemd.service(name="Redis exporter running", service="prometheus-redis-exporter.service", running=True,

@@ -31,6 +31,7 @@ ROLE = Role(
     runs_on=lambda topo, host: host.name in topo.cluster("redis").sentinels,
     host_data=lambda topo, host: client_data(topo),
     from_outputs=server_secrets,
+    after_roles="roles.sentinel.restart:after_roles",  # a new configuration: one Sentinel at a time
 )
 
 DEFAULTS = ROLE.defaults

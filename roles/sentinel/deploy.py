@@ -4,13 +4,18 @@ Sentinel owns its configuration once running (it records the group and every
 failover in it), so the converge writes it only when setting Sentinel up.
 """
 
+from io import StringIO
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from hastack.templating import template_path
+from roles import rolling_restart
+from roles.redis.config import SENTINEL_AUTH
 from roles.redis.tls import tls_files
+from roles.sentinel.restart import RESTART_MARK
 from roles.sentinel import DEFAULTS
 from roles.sentinel import config as c
 
@@ -26,6 +31,8 @@ def sentinel() -> None:
         conf = files.template(
             name="Sentinel bootstrap configuration", src=template_path("sentinel", c.SENTINEL_CONF),
             dest=c.SENTINEL_CONF, user="redis", group="redis", mode="0640", **c.template_vars(d.dict())[c.SENTINEL_CONF])
-    changed = any(op.will_change for op in tls) or (conf is not None and conf.will_change)
-    systemd.service(name="Sentinel running", service="redis-sentinel.service", running=True, enabled=True,
-                    restarted=changed)
+    # the rolling restart's health checks ask this Sentinel, with its password from a root-only file
+    files.put(name="Sentinel credential for its health checks", src=StringIO(d.redis_passwords["sentinel"]), dest=SENTINEL_AUTH,
+              user="root", group="root", mode="0600")
+    # a running Sentinel is restarted by the rolling restart (roles/sentinel/restart.py), one at a time
+    rolling_restart.running("Sentinel", "redis-sentinel.service", RESTART_MARK, [*tls, *([conf] if conf else [])])
