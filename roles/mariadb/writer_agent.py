@@ -243,6 +243,7 @@ class Agent:
     peer_lost_since: float | None = None
     peer_seen_at: float = -1e9
     witness_seen_at: float = -1e9
+    last_tick_at: float = 0.0
     witness: dict[str, Any] | None = None  # the witness's last answer: epoch, writer, members
     # the epoch this node has caught up with since its MariaDB started (never from disk: a
     # restarted master has to catch up again before it may claim the next epoch)
@@ -391,7 +392,7 @@ class Agent:
         asked_peer = self.pool.submit(self.peer_status) if local is not None else None
         view = asked_witness.result()
         peer = asked_peer.result() if asked_peer else None
-        t = self.now()
+        t = self.last_tick_at = self.now()
         if view is not None:
             self.witness_seen_at, self.witness = t, view
             self._learn_epoch(view)
@@ -426,7 +427,7 @@ class Agent:
             self.write_metrics()
         except OSError as e:  # monitoring sees stale data; the pair's decisions do not wait for it
             log.warning("could not write %s: %s (tried again when the values change)", self.cfg.metrics_file, e)
-            self.metrics_written = (int(os.path.exists(self.cfg.hold_file)), int(bool(self.state.fenced_peer_at)))
+            self.metrics_written = self._metric_values()
 
     def _track_sync(self, local: dict[str, Any], peer: dict[str, Any] | None) -> None:
         """Caught up with the epoch: the writer of the current epoch is the peer, and this node has applied
@@ -441,18 +442,28 @@ class Agent:
                 self.synced_epoch = epoch
         self.peer_pos_before = peer["gtid_binlog_pos"] if peer and peer["writable"] else None
 
+    def _metric_values(self) -> tuple[int, int, int, int]:
+        return (int(os.path.exists(self.cfg.hold_file)), int(bool(self.state.fenced_peer_at)),
+                int(self.witness_seen_at == self.last_tick_at), self.state.epoch)
+
     def write_metrics(self) -> None:
         """What monitoring reads; written when it changes (a tick is half a second)."""
-        values = (int(os.path.exists(self.cfg.hold_file)), int(bool(self.state.fenced_peer_at)))
+        values = self._metric_values()
         if not self.cfg.metrics_file or values == self.metrics_written:
             return
-        held, fenced = values
+        held, fenced, witness_ok, epoch = values
         text = ("# HELP hastack_mariadb_writes_held 1 while writes are held on purpose (a restore).\n"
                 "# TYPE hastack_mariadb_writes_held gauge\n"
                 f"hastack_mariadb_writes_held {held}\n"
                 "# HELP hastack_mariadb_peer_fenced 1 while this master has powered its peer off and it is not back.\n"
                 "# TYPE hastack_mariadb_peer_fenced gauge\n"
-                f'hastack_mariadb_peer_fenced{{peer="{self.cfg.peer_name}"}} {fenced}\n')
+                f'hastack_mariadb_peer_fenced{{peer="{self.cfg.peer_name}"}} {fenced}\n'
+                "# HELP hastack_mariadb_witness_reachable 1 if the witness answered this master's last check.\n"
+                "# TYPE hastack_mariadb_witness_reachable gauge\n"
+                f"hastack_mariadb_witness_reachable {witness_ok}\n"
+                "# HELP hastack_mariadb_writer_epoch The newest writer epoch this master knows of.\n"
+                "# TYPE hastack_mariadb_writer_epoch gauge\n"
+                f"hastack_mariadb_writer_epoch {epoch}\n")
         os.makedirs(os.path.dirname(self.cfg.metrics_file), exist_ok=True)
         tmp = self.cfg.metrics_file + ".tmp"
         with open(tmp, "w") as f:

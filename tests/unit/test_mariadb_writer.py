@@ -669,3 +669,23 @@ def test_the_channel_reaches_a_real_witness_and_gets_nothing_when_it_is_down(tmp
         assert Channel(cfg).ask("mon", "127.0.0.1", port, {"group": "mariadb", "name": "db1", "op": "view"}) is None
     finally:
         agent.pool.shutdown(wait=False)
+
+
+def test_metrics_say_whether_the_witness_answers_and_which_epoch_this_master_knows(pair_factory, tmp_path):
+    pair = pair_factory()
+    pair.agent("db1").cfg.metrics_file = str(tmp_path / "textfile" / "writer.prom")  # db1's only
+    pair.run_until(lambda: pair.writable() == {"db1"}, 10)
+    pair.run(1)
+
+    def metrics(name):
+        text = (tmp_path / "textfile" / "writer.prom").read_text()
+        return {line.split()[0]: line.split()[1] for line in text.splitlines() if not line.startswith("#")}
+
+    m = metrics("db1")
+    assert m["hastack_mariadb_witness_reachable"] == "1" and m["hastack_mariadb_writer_epoch"] == "1"
+    assert m["hastack_mariadb_writes_held"] == "0" and m['hastack_mariadb_peer_fenced{peer="db2"}'] == "0"
+    for node in pair.nodes.values():
+        node.sees_witness = False
+    pair.run(1)
+    assert metrics("db1")["hastack_mariadb_witness_reachable"] == "0"
+    assert pair.writable() == {"db1"}  # it still sees its peer: no reason to step down
