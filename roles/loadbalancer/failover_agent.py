@@ -36,9 +36,11 @@ from the API each time) before giving up.
 
 Release: because the MASTER does not take the IP from a peer the witness sees
 alive, a load balancer that keepalived makes BACKUP, FAULT or STOP gives the IP
-up itself when the API still names it as owner (unassign; on a notify after
-`RELEASE_DELAY`, so that a new MASTER the witness lets take first does so),
-and the MASTER then takes the unassigned IP without asking anyone. That is
+up itself when the API still names it as owner (on a notify after
+`RELEASE_DELAY`, so that a new MASTER the witness lets take first does so). A
+BACKUP hears the MASTER's adverts, so it assigns the IP to the peer directly;
+FAULT or STOP unassign it, and the MASTER then takes the unassigned IP without
+asking anyone. That is
 what moves the IP after a partition heals to the other side or after
 keepalived is restarted on the master.
 
@@ -616,6 +618,17 @@ class FailoverAgent:
             if owner != cfg.server_id:
                 log.info("floating IP %s moved to server %s meanwhile; nothing to release", cfg.floating_ip, owner)
                 return EXIT_OK
+        if state == "BACKUP":
+            # BACKUP: keepalived hears the peer's adverts, so the peer is MASTER and has the address
+            # configured: hand the IP straight over (an unassigned IP would wait for the peer's reconcile)
+            log.warning("releasing floating IP %s (keepalived state BACKUP here): handing it to the MASTER, peer %s",
+                        cfg.floating_ip, cfg.peer_name)
+            action = self.api.call(f"assign floating IP {cfg.floating_ip_id} to peer {cfg.peer_server_id}",
+                                   lambda: self.api.client.floating_ips.assign(FloatingIP(id=cfg.floating_ip_id),
+                                                                               Server(id=cfg.peer_server_id)))
+            self.api.wait_action("assign to the peer", action, self.action_poll)
+            log.info("floating IP %s handed to peer %s (action %d succeeded)", cfg.floating_ip, cfg.peer_name, action.id)
+            return EXIT_OK
         log.warning("releasing floating IP %s (keepalived state %s here): unassigning it so that the MASTER, "
                     "peer %s, takes it", cfg.floating_ip, state, cfg.peer_name)
         action = self.api.call(f"unassign floating IP {cfg.floating_ip_id}",
