@@ -101,6 +101,7 @@ def monitoring() -> None:
 def install_witness() -> None:
     """The pairs' third vote (witness_server.py): standard library only, an unprivileged user of its own."""
     d = host.data
+    apt.packages(name="Python for the witness", packages=["python3"], no_recommends=True)
     files.directory(name="hastack programs", path="/opt/hastack", user="root", group="root", mode="0755")
     program = files.put(name="Witness", src=str(WITNESS_SOURCE), dest="/opt/hastack/witness_server.py",
                         user="root", group="root", mode="0644")
