@@ -68,7 +68,8 @@ def main() -> int:
             try:
                 r = chaos.SCENARIOS[name](lab)
             except Exception as e:  # noqa: BLE001 - a run that could not complete is a result too
-                r = {"scenario": name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+                r = {"scenario": name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:],
+                     "partial": json.loads(json.dumps(chaos.LAST_RUN, default=str))}
             r["run"] = n
             results.append(r)
             print(row(cells(r)), flush=True)

@@ -57,6 +57,8 @@ NO_OUTAGE_S = 1.0  # a gap shorter than this at the return counts as "no outage"
 
 CHAOS_TABLE = "hastack_chaos"  # the nft table the partitions add inside a machine
 
+LAST_RUN: dict[str, Any] = {}  # the latest run's moments and notes, also when it failed half-way
+
 
 # ----------------------------------------------------------------- the lab's parts
 
@@ -82,10 +84,21 @@ def ensure_running(lab) -> list[str]:
     return off
 
 
-def settle_stack(lab, timeout: float = 120) -> dict[str, Any]:
-    """Every machine on, the MariaDB pair settled, one load balancer MASTER owning the floating IP."""
-    started = ensure_running(lab)
-    writer = mariadb_pair.settled(lab, timeout=timeout)
+def settle_stack(lab, timeout: float = 240) -> dict[str, Any]:
+    """Every machine on, the MariaDB pair settled, one load balancer MASTER owning the floating IP.
+
+    A machine found off is started (an operator powers a fenced server on again) and named in
+    ``started``, also when a master is fenced again while the pair settles."""
+    deadline = time.monotonic() + timeout
+    started: list[str] = []
+    while True:
+        started += ensure_running(lab)
+        try:
+            writer = mariadb_pair.settled(lab, timeout=max(5.0, min(30.0, deadline - time.monotonic())))
+            break
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
     lb = failover.settle(lab, timeout=60)
     return {"writer": writer, "lb_master": lb, "started": started}
 
@@ -189,13 +202,14 @@ def flood(lab, source: str, ip: str, port: int, seconds: float = 10, concurrent:
 # ----------------------------------------------------------------- measurement
 
 # one client session asks every 100 ms (a fork per sample would cost more than the interval on a
-# busy machine); the server's own clock stamps each answer. With --force a lost connection is
-# retried at the next query; while the server does not answer, nothing is printed.
+# busy machine); the server's own clock stamps each answer. A lost connection ends the client
+# (batch mode stops at the first error) and the loop connects again 0.2 s later; while the
+# server does not answer, nothing is printed.
 # The loop runs in a session of its own and first prints its id, so that stopping it kills it
 # all inside the machine (the mariadb client ignores a closed pipe).
 SAMPLER = ("exec setsid bash -c 'echo \"PGID $$\"; end=$((SECONDS + 900)); while [ $SECONDS -lt $end ]; do "
            f"(while :; do echo \"SELECT UNIX_TIMESTAMP(NOW(6)), @@read_only;\"; sleep {SAMPLE_EVERY}; done) "
-           "| mariadb -N -B --unbuffered --force --connect-timeout=1 2>/dev/null; sleep 0.2; done'")
+           "| mariadb -N -B --unbuffered --connect-timeout=1 2>/dev/null; sleep 0.2; done'")
 
 
 class ReadOnlySampler(threading.Thread):
@@ -317,9 +331,11 @@ class Run:
 
     def __enter__(self) -> "Run":
         self.t0 = time.monotonic()
+        LAST_RUN.clear()
+        LAST_RUN.update(scenario=self.name, marks=self.marks, notes=self.notes)
         before = settle_stack(self.lab)
         self.writer, self.lb_master = before["writer"], before["lb_master"]
-        self.notes.update(writer_before=self.writer, lb_master_before=self.lb_master)
+        self.notes.update(writer_before=self.writer, lb_master_before=self.lb_master, started_before=before["started"])
         self.samplers = [ReadOnlySampler(self.lab, h) for h in masters(self.lab)]
         for s in self.samplers:
             s.start()
