@@ -132,21 +132,33 @@ def writer_agent_port(lab) -> int:
 
 # ----------------------------------------------------------------- fault primitives
 
+def in_netns(host: str, cmd: list[str]) -> list[str]:
+    """``cmd`` in the machine's network namespace, from the host. The lab's namespaces outlive
+    their machines, so rules put there survive a power cycle unless removed: the cuts are made
+    and healed here, whether the machine is on or off (a fence may have powered it off)."""
+    from hastack.lab.layout import netns
+
+    return ["ip", "netns", "exec", netns(host), *cmd]
+
+
 def nft_cut(lab, host: str, rules: list[str]) -> None:
-    """Drop traffic inside ``host`` with extra nft rules (both hooks), in a table of their own."""
+    """Drop traffic of ``host`` with extra nft rules (both hooks), in a table of their own."""
     body = "\n".join(f"  {r} drop" for r in rules)
     script = (f"table inet {CHAOS_TABLE} {{\n"
               f" chain in {{\n  type filter hook input priority -50; policy accept;\n{body}\n }}\n"
               f" chain out {{\n  type filter hook output priority -50; policy accept;\n{body}\n }}\n}}\n")
-    lab.exec(host, ["nft", "-f", "-"], input=script, check=True)
+    subprocess.run(in_netns(host, ["nft", "-f", "-"]), input=script, text=True, check=True, capture_output=True)
 
 
 def nft_heal(lab, host: str) -> bool:
-    """Remove the chaos table (False: the machine is off, its rules went with it)."""
-    if not lab.machine(host).running():
-        return False
-    lab.exec(host, ["nft", "delete", "table", "inet", CHAOS_TABLE])
-    return True
+    """Remove the chaos table (False: there was none)."""
+    return subprocess.run(in_netns(host, ["nft", "delete", "table", "inet", CHAOS_TABLE]),
+                          capture_output=True).returncode == 0
+
+
+def heal_all(lab) -> list[str]:
+    """Remove every cut the chaos suite may have left, on every machine; the machines healed."""
+    return [name for name in lab.machines if nft_heal(lab, name)]
 
 
 def cut_private_link(lab, host: str) -> None:
@@ -331,11 +343,13 @@ class Run:
 
     def __enter__(self) -> "Run":
         self.t0 = time.monotonic()
+        leftover = heal_all(self.lab)
         LAST_RUN.clear()
         LAST_RUN.update(scenario=self.name, marks=self.marks, notes=self.notes)
         before = settle_stack(self.lab)
         self.writer, self.lb_master = before["writer"], before["lb_master"]
-        self.notes.update(writer_before=self.writer, lb_master_before=self.lb_master, started_before=before["started"])
+        self.notes.update(writer_before=self.writer, lb_master_before=self.lb_master, started_before=before["started"],
+                          **({"cuts_left_before": leftover} if leftover else {}))
         self.samplers = [ReadOnlySampler(self.lab, h) for h in masters(self.lab)]
         for s in self.samplers:
             s.start()
@@ -350,9 +364,7 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._stop_all()
-            for name, m in self.lab.machines.items():  # a partition left behind would spoil the next scenario
-                if m.running():
-                    m.exec(["nft", "delete", "table", "inet", CHAOS_TABLE], check=False)
+            heal_all(self.lab)  # a partition left behind would spoil the next scenario
             return
         self.marks.setdefault("fault", self.marks["start"])
         self.marks.setdefault("return", time.time())
@@ -473,7 +485,8 @@ def writer_private_link_cut(lab) -> dict:
         cut_private_link(lab, w)
         run.fault(victim=w)
         time.sleep(10)
-        run.back(healed_inside=nft_heal(lab, w), fenced=not lab.machine(w).running())
+        fenced = not lab.machine(w).running()
+        run.back(healed=nft_heal(lab, w), fenced=fenced)
     return run.result
 
 
@@ -484,8 +497,8 @@ def masters_partition(lab) -> dict:
         cut_between(lab, a, b)
         run.fault()
         time.sleep(10)
-        healed = {h: nft_heal(lab, h) for h in (a, b)}
-        run.back(healed_inside=healed, fenced=[h for h in (a, b) if not lab.machine(h).running()])
+        fenced = [h for h in (a, b) if not lab.machine(h).running()]
+        run.back(healed={h: nft_heal(lab, h) for h in (a, b)}, fenced=fenced)
     return run.result
 
 
@@ -557,7 +570,8 @@ def lb_private_link_cut(lab) -> dict:
         cut_private_link(lab, lb)
         run.fault(victim=lb)
         time.sleep(10)
-        run.back(healed_inside=nft_heal(lab, lb))
+        fenced = not lab.machine(lb).running()
+        run.back(healed=nft_heal(lab, lb), fenced=fenced)
     return run.result
 
 
