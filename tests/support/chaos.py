@@ -12,11 +12,12 @@ Throughout, and measured the same way for every scenario:
   writer, replication running both ways, both at the same GTID position),
   every acknowledged request_id is looked for on each master; lost = the
   acknowledged ids missing on the master that misses most.
-* **time with two writers**: inside each master a loop prints the time and
-  ``@@read_only`` every 100 ms. A sample holds until the next one, at most
-  0.35 s (a machine that is off, or a server that does not answer, counts as
-  not writable); the seconds during which both masters hold ``read_only=0``
-  are summed over the whole run.
+* **time with two writers**: inside each master one client session asks the
+  server for its time and ``@@read_only`` every 100 ms. A sample holds until
+  the next one, at most 0.35 s, and never past the moment that session ended
+  (its server or its machine went away): a machine that is off, or a server
+  that does not answer, counts as not writable. The seconds during which both
+  masters hold ``read_only=0`` are summed over the whole run.
 * **write outage at the fault / at the return**: the acknowledgement times of
   all clients, merged and sorted; a gap is the time between two consecutive
   ones (the last one to the end of the writes also counts). A gap that starts
@@ -232,6 +233,8 @@ class ReadOnlySampler(threading.Thread):
         super().__init__(daemon=True, name=f"sampler-{host}")
         self.lab, self.host = lab, host
         self.samples: list[tuple[float, str]] = []
+        # when each client session ended (the server or the machine went away): a sample holds no longer
+        self.ends: list[float] = []
         self.stopping = threading.Event()
         self.proc: subprocess.Popen | None = None
 
@@ -257,6 +260,7 @@ class ReadOnlySampler(threading.Thread):
                     continue
                 if self.stopping.is_set():
                     break
+            self.ends.append(time.time())
             if pgid and m.running():
                 m.exec(["kill", "--", f"-{pgid}"], check=False)
             self._end()
@@ -278,11 +282,13 @@ class ReadOnlySampler(threading.Thread):
 
     def writable_intervals(self) -> list[tuple[float, float]]:
         s = sorted(self.samples)
+        ends = sorted(self.ends)
         out = []
         for i, (t, value) in enumerate(s):
             if value == "0":
                 nxt = s[i + 1][0] if i + 1 < len(s) else t + SAMPLE_EVERY
-                out.append((t, min(nxt, t + SAMPLE_HOLDS)))
+                gone = next((e for e in ends if e >= t), float("inf"))
+                out.append((t, min(nxt, t + SAMPLE_HOLDS, gone)))
         return out
 
 
@@ -423,6 +429,7 @@ class Run:
     # -- conditions
 
     def acked_after(self, t: float) -> int:
+        """Acknowledged writes whose request started after ``t``."""
         n = 0
         for w in self.writers:
             fd = w.answers.fileno()
@@ -433,7 +440,7 @@ class Run:
                     r = json.loads(line)
                 except ValueError:
                     continue
-                if r.get("ok") and r["t"] + r["d"] > t:
+                if r.get("ok") and r["t"] > t:
                     n += 1
         return n
 
@@ -630,8 +637,11 @@ def cassandra_node_power_cut(lab) -> dict:
     cassandra_ring.cql(lab, via, cassandra_ring.KEYSPACE)
     addresses = [lab.topo.host(n).private_ip for n in nodes]
     with Run(lab, "cassandra_node_power_cut") as run:
-        stream = lab.machine(via).popen(["python3", "-", *cassandra_ring.CLIENT_FILES, "stream", "600", "0.05",
-                                         *addresses], input=cassandra_ring.CLIENT)
+        # the client prints its pid first: stopping it means killing it inside the machine
+        stream = lab.machine(via).popen(["bash", "-c", 'echo "PID $$"; exec python3 - "$@"', "cql",
+                                         *cassandra_ring.CLIENT_FILES, "stream", "900", "0.05", *addresses],
+                                        input=cassandra_ring.CLIENT)
+        pid = stream.stdout.readline().split()[1]
         try:
             time.sleep(3)
             lab.stop(victim, hard=True)
@@ -643,10 +653,11 @@ def cassandra_node_power_cut(lab) -> dict:
                 lab.exec(victim, ["systemctl", "start", "cassandra.service"])
             wait_for(lambda: lab.exec(via, ["bash", "-c", "nodetool status | grep -c '^UN'"]).stdout.strip()
                      == str(len(nodes)), 240, "every Cassandra node Up/Normal")
+            run.mark("cassandra_up")
             time.sleep(3)
         finally:
-            stream.kill()
-        out, err = stream.communicate(timeout=30)
+            lab.exec(via, ["kill", pid])
+        out, err = stream.communicate(timeout=60)
     cql_records = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
     ok = [r["k"] for r in cql_records if r["ok"]]
     present: set[str] = set()
