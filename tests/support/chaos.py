@@ -85,6 +85,47 @@ def ensure_running(lab) -> list[str]:
     return off
 
 
+def _gtid_contains(mine: str, theirs: str) -> bool:
+    """Whether GTID position ``mine`` includes all of ``theirs``, domain by domain."""
+    def seqs(pos: str) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for part in filter(None, (p.strip() for p in (pos or "").split(","))):
+            domain, _, seq = (int(x) for x in part.split("-"))
+            out[domain] = max(out.get(domain, 0), seq)
+        return out
+
+    have = seqs(mine)
+    return all(have.get(d, 0) >= seq for d, seq in seqs(theirs).items())
+
+
+def pair_settled(lab, timeout: float) -> str:
+    """One writer, replication running both ways, and the passive master has applied everything
+    the writer had written a moment before (under a steady stream of writes the two positions are
+    seldom equal at the same instant: mariadb_pair.settled waits for that once writes stop)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            states = {h: mariadb_pair.writable(lab, h) for h in masters(lab)}
+            writers = [h for h, w in states.items() if w]
+            repl = {h: mariadb_pair.slave_status(lab, h) for h in masters(lab)}
+            running = all(r.get("Slave_IO_Running") == "Yes" and r.get("Slave_SQL_Running") == "Yes"
+                          for r in repl.values())
+            last = (states, {h: (r.get("Slave_IO_Running"), r.get("Slave_SQL_Running")) for h, r in repl.items()})
+            if len(writers) == 1 and running:
+                writer = writers[0]
+                passive = next(h for h in masters(lab) if h != writer)
+                written = mariadb_pair.sql(lab, writer, "SELECT @@gtid_binlog_pos")[0][0]
+                applied = mariadb_pair.sql(lab, passive, "SELECT @@gtid_current_pos")[0][0]
+                last += (written, applied)
+                if _gtid_contains(applied, written):
+                    return writer
+        except (RuntimeError, IndexError, LabError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the MariaDB pair did not settle in {timeout:.0f} s: {last}")
+
+
 def settle_stack(lab, timeout: float = 240) -> dict[str, Any]:
     """Every machine on, the MariaDB pair settled, one load balancer MASTER owning the floating IP.
 
@@ -95,7 +136,7 @@ def settle_stack(lab, timeout: float = 240) -> dict[str, Any]:
     while True:
         started += ensure_running(lab)
         try:
-            writer = mariadb_pair.settled(lab, timeout=max(5.0, min(30.0, deadline - time.monotonic())))
+            writer = pair_settled(lab, timeout=max(5.0, min(30.0, deadline - time.monotonic())))
             break
         except AssertionError:
             if time.monotonic() >= deadline:
