@@ -24,14 +24,13 @@ def check(result):
     assert not missed, "; ".join(missed) + "\n" + json.dumps(result, indent=1)
 
 
-
 def test_writer_power_cut(lab):
     """The MariaDB writer's machine loses power, then starts again."""
     check(chaos.writer_power_cut(lab))
 
 
 def test_writer_mariadbd_kill(lab):
-    """Mariadbd on the writer is killed with SIGKILL; systemd restarts it."""
+    """mariadbd on the writer is killed with SIGKILL; systemd restarts it."""
     check(chaos.writer_mariadbd_kill(lab))
 
 
