@@ -457,6 +457,8 @@ class Run:
     # -- the scenario's moments
 
     def fault(self, **notes: Any) -> None:
+        """Mark the fault: called just before it is injected (a power cut's lab.stop returns only
+        once the machine's processes are gone, up to a second later)."""
         self.marks["fault"] = time.time()
         self.notes.update(notes)
 
@@ -505,8 +507,8 @@ def writer_power_cut(lab) -> dict:
     """The writer's machine loses power; the other takes the writes; the old one starts again."""
     with Run(lab, "writer_power_cut") as run:
         w = run.writer
-        lab.stop(w, hard=True)
         run.fault(victim=w)
+        lab.stop(w, hard=True)
         run.wait_writes_resume()
         run.back()
         lab.start(w)
@@ -518,8 +520,8 @@ def writer_mariadbd_kill(lab) -> dict:
     with Run(lab, "writer_mariadbd_kill") as run:
         w = run.writer
         pid = service_pid(lab, w, "mariadb.service")
-        lab.exec(w, ["kill", "-9", str(pid)], check=True)
         run.fault(victim=w)
+        lab.exec(w, ["kill", "-9", str(pid)], check=True)
         wait_for(lambda: service_pid(lab, w, "mariadb.service") not in (0, pid) and active(lab, w, "mariadb.service"),
                  60, f"systemd to restart mariadb on {w}")
         run.back()  # the killed server is back (read-only): the return
@@ -530,8 +532,8 @@ def writer_private_link_cut(lab) -> dict:
     """The writer's private interface drops everything both ways for ~10 s, then heals."""
     with Run(lab, "writer_private_link_cut") as run:
         w = run.writer
-        cut_private_link(lab, w)
         run.fault(victim=w)
+        cut_private_link(lab, w)
         time.sleep(10)
         fenced = not lab.machine(w).running()
         run.back(healed=nft_heal(lab, w), fenced=fenced)
@@ -542,8 +544,8 @@ def masters_partition(lab) -> dict:
     """The two masters cannot see each other on the private network (the app hosts see both), ~10 s."""
     with Run(lab, "masters_partition") as run:
         a, b = masters(lab)
-        cut_between(lab, a, b)
         run.fault()
+        cut_between(lab, a, b)
         time.sleep(10)
         fenced = [h for h in (a, b) if not lab.machine(h).running()]
         run.back(healed={h: nft_heal(lab, h) for h in (a, b)}, fenced=fenced)
@@ -556,8 +558,8 @@ def writer_returns_agent_stalled(lab) -> dict:
     with Run(lab, "writer_returns_agent_stalled") as run:
         w = run.writer
         n = other_master(lab, w)
-        lab.stop(w, hard=True)
         run.fault(victim=w)
+        lab.stop(w, hard=True)
         wait_for(lambda: mariadb_pair.writable(lab, n), 60, f"{n} to take writes")
         run.wait_writes_resume()
         lab.machine(w).start()
@@ -580,8 +582,8 @@ def writer_agent_port_flood(lab) -> dict:
     with Run(lab, "writer_agent_port_flood") as run:
         w = run.writer
         port = writer_agent_port(lab)
-        proc = flood(lab, apps(lab)[0], lab.topo.host(w).private_ip, port, seconds=10)
         run.fault(victim=w, port=port)
+        proc = flood(lab, apps(lab)[0], lab.topo.host(w).private_ip, port, seconds=10)
         out, err = proc.communicate(timeout=60)
         run.back()
         run.extra["flood"] = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"stderr": err[-300:]}
@@ -603,8 +605,8 @@ def lb_power_cut(lab) -> dict:
     """The active load balancer loses power, then starts again."""
     with Run(lab, "lb_power_cut") as run:
         lb = run.lb_master
-        lab.stop(lb, hard=True)
         run.fault(victim=lb)
+        lab.stop(lb, hard=True)
         run.wait_writes_resume()
         run.back()
         lab.start(lb)
@@ -615,8 +617,8 @@ def lb_private_link_cut(lab) -> dict:
     """The active load balancer's private interface drops everything both ways for ~10 s, then heals."""
     with Run(lab, "lb_private_link_cut") as run:
         lb = run.lb_master
-        cut_private_link(lab, lb)
         run.fault(victim=lb)
+        cut_private_link(lab, lb)
         time.sleep(10)
         fenced = not lab.machine(lb).running()
         run.back(healed=nft_heal(lab, lb), fenced=fenced)
@@ -641,8 +643,8 @@ def redis_primary_power_cut(lab) -> dict:
     """The Redis primary loses power (Sentinel promotes the replica), then starts again."""
     with Run(lab, "redis_primary_power_cut") as run:
         primary = redis_primary(lab)
-        lab.stop(primary, hard=True)
         run.fault(victim=primary)
+        lab.stop(primary, hard=True)
         wait_for(lambda: redis_primary(lab) not in (primary, None), 30, "Sentinel to promote the replica")
         run.mark("promoted")
         run.back()
@@ -656,8 +658,8 @@ def app_power_cut(lab) -> dict:
     """An app server loses power, then starts again and returns to rotation."""
     with Run(lab, "app_power_cut") as run:
         victim = apps(lab)[0]
-        lab.stop(victim, hard=True)
         run.fault(victim=victim)
+        lab.stop(victim, hard=True)
         time.sleep(3)  # out of rotation (2 checks of 500 ms)
         run.back()
         lab.start(victim)
@@ -685,8 +687,8 @@ def cassandra_node_power_cut(lab) -> dict:
         pid = stream.stdout.readline().split()[1]
         try:
             time.sleep(3)
-            lab.stop(victim, hard=True)
             run.fault(victim=victim)
+            lab.stop(victim, hard=True)
             time.sleep(8)
             run.back()
             lab.start(victim)
