@@ -441,6 +441,8 @@ class Run:
             "two_writers_at": [round(t - m["fault"], 2) for t in starts],  # s after the fault
             **outages(acks(records), m["fault"], m["return"], m["end"]),
             "errors": sorted({r.get("error") or f"HTTP {r.get('status')}" for r in records if not r.get("ok")})[:4],
+            # when the fault was injected (UTC, to match the machines' journals) and every moment after it
+            "fault_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m["fault"])) + f".{int(m['fault'] % 1 * 1000):03d}Z",
             "timeline_s": {k: round(v - m["fault"], 2) for k, v in m.items()},
             "read_only_samples": samples,
             **self.notes, "writer_settled": settled_writer, **self.extra,
