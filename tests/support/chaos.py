@@ -50,7 +50,7 @@ INTERVAL = 0.1  # each client's pace: 4 clients, some 40 writes/s offered
 WRITE_TIMEOUT = 5.0
 SAMPLE_EVERY = 0.1
 SAMPLE_HOLDS = 0.35  # a read_only sample stands for at most this long (then: unknown, not writable)
-TAIL = 2.0  # writes go on this long after the stack has settled, so a late disturbance is seen
+TAIL = 2.0  # the stack must still be settled, unchanged, this long later (a late fence or failover is seen)
 
 # the goals (tests/lab/test_lab_chaos.py)
 MAX_FAULT_OUTAGE_S = 3.0
@@ -415,15 +415,24 @@ class Run:
             return
         self.marks.setdefault("fault", self.marks["start"])
         self.marks.setdefault("return", time.time())
-        # the stack settles with the writes still on, then a short tail
+        # the stack settles with the writes still on; it has settled when it still is, unchanged,
+        # a short tail later (a late fence or failover starts the wait again)
         after = settle_stack(self.lab)
-        self.notes.update(writer_after=after["writer"], lb_master_after=after["lb_master"],
-                          started_after=after["started"])
+        started = list(after["started"])
         self.marks["settled"] = time.time()
-        time.sleep(TAIL)
+        for _ in range(5):
+            time.sleep(TAIL)
+            again = settle_stack(self.lab)
+            started += again["started"]
+            if (again["writer"], again["lb_master"]) == (after["writer"], after["lb_master"]) and not again["started"]:
+                break
+            after = again
+            self.marks["settled"] = time.time()
+        self.notes.update(writer_after=after["writer"], lb_master_after=after["lb_master"], started_after=started)
         self.marks["end"] = time.time()
         self._stop_all()
         records = [r for w in self.writers for r in probe.records(w, timeout=30)]
+        ensure_running(self.lab)
         settled_writer = mariadb_pair.settled(self.lab)
         acked = {r["request_id"] for r in records if r.get("ok")}
         lost = {h: len(acked - set(mariadb_pair.request_ids(self.lab, h))) for h in masters(self.lab)}
