@@ -26,8 +26,18 @@ Throughout, and measured the same way for every scenario:
   ends after the fault (so the normal spacing of writes, some 25 ms with 4
   clients at 100 ms, is its floor). "No outage" means below NO_OUTAGE_S.
 
-A scenario returns a dict (Result.as_dict): those figures plus what it did
-(who was the writer before and after, which machine was fenced, the timings).
+**Settled** (before the writes start and after the return, with the writes
+still on): every machine on (one found off, e.g. fenced by the writer agent,
+is powered on again, as an operator would, and named in ``started_after``),
+one writable master, replication running both ways and the passive master
+holding everything the writer had written a moment before, one load balancer
+MASTER owning the floating IP; and all of that still true, unchanged, TAIL s
+later. The writes stop only then, so a late fence or failover is inside the
+return's window.
+
+A scenario returns a dict (Run.result): those figures plus what it did
+(who was the writer before and after, which machine was fenced or started,
+when the fault was injected, the moments after it).
 """
 
 from __future__ import annotations
