@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import time
@@ -59,6 +60,9 @@ def main() -> int:
     if unknown:
         p.error(f"unknown scenarios {unknown}; known: {', '.join(chaos.SCENARIOS)}")
     lab = Lab("lab", log=lambda m: None)
+    # stopped with SIGTERM: unwind, so the running scenario stops its writers and the samplers
+    # inside the masters, and heals its cuts
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     results: list[dict] = []
     print(row(HEAD), flush=True)
