@@ -313,7 +313,7 @@ class ReadOnlySampler(threading.Thread):
                     break
             self.ends.append(time.time())
             if pgid and m.running():
-                m.exec(["kill", "--", f"-{pgid}"], check=False)
+                m.exec(["pkill", "-9", "--session", pgid], check=False)
             self._end()
             time.sleep(0.1)
 
