@@ -18,7 +18,8 @@ DONOR_PORT = 4444
 
 PORTS = (
     Port("mysql", MARIADB_PORT, sources=("app", "mariadb"), description="MariaDB clients and replication (TLS)"),
-    Port("mariadb-writer", WRITER_AGENT_PORT, sources=("app",),
+    # the other master too: agents before the witness asked it there (a pair upgraded one by one)
+    Port("mariadb-writer", WRITER_AGENT_PORT, sources=("app", "mariadb"),
          description="which master takes writes (the app servers' HAProxy agent-check)"),
     Port("mariadb-writer-peer", WRITER_PEER_PORT, sources=("mariadb",),
          description="the writer agents' channel to each other (mutual TLS)"),

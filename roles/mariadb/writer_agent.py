@@ -566,14 +566,22 @@ class Agent:
 
 
 class _HealthHandler(socketserver.StreamRequestHandler):
-    """HAProxy's agent-check: only the writer takes the application's connections."""
+    """HAProxy's agent-check: only the writer takes the application's connections.
+
+    `status` gets the JSON that agents before the witness asked their peer for: a converge that
+    upgrades the pair replaces one agent before the other, and an old agent that got no answer
+    would take its upgraded peer for dead and fence it. Nothing this agent decides reads it."""
     timeout = 1
 
     def handle(self) -> None:
         agent: Agent = self.server.agent  # type: ignore[attr-defined]
         try:
-            self.rfile.readline(64)
-            self.wfile.write(b"up ready\n" if agent.report().get("writable") else b"down\n")
+            line = self.rfile.readline(64).strip()
+            report = agent.report()
+            if line == b"status" and report:
+                self.wfile.write(json.dumps(report).encode() + b"\n")
+            else:
+                self.wfile.write(b"up ready\n" if report.get("writable") else b"down\n")
         except OSError:
             pass
 

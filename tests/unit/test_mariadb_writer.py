@@ -603,6 +603,15 @@ def test_the_health_port_says_up_only_for_the_writer(served, running):
     assert health(served["db1"].health) == b"down\n"
 
 
+def test_the_health_port_still_answers_the_status_agents_before_the_witness_asked(served):
+    """A converge upgrades one master's agent before the other's: the old one must not see a dead peer."""
+    with socket.create_connection(("127.0.0.1", served["db1"].health), timeout=2) as s:
+        s.sendall(b"status\n")
+        status = json.loads(s.makefile().readline())
+    assert status["mysqld"] is True and status["writable"] is True and "mysqld_down_for" in status
+    assert "gtid_binlog_pos" in status and "promoted_at" in status
+
+
 def test_the_peer_port_answers_the_peers_certificate_only(served, pki):
     port = served["db1"].peer
     answer = exchange(port, client_context(pki("db2")), "db1", b'{"op": "status"}\n')
