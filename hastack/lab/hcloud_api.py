@@ -8,10 +8,12 @@ requests per `rate_window` seconds, refilled evenly, so RateLimit-Reset is
 when the budget is full again.
 
 Actions (assign, unassign, poweroff, poweron) are returned `running`, as the real API
-does; the lab's callback runs inside the request and, once it returns, the
-action is `success` for the next GET /actions/{id} (`error` if it raised, and
-then nothing changes). Callbacks run under the API's lock, so they must not
-call the API.
+does. The floating IP's callbacks run inside the request and, once they
+return, the action is `success` for the next GET /actions/{id} (`error` if it
+raised, and then nothing changes); they run under the API's lock, so they must
+not call the API. Powering a server off or on takes its time, as on Hetzner:
+the request answers at once and the machine's callback runs beside it, the
+action `running` until it returns.
 
 Besides /v1 there is GET /lab/log (token required): every POST with its body,
 status and result, so tests see what an agent did; and GET /lab/health (no
@@ -288,23 +290,44 @@ class FakeHetznerAPI:
 
     # ---------------------------------------------------------- actions
 
-    def _run_action(self, command: str, resources: list[dict[str, Any]], work: Callable[[], None]) -> tuple[int, dict[str, Any]]:
-        """Start an action, do its work, and answer with the `running` snapshot the real API would send."""
+    def _run_action(self, command: str, resources: list[dict[str, Any]], work: Callable[[], None],
+                    slow: Callable[[], None] | None = None) -> tuple[int, dict[str, Any]]:
+        """Start an action, do its work, and answer with the `running` snapshot the real API would send.
+        `slow` (a machine powering off or on) runs beside the request, outside the lock; `work` after it."""
         action = {"id": self.next_action, "command": command, "status": "running", "progress": 0,
                   "started": _iso(self.clock()), "finished": None, "resources": resources, "error": None}
         self.next_action += 1
         self.actions[action["id"]] = action
         snapshot = copy.deepcopy(action)
-        try:
-            work()
-        except Exception as e:  # a failed lab callback is a failed action, as a failed re-route would be
-            log.warning("action %d (%s) failed: %s", action["id"], command, e)
-            action.update(status="error", progress=100, finished=_iso(self.clock()),
-                          error={"code": "action_failed", "message": str(e)})
-        else:
+
+        def finish(error: Exception | None) -> None:
+            if error is None:
+                try:
+                    work()
+                except Exception as e:  # a failed lab callback is a failed action, as a failed re-route would be
+                    error = e
+            if error is not None:
+                log.warning("action %d (%s) failed: %s", action["id"], command, error)
+                action.update(status="error", progress=100, finished=_iso(self.clock()),
+                              error={"code": "action_failed", "message": str(error)})
+                return
             action.update(status="success", progress=100, finished=_iso(self.clock()))
             if self.on_change:
                 self.on_change()
+
+        if slow is None:
+            finish(None)
+        else:
+            def beside() -> None:
+                error = None
+                try:
+                    slow()
+                except Exception as e:
+                    error = e
+                with self.lock:
+                    finish(error)
+
+            threading.Thread(target=beside, name=f"action-{action['id']}", daemon=True).start()
         return 201, {"action": snapshot}
 
     def _assign(self, raw: str, query: dict[str, list[str]], body: bytes) -> tuple[int, dict[str, Any]]:
@@ -336,22 +359,26 @@ class FakeHetznerAPI:
     def _poweroff(self, raw: str, query: dict[str, list[str]], body: bytes) -> tuple[int, dict[str, Any]]:
         server = self._server(raw)
 
-        def work() -> None:
-            if self.on_poweroff:
-                self.on_poweroff(self._render_server(server))
-            server["status"] = "off"
+        rendered = self._render_server(server)
 
-        return self._run_action("stop_server", [{"id": server["id"], "type": "server"}], work)
+        def slow() -> None:
+            if self.on_poweroff:
+                self.on_poweroff(rendered)
+
+        return self._run_action("stop_server", [{"id": server["id"], "type": "server"}],
+                                lambda: server.update(status="off"), slow=slow)
 
     def _poweron(self, raw: str, query: dict[str, list[str]], body: bytes) -> tuple[int, dict[str, Any]]:
         server = self._server(raw)
 
-        def work() -> None:
-            if self.on_poweron:
-                self.on_poweron(self._render_server(server))
-            server["status"] = "running"
+        rendered = self._render_server(server)
 
-        return self._run_action("start_server", [{"id": server["id"], "type": "server"}], work)
+        def slow() -> None:
+            if self.on_poweron:
+                self.on_poweron(rendered)
+
+        return self._run_action("start_server", [{"id": server["id"], "type": "server"}],
+                                lambda: server.update(status="running"), slow=slow)
 
     # ---------------------------------------------------------- state file
 

@@ -27,8 +27,10 @@ sends the witness a heartbeat. Rules:
   `isolation_after` seconds turns itself read-only: it has lost the
   majority, and the witness grants the epoch away only later (`dead_after`);
 * a writer that did not answer is still fenced (powered off through the
-  Hetzner API) before the other promotes: a stalled agent cannot turn its
-  MariaDB read-only. No fence, no promotion. After `restart_fenced_after`
+  Hetzner API): a stalled agent cannot turn its MariaDB read-only. No
+  promotion before the power-off is under way; it need not have finished, as
+  a stalled agent's health answer goes stale and the app servers stop sending
+  that master writes within a second. After `restart_fenced_after`
   seconds the new writer powers the fenced master on again; it returns
   read-only and catches up (it cannot claim the epoch until it has);
 * a writable master that learns the epoch moved on steps down;
@@ -65,6 +67,8 @@ log = logging.getLogger("hastack-mariadb-writer")
 
 SOCKET = "/run/mysqld/mysqld.sock"
 MAX_FENCE_BACKOFF = 60.0
+# how old the last check may be for the health port to say `up`: two checks and their timeouts
+FRESH_FOR = 1.5
 
 
 @dataclass
@@ -244,6 +248,8 @@ class Agent:
     peer_seen_at: float = -1e9
     witness_seen_at: float = -1e9
     last_tick_at: float = 0.0
+    published_at: float = -1e9
+    refence: bool = False  # a power-off under way failed: ask for it again
     witness: dict[str, Any] | None = None  # the witness's last answer: epoch, writer, members
     # the epoch this node has caught up with since its MariaDB started (never from disk: a
     # restarted master has to catch up again before it may claim the next epoch)
@@ -266,9 +272,17 @@ class Agent:
         with self.lock:
             return dict(self.status_now)
 
+    def serving(self) -> bool:
+        """Writable as of a recent check. An agent that stops checking (stalled, hung) stops saying `up`, so
+        the app servers drop this master before the witness lets the other take over from it."""
+        with self.lock:
+            fresh = self.now() - self.published_at <= FRESH_FOR
+            return bool(self.status_now.get("writable")) and fresh
+
     def _publish(self, local: dict[str, Any] | None) -> None:
         down_for = 0.0 if self.local_down_since is None else self.now() - self.local_down_since
         with self.lock:
+            self.published_at = self.now()
             self.status_now = {
                 "name": self.cfg.name, "mysqld": local is not None, "mysqld_down_for": round(down_for, 2),
                 "writable": bool(local and local["writable"]),
@@ -349,7 +363,12 @@ class Agent:
         return client
 
     def fence(self) -> bool:
-        """Power the peer off through the Hetzner API; True once it is off."""
+        """Power the peer off through the Hetzner API; True once it is off or its power-off is under way.
+
+        Promotion need not wait for the machine to be off (seconds, on Hetzner): the old writer's agent,
+        if it runs, turned its MariaDB read-only when it lost the majority, and if it is stalled the app
+        servers already stopped sending it writes (its health answer went stale). The power-off makes
+        that final; it is awaited beside the agent's checks, and retried if it fails."""
         if self.cfg.peer_server_id is None:
             log.error("no server id for %s: cannot fence it, so no promotion", self.cfg.peer_name)
             return False
@@ -363,11 +382,22 @@ class Agent:
                 return True
             log.warning("fencing %s: powering off server %d", self.cfg.peer_name, self.cfg.peer_server_id)
             action = client.servers.power_off(Server(id=self.cfg.peer_server_id))
-            action.wait_until_finished(max_retries=60)
+            threading.Thread(target=self._await_power_off, args=(action,), daemon=True).start()
             return True
         except Exception as e:  # the API or the network: try again later, never promote unfenced
             log.error("fencing %s failed: %s", self.cfg.peer_name, e)
             return False
+
+    def _await_power_off(self, action) -> None:
+        try:
+            action.wait_until_finished(max_retries=120)
+            log.warning("%s (server %d) is off", self.cfg.peer_name, self.cfg.peer_server_id)
+        except Exception as e:
+            # the old writer may still run: its agent steps down when it checks, and the app servers do
+            # not send it writes; the power-off is asked for again at the next check
+            log.error("powering %s off failed: %s; trying again", self.cfg.peer_name, e)
+            with self.lock:
+                self.refence = True
 
     def power_on_peer(self) -> None:
         """The fenced master comes back read-only and catches up: it cannot claim the epoch before it has."""
@@ -420,6 +450,8 @@ class Agent:
             self.restart_peer_at = None
         self._track_sync(local, peer)
         self._decide(local, peer, view, t)
+        if self.refence and peer is None and self._fence_peer(t):  # paced like any fence
+            self.refence = False
         if self.restart_peer_at is not None and t >= self.restart_peer_at:
             self.power_on_peer()
         self._publish(self.local.status() or local)
@@ -581,7 +613,7 @@ class _HealthHandler(socketserver.StreamRequestHandler):
             if line == b"status" and report:
                 self.wfile.write(json.dumps(report).encode() + b"\n")
             else:
-                self.wfile.write(b"up ready\n" if report.get("writable") else b"down\n")
+                self.wfile.write(b"up ready\n" if agent.serving() else b"down\n")
         except OSError:
             pass
 

@@ -6,6 +6,8 @@ import json
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,22 @@ def test_machine_power_reads_the_nspawn_pid_file(tmp_path):
     (tmp_path / "lab-lb2" / "nspawn.pid").write_text("999999999")
     assert state({"name": "lab-lb1"}) == "running"
     assert state({"name": "lab-lb2"}) == "off" and state({"name": "lab-app1"}) == "off"
+
+
+def test_a_power_off_answers_at_once_and_finishes_when_the_machine_is_off():
+    """As on Hetzner: the request returns a running action; the machine goes off beside it."""
+    release = threading.Event()
+    lab = Lab(on_poweroff=lambda server: release.wait(5)).start()
+    try:
+        client = lab.client()
+        t0 = time.monotonic()
+        action = client.servers.power_off(client.servers.get_by_id(LB2))
+        assert time.monotonic() - t0 < 1.0 and action.status == "running"
+        assert client.actions.get_by_id(action.id).status == "running"
+        assert client.floating_ips.get_by_id(FIP).server.id == LB2  # the API still answers meanwhile
+        release.set()
+        action.wait_until_finished()
+        assert client.servers.get_by_id(LB2).status == "off"
+    finally:
+        lab.httpd.shutdown()
+        lab.httpd.server_close()

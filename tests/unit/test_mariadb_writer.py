@@ -603,6 +603,16 @@ def test_the_health_port_says_up_only_for_the_writer(served, running):
     assert health(served["db1"].health) == b"down\n"
 
 
+def test_a_stalled_writer_agent_stops_saying_up(served, running):
+    """The app servers drop a writer whose agent stopped checking, before the witness gives its epoch away."""
+    assert health(served["db1"].health) == b"up ready\n"
+    running.nodes["db1"].stalled = True  # db1's agent neither checks nor publishes
+    running.clock.t += 1.0
+    assert health(served["db1"].health) == b"up ready\n"
+    running.clock.t += 1.0
+    assert health(served["db1"].health) == b"down\n" and running.local("db1").writable
+
+
 def test_the_health_port_still_answers_the_status_agents_before_the_witness_asked(served):
     """A converge upgrades one master's agent before the other's: the old one must not see a dead peer."""
     with socket.create_connection(("127.0.0.1", served["db1"].health), timeout=2) as s:
