@@ -246,6 +246,7 @@ class Agent:
     local_down_since: float | None = None
     peer_lost_since: float | None = None
     peer_seen_at: float = -1e9
+    local_up_at: float | None = None  # when this node's MariaDB was last seen coming up (or the agent started)
     witness_seen_at: float = -1e9
     last_tick_at: float = 0.0
     published_at: float = -1e9
@@ -434,9 +435,13 @@ class Agent:
             self.synced_epoch = None  # what this node holds is unknown until it catches up again
             self._publish(None)
             return
+        if self.local_down_since is not None or self.local_up_at is None:
+            self.local_up_at = t
         self.local_down_since = None
         if peer is None:
-            self.peer_lost_since = self.peer_lost_since or t
+            # silence counts from the last answer (not the first failed check: that comes up to a check
+            # and a timeout later), but never from before this node's MariaDB (and agent) came up
+            self.peer_lost_since = self.peer_lost_since or max(self.peer_seen_at, self.local_up_at)
         else:
             self.peer_seen_at, self.peer_lost_since = t, None
             if self.state.must_fence and not peer["writable"]:

@@ -11,8 +11,7 @@ import time
 import pytest
 
 from roles.loadbalancer import STATS_PORT
-from hastack.lab import probe
-from tests.support.failover import assigns, current_master, kill_under_load, other, owner, settle, states, vrrp_state
+from tests.support.failover import assigns, current_master, other, owner, settle, states, vrrp_state
 from tests.support.lab import INTERNET, tcp, wait_for
 
 CURL = INTERNET + ["curl", "-s", "--max-time", "5"]
@@ -85,31 +84,6 @@ def test_stats_and_metrics_only_on_the_private_network(settled):
     assert curl.returncode == 28, (curl.returncode, curl.stderr)
 
 
-def test_active_load_balancer_dies_and_the_ip_moves(settled):
-    lab = settled
-    master = current_master(lab)
-    survivor = other(lab, master)
-    before = len(assigns(lab))
-    client = probe.start(lab, 12)
-    time.sleep(2)
-    lab.stop(master, hard=True)
-    wait_for(lambda: owner(lab) == survivor, 15, f"the API to assign the floating IP to {survivor}")
-    records = probe.records(client)
-    result = probe.outage(records)
-    assert result["recovered"], result
-    assert result["outage_s"] < 10, result
-    assert records[-1]["ok"] and records[-1]["host"]
-    new = assigns(lab)[before:]
-    assert [e["body"]["server"] for e in new] == [lab.server_id(survivor)], new
-
-    # it comes back: no flapping, no second move
-    lab.start(master)
-    time.sleep(8)
-    assert owner(lab) == survivor
-    assert vrrp_state(lab, survivor) == "MASTER" and vrrp_state(lab, master) == "BACKUP"
-    assert len(assigns(lab)) == before + 1
-
-
 def test_haproxy_dies_alone_and_the_ip_moves(settled):
     lab = settled
     master = current_master(lab)
@@ -133,11 +107,15 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
     ips = ", ".join(h.private_ip for h in lab.topo.hosts_with_role("loadbalancer"))
     cut = ("table bridge hastack_test_cut {\n chain cut {\n  type filter hook forward priority 0; policy accept;\n"
            f"  ip saddr {{ {ips} }} ip daddr {{ {ips} }} drop\n }}\n}}\n")
+    moves_before = len(assigns(lab))
     subprocess.run(["nft", "-f", "-"], input=cut, text=True, check=True)
     try:
         wait_for(lambda: all(vrrp_state(lab, h.name) == "MASTER" for h in lab.topo.hosts_with_role("loadbalancer")), 10,
                  "both sides to believe they are master")
         time.sleep(8)
+        # the witness still reaches both: neither takes the IP from the other (no flapping), whatever
+        # keepalived and the reconcile timer (every 5 s here) say
+        assert len(assigns(lab)) == moves_before, assigns(lab)[moves_before:]
     finally:
         subprocess.run(["nft", "delete", "table", "bridge", "hastack_test_cut"], check=True)
 
@@ -167,19 +145,3 @@ def _holds_floating_ip(lab, name):
     """Whether the floating IP is configured on one of the machine's interfaces."""
     out = lab.exec(name, ["ip", "-4", "-o", "addr", "show"], check=True).stdout
     return any(f" {lab.addr.floating_ip}/" in line for line in out.splitlines())
-
-
-def test_an_app_server_dies_and_requests_keep_succeeding(settled):
-    lab = settled
-    victim = lab.topo.hosts_with_role("app")[0].name
-    try:
-        records, result = kill_under_load(lab, victim, seconds=8, kill_at=1.5)
-        assert result["failed"] == 0, [r for r in records if not r["ok"]][:5]
-        assert {r["host"] for r in records[-10:]} == {other_app.name for other_app in lab.topo.hosts_with_role("app")
-                                                       if other_app.name != victim}
-    finally:
-        lab.start(victim)
-    # back in rotation once healthy again
-    wait_for(lambda: victim in {json.loads(subprocess.run(
-        CURL + ["--cacert", str(lab.ca.cert_path), f"https://{lab.addr.floating_ip}/"], capture_output=True,
-        text=True).stdout or "{}").get("host") for _ in range(6)}, 30, f"{victim} back in rotation")
