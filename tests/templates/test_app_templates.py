@@ -29,7 +29,8 @@ def test_local_proxy_config_is_accepted_and_reaches_only_the_writer(stack, tmp_p
     proc = subprocess.run([need("haproxy"), "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"bind 127.0.0.1:{MARIADB_PORT}" in text and "balance first" in text
-    assert "on-marked-down shutdown-sessions" in text and f"agent-port {WRITER_AGENT_PORT}" in text
+    assert "on-marked-down shutdown-sessions" in text and f"tcp-check connect port {WRITER_AGENT_PORT}" in text
+    assert 'tcp-check expect string "up"' in text  # the writer agent's answer, not a bare connection
     servers = [line.strip() for line in text.splitlines() if line.strip().startswith("server ")]
     assert servers == [f"server {n.host} {topo.host(n.host).private_ip}:{MARIADB_PORT}" for n in topo.cluster("mariadb").nodes]
     assert len(servers) == 2
