@@ -27,6 +27,8 @@ from roles.backup.restore import (Restore, RestoreError, Source, cli_options, pa
 SQL_DIR = "/var/lib/hastack/mariadb"
 HOLD = f"{SQL_DIR}/hold-writes"
 STATE = f"{SQL_DIR}/writer-state.json"
+WRITER_CLAIM = ("/opt/hastack/venv/bin/python /opt/hastack/mariadb_writer.py --config /etc/hastack/mariadb-writer.json "
+                "claim --force")
 STAGE = "/var/lib/hastack/restore/mariadb"
 BINLOGS = "/var/lib/hastack/restore/binlogs"
 DATADIR = "/var/lib/mysql"
@@ -240,8 +242,11 @@ def restore(r: Restore) -> dict:
         say(report["checks"][-1])
 
     with timeline.step("mariadb: writes again"):
+        # the restored data is a new history: the first master takes the next writer epoch (both agents
+        # are stopped and writes held, so the witness's usual rules have nothing to protect)
+        pair.sh(first, f"rm -f {STATE} && {WRITER_CLAIM}")
         for h in (first, second):
-            pair.sh(h, f"rm -f {HOLD} {STATE} && systemctl start hastack-mariadb-writer")
+            pair.sh(h, f"rm -f {HOLD} && systemctl start hastack-mariadb-writer")
         wait_until(lambda: pair.sql(first, "SELECT @@read_only")[0][0] == "0", 60, f"{first} to take writes", 1)
     return report
 

@@ -45,6 +45,9 @@ streams from colliding).
 
   hastack-mariadb-writer run        the agent (systemd)
   hastack-mariadb-writer status     this node's view, the peer's and the witness's, as JSON
+  hastack-mariadb-writer claim --force
+                                    an operator's decision: this master holds the next epoch,
+                                    whatever the rules say (a restore, with writes held on both)
 """
 
 from __future__ import annotations
@@ -674,10 +677,25 @@ def serve(agent: Agent) -> tuple[_Server, _Server]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hastack-mariadb-writer")
     p.add_argument("--config", default="/etc/hastack/mariadb-writer.json")
-    p.add_argument("command", choices=["run", "status"])
+    p.add_argument("command", choices=["run", "status", "claim"])
+    p.add_argument("--force", action="store_true", help="claim: required; the rules are not checked")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     cfg = load_config(args.config)
+    if args.command == "claim":
+        if not args.force:
+            p.error("claim takes the epoch whatever the rules say: pass --force if that is what you want")
+        agent = Agent(cfg)
+        view = agent.ask_witness({"op": "view"})
+        if view is None:
+            print(f"the witness ({cfg.witness_name}) did not answer", file=sys.stderr)
+            return 1
+        answer = agent.ask_witness({"op": "claim", "epoch": view["epoch"], "force": True})
+        print(json.dumps(answer, indent=2))
+        if not answer or not answer.get("granted"):
+            return 1
+        agent._learn_epoch(answer)
+        return 0
     if args.command == "status":
         agent = Agent(cfg)
         print(json.dumps({"local": agent.local.status(), "peer": agent.peer_status(),

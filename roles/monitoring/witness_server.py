@@ -11,7 +11,8 @@ witness last heard from each master. A master takes writes only after the
 witness granted it the next epoch (`claim`), and the witness grants it only:
 
 * to the current writer (it has everything it wrote), or, at the pair's
-  first start, to anyone;
+  first start, to anyone; and to anyone an operator forces it to (`claim
+  --force` on a master, which a restore uses while writes are held);
 * to the other master only if the writer has been silent here, or its
   MariaDB down, for `dead_after` seconds (a writer seeing neither its peer
   nor the witness turns read-only sooner) and the claimant has caught up with the
@@ -134,12 +135,12 @@ class Witness:
             if op == "view":
                 return self.view(group)
             if op == "claim":
-                return self.claim(group, name, req.get("epoch"), req.get("synced_epoch"))
+                return self.claim(group, name, req.get("epoch"), req.get("synced_epoch"), req.get("force") is True)
         if op == "alive":
             return {"alive": self.alive(group, req.get("member"))}
         return {"error": f"unknown op {op!r}"}
 
-    def claim(self, group: str, name: str, expected: Any, synced: Any) -> dict[str, Any]:
+    def claim(self, group: str, name: str, expected: Any, synced: Any, force: bool = False) -> dict[str, Any]:
         e = self.epochs.get(group, {"epoch": 0, "writer": None})
         epoch, writer = e["epoch"], e["writer"]
 
@@ -150,6 +151,11 @@ class Witness:
 
         if expected != epoch:
             return answer(False, f"the epoch is {epoch}, not {expected}")
+        if force:
+            # an operator's decision (a restore, writes held on both): no liveness or catch-up rule
+            self.epochs[group] = {"epoch": epoch + 1, "writer": name}
+            self._save()
+            return answer(True, f"epoch {epoch + 1}, forced by an operator, after {writer or 'no writer'}")
         if writer is not None and writer != name:
             silent = self._silent_for(group, writer)
             down_since = self.heard.get(group, {}).get(writer, {}).get("down_since")

@@ -303,3 +303,19 @@ def test_a_malformed_request_gets_no_answer_and_the_server_goes_on(server):
             s.sendall(b"[1, 2]\n")
             assert s.recv(4096) == b""
     assert request(port, ctx, {"group": GROUP, "name": "db1", "op": "view"})["epoch"] == 0
+
+
+def test_an_operator_may_force_the_next_epoch_but_only_from_the_current_one(tmp_path):
+    """A restore hands the epoch to the first master while writes are held on both, whatever the rules say."""
+    clock = [1000.0]
+    w = Witness(witness_server.Config(bind="127.0.0.1", port=0, cert="-", key="-", ca="-",
+                                      groups={"mariadb": {"db1": None, "db2": None}},
+                                      state_file=str(tmp_path / "state.json"), dead_after=1.8), now=lambda: clock[0])
+    assert w.handle("db2", {"op": "claim", "group": "mariadb", "name": "db2", "epoch": 0})["granted"]
+    w.handle("db2", {"op": "heartbeat", "group": "mariadb", "name": "db2", "mysqld": True, "writable": True})
+    refused = w.handle("db1", {"op": "claim", "group": "mariadb", "name": "db1", "epoch": 1, "synced_epoch": None})
+    assert not refused["granted"]
+    stale = w.handle("db1", {"op": "claim", "group": "mariadb", "name": "db1", "epoch": 0, "force": True})
+    assert not stale["granted"] and stale["epoch"] == 1
+    forced = w.handle("db1", {"op": "claim", "group": "mariadb", "name": "db1", "epoch": 1, "force": True})
+    assert forced["granted"] and (forced["epoch"], forced["writer"]) == (2, "db1")
