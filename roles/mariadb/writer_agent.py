@@ -18,7 +18,8 @@ sends the witness a heartbeat. Rules:
   of both masters; at the pair's first start the preferred master does,
   once it has applied everything the peer has written;
 * the other master claims the epoch when the writer's MariaDB has been down
-  for `failover_after` seconds, or when the writer does not answer at all
+  for half of `failover_after` (it comes back read-only), or when the
+  writer does not answer at all
   for that long. The witness grants it only if the writer is silent or down
   there too, and only if the claimant has caught up with the current epoch
   since its MariaDB started: a master that returns with stale data cannot
@@ -254,6 +255,7 @@ class Agent:
     last_tick_at: float = 0.0
     published_at: float = -1e9
     refence: bool = False  # a power-off under way failed: ask for it again
+    peer_could_take_over: bool = True  # as of the last check: the peer is unknown or caught up with this epoch
     witness: dict[str, Any] | None = None  # the witness's last answer: epoch, writer, members
     # the epoch this node has caught up with since its MariaDB started (never from disk: a
     # restarted master has to catch up again before it may claim the next epoch)
@@ -278,9 +280,10 @@ class Agent:
 
     def serving(self) -> bool:
         """Writable as of a recent check. An agent that stops checking (stalled, hung) stops saying `up`, so
-        the app servers drop this master before the witness lets the other take over from it."""
+        the app servers drop this master before the witness lets the other take over from it; unless the
+        other cannot take over (it has not caught up with this epoch, and cannot while this agent is silent)."""
         with self.lock:
-            fresh = self.now() - self.published_at <= FRESH_FOR
+            fresh = self.now() - self.published_at <= FRESH_FOR or not self.peer_could_take_over
             return bool(self.status_now.get("writable")) and fresh
 
     def _publish(self, local: dict[str, Any] | None) -> None:
@@ -458,6 +461,7 @@ class Agent:
             self.restart_peer_at = None
         self._track_sync(local, peer)
         self._decide(local, peer, view, t)
+        self.peer_could_take_over = peer is None or peer.get("synced_epoch") == self.state.epoch
         if self.refence and peer is None and self._fence_peer(t):  # paced like any fence
             self.refence = False
         if self.restart_peer_at is not None and t >= self.restart_peer_at:
@@ -544,7 +548,9 @@ class Agent:
         if peer is None and seen.get("mysqld") and seen.get("silent_for", 1e9) < cfg.failover_after:
             return  # the witness hears the writer: only the link between the two is cut
         if peer is not None:
-            if peer["mysqld"] or peer["mysqld_down_for"] < cfg.failover_after:
+            # its own agent says MariaDB is down: no split brain to fear (it comes back read-only), so
+            # half the wait
+            if peer["mysqld"] or peer["mysqld_down_for"] < cfg.failover_after / 2:
                 return
             why = f"MariaDB on {cfg.peer_name} is down ({peer['mysqld_down_for']:.1f} s)"
         else:

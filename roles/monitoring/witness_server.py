@@ -13,8 +13,8 @@ witness granted it the next epoch (`claim`), and the witness grants it only:
 * to the current writer (it has everything it wrote), or, at the pair's
   first start, to anyone; and to anyone an operator forces it to (`claim
   --force` on a master, which a restore uses while writes are held);
-* to the other master only if the writer has been silent here, or its
-  MariaDB down, for `dead_after` seconds (a writer seeing neither its peer
+* to the other master only if the writer has been silent here for
+  `dead_after` seconds, or its MariaDB down for half that (a writer seeing neither its peer
   nor the witness turns read-only sooner) and the claimant has caught up with the
   current epoch since its MariaDB last started (`synced_epoch`): a master
   that returns with stale data cannot take writes, even if the writer stalls.
@@ -160,7 +160,8 @@ class Witness:
             silent = self._silent_for(group, writer)
             down_since = self.heard.get(group, {}).get(writer, {}).get("down_since")
             down_for = 0.0 if down_since is None else self.now() - down_since
-            if silent < self.cfg.dead_after and down_for < self.cfg.dead_after:
+            # a MariaDB its own agent reports down comes back read-only: half the wait
+            if silent < self.cfg.dead_after and down_for < self.cfg.dead_after / 2:
                 return answer(False, f"{writer} holds epoch {epoch}, was heard {silent:.1f} s ago "
                                      f"and its MariaDB is up")
             if synced != epoch:

@@ -128,11 +128,11 @@ def test_the_other_master_is_granted_once_the_writer_is_silent_long_enough(witne
 def test_the_other_master_is_granted_once_the_writers_mariadb_is_down_long_enough(witness, clock):
     with_writer(witness, clock)
     heartbeat(witness, "db1", mysqld=False)  # the agent on db1 still speaks: its MariaDB is down
-    for _ in range(3):
-        clock.t += 0.5
+    for _ in range(2):  # half of dead_after (1.8 s): a MariaDB its agent reports down comes back read-only
+        clock.t += 0.4
         heartbeat(witness, "db1", mysqld=False)
         assert claim(witness, "db2", 1, synced=1)["granted"] is False
-    clock.t += 0.3
+    clock.t += 0.2
     heartbeat(witness, "db1", mysqld=False)
     assert claim(witness, "db2", 1, synced=1)["granted"] is True
     assert witness.view(GROUP)["writer"] == "db2"
@@ -141,11 +141,11 @@ def test_the_other_master_is_granted_once_the_writers_mariadb_is_down_long_enoug
 def test_a_writer_whose_mariadb_came_back_starts_its_down_time_again(witness, clock):
     with_writer(witness, clock)
     heartbeat(witness, "db1", mysqld=False)
-    clock.t += 1.0
+    clock.t += 0.8
     heartbeat(witness, "db1", mysqld=True)
     clock.t += 0.5
     heartbeat(witness, "db1", mysqld=False)
-    clock.t += 1.0
+    clock.t += 0.5
     assert claim(witness, "db2", 1, synced=1)["granted"] is False
 
 
