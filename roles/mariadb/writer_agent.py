@@ -256,6 +256,8 @@ class Agent:
     published_at: float = -1e9
     refence: bool = False  # a power-off under way failed: ask for it again
     peer_could_take_over: bool = True  # as of the last check: the peer is unknown or caught up with this epoch
+    # answers this node gave the peer since it last saw the peer behind: catching up takes two of them
+    served_peer: int = 2
     witness: dict[str, Any] | None = None  # the witness's last answer: epoch, writer, members
     # the epoch this node has caught up with since its MariaDB started (never from disk: a
     # restarted master has to catch up again before it may claim the next epoch)
@@ -461,7 +463,11 @@ class Agent:
             self.restart_peer_at = None
         self._track_sync(local, peer)
         self._decide(local, peer, view, t)
-        self.peer_could_take_over = peer is None or peer.get("synced_epoch") == self.state.epoch
+        with self.lock:
+            if peer is not None and peer.get("synced_epoch") != self.state.epoch:
+                self.served_peer = 0
+            self.peer_could_take_over = (peer.get("synced_epoch") == self.state.epoch if peer is not None
+                                         else self.served_peer >= 2)
         if self.refence and peer is None and self._fence_peer(t):  # paced like any fence
             self.refence = False
         if self.restart_peer_at is not None and t >= self.restart_peer_at:
@@ -653,6 +659,8 @@ class _PeerHandler(socketserver.StreamRequestHandler):
                 self.wfile.write(b'{"error": "starting"}\n')  # no answer is better than an empty one
             elif isinstance(request, dict) and request.get("op") == "status":
                 self.wfile.write(json.dumps(agent.report()).encode() + b"\n")
+                with agent.lock:
+                    agent.served_peer += 1
         except (OSError, ValueError):
             pass
 

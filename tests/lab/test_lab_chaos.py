@@ -46,7 +46,11 @@ def test_masters_partition(lab):
 
 def test_writer_returns_agent_stalled(lab):
     """The old writer returns while the new writer's agent is stopped for 3 s."""
-    check(chaos.writer_returns_agent_stalled(lab))
+    result = chaos.writer_returns_agent_stalled(lab)
+    check(result)
+    # no stale promotion: the returned master stays a replica, and the new writer was never fenced
+    assert result["writer_after"] != result["victim"], json.dumps(result, indent=1)
+    assert not set(result.get("started_after") or []) - {result["victim"]}, json.dumps(result, indent=1)
 
 
 def test_writer_agent_port_flood(lab):
