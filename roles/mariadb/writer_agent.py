@@ -106,6 +106,8 @@ class Config:
     restart_fenced_after: float | None = 60.0
     # node exporter textfile: writes held, the peer fenced and not back (None: no metrics)
     metrics_file: str | None = None
+    # what the health port answers from (tmpfs): written at every check, read by the health process
+    health_file: str = "/run/hastack-mariadb-writer/health.json"
 
 
 def load_config(path: str) -> Config:
@@ -280,13 +282,18 @@ class Agent:
         with self.lock:
             return dict(self.status_now)
 
-    def serving(self) -> bool:
-        """Writable as of a recent check. An agent that stops checking (stalled, hung) stops saying `up`, so
-        the app servers drop this master before the witness lets the other take over from it; unless the
-        other cannot take over (it has not caught up with this epoch, and cannot while this agent is silent)."""
+    def _write_health(self) -> None:
+        """What the health port answers from; the clock is the system's monotonic one, shared by processes."""
         with self.lock:
-            fresh = self.now() - self.published_at <= FRESH_FOR or not self.peer_could_take_over
-            return bool(self.status_now.get("writable")) and fresh
+            data = {"at": self.published_at, "could_be_taken_over": self.peer_could_take_over,
+                    "status": self.status_now}
+        tmp = self.cfg.health_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.cfg.health_file)
+        except OSError as e:  # the app servers see a stale answer, and drop this master if it writes
+            log.error("could not write %s: %s", self.cfg.health_file, e)
 
     def _publish(self, local: dict[str, Any] | None) -> None:
         down_for = 0.0 if self.local_down_since is None else self.now() - self.local_down_since
@@ -442,6 +449,7 @@ class Agent:
             self.peer_lost_since = None
             self.synced_epoch = None  # what this node holds is unknown until it catches up again
             self._publish(None)
+            self._write_health()
             return
         if self.local_down_since is not None or self.local_up_at is None:
             self.local_up_at = t
@@ -473,6 +481,7 @@ class Agent:
         if self.restart_peer_at is not None and t >= self.restart_peer_at:
             self.power_on_peer()
         self._publish(self.local.status() or local)
+        self._write_health()
         try:
             self.write_metrics()
         except OSError as e:  # monitoring sees stale data; the pair's decisions do not wait for it
@@ -607,8 +616,13 @@ class Agent:
         return True
 
     def run(self) -> None:
-        serve(self)
+        os.makedirs(os.path.dirname(self.cfg.health_file), exist_ok=True)
+        self._publish(None)  # `down` until the first check
+        self._write_health()
+        health = HealthProcess(self.cfg)
+        serve_peer(self)
         while True:
+            health.keep_running()
             try:
                 self.tick()
             except Exception:
@@ -617,23 +631,43 @@ class Agent:
             time.sleep(self.cfg.interval)
 
 
-class _HealthHandler(socketserver.StreamRequestHandler):
-    """HAProxy's agent-check: only the writer takes the application's connections.
+def serving(health: dict[str, Any] | None, now: float) -> bool:
+    """`up` for the app servers: writable as of a recent check. An agent that stops checking (stalled,
+    hung) stops saying `up`, so the app servers drop this master before the witness lets the other take
+    over from it; unless the other cannot take over (it has not caught up with this epoch, and cannot
+    while this agent is silent): then dropping the writer would only be an outage."""
+    if not health or not health["status"].get("writable"):
+        return False
+    return now - health["at"] <= FRESH_FOR or not health["could_be_taken_over"]
 
+
+def read_health(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class _HealthHandler(socketserver.StreamRequestHandler):
+    """The app servers' HAProxy check: only the writer takes the application's connections.
+
+    Answered from the health file by a process of its own, so a stall of the agent's checks (a
+    pause, a slow query) does not silence it; the file's age says how fresh the answer is.
     `status` gets the JSON that agents before the witness asked their peer for: a converge that
     upgrades the pair replaces one agent before the other, and an old agent that got no answer
     would take its upgraded peer for dead and fence it. Nothing this agent decides reads it."""
     timeout = 1
 
     def handle(self) -> None:
-        agent: Agent = self.server.agent  # type: ignore[attr-defined]
+        cfg: Config = self.server.cfg  # type: ignore[attr-defined]
         try:
             line = self.rfile.readline(64).strip()
-            report = agent.report()
-            if line == b"status" and report:
-                self.wfile.write(json.dumps(report).encode() + b"\n")
+            health = read_health(cfg.health_file)
+            if line == b"status" and health and health["status"]:
+                self.wfile.write(json.dumps(health["status"]).encode() + b"\n")
             else:
-                self.wfile.write(b"up ready\n" if agent.serving() else b"down\n")
+                self.wfile.write(b"up ready\n" if serving(health, self.server.now()) else b"down\n")  # type: ignore[attr-defined]
         except OSError:
             pass
 
@@ -676,16 +710,51 @@ class _Server(socketserver.ThreadingTCPServer):
         log.debug("connection from %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
-def serve(agent: Agent) -> tuple[_Server, _Server]:
-    health = _Server((agent.cfg.bind, agent.cfg.port), _HealthHandler)
+def health_server(cfg: Config, now=time.monotonic) -> _Server:
+    srv = _Server((cfg.bind, cfg.port), _HealthHandler)
+    srv.cfg, srv.now = cfg, now  # type: ignore[attr-defined]
+    return srv
+
+
+class HealthProcess:
+    """The health port in a child process, started again if it dies (systemd ends both together)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.server = health_server(cfg)  # bound before the fork: a port in use fails the agent at once
+        self.pid = self._fork()
+
+    def _fork(self) -> int:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.server.serve_forever()
+            finally:
+                os._exit(1)
+        return pid
+
+    def keep_running(self) -> None:
+        done, status = os.waitpid(self.pid, os.WNOHANG)
+        if done:
+            log.error("the health process ended (status %d); starting it again", status)
+            self.pid = self._fork()
+
+
+def serve_peer(agent: Agent) -> _Server:
     peer = _Server((agent.cfg.bind, agent.cfg.peer_port), _PeerHandler)
     peer.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=agent.cfg.tls_ca)  # type: ignore[attr-defined]
     peer.ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
     peer.ctx.load_cert_chain(agent.cfg.tls_cert, agent.cfg.tls_key)  # type: ignore[attr-defined]
-    for srv in (health, peer):
-        srv.agent = agent  # type: ignore[attr-defined]
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return health, peer
+    peer.agent = agent  # type: ignore[attr-defined]
+    threading.Thread(target=peer.serve_forever, daemon=True).start()
+    return peer
+
+
+def serve(agent: Agent) -> tuple[_Server, _Server]:
+    """Both ports in this process's threads (tests; `run` puts the health port in a process of its own)."""
+    health = health_server(agent.cfg, agent.now)
+    threading.Thread(target=health.serve_forever, daemon=True).start()
+    return health, serve_peer(agent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,7 @@ def agent_config(directory, name, **overrides) -> Config:
                   token_file=str(directory / "token"), tls_cert=str(directory / "client.crt"),
                   tls_key=str(directory / "client.key"), tls_ca=str(directory / "ca.crt"), witness_name="mon",
                   witness_ip="10.0.0.9", witness_port=9107, state_file=str(directory / "writer-state.json"),
+                  health_file=str(directory / "health.json"),
                   hold_file=str(directory / "hold-writes"))
     values.update(overrides)
     return Config(**values)
@@ -720,3 +721,38 @@ def test_metrics_say_whether_the_witness_answers_and_which_epoch_this_master_kno
     pair.run(1)
     assert metrics("db1")["hastack_mariadb_witness_reachable"] == "0"
     assert pair.writable() == {"db1"}  # it still sees its peer: no reason to step down
+
+
+def test_the_health_port_is_a_process_of_its_own_that_outlives_a_stall_and_is_restarted(tmp_path):
+    """`run` serves the health port from a child process reading the health file: a stalled agent does
+    not silence it, and a health process that dies is started again."""
+    import os
+    import signal
+    import time as _time
+
+    from roles.mariadb.writer_agent import HealthProcess
+
+    cfg = agent_config(tmp_path, "db1", bind="127.0.0.1", port=0)
+    (tmp_path / "health.json").write_text(json.dumps(
+        {"at": _time.monotonic() - 10, "could_be_taken_over": False, "status": {"writable": True}}))
+    hp = HealthProcess(cfg)
+    port = hp.server.server_address[1]
+    try:
+        assert health(port) == b"up ready\n"  # old, but the peer could not take over: still up
+        (tmp_path / "health.json").write_text(json.dumps(
+            {"at": _time.monotonic() - 10, "could_be_taken_over": True, "status": {"writable": True}}))
+        assert health(port) == b"down\n"
+        first = hp.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = _time.monotonic() + 5
+        while hp.pid == first and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+            hp.keep_running()
+        assert hp.pid != first
+        (tmp_path / "health.json").write_text(json.dumps(
+            {"at": _time.monotonic(), "could_be_taken_over": True, "status": {"writable": True}}))
+        assert health(port) == b"up ready\n"
+    finally:
+        os.kill(hp.pid, signal.SIGKILL)
+        os.waitpid(hp.pid, 0)
+        hp.server.server_close()
