@@ -258,7 +258,8 @@ class Agent:
     published_at: float = -1e9
     refence: bool = False  # a power-off under way failed: ask for it again
     peer_could_take_over: bool = True  # as of the last check: the peer is unknown or caught up with this epoch
-    # answers this node gave the peer since it last saw the peer behind: catching up takes two of them
+    # answers this node gave the peer in this epoch since it last saw the peer behind: catching up
+    # takes two of them (at the agent's start: unknown, so the peer may have)
     served_peer: int = 2
     witness: dict[str, Any] | None = None  # the witness's last answer: epoch, writer, members
     # the epoch this node has caught up with since its MariaDB started (never from disk: a
@@ -336,6 +337,9 @@ class Agent:
         return True
 
     def _learn_epoch(self, view: dict[str, Any]) -> None:
+        if view["epoch"] != self.state.epoch:
+            with self.lock:
+                self.served_peer = 0  # nobody has caught up with a new epoch before hearing its writer
         if view["epoch"] != self.state.epoch or view.get("writer") != self.state.last_writer:
             self.state.epoch, self.state.last_writer = view["epoch"], view.get("writer")
             self.state.save(self.cfg.state_file)

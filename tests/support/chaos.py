@@ -629,6 +629,10 @@ def lb_power_cut(lab) -> dict:
         run.fault(victim=lb)
         lab.stop(lb, hard=True)
         run.wait_writes_resume()
+        # the failover is over once the API routes the IP to the survivor and writes flow through it:
+        # only then does the machine come back (the return is measured on its own)
+        wait_for(lambda: failover.owner(lab) not in (None, lb), 30, "the floating IP to move to the survivor")
+        run.wait_writes_after(time.time(), n=20, what=f"{run.name}: writes through the survivor")
         run.back()
         lab.start(lb)
     return run.result
