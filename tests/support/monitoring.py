@@ -63,6 +63,9 @@ class Fault:
     # (alertname, host or None for any) that may fire too: consequences elsewhere, not noise
     allowed: set[tuple[str, str | None]] = field(default_factory=set)
     alert_host: str | None = None  # the alert's host label, when not the victim
+    # the stack undoes it by itself before `recover` runs: the new MariaDB writer powers its fenced
+    # peer on again after a minute (the writer agent's restart_fenced_after)
+    heals_itself: bool = False
 
     @property
     def expected_host(self) -> str:
@@ -116,7 +119,7 @@ def faults(lab) -> dict[str, Fault]:
         "MariaDB writer's machine stopped": Fault(
             "MariaDB writer's machine stopped", writer, "HostDown",
             lambda: lab.stop(writer, hard=True), restart_machine(writer, lambda: mariadb_pair.settled(lab, timeout=240)),
-            allowed={("MariaDBReplicationStopped", peer), ("MariaDBNoWriter", None)}),
+            allowed={("MariaDBReplicationStopped", peer), ("MariaDBNoWriter", None)}, heals_itself=True),
         "active load balancer stopped": Fault(
             "active load balancer stopped", lb, "HostDown",
             lambda: lab.stop(lb, hard=True), restart_machine(lb, lambda: failover.settle(lab, timeout=120)),
