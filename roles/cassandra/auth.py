@@ -7,9 +7,13 @@ up, one node is secured (over TLS, with the cassandra-driver):
    until Cassandra has created it);
 2. create the generated superuser (its password from the stack secret);
 3. log in again as that superuser (a role cannot change its own superuser status);
-4. replicate system_auth, system_distributed and system_traces to the datacenter
-   with the ring's replication factor (NetworkTopologyStrategy);
-5. take superuser and login away from cassandra and give it a random password.
+4. replicate system_distributed and system_traces to the datacenter with the
+   ring's replication factor (NetworkTopologyStrategy);
+5. take superuser and login away from cassandra and give it a random password;
+6. replicate system_auth the same way, last: until the repair below has copied
+   the roles to their new replicas, a node may read a role from a replica that
+   does not have it yet, and the admin would stop being a superuser in the
+   middle of these steps.
 
 Then `nodetool repair --full system_auth` on each node spreads the auth data to
 its new replicas. Every step checks first, so a second run changes nothing and
@@ -29,7 +33,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.policies import WhiteListRoundRobinPolicy
 
 DEFAULT_USER = DEFAULT_PASSWORD = "cassandra"
-REPLICATED_KEYSPACES = ("system_auth", "system_distributed", "system_traces")
+REPLICATED_KEYSPACES = ("system_distributed", "system_traces", "system_auth")  # system_auth last (6. above)
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
@@ -78,6 +82,16 @@ def _connect_default(connector: Callable, address: str, port: int, ca_file: str,
             time.sleep(2)
 
 
+def _replicate(session: Session, keyspace: str, wanted: dict[str, str], datacenter: str, replication_factor: int,
+               actions: list[str]) -> None:
+    row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                          (keyspace,)).one()
+    if row is None or dict(row.replication) != wanted:
+        session.execute(f"ALTER KEYSPACE {keyspace} WITH replication = "
+                        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication_factor}}}")
+        actions.append(f"replicated {keyspace} ({datacenter}: {replication_factor})")
+
+
 def secure(address: str, port: int, ca_file: str, admin_user: str, admin_password: str, datacenter: str,
            replication_factor: int, connector: Callable = connect, default_wait: float = 90) -> list[str]:
     """Runs the steps above against one node; returns what it changed (empty: nothing to do)."""
@@ -100,13 +114,8 @@ def secure(address: str, port: int, ca_file: str, admin_user: str, admin_passwor
 
     try:
         wanted = replication(datacenter, replication_factor)
-        for keyspace in REPLICATED_KEYSPACES:
-            row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
-                                  (keyspace,)).one()
-            if row is None or dict(row.replication) != wanted:
-                session.execute(f"ALTER KEYSPACE {keyspace} WITH replication = "
-                                f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication_factor}}}")
-                actions.append(f"replicated {keyspace} ({datacenter}: {replication_factor})")
+        for keyspace in REPLICATED_KEYSPACES[:-1]:
+            _replicate(session, keyspace, wanted, datacenter, replication_factor, actions)
 
         row = session.execute("SELECT is_superuser, can_login FROM system_auth.roles WHERE role = %s",
                               (DEFAULT_USER,)).one()
@@ -114,6 +123,8 @@ def secure(address: str, port: int, ca_file: str, admin_user: str, admin_passwor
             session.execute(f"ALTER ROLE {DEFAULT_USER} WITH SUPERUSER = false AND LOGIN = false AND PASSWORD = %s",
                             (secrets.token_urlsafe(32),))
             actions.append(f"disabled the default superuser {DEFAULT_USER}")
+
+        _replicate(session, REPLICATED_KEYSPACES[-1], wanted, datacenter, replication_factor, actions)
     finally:
         cluster.shutdown()
     return actions

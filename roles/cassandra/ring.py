@@ -204,10 +204,18 @@ class Ring:
                 actions.append((name, "restarted for a new configuration"))
 
         if len(self.nodes) >= replication_factor and not self._test(names[0], f"test -e {AUTH_DONE}"):
-            out = self._ok(names[0], (
-                f"python3 {AUTH_SCRIPT} --address {shlex.quote(self.nodes[names[0]])} "
-                f"--ca /etc/cassandra/tls/ca.crt --password-file {STATE_DIR}/admin-password "
-                f"--datacenter {shlex.quote(datacenter)} --replication-factor {replication_factor}"), 300)
+            secure = (f"python3 {AUTH_SCRIPT} --address {shlex.quote(self.nodes[names[0]])} "
+                      f"--ca /etc/cassandra/tls/ca.crt --password-file {STATE_DIR}/admin-password "
+                      f"--datacenter {shlex.quote(datacenter)} --replication-factor {replication_factor}")
+            ok, out, err = self.run(names[0], secure, 300)
+            if not ok:
+                # an earlier run may have replicated system_auth and stopped before its repair: the
+                # roles are then missing on some replicas; copy them there and try once more
+                self.log(f"{names[0]}: securing the ring failed ({(err or out).strip()[-200:]}); "
+                         "repairing system_auth and trying again")
+                for name in names:
+                    self._ok(name, "nodetool repair --full system_auth", 1800)
+                out = self._ok(names[0], secure, 300)
             if out.strip():
                 for name in names:  # the auth data on every new replica
                     self._ok(name, "nodetool repair --full system_auth", 1800)

@@ -1,0 +1,80 @@
+"""Securing a new ring: the order of the auth steps, and a second try after a run that stopped halfway."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from roles.cassandra import auth
+from roles.cassandra.ring import AUTH_DONE, AUTH_SCRIPT, Ring, RingError
+
+NODES = {"c1": "10.0.1.80", "c2": "10.0.1.81", "c3": "10.0.1.82"}
+STATUS = "\n".join(f"UN  {a}  1 MiB  16  ?  {i:08d}-0000-0000-0000-000000000000  rack1"
+                   for i, a in enumerate(NODES.values()))
+
+
+class FakeRing:
+    """Three running Up/Normal nodes; the auth script fails `failures` times, then secures."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.commands: list[tuple[str, str]] = []
+
+    def run(self, name: str, command: str, timeout: float):
+        self.commands.append((name, command))
+        if command.startswith("systemctl is-active") or "sport = :" in command:
+            return True, "yes\n", ""
+        if command == "nodetool status":
+            return True, STATUS, ""
+        if command.startswith("test "):  # no marks, no data: nothing to start, restart or clean up
+            return True, "", ""
+        if command.startswith(f"python3 {AUTH_SCRIPT}"):
+            if self.failures:
+                self.failures -= 1
+                return False, "", "cassandra.AuthenticationFailed: Failed to authenticate to 10.0.1.80"
+            return True, "replicated system_auth (dc: 3)\n", ""
+        return True, "", ""
+
+
+def test_a_failed_secure_repairs_system_auth_on_every_node_then_tries_once_more():
+    fake = FakeRing(failures=1)
+    actions = Ring(dict(NODES), fake.run, poll=0).converge(3, "dc")
+    scripts = [i for i, (_, c) in enumerate(fake.commands) if c.startswith(f"python3 {AUTH_SCRIPT}")]
+    assert len(scripts) == 2
+    between = fake.commands[scripts[0] + 1:scripts[1]]
+    assert [n for n, c in between if c == "nodetool repair --full system_auth"] == list(NODES)
+    assert ("c1", "secured: replicated system_auth (dc: 3)") in actions
+    assert ("c1", f"touch {AUTH_DONE}") in fake.commands
+
+
+def test_a_secure_that_fails_twice_stops_the_converge_without_marking_the_ring_secured():
+    fake = FakeRing(failures=2)
+    with pytest.raises(RingError, match="AuthenticationFailed"):
+        Ring(dict(NODES), fake.run, poll=0).converge(3, "dc")
+    assert ("c1", f"touch {AUTH_DONE}") not in fake.commands
+
+
+class FakeSession:
+    def __init__(self, log):
+        self.log = log
+
+    def execute(self, statement, params=None):
+        self.log.append(statement.split(" WITH")[0] if statement.startswith("ALTER") else statement[:20])
+        if statement.startswith("SELECT replication"):
+            return SimpleNamespace(one=lambda: SimpleNamespace(replication={"class": "SimpleStrategy"}))
+        if statement.startswith("SELECT is_superuser"):
+            return SimpleNamespace(one=lambda: SimpleNamespace(is_superuser=True, can_login=True))
+        return SimpleNamespace(one=lambda: None)
+
+
+def test_system_auth_is_replicated_last_after_everything_that_needs_the_superuser():
+    log: list[str] = []
+    session = FakeSession(log)
+    cluster = SimpleNamespace(shutdown=lambda: None)
+    actions = auth.secure("10.0.1.80", 9042, "ca.crt", "admin", "pw", "dc", 3,
+                          connector=lambda *a: (cluster, session))
+    alters = [s for s in log if s.startswith("ALTER")]
+    assert alters == ["ALTER KEYSPACE system_distributed", "ALTER KEYSPACE system_traces", "ALTER ROLE cassandra",
+                      "ALTER KEYSPACE system_auth"]
+    assert actions[-1] == "replicated system_auth (dc: 3)"
