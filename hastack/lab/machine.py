@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 from hastack.templating import render_user_data
-from hastack.lab.layout import Addresses, Paths, netns
+from hastack.lab.layout import Addresses, Paths, netns, veth
 from hastack.lab.services import proxy_url
-from hastack.lab.system import LabError, pid_alive, read_pid, run
+from hastack.lab.system import LabError, ok, pid_alive, read_pid, run
 from hastack.model import Host, Topology
 
 
@@ -153,6 +153,7 @@ class Machine:
             return
         self.kill_orphans()  # a machine whose nspawn died must not run twice
         self.mount()
+        self.set_links(up=True)
         # Each machine's systemd gets a cgroup subtree of its own; machines
         # sharing one fight over the same unit cgroups and fail to boot.
         for cg in self.cgroups():
@@ -209,6 +210,17 @@ class Machine:
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
         self.pidfile.unlink(missing_ok=True)
+        self.set_links(up=False)
+
+    def set_links(self, up: bool) -> None:
+        """A machine that is off answers nothing on the network, as a real server that is off: its
+        namespace outlives it and would otherwise refuse connections at once, which detects a dead
+        host faster than a real network does. So its bridge ports go down while it is off."""
+        index = self.addr.topo.hosts.index(self.host)
+        for side in ("u", "p"):
+            port = veth(index, side)
+            if ok("ip", "link", "show", port):
+                run("ip", "link", "set", port, "up" if up else "down")
 
     def _inside(self, cmd: list[str]) -> list[str]:
         return ["nsenter", f"--target={self.leader()}", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",

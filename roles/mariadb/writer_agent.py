@@ -206,12 +206,15 @@ class State:
             return cls()
 
     def save(self, path: str) -> None:
+        started = time.monotonic()
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             json.dump(vars(self), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if time.monotonic() - started > 0.5:  # a busy disk: every check waits for it
+            log.warning("saving %s took %.2f s", path, time.monotonic() - started)
 
 
 class Channel:
@@ -251,6 +254,7 @@ class Agent:
     status_now: dict[str, Any] = field(default_factory=dict)
     local_down_since: float | None = None
     peer_lost_since: float | None = None
+    peer_down_for: float | None = None  # the peer's MariaDB down for this long, as it said at peer_seen_at
     peer_seen_at: float = -1e9
     local_up_at: float | None = None  # when this node's MariaDB was last seen coming up (or the agent started)
     witness_seen_at: float = -1e9
@@ -464,6 +468,7 @@ class Agent:
             self.peer_lost_since = self.peer_lost_since or max(self.peer_seen_at, self.local_up_at)
         else:
             self.peer_seen_at, self.peer_lost_since = t, None
+            self.peer_down_for = None if peer.get("mysqld", True) else peer.get("mysqld_down_for", 0.0)
             if self.state.must_fence and not peer["writable"]:
                 log.warning("%s answers read-only: no fence needed", self.cfg.peer_name)
                 self.state.must_fence = False
@@ -564,7 +569,7 @@ class Agent:
             return
         # the peer holds the epoch: take it only if the peer's MariaDB is down, or the peer is gone
         seen = view["members"].get(cfg.peer_name, {})
-        if peer is None and seen.get("mysqld") and seen.get("silent_for", 1e9) < cfg.failover_after:
+        if peer is None and seen.get("mysqld") and seen.get("silent_for", 1e9) < self.witness_dead_after():
             return  # the witness hears the writer: only the link between the two is cut
         if peer is not None:
             # its own agent says MariaDB is down: no split brain to fear (it comes back read-only), so
@@ -603,6 +608,30 @@ class Agent:
                 self.state.epoch, self.state.promoted_at):
             self.demote(f"{cfg.peer_name} holds a newer epoch")
 
+    def witness_dead_after(self) -> float:
+        """After how long a silent writer's epoch may be claimed: the witness's rule, as it says it."""
+        return float((self.witness or {}).get("dead_after", 0.9 * self.cfg.failover_after))
+
+    def next_check_at(self, started: float) -> float:
+        """Checks run every `interval` from their start (a check that waited for a timeout does not
+        push the next one back), and sooner when a grace ends before then: the moment a silent
+        peer may be taken over, or a writer that hears nobody must step down."""
+        at = started + self.cfg.interval
+        status, view, t = self.status_now, self.witness, self.last_tick_at
+        if not status.get("mysqld"):
+            return at
+        if status.get("writable"):
+            if self.peer_seen_at < t and self.witness_seen_at < t:  # neither answered the last check
+                at = min(at, max(self.peer_seen_at, self.witness_seen_at) + self.cfg.isolation_after)
+        elif view and view.get("writer") == self.cfg.peer_name and self.synced_epoch == view.get("epoch"):
+            seen = view["members"].get(self.cfg.peer_name, {})
+            if self.peer_lost_since is not None:
+                witness_due = self.witness_seen_at + self.witness_dead_after() - seen.get("silent_for", 0.0) + 0.02
+                at = min(at, max(self.peer_lost_since + self.cfg.failover_after, witness_due))
+            elif self.peer_down_for is not None:
+                at = min(at, self.peer_seen_at + self.cfg.failover_after / 2 - self.peer_down_for)
+        return max(at, t + 0.02)  # never a busy loop
+
     def _fence_peer(self, t: float) -> bool:
         """Power the old writer off; failed attempts back off (5, 10, 20 ... 60 s): the API's rate limit is shared."""
         wait = min(MAX_FENCE_BACKOFF, self.cfg.fence_retry * 2 ** max(0, self.fence_failures - 1))
@@ -627,12 +656,17 @@ class Agent:
         serve_peer(self)
         while True:
             health.keep_running()
+            started = self.now()
             try:
                 self.tick()
             except Exception:
                 log.exception("check failed")
                 self.local.close()
-            time.sleep(self.cfg.interval)
+            took = self.now() - started
+            if took > FRESH_FOR - self.cfg.interval:
+                # the health answer went stale meanwhile: the app servers may have dropped this master
+                log.warning("a check took %.2f s (its answer is fresh for %.1f s)", took, FRESH_FOR)
+            time.sleep(max(0.0, self.next_check_at(started) - self.now()))
 
 
 def serving(health: dict[str, Any] | None, now: float) -> bool:

@@ -115,7 +115,7 @@ class Witness:
             h = self.heard.get(group, {}).get(name) or {}
             members[name] = {"silent_for": round(self._silent_for(group, name), 2),
                              "mysqld": bool(h.get("mysqld")), "writable": bool(h.get("writable"))}
-        return {"epoch": e["epoch"], "writer": e["writer"], "members": members}
+        return {"epoch": e["epoch"], "writer": e["writer"], "members": members, "dead_after": self.cfg.dead_after}
 
     # -- requests
     def handle(self, identity: str, req: dict[str, Any]) -> dict[str, Any]:

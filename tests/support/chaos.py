@@ -374,12 +374,14 @@ def outages(ack_times: list[float], fault: float, back: float, end: float) -> di
     """The longest gap caused by the fault (it ends after the fault and starts before the return)
     and by the return (it starts at or after the return)."""
     at_fault = [b - a for a, b in gaps(ack_times, end) if b > fault and a < back]
-    at_return = [b - a for a, b in gaps(ack_times, end) if a >= back]
+    at_return = [(b - a, a) for a, b in gaps(ack_times, end) if a >= back]
     before = [b - a for a, b in gaps(ack_times, end) if b <= fault]
     if not any(a <= fault for a in ack_times):
         at_fault.append(float("inf"))  # nothing acknowledged before the fault: the stack was not serving
+    worst_return = max(at_return, default=(0.0, back))
     return {"outage_fault_s": round(max(at_fault, default=0.0), 3),
-            "outage_return_s": round(max(at_return, default=0.0), 3),
+            "outage_return_s": round(worst_return[0], 3),
+            "outage_return_at_s": round(worst_return[1] - fault, 2),  # when that gap began, after the fault
             "baseline_gap_s": round(max(before, default=0.0), 3)}
 
 
@@ -467,6 +469,23 @@ class Run:
             **self.notes, "writer_settled": settled_writer, **self.extra,
             "duration_s": round(time.monotonic() - self.t0, 1),
         }
+        self._explain_miss()
+
+    def _explain_miss(self) -> None:
+        """A run that missed a goal carries what the pair's agents and the app servers' proxies logged
+        from just before the fault to the end: the next reader sees why, not only that."""
+        if not goals(self.result):
+            return
+        since = f"@{int(self.marks['fault']) - 5}"
+        units = {h: "hastack-mariadb-writer.service" for h in masters(self.lab)}
+        units.update({h: "haproxy.service" for h in apps(self.lab)})
+        logs = {}
+        for host, unit in units.items():
+            if self.lab.machine(host).running():
+                proc = self.lab.exec(host, ["journalctl", "-u", unit, "--since", since, "--no-pager", "-q",
+                                            "-o", "short-precise"])
+                logs[f"{host} {unit}"] = proc.stdout.splitlines()[-60:]
+        self.result["journals"] = logs
 
     def _stop_all(self) -> None:
         for w in self.writers:

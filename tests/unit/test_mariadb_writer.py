@@ -243,6 +243,33 @@ class Pair:
                 return self.clock.t
         raise AssertionError(f"not reached within {seconds} s")
 
+    def run_scheduled(self, seconds):
+        """Each agent checks when it asks to (Agent.next_check_at), as its process does, instead of on
+        the shared half-second steps; the masters write and replicate every 50 ms."""
+        due = {name: self.clock.t for name in NAMES}
+        end, tick = self.clock.t + seconds, 0.05
+        next_write = self.clock.t
+        while True:
+            name = min(due, key=due.get)
+            at = min(due[name], next_write)
+            if at > end:
+                return
+            self.clock.t = at
+            if at == next_write:
+                self.replicate()
+                for n in NAMES:
+                    self.local(n).write()
+                next_write = round(at + tick, 6)
+                continue
+            node = self.nodes[name]
+            if node.stalled:
+                due[name] = at + STEP
+                continue
+            node.agent.tick()
+            if self.writable() == {"db1", "db2"}:
+                self.both_writable_at.append(at)
+            due[name] = node.agent.next_check_at(at)
+
     # -- what the tests look at
     def writable(self) -> set[str]:
         return {n for n in NAMES if self.local(n).up and self.local(n).writable}
@@ -353,6 +380,58 @@ def test_a_power_cut_of_the_writer_fences_it_then_the_other_takes_epoch_two(runn
     assert len(pair.nodes["db2"].power_ons) == 1
     assert restart_after <= pair.nodes["db2"].power_ons[0] - claimed <= restart_after + STEP
     assert pair.both_writable_at == []
+
+
+def writable_at(pair, name):
+    return next(e[2] for e in reversed(pair.events) if e[:2] == ("writable", name))
+
+
+def test_a_silent_writer_is_taken_over_the_moment_its_grace_ends_not_a_check_later(running):
+    pair = running
+    pair.run_scheduled(2.1)  # any phase of the checks: the clock is no longer on a half second
+    db2 = pair.agent("db2")
+    pair.power_off("db1")
+    last_answer = db2.peer_seen_at
+    pair.run_scheduled(4)
+    assert pair.epoch() == (2, "db2") and pair.writable() == {"db2"}
+    took = writable_at(pair, "db2") - last_answer
+    assert db2.cfg.failover_after <= took <= db2.cfg.failover_after + 0.05
+    assert pair.both_writable_at == []
+
+
+def test_a_writer_that_hears_nobody_steps_down_the_moment_its_grace_ends(running):
+    pair = running
+    pair.run_scheduled(1.3)
+    db1 = pair.agent("db1")
+    pair.link = False
+    pair.nodes["db1"].sees_witness = False
+    heard = max(db1.peer_seen_at, db1.witness_seen_at)
+    pair.run_scheduled(1.5)
+    stepped_down = next(e[2] for e in pair.events if e[:2] == ("read-only", "db1"))
+    assert db1.cfg.isolation_after <= stepped_down - heard <= db1.cfg.isolation_after + 0.05
+    assert pair.epoch() == (1, "db1")  # stepped down before the witness could grant the epoch away
+    pair.run_scheduled(4)
+    assert pair.epoch() == (2, "db2") and pair.writable() == {"db2"} and pair.both_writable_at == []
+
+
+def test_a_peer_whose_mariadb_is_down_is_taken_over_when_half_the_grace_ends(running):
+    pair = running
+    pair.run_scheduled(0.8)
+    pair.local("db1").stop()  # MariaDB dies; its agent goes on answering
+    pair.run_scheduled(3)
+    assert pair.epoch() == (2, "db2") and pair.writable() == {"db2"} and pair.fences() == []
+    down_at = writable_at(pair, "db2") - pair.agent("db2").cfg.failover_after / 2
+    # the peer's agent noticed within its check interval; the takeover waits no longer than that
+    assert down_at <= pair.clock.t and writable_at(pair, "db2") - down_at <= pair.agent("db2").cfg.failover_after / 2
+
+
+def test_checks_keep_their_rhythm_when_a_check_waits_for_a_timeout(running):
+    pair = running
+    db2 = pair.agent("db2")
+    started = pair.clock.t
+    pair.clock.t += 0.3  # the peer's answer timed out
+    db2.tick()
+    assert db2.next_check_at(started) == pytest.approx(started + db2.cfg.interval)
 
 
 def test_a_master_returning_with_stale_data_cannot_take_the_epoch_while_the_writer_stalls(running):
