@@ -23,11 +23,12 @@ from hastack.console import OutputsOption, StackOption, fail
 from roles.backup.agent import choose_chain, covers, digest_sql, start_position
 from roles.backup.restore import (Restore, RestoreError, Source, cli_options, parse_time, run_cli, shell, stream_to,
                                   wait_until)
+from roles.hcloud_agent import VENV
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 HOLD = f"{SQL_DIR}/hold-writes"
 STATE = f"{SQL_DIR}/writer-state.json"
-WRITER_CLAIM = ("/opt/hastack/venv/bin/python /opt/hastack/mariadb_writer.py --config /etc/hastack/mariadb-writer.json "
+WRITER_CLAIM = (f"{VENV}/bin/python /opt/hastack/mariadb_writer.py --config /etc/hastack/mariadb-writer.json "
                 "claim --force")
 STAGE = "/var/lib/hastack/restore/mariadb"
 BINLOGS = "/var/lib/hastack/restore/binlogs"

@@ -271,3 +271,17 @@ def test_files_a_restore_left_behind_do_not_continue_a_later_backup():
     )
     chain = binlog_chain(s, s.manifest(f["object"]), None)
     assert chain["binlog_host"] == "db2" and [b["gtid_end"] for b in chain["binlogs"]] == ["1-1-4791", "1-1-4946"]
+
+
+def test_a_redis_load_keeps_every_key_without_a_ttl_and_adds_none():
+    from roles.redis.restore import loaded_as_expected
+
+    # 100 keys in the backup, 30 of them with a time to live, all 30 expired since the backup
+    found = {"keys read": 100, "expires": 30, "already expired": 30}
+    assert loaded_as_expected(100, found)  # the expired ones still in memory until the next expiry cycle
+    assert loaded_as_expected(70, found)  # ... or already gone
+    assert loaded_as_expected(85, found)
+    assert not loaded_as_expected(69, found)  # a key without a time to live is missing
+    assert not loaded_as_expected(101, found)  # a key the backup did not have
+    only_ttl = {"keys read": 72, "expires": 72, "already expired": 72}  # a cache restored after its keys' TTL
+    assert loaded_as_expected(72, only_ttl) and loaded_as_expected(0, only_ttl)
