@@ -186,6 +186,12 @@ def _drill(lab, interval: float, log: Callable[[str], None], timeline: Timeline)
     writes = probe.start(lab, seconds=7200, path="/records", interval=interval, timeout=8, write=True)
     try:
         with timeline.step("before: marker rows, then every backup, under writes"):
+            # what the drill loses is measured against acknowledged writes: a stack that takes none
+            # (left holding writes, say) would make an empty backup and a drill that proves nothing
+            if _wait_serving(writes, time.time() - 1, 60) is None:
+                raise RestoreError("the stack takes no writes through the floating IP (not one acknowledged in "
+                                   "60 s), so nothing was destroyed: bring it back first (`hastack lab up`, or "
+                                   "`hastack restore` if its data stores are empty) and run the drill again")
             entries = lab.inventory_entries()
             _cassandra_markers(entries, log)
             _backup_now(lab.stack, log)
