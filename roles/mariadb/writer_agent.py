@@ -702,6 +702,12 @@ class _HealthHandler(socketserver.StreamRequestHandler):
         try:
             line = self.rfile.readline(64).strip()
             health = read_health(cfg.health_file)
+            if health is None:
+                # unreadable for a moment (out of file descriptors under a flood): the last answer read,
+                # whose age still decides whether it is fresh enough to say `up`
+                health = self.server.last_health  # type: ignore[attr-defined]
+            else:
+                self.server.last_health = health  # type: ignore[attr-defined]
             if line == b"status" and health and health["status"]:
                 self.wfile.write(json.dumps(health["status"]).encode() + b"\n")
             else:
@@ -750,7 +756,7 @@ class _Server(socketserver.ThreadingTCPServer):
 
 def health_server(cfg: Config, now=time.monotonic) -> _Server:
     srv = _Server((cfg.bind, cfg.port), _HealthHandler)
-    srv.cfg, srv.now = cfg, now  # type: ignore[attr-defined]
+    srv.cfg, srv.now, srv.last_health = cfg, now, None  # type: ignore[attr-defined]
     return srv
 
 

@@ -705,6 +705,18 @@ def test_a_stalled_writer_agent_keeps_saying_up_while_its_peer_could_not_take_ov
     assert health(served["db1"].health) == b"up ready\n"
 
 
+def test_a_health_file_that_cannot_be_read_for_a_moment_is_answered_from_the_last_read(served, running, monkeypatch):
+    """Out of file descriptors under a flood, the health file cannot be opened: the last answer read still
+    counts, and its age still decides."""
+    from roles.mariadb import writer_agent
+
+    assert health(served["db1"].health) == b"up ready\n"
+    monkeypatch.setattr(writer_agent, "read_health", lambda path: None)  # as open() failing with EMFILE
+    assert health(served["db1"].health) == b"up ready\n"
+    running.clock.t += 2.0  # no newer answer could be read, and the last one went stale
+    assert health(served["db1"].health) == b"down\n"
+
+
 def test_the_health_port_still_answers_the_status_agents_before_the_witness_asked(served):
     """A converge upgrades one master's agent before the other's: the old one must not see a dead peer."""
     with socket.create_connection(("127.0.0.1", served["db1"].health), timeout=2) as s:
