@@ -33,7 +33,8 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.policies import WhiteListRoundRobinPolicy
 
 DEFAULT_USER = DEFAULT_PASSWORD = "cassandra"
-REPLICATED_KEYSPACES = ("system_distributed", "system_traces", "system_auth")  # system_auth last (6. above)
+REPLICATED_KEYSPACES = ("system_distributed", "system_traces")
+AUTH_KEYSPACE = "system_auth"  # replicated last (6. above)
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
@@ -82,11 +83,11 @@ def _connect_default(connector: Callable, address: str, port: int, ca_file: str,
             time.sleep(2)
 
 
-def _replicate(session: Session, keyspace: str, wanted: dict[str, str], datacenter: str, replication_factor: int,
+def _replicate(session: Session, keyspace: str, datacenter: str, replication_factor: int,
                actions: list[str]) -> None:
     row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
                           (keyspace,)).one()
-    if row is None or dict(row.replication) != wanted:
+    if row is None or dict(row.replication) != replication(datacenter, replication_factor):
         session.execute(f"ALTER KEYSPACE {keyspace} WITH replication = "
                         f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {replication_factor}}}")
         actions.append(f"replicated {keyspace} ({datacenter}: {replication_factor})")
@@ -113,9 +114,8 @@ def secure(address: str, port: int, ca_file: str, admin_user: str, admin_passwor
         cluster, session = connector(address, port, ca_file, admin_user, admin_password)
 
     try:
-        wanted = replication(datacenter, replication_factor)
-        for keyspace in REPLICATED_KEYSPACES[:-1]:
-            _replicate(session, keyspace, wanted, datacenter, replication_factor, actions)
+        for keyspace in REPLICATED_KEYSPACES:
+            _replicate(session, keyspace, datacenter, replication_factor, actions)
 
         row = session.execute("SELECT is_superuser, can_login FROM system_auth.roles WHERE role = %s",
                               (DEFAULT_USER,)).one()
@@ -124,7 +124,7 @@ def secure(address: str, port: int, ca_file: str, admin_user: str, admin_passwor
                             (secrets.token_urlsafe(32),))
             actions.append(f"disabled the default superuser {DEFAULT_USER}")
 
-        _replicate(session, REPLICATED_KEYSPACES[-1], wanted, datacenter, replication_factor, actions)
+        _replicate(session, AUTH_KEYSPACE, datacenter, replication_factor, actions)
     finally:
         cluster.shutdown()
     return actions

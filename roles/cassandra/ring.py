@@ -213,12 +213,10 @@ class Ring:
                 # roles are then missing on some replicas; copy them there and try once more
                 self.log(f"{names[0]}: securing the ring failed ({(err or out).strip()[-200:]}); "
                          "repairing system_auth and trying again")
-                for name in names:
-                    self._ok(name, "nodetool repair --full system_auth", 1800)
+                self._repair_auth(names)
                 out = self._ok(names[0], secure, 300)
             if out.strip():
-                for name in names:  # the auth data on every new replica
-                    self._ok(name, "nodetool repair --full system_auth", 1800)
+                self._repair_auth(names)  # the auth data on every new replica
                 actions.append((names[0], "secured: " + "; ".join(out.strip().splitlines())))
             self._ok(names[0], f"touch {AUTH_DONE}")
 
@@ -229,6 +227,10 @@ class Ring:
                 self.run(name, f"rm -f {CLEANUP_MARK}", 30)
                 actions.append((name, "cleaned up ranges it no longer owns"))
         return actions
+
+    def _repair_auth(self, names: list[str]) -> None:
+        for name in names:
+            self._ok(name, "nodetool repair --full system_auth", 1800)
 
     def decommission(self, name: str, replication_factor: int) -> None:
         """Stream a node's data to the others and take it out of the ring; then it is stopped."""

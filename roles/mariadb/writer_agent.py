@@ -626,6 +626,7 @@ class Agent:
         elif view and view.get("writer") == self.cfg.peer_name and self.synced_epoch == view.get("epoch"):
             seen = view["members"].get(self.cfg.peer_name, {})
             if self.peer_lost_since is not None:
+                # (+ 20 ms: the witness rounds silent_for; a claim a hair early is refused and waits a check)
                 witness_due = self.witness_seen_at + self.witness_dead_after() - seen.get("silent_for", 0.0) + 0.02
                 at = min(at, max(self.peer_lost_since + self.cfg.failover_after, witness_due))
             elif self.peer_down_for is not None:
