@@ -68,6 +68,8 @@ def keepalived_vars(hostname: str, data: Mapping[str, Any], interface: str, publ
         "advert_int": data["lb_vrrp_advert_int"],
         "priority": vrrp_priority(data),
         "check_weight": data["lb_vrrp_check_weight"],
+        # one more than the gap: the first load balancer without app servers ranks below the second
+        "backends_weight": data["lb_vrrp_priority_gap"] + 1,
         "floating_ip": data["floating_ip"],
         "public_interface": public_interface,
         "check_script": CHECK_SCRIPT,

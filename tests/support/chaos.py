@@ -472,13 +472,15 @@ class Run:
         self._explain_miss()
 
     def _explain_miss(self) -> None:
-        """A run that missed a goal carries what the pair's agents and the app servers' proxies logged
-        from just before the fault to the end: the next reader sees why, not only that."""
+        """A run that missed a goal carries what the pair's agents, the app servers' proxies and the
+        load balancers' keepalived (with the failover agent it runs) logged from just before the
+        fault to the end: the next reader sees why, not only that."""
         if not goals(self.result):
             return
         since = f"@{int(self.marks['fault']) - 5}"
         units = {h: "hastack-mariadb-writer.service" for h in masters(self.lab)}
         units.update({h: "haproxy.service" for h in apps(self.lab)})
+        units.update({h.name: "keepalived.service" for h in self.lab.topo.hosts_with_role("loadbalancer")})
         logs = {}
         for host, unit in units.items():
             if self.lab.machine(host).running():
@@ -658,7 +660,13 @@ def lb_power_cut(lab) -> dict:
 
 
 def lb_private_link_cut(lab) -> dict:
-    """The active load balancer's private interface drops everything both ways for ~10 s, then heals."""
+    """The active load balancer's private interface drops everything both ways for ~10 s, then heals.
+
+    The first load balancer (the higher VRRP priority) is made the active one beforehand: when
+    the cut heals, the two masters meet and the one cut off ranks higher by configuration, so it
+    is the case where it must yield through its failing backends check (or the floating IP would
+    move back, a second outage)."""
+    failover.make_master(lab, lab.topo.hosts_with_role("loadbalancer")[0].name)
     with Run(lab, "lb_private_link_cut") as run:
         lb = run.lb_master
         run.fault(victim=lb)

@@ -62,6 +62,18 @@ def settle(lab, timeout: float = 30, owned: bool = True) -> str:
     return master
 
 
+def make_master(lab, name: str, timeout: float = 60) -> None:
+    """Make ``name`` the MASTER that owns the floating IP, as an operator would: keepalived
+    restarted on the current master hands over (STOP releases the IP; nopreempt keeps the
+    restarted one BACKUP)."""
+    master = settle(lab, timeout)
+    if master == name:
+        return
+    lab.exec(master, ["systemctl", "restart", "keepalived.service"], check=True)
+    wait_for(lambda: states(lab) == {name: "MASTER", master: "BACKUP"} and owner(lab) == name, timeout,
+             f"{name} to become MASTER and own the floating IP")
+
+
 def kill_under_load(lab, victim: str, seconds: float = 12, kill_at: float = 2) -> tuple[list[dict], dict]:
     """A client requests the site through the floating IP every 100 ms for ``seconds`` s; ``victim``
     dies like a power cut after ``kill_at`` s and stays off until the client is done. The client's

@@ -134,8 +134,10 @@ def test_keepalived_check_asks_the_haproxy_monitor_listener():
     check = render("loadbalancer", c.CHECK_SCRIPT, **v[c.CHECK_SCRIPT])
     cfg = render("loadbalancer", c.HAPROXY_CFG, **v[c.HAPROXY_CFG])
     assert check.startswith("#!/bin/sh\n")
-    assert f"http://127.0.0.1:{STATS_PORT}/healthz" in check
+    assert f'"http://127.0.0.1:{STATS_PORT}$path"' in check
+    assert "path=/healthz" in check and "backends) path=/backends" in check
     assert f"bind 127.0.0.1:{STATS_PORT}" in cfg and "monitor-uri /healthz" in cfg
+    assert "if { path /backends } { nbsrv(app) gt 0 }" in cfg
 
 
 @pytest.mark.parametrize("stack,interval", [("prod", "30s"), ("staging", "30s")])
@@ -198,8 +200,13 @@ def test_keepalived_accepts_the_rendered_config(stack, tmp_path, keepalived_chec
         assert f'notify "{scripts}/hastack-failover notify"' in text
         priorities.append(int(re.search(r"^\s+priority (\d+)$", text, re.M).group(1)))
         # nopreempt: a failing HAProxy check must fault the instance (no weight), or the IP would never move
-        assert not re.search(r"^\s*weight ", text.split("vrrp_script")[1].split("}")[0], re.M)
+        assert not re.search(r"^\s*weight ", text.split("vrrp_script haproxy_alive")[1].split("}")[0], re.M)
+        # reaching no app server costs more than the gap: after a partition the side cut off yields
+        backends = text.split("vrrp_script backends_reachable")[1].split("}")[0]
+        assert f'script "{scripts}/check-haproxy backends"' in backends and "weight -11" in backends
+        assert "track_script {\n        haproxy_alive\n        backends_reachable\n    }" in text
     assert priorities == [100, 90]
+    assert priorities[0] - 11 < priorities[1]
 
 
 def test_keepalived_rejects_a_broken_config(tmp_path, keepalived_check):
