@@ -10,7 +10,7 @@ from rich.table import Table
 
 from hastack import recording
 from hastack.stackfile import load_stack, read_stack_file
-from hastack.model import REQUIRED_SECRETS, Topology
+from hastack.model import REQUIRED_SECRETS, Topology, secret_fix
 
 
 @dataclass
@@ -87,4 +87,4 @@ def print_plan(plan: Plan, console: Console) -> None:
 
     for key in topo.secrets_missing:
         console.print(f"[yellow]warning[/yellow]: secret {key} is not set; before `pulumi up` run "
-                      f"`pulumi config set --secret {key} <value>`")
+                      f"{secret_fix(key, topo.stack)}")
