@@ -247,6 +247,47 @@ def test_internode_port_demands_a_client_certificate(node):
                 tls.recv(1)
 
 
+def _internode_handshake(node, cert: Path, key: Path) -> str:
+    """A TLS handshake with the internode port presenting ``cert``; what Cassandra logged about it."""
+    log = Path(node["v"]["log_dir"]) / "system.log"
+    before = log.stat().st_size
+    ctx = ssl.create_default_context(cafile=str(Path(node["v"]["tls_dir"]) / "ca.crt"))
+    ctx.load_cert_chain(cert, key)
+    with socket.create_connection((ADDRESS, node["v"]["storage_port"]), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=ADDRESS) as tls:
+                tls.sendall(b"\0" * 8)
+                tls.recv(1)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(log) as f:
+            f.seek(before)
+            text = f.read()
+        if "handshake" in text.lower():
+            return text
+        time.sleep(0.2)
+    return text
+
+
+TRUST_FAILURE = ("PKIX path", "unable to find valid certification path", "CertPathValidatorException")
+
+
+def test_java_validates_a_peer_certificate_against_the_constrained_stack_ca(node, tmp_path):
+    """Cassandra's TLS (Java) takes the node's CA, name constraints and all, as its truststore: a peer
+    certificate from it passes the chain check; one from another CA does not."""
+    issued = node["root"] / "pki" / "issued"
+    ours = _internode_handshake(node, issued / "cassandra-test.crt", issued / "cassandra-test.key")
+    assert not any(t in ours for t in TRUST_FAILURE), ours[-3000:]
+    other = CertificateAuthority.create(tmp_path / "other-pki", "other").issue("peer", dns=["prod-cass2"],
+                                                                               ips=[ADDRESS], client=True)
+    (tmp_path / "other.crt").write_text(other.chain_pem)
+    (tmp_path / "other.key").write_text(other.key_pem)
+    theirs = _internode_handshake(node, tmp_path / "other.crt", tmp_path / "other.key")
+    assert any(t in theirs for t in TRUST_FAILURE), theirs[-3000:]
+
+
 def test_exporter_agent_serves_cassandra_metrics_on_the_listen_address(node):
     url = f"http://{ADDRESS}:{node['v']['exporter_port']}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -315,3 +356,5 @@ def test_repair_timers_run_weekly_on_a_different_weekday_per_node(stack):
     assert len(set(calendars)) == len(topo.cluster("cassandra").nodes) == 3
     service = render("cassandra", REPAIR_SERVICE).splitlines()
     assert any(line.startswith("ExecStart=") and "repair -pr" in line for line in service)
+
+

@@ -147,3 +147,46 @@ def test_the_uptime_probe_refuses_a_missing_stack_ca_naming_it(tmp_path):
 
     with pytest.raises(ValueError, match=r"its CA .*missing.crt is not on this machine: copy it here and pass --ca-file"):
         uptime.for_stack("prod", "203.0.113.10", ca_file=tmp_path / "missing.crt")
+
+
+def test_the_blackbox_exporter_honours_the_stack_cas_name_constraints(tmp_path):
+    """Go's TLS (the blackbox exporter here; the Redis exporter and Prometheus alike) accepts a
+    certificate from a name-constrained stack CA and refuses one signed outside its names."""
+    import socket
+    import time
+    import urllib.request
+
+    from hastack.pki import CertificateAuthority
+    from tests.support.pki import TLSServer, forged
+
+    ca = CertificateAuthority.create(tmp_path / "pki", "prod", dns=["prod-redis1"], networks=["127.0.0.0/8"])
+    cfg = write(tmp_path, "blackbox.yml", render("monitoring", mc.BLACKBOX_YML, ca_file=str(ca.cert_path),
+                                                  site_name="www.example.com", site_internal_ca=True))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exporter = subprocess.Popen([tool("prometheus-blackbox-exporter"), f"--config.file={cfg}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    good = TLSServer(ca.issue("redis-prod-redis1", dns=["prod-redis1"], ips=["127.0.0.1"], client=True), tmp_path / "good")
+    bad = TLSServer(forged(ca, ["www.google.com"], ["127.0.0.1"]), tmp_path / "bad")
+
+    def probe(target_port):
+        url = f"http://127.0.0.1:{port}/probe?module=tls&target=127.0.0.1:{target_port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return urllib.request.urlopen(url, timeout=10).read().decode()
+            except OSError:
+                if time.monotonic() > deadline or exporter.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    try:
+        assert "\nprobe_success 1" in probe(good.port)
+        assert "\nprobe_success 0" in probe(bad.port)
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
+        good.stop()
+        bad.stop()
