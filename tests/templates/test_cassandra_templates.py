@@ -260,12 +260,17 @@ def _internode_handshake(node, cert: Path, key: Path) -> str:
                 tls.recv(1)
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             pass
-    deadline = time.monotonic() + 10
+    # what Cassandra logs about a handshake (a stack trace, for a refused one) comes in several writes:
+    # read until it mentions the handshake and has then been quiet for a second
+    deadline = time.monotonic() + 20
+    text, quiet_since = "", time.monotonic()
     while time.monotonic() < deadline:
         with open(log) as f:
             f.seek(before)
-            text = f.read()
-        if "handshake" in text.lower():
+            now_text = f.read()
+        if now_text != text:
+            text, quiet_since = now_text, time.monotonic()
+        elif "handshake" in text.lower() and time.monotonic() - quiet_since >= 1.0:
             return text
         time.sleep(0.2)
     return text
