@@ -14,6 +14,23 @@ from roles.mariadb import DONOR_PORT
 CNF = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
 DONOR_UNIT = "/etc/systemd/system/hastack-mariadb-donor.service"
 JOIN = "/usr/local/sbin/hastack-mariadb-join"
+
+
+# Debian's mariadb.service starts /etc/mysql/debian-start after the server; it runs
+# mariadb-upgrade in a background subshell, which on a data directory that came from
+# elsewhere (a restore, a seed) rewrites the privilege tables. Account changes made
+# meanwhile deadlock with it (and would wait a year), so wait for that subshell by its
+# command line: it exists before `systemctl start` returns, where mariadb-upgrade may not
+# have started yet. Still running after 10 minutes: an error, never a guess.
+def wait_for_upgrade(seconds: int = 600) -> str:
+    pattern = "'^/bin/bash /etc/mysql/debian-start'"
+    return (f"for i in $(seq {seconds}); do pgrep -f {pattern} >/dev/null || break; sleep 1; done; "
+            f"if pgrep -f {pattern} >/dev/null; then "
+            f"echo 'MariaDB upgrade (/etc/mysql/debian-start) still running after {seconds} s' >&2; exit 1; fi")
+
+
+WAIT_FOR_UPGRADE = wait_for_upgrade()
+
 WRITER_UNIT = "/etc/systemd/system/hastack-mariadb-writer.service"
 EXPORTER_ARGS = "/etc/default/prometheus-mysqld-exporter"
 DATADIR = "/var/lib/mysql"

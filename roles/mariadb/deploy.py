@@ -25,7 +25,7 @@ from roles.data_volume import mount_data_volume
 from roles import witness
 from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER_PORT, certificate
 from roles.mariadb import config as c
-from roles.mariadb.config import CNF, JOIN
+from roles.mariadb.config import CNF, JOIN, WAIT_FOR_UPGRADE
 from roles.mariadb.restart import RESTART_MARK
 from roles.tls_files import put_tls_files, stack_ca
 
@@ -98,12 +98,6 @@ def peer_client_cnf(d) -> str:
         "connect-timeout = 5",
         "",
     ])
-
-
-# Debian's mariadb.service runs mariadb-upgrade after a start; account changes made meanwhile
-# deadlock with it on the privilege tables (and wait a year), so wait for it to finish.
-WAIT_FOR_UPGRADE = ("for i in $(seq 120); do pgrep -x 'mysql_upgrade|mariadb-upgrade' >/dev/null || break; "
-                    "sleep 1; done")
 
 
 def _apply_sql(name: str, path: str, sql: str, force: bool = False):

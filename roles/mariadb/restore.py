@@ -24,6 +24,7 @@ from roles.backup.agent import choose_chain, covers, digest_sql, start_position
 from roles.backup.restore import (Restore, RestoreError, Source, cli_options, parse_time, run_cli, shell, stream_to,
                                   wait_until)
 from roles.hcloud_agent import VENV
+from roles.mariadb.config import JOIN, WAIT_FOR_UPGRADE
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 HOLD = f"{SQL_DIR}/hold-writes"
@@ -33,12 +34,6 @@ WRITER_CLAIM = (f"{VENV}/bin/python /opt/hastack/mariadb_writer.py --config /etc
 STAGE = "/var/lib/hastack/restore/mariadb"
 BINLOGS = "/var/lib/hastack/restore/binlogs"
 DATADIR = "/var/lib/mysql"
-JOIN = "/usr/local/sbin/hastack-mariadb-join"
-WAIT_FOR_UPGRADE = ("for i in $(seq 120); do pgrep -x 'mysql_upgrade|mariadb-upgrade' >/dev/null || break; "
-                    "sleep 1; done")
-# empties the data directory (a volume's mount point: its contents go, the directory stays)
-CLEAR_DATADIR = f"find {DATADIR} -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +"
-
 
 SECRET_IN_SQL = re.compile(r"(IDENTIFIED BY|PASSWORD\s*=?)\s*'[^']*'", re.IGNORECASE)
 
