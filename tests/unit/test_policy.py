@@ -1,6 +1,6 @@
 """The policy rules (hastack.policy): each rule rejects a violating resource and accepts a
 compliant one; the real stacks are clean; the policy pack (policy/, hastack.policy.pack)
-reports what the rules report."""
+reports what `hastack plan` reports; `hastack plan` fails on a violation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -367,8 +368,9 @@ def test_a_violation_names_rule_resource_and_what_is_valid():
 @pytest.mark.parametrize("stack", CLEAN_STACKS)
 def test_the_stacks_plans_violate_no_rule(stack):
     plan = make_plan(stack)
-    found = evaluate(policy.from_recording(plan.recording), StackFacts.of(plan.topology))
-    assert found == [], [str(v) for v in found]
+    assert plan.violations() == [], [str(v) for v in plan.violations()]
+    # what `hastack plan` evaluates: the recording's resources, the topology's facts
+    assert plan.violations() == evaluate(policy.from_recording(plan.recording), StackFacts.of(plan.topology))
 
 
 def test_facts_come_from_the_topology():
@@ -539,3 +541,37 @@ def test_the_packs_requirements_are_the_projects_pins():
         assert pins[re.sub(r"[-_.]+", "-", name).lower()] == version, name
     pack = (ROOT / "policy" / "PulumiPolicy.yaml").read_text()
     assert "name: python" in pack and "virtualenv: venv" in pack
+
+
+# ---------------------------------------------------------------- hastack plan
+
+
+def hastack(*args):
+    return subprocess.run([sys.executable, "-m", "hastack.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+
+def test_plan_of_a_clean_stack_says_so():
+    proc = hastack("plan", "--stack", "staging")
+    assert proc.returncode == 0, proc.stderr
+    assert f"policy: {len(policy.all_rules())} rules, 0 violations" in proc.stdout
+
+
+def test_plan_fails_on_a_stack_file_edited_to_violate_a_rule(tmp_path):
+    """Through the stack file: prod moved to Ashburn (hastack:locations: [ash]). The model
+    accepts it (one location, one network zone), the rule eu-locations-only does not."""
+    text = (ROOT / "stacks" / "Pulumi.prod.yaml").read_text()
+    assert "hastack:locations: [nbg1, fsn1]" in text
+    (tmp_path / "Pulumi.prod.yaml").write_text(text.replace("hastack:locations: [nbg1, fsn1]",
+                                                            "hastack:locations: [ash]"))
+    proc = hastack("plan", "--stack", "prod", "--stacks-dir", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr
+    assert ("eu-locations-only: hcloud:index/server:Server 'prod-db1': location 'ash' is outside the EU; "
+            "valid: fsn1, nbg1, hel1") in proc.stdout
+    assert "eu-locations-only: hcloud:index/volume:Volume 'prod-cass1-data'" in proc.stdout
+    # 13 servers, 5 volumes, the floating IP
+    assert f"policy: {len(policy.all_rules())} rules, 19 violations" in proc.stdout
+    assert "violates 1 policy rule(s): eu-locations-only" in proc.stderr
+    # the same stack as it is in stacks/ passes
+    shutil.copy(ROOT / "stacks" / "Pulumi.prod.yaml", tmp_path / "Pulumi.prod.yaml")
+    assert hastack("plan", "--stack", "prod", "--stacks-dir", str(tmp_path)).returncode == 0
