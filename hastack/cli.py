@@ -40,15 +40,26 @@ def validate(stack: str = StackOption) -> None:
 
 
 @app.command()
-def plan(stack: str = StackOption) -> None:
-    """Print every resource `pulumi up` would create, and the firewall rules. No cloud, no Pulumi CLI."""
-    from hastack.plan import make_plan, print_plan
+def plan(stack: str = StackOption,
+         stacks_dir: Path = typer.Option(None, "--stacks-dir", help="read Pulumi.<stack>.yaml from this directory "
+                                         "instead of stacks/ (a stack file under review)")) -> None:
+    """Print every resource `pulumi up` would create, and the firewall rules, then check them against
+    the policy rules (the policy pack's, hastack/policy). No cloud, no Pulumi CLI.
+
+    Exit code: 0 when no rule is violated; 1 on a violation (each is printed with its rule and
+    resource); 2 when the stack cannot be planned."""
+    from hastack.plan import make_plan, print_plan, print_policy
 
     try:
-        result = make_plan(stack)
+        result = make_plan(stack, stacks_dir)
     except (TopologyError, StackFileError, ValueError) as e:
         fail(str(e))
     print_plan(result, console)
+    violations = result.violations()
+    print_policy(violations, console)
+    if violations:
+        fail(f"stack {stack} violates {len({v.rule for v in violations})} policy rule(s): "
+             + ", ".join(sorted({v.rule for v in violations})), code=1)
 
 
 @app.command()

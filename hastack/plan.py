@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from hastack import recording
+from hastack import policy, recording
 from hastack.stackfile import load_stack, read_stack_file
 from hastack.model import REQUIRED_SECRETS, Topology, secret_fix
 
@@ -28,13 +30,18 @@ class Plan:
             counts[(r.type, role)] += 1
         return counts
 
+    def violations(self) -> list[policy.Violation]:
+        """What the policy rules (hastack.policy, the policy pack's) find in the recorded resources."""
+        return policy.evaluate(policy.from_recording(self.recording), policy.StackFacts.of(self.topology))
 
-def make_plan(stack: str) -> Plan:
-    flat, secret_keys = read_stack_file(stack)
+
+def make_plan(stack: str, stacks_dir: Path | None = None) -> Plan:
+    """Run the program for ``stack`` (stacks/Pulumi.<stack>.yaml, or the one in ``stacks_dir``)."""
+    flat, secret_keys = read_stack_file(stack, stacks_dir)
     if flat.get("hastack:provider", "hetzner") != "hetzner":
         raise ValueError(f"stack {stack!r} runs on local machines (hastack:provider {flat['hastack:provider']!r}); "
                          "it has no cloud resources to plan")
-    topo = load_stack(stack, require_secrets=False)
+    topo = load_stack(stack, require_secrets=False, stacks_dir=stacks_dir)
     plain = {k: v for k, v in flat.items() if k not in secret_keys}
     # Secrets cannot be decrypted here; the program sees placeholders.
     secrets = {k: recording.PLACEHOLDER_SECRET for k in set(secret_keys) | set(REQUIRED_SECRETS[topo.provider])}
@@ -88,3 +95,15 @@ def print_plan(plan: Plan, console: Console) -> None:
     for key in topo.secrets_missing:
         console.print(f"[yellow]warning[/yellow]: secret {key} is not set; before `pulumi up` run "
                       f"{secret_fix(key, topo.stack)}")
+
+
+def print_policy(violations: list[policy.Violation], console: Console) -> None:
+    """The policy rules' verdict: each violation with its rule and resource, or that there are none."""
+    rules = len(policy.all_rules())
+    if not violations:
+        console.print(f"policy: {rules} rules, 0 violations")
+        return
+    console.print(f"[red]policy: {rules} rules, {len(violations)} violation{'s' if len(violations) != 1 else ''}"
+                  "[/red] (the policy pack refuses the same on `pulumi preview --policy-pack policy/`)")
+    for v in violations:
+        console.print(Text.assemble(("  - ", ""), (v.rule, "bold"), f": {v.resource}: {v.message}"), highlight=False)

@@ -2,7 +2,10 @@
 
 Every resource the program registers is recorded with its inputs and the
 options that matter for review (protect, ignore_changes, parent, secret
-outputs); the stack's exports are resolved and marked secret or plain.
+outputs), and which resources each input is computed from (the engine's
+property dependencies, which the policy rules follow from a bucket's
+configuration to its bucket); the stack's exports are resolved and marked
+secret or plain.
 Stack references are answered with the outputs a run is given, or with a
 plausible hastack stack's. Used by `hastack plan` and by the tests.
 """
@@ -48,6 +51,8 @@ class RecordedResource:
     ignore_changes: list[str]
     secret_outputs: list[str]
     provider: str
+    # property -> URNs of the resources its value is computed from (the engine's property dependencies)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -154,6 +159,8 @@ class _Monitor(pulumi_mocks.MockMonitor):
                     ignore_changes=list(request.ignoreChanges),
                     secret_outputs=list(request.additionalSecretOutputs),
                     provider=request.provider,
+                    property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()
+                                           if v.urns},
                 ))
         return response
 

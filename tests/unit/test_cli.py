@@ -55,6 +55,7 @@ def test_plan_prints_the_resource_table_and_firewall(stack):
     assert "Hetzner firewall" in out and "Host firewall" in out
     assert f"{stack}-lb1" in out
     assert "secret hastack:failoverToken is not set" in out  # nothing secret in the repo's stack files
+    assert "rules, 0 violations" in out  # the policy rules (tests/unit/test_policy.py)
 
 
 def test_plan_of_a_bad_stack_says_why(tmp_path):
