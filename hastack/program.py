@@ -39,7 +39,8 @@ def check_stack_ca(topo: topology.Topology) -> None:
         return  # the offline plan (hastack plan) cannot decrypt secrets
     problems = stack_ca.topology_problems(stack_ca.StackCA(*values), topo)
     if problems:
-        raise pulumi.RunError("invalid stack config:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise pulumi.RunError("invalid stack config:\n" + "\n".join(f"  - {p}" for p in problems)
+                              + f"\n  ({stack_ca.fix(topo.stack)})")
 
 
 def main() -> None:

@@ -151,10 +151,7 @@ def topology_problems(ca: StackCA, topo: Topology, where: str = f"{CERT_KEY}/{KE
     try:
         cert, _ = load_ca(ca.cert_pem, ca.key_pem, where=where)
     except CAError as e:
-        if where != f"{CERT_KEY}/{KEY_KEY}":
-            return [str(e)]
-        return [f"{e}; give the certificate and the key of one CA "
-                f"(`pulumi config set --secret {CERT_KEY} < ca.crt`, `pulumi config set --secret {KEY_KEY} < ca.key`)"]
+        return [str(e)]
     problems = []
     if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
         problems.append(f"{where}: the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}; the stack needs a new CA")

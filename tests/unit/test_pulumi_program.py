@@ -349,7 +349,7 @@ def test_a_ca_key_of_another_ca_fails_before_any_resource_without_showing_it(pro
     with pytest.raises(pulumi.RunError) as err:
         run("prod", prod_flat, secrets=secrets)
     assert "hastack:caCert/hastack:caKey: the key does not belong to the certificate" in str(err.value)
-    assert "`pulumi config set --secret hastack:caKey < ca.key`" in str(err.value)
+    assert "`hastack ca init --stack prod`" in str(err.value)
     assert "PRIVATE KEY" not in str(err.value) and other.key_pem.splitlines()[1] not in str(err.value)
     assert nothing_registered()
 
