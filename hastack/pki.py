@@ -223,9 +223,6 @@ class CertificateAuthority:
     def write(self, cert_pem: str, key_pem: str) -> "CertificateAuthority":
         """Put a CA (PEM) into this directory: the key 0600, the directory 0700."""
         load_ca(cert_pem, key_pem)
-        # one final newline, however the secret store kept it: the certificate is concatenated
-        # into chains and combined PEM files, and is put on hosts (the same bytes from every machine)
-        cert_pem, key_pem = cert_pem.strip() + "\n", key_pem.strip() + "\n"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
         _write_secret(self.key_path, key_pem.encode())

@@ -3,9 +3,7 @@
 It is created once the servers and the floating IP exist, and runs again
 whenever the hosts' data or the roles and templates change (a digest of
 both), so one `pulumi up` on a fresh stack ends with a configured stack.
-The converge is the same entry point as `hastack converge`: it takes the
-stack's CA from the secret outputs (secrets.ca) and stops, before touching a
-host, when there is none.
+The converge is the same entry point as `hastack converge`.
 """
 
 from __future__ import annotations

@@ -519,21 +519,3 @@ def test_ca_import_refuses_a_broken_ca_and_changes_nothing(tmp_path):
     assert not log.exists()
     proc = hastack("ca", "import", "--stack", "prod", "--dir", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "no CA in" in proc.stderr and "hastack ca init --stack prod" in proc.stderr
-
-
-def test_a_ca_stored_without_its_final_newline_still_makes_whole_pem_files(tmp_path):
-    cert, key = make_ca("prod", dns=["prod-lb1"], networks=["10.20.0.0/16"])
-    ca = CertificateAuthority(tmp_path / "pki", "prod").write(cert.rstrip("\n"), key.rstrip("\n"))
-    issued = ca.issue("site", dns=["prod-lb1"])
-    assert ca.ca_pem == cert and issued.chain_pem.count("-----END CERTIFICATE-----\n") == 2
-    assert issued == CertificateAuthority(tmp_path / "other", "prod").write(cert, key).issue("site", dns=["prod-lb1"])
-
-
-def test_hosts_of_two_stacks_with_two_cas_are_not_converged_together():
-    a, b = host_entries(prod_outputs()), host_entries(prod_outputs())
-    mixed = {"x": next(iter(a.values())), "y": next(iter(b.values()))}
-    with pytest.raises(stack_ca.StackCAError, match="came with different CAs"):
-        stack_ca.from_entries(mixed)
-    import copy
-
-    assert stack_ca.from_entries(copy.deepcopy(a)).cert_pem == next(iter(a.values()))[stack_ca.HOST_DATA_KEY]["cert"]
