@@ -36,7 +36,7 @@ def validate(stack: str = StackOption) -> None:
     from hastack.model import secret_fix
 
     for key in topo.secrets_missing:
-        console.print(f"[yellow]warning[/yellow]: secret {key} not set; run {secret_fix(key, stack)}")
+        console.print(f"[yellow]warning[/yellow]: secret {key} not set (run {secret_fix(key, stack)})")
 
 
 @app.command()
