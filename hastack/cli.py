@@ -33,10 +33,8 @@ def validate(stack: str = StackOption) -> None:
     for h in topo.hosts:
         table.add_row(h.name, h.role, h.location, h.server_type, h.private_ip)
     console.print(table)
-    from hastack.model import secret_fix
-
     for key in topo.secrets_missing:
-        console.print(f"[yellow]warning[/yellow]: secret {key} not set (run {secret_fix(key, stack)})")
+        console.print(f"[yellow]warning[/yellow]: secret {key} not set (`pulumi config set --secret {key} ...`)")
 
 
 @app.command()
@@ -242,76 +240,13 @@ def lab_down(stack: str = LabStack) -> None:
 def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption) -> None:
     """Converge every host of a stack (drift repair). Lab stacks use the lab's machines."""
     from hastack.converge import converge
-    from hastack.stack_ca import StackCAError
 
     entries = stack_entries(stack, outputs)
-    try:
-        report = converge(entries, progress=say)
-    except StackCAError as e:
-        fail(str(e))
+    report = converge(entries, progress=say)
     _print_converge(report)
     if not report.ok:
         failed = next(r for r in report.hosts.values() if r.failed)
         fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
-
-
-ca_app = typer.Typer(no_args_is_help=True, help="The stack's CA: a stack secret (hastack:caCert, hastack:caKey), "
-                                                 "never a file on one machine.")
-app.add_typer(ca_app, name="ca")
-CAStack = typer.Option(..., "--stack", "-s", help="stack name: stacks/Pulumi.<stack>.yaml")
-
-
-def _report_custody(custody, what: str) -> None:
-    from hastack.pki import describe_constraints
-    from cryptography import x509
-
-    cert = x509.load_pem_x509_certificate(custody.ca.cert_pem.encode())
-    say(f"{what} for stack {custody.stack}: SHA-256 {custody.fingerprint}")
-    say(f"valid until {cert.not_valid_after_utc:%Y-%m-%d}; {describe_constraints(cert)}")
-    if custody.stored:
-        say(f"stored as the stack's secrets hastack:caCert and hastack:caKey (stacks/Pulumi.{custody.stack}.yaml); "
-            "`pulumi up` hands them to the converge")
-        if custody.directory is not None:
-            say(f"{custody.directory} still holds a copy: keep it offline or delete it; the converge no longer reads it")
-        return
-    say(f"no Pulumi CLI here: the CA is in {custody.directory} (ca.key 0600). Store it as the stack's secrets "
-        "(run from the project directory; Pulumi reads each value from standard input):")
-    for command in custody.commands:
-        console.print(f"  {command}", markup=False, highlight=False)
-    say(f"then `pulumi up`, and keep {custody.directory / 'ca.key'} offline or delete it")
-
-
-@ca_app.command("init")
-def ca_init(stack: str = CAStack,
-            out: Path = typer.Option(None, "--out", help="where to leave the CA when no Pulumi CLI stores it "
-                                     "(default: pki/<stack>/)")) -> None:
-    """Make the CA of a stack that has none and store it as the stack's secrets (with the Pulumi
-    CLI, when it is on PATH; otherwise print the commands). Refused when the stack has a CA."""
-    import shutil
-
-    from hastack import stack_ca
-
-    try:
-        custody = stack_ca.init(stack, out=out, pulumi=shutil.which("pulumi"))
-    except stack_ca.StackCAError as e:
-        fail(str(e))
-    _report_custody(custody, "new CA")
-
-
-@ca_app.command("import")
-def ca_import(stack: str = CAStack,
-              directory: Path = typer.Option(None, "--dir", help="the CA's directory (default: pki/<stack>/)")) -> None:
-    """Store the CA a stack was converged with before (pki/<stack>/) as the stack's secrets. It
-    keeps working as it is, also without name constraints, until the stack's CA is replaced."""
-    import shutil
-
-    from hastack import stack_ca
-
-    try:
-        custody = stack_ca.import_(stack, directory=directory, pulumi=shutil.which("pulumi"))
-    except stack_ca.StackCAError as e:
-        fail(str(e))
-    _report_custody(custody, "the CA from before")
 
 
 # commands a role brings (`hastack cassandra status`, ...) and its restore (`hastack restore mariadb`)

@@ -5,11 +5,6 @@ stack (addresses from `pulumi stack output`). Each host runs the roles its
 data lists (``base``, its own, those beside it), in that order; a role
 without a deploy module has nothing to configure yet. Then each role's
 after-roles step runs (hastack.role.Role.after_roles).
-
-The stack's CA comes with the hosts (the stack secret, hastack.stack_ca):
-without it the converge stops before it connects to any host; with it, the
-CA is written to a private temporary directory for the run (the roles' pki_dir)
-and removed afterwards.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.command import StringCommand
 from pyinfra.api.operations import run_ops
 
-from hastack import stack_ca
 from hastack.inventory import make_inventory
 from hastack.role import AfterRoles, AfterRolesError
 from roles import all_roles
@@ -88,19 +82,8 @@ def converge_host() -> None:
 
 def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
              progress: Callable[[str], None] | None = None, after_roles: bool = True) -> ConvergeReport:
-    """Converge every host in ``entries`` (name -> pyinfra host data, with the stack's CA);
-    ``after_roles=False`` leaves out the roles' steps after the roles (a Cassandra node is
-    configured, the ring not changed). Raises StackCAError, before touching any host, when the
-    entries carry no usable CA."""
-    ca = stack_ca.from_entries(entries)
-    stack = str(next(iter(entries.values())).get("stack"))
-    with stack_ca.materialised(ca, stack) as pki_dir:
-        return _converge({name: {**data, "pki_dir": str(pki_dir)} for name, data in entries.items()},
-                         parallel, progress, after_roles)
-
-
-def _converge(entries: dict[str, dict[str, Any]], parallel: int | None, progress: Callable[[str], None] | None,
-              after_roles: bool) -> ConvergeReport:
+    """Converge every host in ``entries`` (name -> pyinfra host data); ``after_roles=False``
+    leaves out the roles' steps after the roles (a Cassandra node is configured, the ring not changed)."""
     started = time.monotonic()
     logging.getLogger("pyinfra").setLevel(logging.WARNING)
     inventory = make_inventory(entries)

@@ -3,24 +3,23 @@
 Reads what `pulumi stack output --json --show-secrets` prints (the way
 pyinfra's terraform connector reads `terraform output -json`): the ``hosts``
 output gives names, groups, addresses and data; secrets come from the
-``secrets`` output and go only to the hosts that need them. The stack's CA
-(``secrets.ca``) goes along as ``stack_ca`` for the converge, which writes it
-to a private directory for its run (hastack.stack_ca); it never becomes
-pyinfra host data.
+``secrets`` output and go only to the hosts that need them.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from pyinfra.api import Inventory
 
 from hastack.outputs import REQUIRED as REQUIRED_OUTPUTS
 from hastack.role import merge_data
-from hastack.stack_ca import HOST_DATA_KEY
 from roles import role
+# The stack's internal CA on the operator's machine (keys 0600, never committed).
+PKI_DIR = Path(__file__).resolve().parent.parent / "pki"
 
 
 class InventoryError(ValueError):
@@ -61,9 +60,8 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             floating_ip=outputs["floatingIp"],
             floating_ip_id=outputs.get("floatingIpId"),
             public_ip=host.get("public_ipv4"),
+            pki_dir=data.get("pki_dir") or str(PKI_DIR / data.get("stack", "stack")),
         )
-        if secrets.get("ca"):
-            data[HOST_DATA_KEY] = secrets["ca"]  # checked by the converge, which alone uses it
         # each role says what its hosts take from the outputs: no secret reaches a host that does not use it
         for role_name in data.get("roles") or []:
             take = role(role_name).from_outputs
@@ -78,10 +76,8 @@ def make_inventory(entries: dict[str, dict[str, Any]]) -> Inventory:
     for name, data in entries.items():
         for group in data.get("groups", []):
             groups.setdefault(group, []).append(name)
-    # the CA key stays out of pyinfra: the converge hands roles a directory (pki_dir) instead
-    hosts = [(name, {k: v for k, v in data.items() if k != HOST_DATA_KEY}) for name, data in entries.items()]
     return Inventory(
-        (hosts, {}),
+        ([(name, data) for name, data in entries.items()], {}),
         **{group: (names, {}) for group, names in groups.items()},
     )
 

@@ -8,9 +8,7 @@ One builder writes it, whoever provisioned the machines: the Pulumi program
   hosts         name -> groups, addresses, server and volume ids, data (no secrets)
   floatingIp    the site's address; floatingIpId its id at the provider
   backupBucket  the S3 bucket (and backupRegion)
-  secrets       one secret output: the failover token, the seed, the backup keys, and the
-                stack's CA (ca: {cert, key} PEM; hastack.stack_ca)
-  caCert        the stack CA's certificate (public: for the site's clients, e.g. the uptime probe)
+  secrets       one secret output: the failover token, the seed, the backup keys
   restoreSource only with hastack:restoreFrom (never in the lab), one secret output: the
                 source stack's name as configured (stack), its backupBucket, backupRegion
                 and secrets.restore_reader, which `hastack restore --from <stack>` reads
@@ -39,7 +37,7 @@ class Server:
 @dataclass(frozen=True)
 class Provided:
     """Host data a provider supplies in place of the defaults: the lab's Hetzner API
-    endpoint and CA, where hosts get Python packages, the lab's S3."""
+    endpoint and CA, where hosts get Python packages, where the stack CA lives."""
 
     data: Mapping[str, Any] = field(default_factory=dict)
 
@@ -62,8 +60,7 @@ def host_outputs(topo: Topology, machines: Mapping[str, Server], provided: Provi
 
 
 def stack_outputs(topo: Topology, machines: Mapping[str, Server], *, floating_ip: Any, floating_ip_id: Any,
-                  secrets: Any, backup_bucket: Any = None, provided: Provided = Provided(),
-                  ca_cert: Any = None) -> dict[str, Any]:
+                  secrets: Any, backup_bucket: Any = None, provided: Provided = Provided()) -> dict[str, Any]:
     """Every output a stack exports, by name."""
     outputs = {
         "hosts": host_outputs(topo, machines, provided),
@@ -71,8 +68,6 @@ def stack_outputs(topo: Topology, machines: Mapping[str, Server], *, floating_ip
         "floatingIpId": floating_ip_id,
         "secrets": secrets,
     }
-    if ca_cert is not None:
-        outputs["caCert"] = ca_cert
     if backup_bucket is not None:
         outputs["backupBucket"] = backup_bucket
         outputs["backupRegion"] = topo.section("backup").region

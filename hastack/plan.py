@@ -12,7 +12,7 @@ from rich.text import Text
 
 from hastack import policy, recording
 from hastack.stackfile import load_stack, read_stack_file
-from hastack.model import REQUIRED_SECRETS, Topology, secret_fix
+from hastack.model import REQUIRED_SECRETS, Topology
 
 
 @dataclass
@@ -94,7 +94,7 @@ def print_plan(plan: Plan, console: Console) -> None:
 
     for key in topo.secrets_missing:
         console.print(f"[yellow]warning[/yellow]: secret {key} is not set; before `pulumi up` run "
-                      f"{secret_fix(key, topo.stack)}")
+                      f"`pulumi config set --secret {key} <value>`")
 
 
 def print_policy(violations: list[policy.Violation], console: Console) -> None:

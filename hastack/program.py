@@ -8,12 +8,10 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from hastack import model as topology
-from hastack import stack_ca
 from hastack.cloud.aws_backup import BackupBucket, restore_source
 from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
 from hastack.outputs import Server, stack_outputs
-from hastack.recording import PLACEHOLDER_SECRET
 from hastack.stackfile import PLAIN_TEXT_REFUSED
 
 
@@ -31,18 +29,6 @@ def read_config() -> tuple[dict[str, Any], set[str]]:
     return topology.config_from_pulumi(plain), secret_keys
 
 
-def check_stack_ca(topo: topology.Topology) -> None:
-    """The stack's CA (hastack:caCert, hastack:caKey) must be readable, its key must match, and it
-    must permit every host name and address of the stack; checked before any resource exists."""
-    values = [runtime_config.get_config(k) for k in stack_ca.CA_KEYS]
-    if PLACEHOLDER_SECRET in values:
-        return  # the offline plan (hastack plan) cannot decrypt secrets
-    problems = stack_ca.topology_problems(stack_ca.StackCA(*values), topo)
-    if problems:
-        raise pulumi.RunError("invalid stack config:\n" + "\n".join(f"  - {p}" for p in problems)
-                              + f"\n  ({stack_ca.fix(topo.stack)})")
-
-
 def main() -> None:
     stack = pulumi.get_stack()
     config, secret_keys = read_config()
@@ -55,12 +41,8 @@ def main() -> None:
         # RunError: the message, without a Python traceback; nothing was registered.
         raise pulumi.RunError(str(err)) from None
 
-    check_stack_ca(topo)
-
     failover_token = pulumi.Config("hastack").require_secret("failoverToken")
     seed = pulumi.Config("hastack").require_secret("secretSeed")
-    ca_cert = pulumi.Config("hastack").require_secret("caCert")
-    ca_key = pulumi.Config("hastack").require_secret("caKey")
     hetzner = HetznerStack("hetzner", topo)
     backup = BackupBucket("backup", topo)
 
@@ -69,18 +51,14 @@ def main() -> None:
         "seed": seed,
         "backup_writers": backup.writer_credentials,  # host -> its own put-only key
         "restore_reader": backup.reader_credentials,
-        "ca": {"cert": ca_cert, "key": ca_key},  # the converge issues every certificate from it
     })
-    # a certificate is public: clients of the site (the uptime probe) take it from here
-    ca_cert_plain = pulumi.Output.unsecret(ca_cert)
     machines = {
         name: Server(server_id=server.id, public_ipv4=server.ipv4_address, public_ipv6=server.ipv6_address,
                       volume_id=hetzner.volumes[name].id if name in hetzner.volumes else None)
         for name, server in hetzner.servers.items()
     }
     outputs = stack_outputs(topo, machines, floating_ip=hetzner.floating_ip.ip_address,
-                            floating_ip_id=hetzner.floating_ip.id, secrets=secrets, backup_bucket=backup.bucket.bucket,
-                            ca_cert=ca_cert_plain)
+                            floating_ip_id=hetzner.floating_ip.id, secrets=secrets, backup_bucket=backup.bucket.bucket)
     for name, value in outputs.items():
         pulumi.export(name, value)
     pulumi.export("backupKeyArn", backup.key.arn)
@@ -90,9 +68,8 @@ def main() -> None:
 
     if topo.converge:
         # The same converge as `hastack converge`, once every server, volume and
-        # the floating IP exist; again whenever host data, roles, templates or the CA change.
+        # the floating IP exist; again whenever host data, roles or templates change.
         code = code_digest()
         Converge("converge", topo.stack, outputs=pulumi.Output.all(**outputs),
-                 digest=pulumi.Output.all(outputs["hosts"], ca_cert_plain).apply(
-                     lambda v: data_digest([v[0], code, stack_ca.StackCA(v[1], "").digest])),
+                 digest=pulumi.Output.from_input(outputs["hosts"]).apply(lambda h: data_digest([h, code])),
                  opts=pulumi.ResourceOptions(depends_on=[hetzner, backup]))

@@ -22,7 +22,6 @@ from hastack.ports import Port
 
 if TYPE_CHECKING:
     from hastack.model import Host, StackConfig, Topology
-    from hastack.pki import CertificateAuthority, CertSpec
 
 
 class Section(BaseModel):
@@ -95,12 +94,6 @@ class Role:
     # host data from a deployed stack's outputs (hastack.outputs): (outputs, secrets, host data) -> data;
     # the secrets a role's hosts need (derived from ``seed``, ``failover_token``, ...), peers' server ids
     from_outputs: Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]] | None = None
-    # the certificates its deploy issues a host from the stack CA: (host name, host data, the CA) -> specs;
-    # the CA answers what its name constraints permit (tests/unit/test_stack_ca.py verifies each one)
-    certificates: Callable[[str, Mapping[str, Any], CertificateAuthority], Iterable[CertSpec]] | None = None
-    # DNS names its certificates carry besides its hosts' own names (a service name, the site's domain):
-    # a stack's CA is made permitting these (hastack.stack_ca.permitted_names)
-    certificate_names: Callable[[Topology], Iterable[str]] | None = None
     # the backups its hosts produce (the backup role runs where a role names some)
     backups: tuple[str, ...] = ()
     # kernel settings a host needs that a container cannot set (the lab's host provides them):

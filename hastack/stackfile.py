@@ -38,7 +38,6 @@ PLAIN_TEXT_REFUSED = (
     "aws:sessionToken",
     f"{NAMESPACE}:failoverToken",
     f"{NAMESPACE}:secretSeed",
-    f"{NAMESPACE}:caKey",  # the stack CA's private key (hastack.stack_ca)
 )
 
 

@@ -2,15 +2,9 @@
 
 from io import StringIO
 
-from pyinfra import host
 from pyinfra.operations import files
 
-from hastack.pki import CertificateAuthority, Issued
-
-
-def stack_ca() -> CertificateAuthority:
-    """The stack's CA, as the converge wrote it for this run (pki_dir: a private temporary directory)."""
-    return CertificateAuthority(host.data.pki_dir, host.data.stack)
+from hastack.pki import Issued
 
 
 def put_tls_files(service: str, directory: str, owner: str, issued: Issued, dir_mode: str = "0750",

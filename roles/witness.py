@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from hastack.pki import CertSpec
-from roles.tls_files import put_tls_files, stack_ca
+from hastack.pki import CertificateAuthority
+from roles.tls_files import put_tls_files
 
 WITNESS_PORT = 9107
 TLS_DIR = "/etc/hastack/witness"
@@ -37,17 +37,8 @@ def client_config() -> dict:
             "witness_ca": f"{TLS_DIR}/{CLIENT_FILES[2]}"}
 
 
-def client_certificate(host_name: str) -> CertSpec:
-    """A participant's client certificate: its name is its identity at the witness."""
-    return CertSpec(f"witness-{host_name}", (host_name,), client=True)
-
-
-def server_certificate(host_name: str, private_ip: str) -> CertSpec:
-    """The witness's own certificate, on the monitoring host."""
-    return CertSpec(f"witness-{host_name}", (host_name,), (private_ip,))
-
-
 def put_client_tls() -> list:
-    """This host's client certificate for the witness; root only."""
-    issued = stack_ca().issue_spec(client_certificate(host.name))
+    """This host's client certificate for the witness (its name is its identity there); root only."""
+    d = host.data
+    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"witness-{host.name}", dns=[host.name], client=True)
     return put_tls_files("Witness client", TLS_DIR, "root", issued, dir_mode="0700", names=CLIENT_FILES)

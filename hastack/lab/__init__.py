@@ -22,9 +22,6 @@ __all__ = ["Lab", "LabError"]
 
 FLOATING_IP_ID = 1
 AGENT_REQUIREMENTS = ["hcloud==2.27.0"]
-# the names of the lab's own services on the host (their certificates come from the lab's CA)
-HCLOUD_API_NAME = "hcloud-api.lab"
-S3_NAME = "s3.lab"
 
 
 class Lab:
@@ -68,10 +65,10 @@ class Lab:
             # like `pulumi up`, the first load balancer holds the IP at creation
             floating_ip={"id": FLOATING_IP_ID, "ip": self.addr.floating_ip, "server": self.server_id(first_lb.name),
                          "home_location": self.topo.floating_ip_home},
-            cert=self.ca.issue("hcloud-api", dns=[HCLOUD_API_NAME], ips=[self.addr.host_public]),
+            cert=self.ca.issue("hcloud-api", dns=["hcloud-api.lab"], ips=[self.addr.host_public]),
             token_file=self.paths.secrets / "hcloud-token")
         services.start_s3(self.paths, self.addr, self.topo, log=self.log,
-                          cert=self.ca.issue("s3", dns=[S3_NAME], ips=[self.addr.host_private]))
+                          cert=self.ca.issue("s3", dns=["s3.lab"], ips=[self.addr.host_private]))
         services.start_monitoring(self.paths, self.addr, self.stack)
         timings["network"] = time.monotonic() - t
 
@@ -208,14 +205,14 @@ class Lab:
     def stack_outputs(self, topo: Topology | None = None) -> dict[str, Any]:
         """The lab in the shape of a real stack's `pulumi stack output --json` (hastack.outputs).
 
-        The lab is the cloud here: its server ids and addresses, its Hetzner API
-        endpoint, its S3 (bucket, writer and reader keys, endpoint), Python
-        packages from the host's wheels. It is its own operator too: its CA goes
-        to the converge as the secret ``secrets.ca``, exactly as a stack's."""
+        The lab is the cloud here: its server ids and addresses, its CA, its
+        Hetzner API endpoint, its S3 (bucket, writer and reader keys, endpoint),
+        Python packages from the host's wheels."""
         topo = topo or self.topo
         machines = {h.name: Server(server_id=self.server_id(h.name), public_ipv4=self.addr.public_ip(h))
                     for h in topo.hosts}
         provided = Provided({
+            "pki_dir": str(self.paths.pki),
             "lab": True,
             "hcloud_api_endpoint": f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
             "hcloud_api_ca": self.ca.ca_pem,
@@ -227,16 +224,14 @@ class Lab:
             # the operator's age key: its public half encrypts the backups on the hosts
             "backup_age_recipients": [backup_age_recipient(self.paths)],
         })
-        ca = self.ca
-        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed"),
-                   "ca": {"cert": ca.ca_pem, "key": ca.key_path.read_text()}}
+        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")}
         bucket = None
         backup = s3.load_credentials(self.paths)  # written by `lab up` (services.start_s3)
         if backup is not None:
             bucket = backup["bucket"]
             secrets.update(backup_writers=backup["writers"], restore_reader=backup["reader"])
         return stack_outputs(topo, machines, floating_ip=self.addr.floating_ip, floating_ip_id=FLOATING_IP_ID,
-                             secrets=secrets, backup_bucket=bucket, provided=provided, ca_cert=ca.ca_pem)
+                             secrets=secrets, backup_bucket=bucket, provided=provided)
 
     def connection(self) -> dict[str, Any]:
         """How pyinfra reaches the machines: the lab admin's key, host keys pinned."""
@@ -261,21 +256,10 @@ class Lab:
 
     @property
     def ca(self):
-        """The lab's CA (.lab/pki), made once, like `hastack ca init` makes a stack's: constrained to
-        the lab's host names, its private network, the public addresses its certificates carry (the
-        floating IP, the operator's API) and its services' names. A CA made before name constraints
-        existed stays in use until .lab/pki is removed."""
-        from hastack import stack_ca
-        from hastack.pki import CAError, CertificateAuthority
+        from hastack.pki import CertificateAuthority
 
         ca = CertificateAuthority(self.paths.pki, self.stack)
-        if not ca.exists():  # create() refuses a half CA (a certificate without its key) rather than replace it
-            dns, networks = stack_ca.permitted_names(self.topo, public_ips=[self.addr.floating_ip, self.addr.host_public],
-                                                     extra_dns=[HCLOUD_API_NAME, S3_NAME])
-            try:
-                ca = CertificateAuthority.create(self.paths.pki, self.stack, dns, networks)
-            except CAError as e:
-                raise LabError(f"{e}: remove {self.paths.pki} to make the lab a new CA") from None
+        ca.ensure()
         return ca
 
     def _write_known_hosts(self) -> None:

@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from hastack.model.allocation import Host, allocate
 from hastack.model.firewall import Rule
 from hastack.model.schema import (LOCATIONS, NAMESPACE, REQUIRED_SECRETS, SECRET_KEYS, SERVER_TYPES, NAME_RE,
-                                  problems_of, secret_fix, stack_config_model)
+                                  problems_of, stack_config_model)
 from hastack.model.topology import Admin, Topology
 from roles import all_roles
 
 __all__ = ["Admin", "Host", "LOCATIONS", "NAMESPACE", "REQUIRED_SECRETS", "Rule", "SERVER_TYPES", "Topology",
-           "TopologyError", "config_from_pulumi", "load", "secret_fix"]
+           "TopologyError", "config_from_pulumi", "load"]
 
 
 class TopologyError(ValueError):
@@ -82,7 +82,7 @@ def load(stack: str, config: Mapping[str, Any], secret_keys: set[str] | frozense
     missing = tuple(k for k in REQUIRED_SECRETS.get(cfg.provider, ()) if k not in secret_keys)
     if missing and require_secrets:
         for key in missing:
-            problems.append(f"{key}: required secret is not set; run {secret_fix(key, stack)}")
+            problems.append(f"{key}: required secret is not set; run `pulumi config set --secret {key} <value>`")
     if problems:
         raise TopologyError(problems)
 

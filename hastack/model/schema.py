@@ -44,22 +44,11 @@ SERVER_TYPES = frozenset(
 PROVIDERS = ("hetzner", "lab")
 
 # Secrets a real (Hetzner) stack cannot run without. The lab makes its own.
-# hastack:caCert and hastack:caKey are the stack's CA (hastack.stack_ca).
 REQUIRED_SECRETS = {
-    "hetzner": ("hastack:failoverToken", "hastack:secretSeed", "hastack:caCert", "hastack:caKey"),
+    "hetzner": ("hastack:failoverToken", "hastack:secretSeed"),
     "lab": (),
 }
 SECRET_KEYS = frozenset(k for keys in REQUIRED_SECRETS.values() for k in keys)
-CA_SECRETS = ("hastack:caCert", "hastack:caKey")
-
-
-def secret_fix(key: str, stack: str) -> str:
-    """The command that sets a required secret."""
-    if key in CA_SECRETS:
-        # made by hastack, never by hand (and never implicitly)
-        return (f"`hastack ca init --stack {stack}` (the stack's CA; one kept in pki/{stack}/ from before: "
-                f"`hastack ca import --stack {stack}`)")
-    return f"`pulumi config set --secret {key} <value>`"
 
 RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")

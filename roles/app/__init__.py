@@ -3,7 +3,6 @@ application unless you bring your own), with a local proxy to the MariaDB writer
 
 from pydantic import Field, field_validator
 
-from hastack.pki import CertSpec
 from hastack.ports import Port
 from hastack.role import Placement, Role, Settings
 
@@ -66,11 +65,6 @@ def _from_outputs(outputs, secrets, data):
             "redis_passwords": {"app": redis_passwords(secrets["seed"])["app"]}}
 
 
-def certificate(host: str, data) -> CertSpec:
-    """The app server's TLS certificate (HAProxy verifies it by the host's name)."""
-    return CertSpec(f"app-{host}", (host,), (data["private_ip"],))
-
-
 ROLE = Role(
     name="app",
     ports=PORTS,
@@ -79,7 +73,6 @@ ROLE = Role(
     placement=Placement(short_name="app", first_address=20, min_count=1, max_count=40, count_rule="between 1 and 40"),
     host_data=_host_data,
     from_outputs=_from_outputs,
-    certificates=lambda host, data, _ca: [certificate(host, data)] if data["app_tls"] else [],
 )
 
 DEFAULTS = ROLE.defaults

@@ -7,10 +7,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
-from roles.app import DEFAULTS, certificate
+from roles.app import DEFAULTS
 from roles.app import config as c
-from roles.tls_files import stack_ca
 
 REFERENCE_APP = Path(__file__).parent / "files" / "app.py"
 
@@ -46,7 +46,8 @@ def app() -> None:
     ]
     tls_changed = False
     if host.data.app_tls:
-        issued = stack_ca().issue_spec(certificate(host.name, d.dict()))
+        issued = CertificateAuthority(host.data.pki_dir, host.data.stack).issue(
+            f"app-{host.name}", dns=[host.name], ips=[host.data.private_ip])
         crt = files.put(name="TLS certificate", src=StringIO(issued.chain_pem), dest="/etc/hastack-app/tls.crt",
                         user="root", group="root", mode="0644")
         key = files.put(name="TLS key", src=StringIO(issued.key_pem), dest="/etc/hastack-app/tls.key",

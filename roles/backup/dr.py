@@ -24,7 +24,6 @@ from typing import Callable
 import typer
 
 from hastack.console import OutputsOption, StackOption, console, err_console, fail, say
-from hastack.stack_ca import StackCAError
 from roles.backup.restore import AGE_KEY_ENV, AgeIdentity, Restore, RestoreError, Timeline, source_for
 
 app = typer.Typer(help="Disaster recovery: rebuild a stack's data from the backups; drill it on the lab.",
@@ -103,7 +102,7 @@ def rebuild(stack: str = StackOption, from_stack: str = typer.Option(..., "--fro
         reports = restore_all(stack, out, entries, from_stack, identity, timeline, force=force, log=log)
         with timeline.step("site"):
             site = _site_answers(out)
-    except (RestoreError, StackCAError) as e:  # StackCAError: no CA in the outputs, nothing was touched
+    except RestoreError as e:
         err_console.print(timeline.table(), highlight=False, markup=False)
         fail(str(e), code=1)
     result = {"stack": stack, "from": from_stack, "timeline": timeline.steps, "restored": reports, "site": site}

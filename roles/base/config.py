@@ -16,18 +16,8 @@ from roles.base import NODE_EXPORTER_PORT
 STAGING = "/var/lib/hastack/staged"
 
 
-STACK_CA_DIR = "/etc/ssl/hastack"
-
-
 def stack_ca_file(stack: str) -> str:
-    """Where the base role puts the stack CA for the programs that name it as their CA file (the
-    blackbox and Redis exporters, the application). Outside every system trust store: no tool
-    scans this directory."""
-    return f"{STACK_CA_DIR}/{stack}-ca.crt"
-
-
-def system_store_ca_file(stack: str) -> str:
-    """Where hosts converged before had the stack CA in the system trust store (it is removed)."""
+    """Where the base role installs the stack CA in the system trust store."""
     return f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
 
 

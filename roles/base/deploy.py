@@ -19,10 +19,10 @@ from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command, Hostname, Users
 from pyinfra.operations import apt, files, server, systemd
 
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
-from roles.tls_files import stack_ca
 
 PACKAGES = [
     "ca-certificates",
@@ -159,21 +159,15 @@ def _firewall(tvars):
     systemd.service(name="Load the firewall at boot", service="nftables", running=True, enabled=True)
 
 
-def _stack_ca_file():
-    """The stack CA as a file the services name as their CA (each has its own copy or this one).
-
-    Not in the system trust store: nothing on a host needs every program to trust the stack CA
-    (the agents' Hetzner API and S3 in the lab get the lab CA as an explicit file; in production
-    those are public services), and a CA there would be trusted by apt, pip and curl for any name
-    it signs. Hosts converged before had it there: it is taken out."""
-    files.directory(name="Stack CA directory", path=c.STACK_CA_DIR, user="root", group="root", mode="0755")
-    files.put(name="Stack CA (for the services that name it)", src=StringIO(stack_ca().ca_pem),
-              dest=c.stack_ca_file(host.data.stack), user="root", group="root", mode="0644")
-    legacy = files.file(name="Stack CA out of the system trust store", path=c.system_store_ca_file(host.data.stack),
-                        present=False)
-    # --fresh: without it a removed local CA leaves its links in /etc/ssl/certs behind
-    server.shell(name="Update the system trust store", commands=["update-ca-certificates --fresh"],
-                 _if=legacy.did_change)
+def _trust_stack_ca():
+    """Every host trusts the stack's internal CA, so TLS inside the stack verifies without extra flags."""
+    if not host.data.get("pki_dir"):
+        return
+    ca = files.put(name="Stack CA in the system trust store",
+                   src=StringIO(CertificateAuthority(host.data.pki_dir, host.data.stack).ca_pem_ensured()),
+                   dest=c.stack_ca_file(host.data.stack),
+                   user="root", group="root", mode="0644")
+    server.shell(name="Update the system trust store", commands=["update-ca-certificates"], _if=ca.did_change)
 
 
 @deploy("base", data_defaults=DEFAULTS)
@@ -183,7 +177,7 @@ def base():
 
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     apt.packages(name="Base packages", packages=PACKAGES, update=True, cache_time=3600, no_recommends=True)
-    _stack_ca_file()
+    _trust_stack_ca()
 
     _admins(tvars, data)
     _sshd(tvars)

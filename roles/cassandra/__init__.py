@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from pydantic import Field, field_validator, model_validator
 
-from hastack.pki import CertSpec
 from hastack.ports import Port
 from hastack.role import Placement, Role, Section, Settings
 from hastack.secrets import derive
@@ -156,11 +155,6 @@ def passwords(seed: str) -> dict[str, str]:
     return {user: derive(seed, f"cassandra/{user}") for user in USERS}
 
 
-def certificate(host: str, data) -> CertSpec:
-    """A node's certificate: CQL clients, and internode TLS both ways (endpoint verification)."""
-    return CertSpec(f"cassandra-{host}", (host,), (data["private_ip"],), client=True)
-
-
 ROLE = Role(
     name="cassandra",
     ports=PORTS,
@@ -179,7 +173,6 @@ ROLE = Role(
     cli="roles.cassandra.cli:app",
     restore="roles.cassandra.restore:restore",
     restore_cli="roles.cassandra.restore:command",
-    certificates=lambda host, data, _ca: [certificate(host, data)],
 )
 
 DEFAULTS = ROLE.defaults

@@ -17,14 +17,14 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from roles.cassandra import bundle as cassandra_bundle
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
-from roles.cassandra import DEFAULTS, certificate
+from roles.cassandra import DEFAULTS
 from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
                                     REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
 from roles.cassandra.ring import AUTH_SCRIPT, CQL_TOOL, RESTART_MARK, STATE_DIR
 from roles import rolling_restart
 from roles.data_volume import mount_data_volume
-from roles.tls_files import stack_ca
 
 AUTH_SOURCE = Path(__file__).parent / "auth.py"
 CQL_TOOL_SOURCE = Path(__file__).parent / "cql_tool.py"
@@ -90,7 +90,8 @@ def cassandra() -> None:
     for target, mode in CONFIG_FILES.items():
         changed.append(files.template(name=f"Cassandra {target.rsplit('/', 1)[1]}", src=template_path("cassandra", target),
                                       dest=target, user="cassandra", group="cassandra", mode=mode, **v))
-    issued = stack_ca().issue_spec(certificate(host.name, d.dict()))
+    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"cassandra-{host.name}", dns=[host.name],
+                                                            ips=[d.private_ip], client=True)
     changed.append(files.put(name="Cassandra TLS key and chain", src=StringIO(node_pem(issued)),
                              dest=f"{TLS_DIR}/node.pem", user="cassandra", group="cassandra", mode="0600"))
     changed.append(files.put(name="Cassandra TLS CA", src=StringIO(issued.ca_pem), dest=f"{TLS_DIR}/ca.crt",

@@ -5,7 +5,6 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hastack.pki import CertSpec
 from hastack.ports import PUBLIC, Port
 from hastack.role import Placement, Role, Settings
 from roles import HCLOUD_DEFAULTS
@@ -73,27 +72,6 @@ def _host_data(topo, host):
     }
 
 
-def site_name(stack: str, domain: str | None) -> str:
-    """The name the site's certificate from the stack CA carries and its probes verify: the
-    domain, else a name that can never resolve (RFC 2606 .invalid)."""
-    return domain or f"{stack}.invalid"
-
-
-def site_certificate(data, ca) -> CertSpec:
-    """The site's certificate from the stack CA. It carries the floating IP only where the CA
-    permits it: a cloud stack's CA is made before `pulumi up` creates the floating IP, so it
-    cannot name it; clients then verify the site by its name while connecting to the floating
-    IP, as the monitoring probes do. (The lab's CA names its floating IP; a CA from before name
-    constraints permits any address.)"""
-    ips = (data["floating_ip"],) if ca.permits(ips=[data["floating_ip"]]) else ()
-    return CertSpec("site", (site_name(data["stack"], data.get("domain")),), ips)
-
-
-def _certificates(host, data, ca):
-    internal = [site_certificate(data, ca)] if data["lb_certificate"] == "internal" else []
-    return internal + [witness.client_certificate(host)]
-
-
 def _from_outputs(outputs, secrets, data):
     out = {"vrrp_peer_server_id": outputs["hosts"][data["vrrp_peer"]].get("server_id")}
     if "failover_token" in secrets:  # the failover agent moves the floating IP through the Hetzner API
@@ -111,8 +89,6 @@ ROLE = Role(
                         count_rule="exactly 2: one active, one standby sharing the floating IP", floating_ip=True),
     host_data=_host_data,
     from_outputs=_from_outputs,
-    certificates=_certificates,
-    certificate_names=lambda topo: [site_name(topo.stack, topo.domain)],
 )
 
 DEFAULTS = ROLE.defaults

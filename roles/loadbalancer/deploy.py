@@ -10,11 +10,11 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent, witness
-from roles.loadbalancer import DEFAULTS, site_certificate
+from roles.loadbalancer import DEFAULTS
 from roles.loadbalancer import config as c
-from roles.tls_files import stack_ca
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "failover_agent.py"
 WRAPPER = """#!/bin/sh
@@ -37,8 +37,9 @@ def _site_certificate() -> str:
         if not path or not Path(path).exists():
             raise ValueError(f"{host.name}: lb_certificate is 'provided' but lb_certificate_file {path!r} does not exist")
         return Path(path).read_text()
-    ca = stack_ca()
-    issued = ca.issue_spec(site_certificate(host.data.dict(), ca))
+    ca = CertificateAuthority(host.data.pki_dir, host.data.stack)
+    names = [host.data.domain] if host.data.get("domain") else []
+    issued = ca.issue("site", dns=names or [f"{host.data.stack}.invalid"], ips=[host.data.floating_ip])
     return issued.chain_pem + issued.key_pem
 
 
@@ -64,18 +65,19 @@ def loadbalancer() -> None:
     files.directory(name="Certificate directory", path=c.CERT_DIR, user="root", group="haproxy", mode="0750")
     cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=c.CERT,
                      user="root", group="haproxy", mode="0640")
-    ca_file = files.put(name="Stack CA (verifies the app servers)", src=StringIO(stack_ca().ca_pem),
-                        dest=c.STACK_CA, user="root", group="root", mode="0644")
+    stack_ca = files.put(name="Stack CA (verifies the app servers)",
+                         src=StringIO(CertificateAuthority(d.pki_dir, d.stack).ca_pem_ensured()),
+                         dest=c.STACK_CA, user="root", group="root", mode="0644")
     cfg = template("HAProxy configuration", c.HAPROXY_CFG)
     server.shell(name="Check HAProxy configuration", commands=[f"haproxy -c -q -f {c.HAPROXY_CFG}"],
-                 _if=lambda: cfg.did_change() or cert.did_change() or ca_file.did_change())
+                 _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
     systemd.service(name="HAProxy running", service="haproxy.service", running=True, enabled=True,
-                    reloaded=cfg.will_change or cert.will_change or ca_file.will_change)
+                    reloaded=cfg.will_change or cert.will_change or stack_ca.will_change)
     # a reload that fails keeps the old configuration running: check it really serves
     server.shell(name="HAProxy answers", commands=[
         f"for i in 1 2 3 4 5 6 7 8 9 10; do {c.CHECK_SCRIPT} && exit 0; sleep 0.5; done; "
         "journalctl -u haproxy -n 5 --no-pager; exit 1"],
-        _if=lambda: cfg.did_change() or cert.did_change() or ca_file.did_change())
+        _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
 
     # -- the failover agent
     hcloud_agent.install()

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from hastack.pki import CertSpec
 from hastack.ports import Port
 from hastack.role import Placement, Role, Settings
 from hastack.secrets import derive
@@ -16,8 +15,6 @@ MARIADB_PORT = 3306
 WRITER_AGENT_PORT = 9106  # the health answer the app servers' HAProxy reads
 WRITER_PEER_PORT = 9109  # the two agents' own channel (mutual TLS)
 DONOR_PORT = 4444
-# the name the app servers' local proxy answers as; both masters' certificates carry it
-WRITER_NAME = "mariadb-writer"
 
 PORTS = (
     Port("mysql", MARIADB_PORT, sources=("app", "mariadb"), description="MariaDB clients and replication (TLS)"),
@@ -112,11 +109,6 @@ def _from_outputs(outputs, secrets, data):
     return out
 
 
-def certificate(host: str, data) -> CertSpec:
-    """A master's certificate: server (clients, replication, the seed stream) and client (its peer)."""
-    return CertSpec(f"mariadb-{host}", (host, WRITER_NAME), (data["private_ip"],), client=True)
-
-
 ROLE = Role(
     name="mariadb",
     ports=PORTS,
@@ -132,8 +124,6 @@ ROLE = Role(
     after_roles="roles.mariadb.restart:after_roles",  # a new configuration: one master at a time
     restore="roles.mariadb.restore:restore",
     restore_cli="roles.mariadb.restore:command",
-    certificates=lambda host, data, _ca: [certificate(host, data), witness.client_certificate(host)],
-    certificate_names=lambda _topo: [WRITER_NAME],
 )
 
 DEFAULTS = ROLE.defaults

@@ -19,19 +19,22 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
+from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent, rolling_restart
 from roles.data_volume import mount_data_volume
 from roles import witness
-from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER_PORT, certificate
+from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER_PORT
 from roles.mariadb import config as c
 from roles.mariadb.config import CNF, JOIN, WAIT_FOR_UPGRADE
 from roles.mariadb.restart import RESTART_MARK
-from roles.tls_files import put_tls_files, stack_ca
+from roles.tls_files import put_tls_files
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 HOLD_FILE = f"{SQL_DIR}/hold-writes"  # the writer agent's hold_file
 AGENT_SOURCE = Path(__file__).resolve().parent / "writer_agent.py"
+# the name the application's TLS client checks, whichever master its local proxy reaches
+WRITER_NAME = "mariadb-writer"
 
 
 def _q(value: str) -> str:
@@ -119,7 +122,8 @@ def mariadb() -> None:
     apt.packages(name="MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
                  no_recommends=True)
 
-    issued = stack_ca().issue_spec(certificate(host.name, d.dict()))
+    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name, WRITER_NAME],
+                                                            ips=[d.private_ip], client=True)
     tls = put_tls_files("MariaDB", "/etc/mysql/tls", "mysql", issued)
     cnf = template("MariaDB settings", CNF, "0644")
     # member: it holds the application database; fresh: no database but MariaDB's own (what the package's

@@ -11,8 +11,7 @@ from pydantic import Field, field_validator
 from hastack.ports import Port
 from hastack.role import Placement, Role, Section, Settings
 from roles.loadbalancer import STATS_PORT as HAPROXY_METRICS_PORT
-from roles.loadbalancer import site_name
-from roles.witness import WITNESS_PORT, server_certificate
+from roles.witness import WITNESS_PORT
 
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
@@ -95,15 +94,12 @@ def _host_data(topo, host):
     """Everything Prometheus scrapes, from the topology: a host added or removed changes the targets."""
     lb = topo.resolved_settings("loadbalancer") if topo.hosts_with_role("loadbalancer") else {}
     sentinels = topo.cluster("redis").sentinels if topo.hosts_with_role("redis") else ()
-    internal_site = lb.get("lb_certificate") == "internal"
     return {
         "monitoring_hosts": [{"name": h.name, "role": h.role, "ip": h.private_ip} for h in topo.hosts],
         "monitoring_sentinels": [topo.host(s).private_ip for s in sentinels],
         "monitoring_sentinel_quorum": topo.resolved_settings("sentinel")["sentinel_quorum"] if sentinels else 0,
-        # the name the site's certificate carries: with the stack CA's own, always a DNS name (a cloud
-        # stack's CA cannot name the floating IP, roles.loadbalancer.site_certificate)
-        "monitoring_site_name": site_name(topo.stack, topo.domain) if internal_site else topo.domain,
-        "monitoring_site_internal_ca": internal_site,
+        "monitoring_site_name": topo.domain,
+        "monitoring_site_internal_ca": lb.get("lb_certificate") == "internal",
         "monitoring_app_tls": topo.resolved_settings("app")["app_tls"] if topo.hosts_with_role("app") else False,
         "monitoring_witness_groups": {
             "mariadb": {h.name: None for h in topo.hosts_with_role("mariadb")},
@@ -125,7 +121,6 @@ ROLE = Role(
     check=_check,
     host_data=_host_data,
     commands={"uptime": "roles.monitoring.uptime:app"},
-    certificates=lambda host, data, _ca: [server_certificate(host, data["private_ip"])],  # the witness
 )
 
 DEFAULTS = ROLE.defaults

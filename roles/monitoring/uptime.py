@@ -69,11 +69,10 @@ def duration_seconds(value: str) -> float:
 
 def for_stack(stack: str, floating_ip: str, ca_file: Path | None = None, **listen: str) -> Uptime:
     """The probe of ``stack``'s site at ``floating_ip``, from the stack file's monitoring settings.
-    A site with the stack's own certificate is verified against the stack CA (``ca_file``: the
-    stack's output caCert; the lab's own; or one kept in pki/<stack>/ from before)."""
+    A site with the stack's own certificate is verified against the stack CA (``ca_file``, or
+    the one `pulumi up` keeps on the operator's machine)."""
+    from hastack.inventory import PKI_DIR
     from hastack.pki import CertificateAuthority
-    from hastack.stack_ca import PKI_DIR
-    from roles.loadbalancer import site_name
 
     topo = _topology(stack)
     settings = topo.resolved_settings("monitoring")
@@ -84,13 +83,10 @@ def for_stack(stack: str, floating_ip: str, ca_file: Path | None = None, **liste
         path = ca_file or CertificateAuthority(pki, stack).cert_path
         if not path.is_file():
             raise ValueError(f"the site's certificate is the stack's own (loadbalancer certificate: internal), and its "
-                             f"CA {path} is not on this machine: copy it here and pass --ca-file (the stack's "
-                             f"certificate: `pulumi stack output --stack {stack} caCert > ca.crt`)")
+                             f"CA {path} is not on this machine: copy it here and pass --ca-file")
         ca = path.read_text()
     email = settings["monitoring_alert_email"]
-    # the stack CA's site certificate always carries the site's DNS name (a cloud stack's CA cannot name
-    # the floating IP); a provided one is verified by the domain, or by the address when there is none
-    name = site_name(stack, topo.domain) if internal else (topo.domain or floating_ip)
+    name = topo.domain or floating_ip
     return Uptime(stack=stack, site={"https": f"https://{floating_ip}/", "http": f"http://{floating_ip}/", "name": name},
                   interval=settings["monitoring_site_probe_interval"], ca_pem=ca,
                   webhooks=tuple(settings["monitoring_alert_webhooks"]),

@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from hastack.pki import CertSpec
 from hastack.ports import Port
 from hastack.role import Placement, Role, Settings
 from hastack.secrets import derive
@@ -74,11 +73,6 @@ def server_secrets(outputs, secrets, data):
     return {"redis_passwords": passwords(secrets["seed"])} if secrets.get("seed") else {}
 
 
-def certificate(host: str, data) -> CertSpec:
-    """Redis and Sentinel on a host share one certificate: server, and client of the others."""
-    return CertSpec(f"redis-{host}", (host,), (data["private_ip"],), client=True)
-
-
 ROLE = Role(
     name="redis",
     ports=PORTS,
@@ -93,7 +87,6 @@ ROLE = Role(
     after_roles="roles.redis.restart:after_roles",  # a new configuration: one host at a time
     restore="roles.redis.restore:restore",
     restore_cli="roles.redis.restore:command",
-    certificates=lambda host, data, _ca: [certificate(host, data)],
 )
 
 DEFAULTS = ROLE.defaults

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from roles.base.config import stack_ca_file
 from roles.redis import acl_hash
 from roles.redis import REDIS_PORT
 
@@ -47,9 +46,7 @@ def redis_conf_vars(hostname: str, data: Mapping[str, Any], current_primary: str
 
 
 def exporter_vars(data: Mapping[str, Any]) -> dict[str, Any]:
-    # the exporter runs as prometheus, which cannot read /etc/redis/tls: the base role's copy of the CA
-    return {"private_ip": data["private_ip"], "port": REDIS_PORT, "password": data["redis_passwords"]["exporter"],
-            "ca_file": stack_ca_file(data["stack"])}
+    return {"private_ip": data["private_ip"], "port": REDIS_PORT, "password": data["redis_passwords"]["exporter"]}
 
 
 def template_vars(hostname: str, data: Mapping[str, Any],

@@ -5,7 +5,7 @@ from pydantic import Field
 
 from hastack.ports import Port
 from hastack.role import Role, Settings
-from roles.redis import certificate, client_data, server_secrets
+from roles.redis import client_data, server_secrets
 
 SENTINEL_PORT = 26379
 
@@ -32,7 +32,6 @@ ROLE = Role(
     host_data=lambda topo, host: client_data(topo),
     from_outputs=server_secrets,
     after_roles="roles.sentinel.restart:after_roles",  # a new configuration: one Sentinel at a time
-    certificates=lambda host, data, _ca: [certificate(host, data)],  # Redis's own where both run
 )
 
 DEFAULTS = ROLE.defaults

@@ -6,12 +6,11 @@ import pytest
 import requests
 
 from hastack.converge import converge
-from roles.base.config import stack_ca_file
 from roles.mariadb import passwords as mariadb_passwords
 from tests.support import mariadb_pair
 from tests.support.lab import records_api, tcp, wait_for
 
-CA = stack_ca_file("lab")  # the base role's copy of the stack CA (not in the system trust store)
+CA = "/usr/local/share/ca-certificates/hastack-lab.crt"
 
 
 def sql(lab, host, query, check=True):

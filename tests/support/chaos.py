@@ -679,13 +679,13 @@ def lb_private_link_cut(lab) -> dict:
 
 def redis_primary(lab) -> str:
     """The Redis primary as the Sentinel on the monitoring host names it."""
-    from roles.base.config import stack_ca_file
     from roles.redis import passwords
 
     pw = passwords(lab.stack_outputs()["secrets"]["seed"])["sentinel"]
     mon = lab.topo.hosts_with_role("monitoring")[0].name
     out = lab.exec(mon, ["env", f"REDISCLI_AUTH={pw}", "timeout", "5", "redis-cli", "--no-auth-warning", "-h",
-                         "127.0.0.1", "-p", "26379", "--tls", "--cacert", stack_ca_file(lab.stack),
+                         "127.0.0.1", "-p", "26379", "--tls", "--cacert",
+                         "/usr/local/share/ca-certificates/hastack-lab.crt",
                          "SENTINEL", "get-master-addr-by-name", "hastack"]).stdout.split()
     ip = out[0] if out else None
     return next((h.name for h in lab.topo.hosts if h.private_ip == ip), None)

@@ -57,12 +57,12 @@ def keepalived_cfg(stack, host, scripts):
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    ca = CertificateAuthority.create(d, "test", dns=["www.example.com"], networks=[f"{FLOATING_IP}/32"])
+    ca = CertificateAuthority(d, "test")
     issued = ca.issue("site", dns=["www.example.com"], ips=[FLOATING_IP])
     site = d / "site.pem"
     site.write_text(issued.chain_pem + issued.key_pem)
     stack_ca = d / "stack-ca.pem"
-    stack_ca.write_text(ca.ca_pem)
+    stack_ca.write_text(ca.ca_pem_ensured())
     return {"site": site, "ca": stack_ca}
 
 

@@ -31,8 +31,6 @@ class FakeWitness:
 
     def __init__(self, pki_dir, answer=None, server_name=WITNESS_NAME, client_name="lab-lb1"):
         ca = CertificateAuthority(pki_dir, "test")
-        if not ca.exists():  # one CA per directory, made here (nothing makes a CA implicitly)
-            ca = CertificateAuthority.create(pki_dir, "test")
         server = ca.issue(f"witness-{server_name}", dns=[server_name])
         client = ca.issue(f"witness-{client_name}", dns=[client_name], client=True)
         self.files = {}

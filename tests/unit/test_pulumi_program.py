@@ -1,12 +1,11 @@
 """The Pulumi program (__main__.py) under a recording engine: no cloud, no CLI."""
 
-import functools
 import json
 
 import pulumi
 import pytest
 
-from hastack import recording, stack_ca
+from hastack import recording
 from hastack.stackfile import read_stack_file
 from roles import host_roles
 
@@ -20,21 +19,10 @@ SERVER = "hcloud:index/server:Server"
 STACKS = ["prod", "staging", "dr"]
 
 
-@functools.cache
-def ca_of(stack):
-    """The stack's CA, as `hastack ca init` makes it (one per stack: its names)."""
-    return stack_ca.new_ca(load_stack(stack))
-
-
-def secrets_of(stack):
-    ca = ca_of(stack)
-    return {**SECRETS, "hastack:caCert": ca.cert_pem, "hastack:caKey": ca.key_pem}
-
-
-def run(stack, flat=None, secrets=None, references=None):
+def run(stack, flat=None, secrets=SECRETS, references=None):
     if flat is None:
         flat = read_stack_file(stack)[0]
-    return recording.run(stack, flat, secrets_of(stack) if secrets is None else secrets, references=references)
+    return recording.run(stack, flat, secrets, references=references)
 
 
 @pytest.fixture(scope="module", params=STACKS)
@@ -250,8 +238,7 @@ def test_access_keys_only_as_secrets(rec):
 def test_no_secret_in_a_plain_output(rec):
     secret = rec.outputs["secrets"].value
     needles = [TOKEN, SEED, SECRETS["hcloud:token"], secret["restore_reader"]["secret_access_key"],
-               *(w["secret_access_key"] for w in secret["backup_writers"].values()),
-               ca_of(rec.stack).key_pem.splitlines()[1]]  # a line of the CA key's base64
+               *(w["secret_access_key"] for w in secret["backup_writers"].values())]
     assert sorted(secret["backup_writers"]) == backup_hosts(rec.stack)
     for name, out in rec.outputs.items():
         if out.secret:
@@ -328,82 +315,6 @@ def test_failed_run_registers_nothing(prod_flat):
     assert settings.SETTINGS.monitor.recording.resources == []
 
 
-def nothing_registered():
-    from pulumi.runtime import settings
-    return settings.SETTINGS.monitor.recording.resources == []
-
-
-def test_a_stack_without_a_ca_fails_before_any_resource_naming_the_command(prod_flat):
-    secrets = {k: v for k, v in secrets_of("prod").items() if k not in stack_ca.CA_KEYS}
-    with pytest.raises(pulumi.RunError) as err:
-        run("prod", prod_flat, secrets=secrets)
-    for key in ("hastack:caCert", "hastack:caKey"):
-        assert (f"{key}: required secret is not set; run `hastack ca init --stack prod` (the stack's CA; one kept in "
-                "pki/prod/ from before: `hastack ca import --stack prod`)") in str(err.value)
-    assert nothing_registered()
-
-
-def test_a_ca_key_of_another_ca_fails_before_any_resource_without_showing_it(prod_flat):
-    other = ca_of("staging")
-    secrets = {**secrets_of("prod"), "hastack:caKey": other.key_pem}
-    with pytest.raises(pulumi.RunError) as err:
-        run("prod", prod_flat, secrets=secrets)
-    assert "hastack:caCert/hastack:caKey: the key does not belong to the certificate" in str(err.value)
-    assert "`hastack ca init --stack prod`" in str(err.value)
-    assert "PRIVATE KEY" not in str(err.value) and other.key_pem.splitlines()[1] not in str(err.value)
-    assert nothing_registered()
-
-
-def test_a_ca_that_is_no_pem_fails_naming_what_is_expected(prod_flat):
-    with pytest.raises(pulumi.RunError) as err:
-        run("prod", prod_flat, secrets={**secrets_of("prod"), "hastack:caCert": "not a certificate"})
-    assert "the certificate is not a PEM X.509 certificate (expected a '-----BEGIN CERTIFICATE-----' block)" \
-        in str(err.value)
-    assert nothing_registered()
-
-
-def test_a_ca_whose_names_leave_out_the_stacks_hosts_fails_before_any_resource(prod_flat):
-    """staging's CA may sign staging's names only: prod's hosts are outside its name constraints."""
-    staging = ca_of("staging")
-    secrets = {**secrets_of("prod"), "hastack:caCert": staging.cert_pem, "hastack:caKey": staging.key_pem}
-    with pytest.raises(pulumi.RunError) as err:
-        run("prod", prod_flat, secrets=secrets)
-    message = str(err.value)
-    assert "the CA's name constraints do not permit prod-lb1, prod-lb2" in message
-    outside = message.split("do not permit ")[1].split(" (")[0].split(", ")
-    assert "www.example.com" in outside and "10.20.1.10" in outside  # prod's domain and network: not staging's
-    assert "mariadb-writer" not in outside  # every stack's CA permits the writer's name
-    assert nothing_registered()
-
-
-def test_a_ca_from_before_name_constraints_is_accepted(prod_flat):
-    from hastack.pki import make_ca
-
-    cert, key = make_ca("prod")  # no constraints, as CAs were made before
-    rec = run("prod", prod_flat, secrets={**secrets_of("prod"), "hastack:caCert": cert, "hastack:caKey": key})
-    assert rec.outputs["secrets"].value["ca"] == {"cert": cert, "key": key}
-
-
-def test_the_ca_reaches_the_converge_as_a_secret_like_the_seed(rec):
-    ca = ca_of(rec.stack)
-    assert rec.outputs["secrets"].secret
-    assert rec.outputs["secrets"].value["ca"] == {"cert": ca.cert_pem, "key": ca.key_pem}
-    assert rec.named("converge").inputs["outputs"]["secrets"]["ca"] == {"cert": ca.cert_pem, "key": ca.key_pem}
-    # the certificate alone is public: the site's clients take it from the caCert output
-    assert rec.outputs["caCert"].value == ca.cert_pem and not rec.outputs["caCert"].secret
-
-
-def test_a_new_ca_converges_again(rec):
-    """The converge's digest covers the CA (its certificate): a new CA runs the converge again."""
-    from hastack.cloud.converge_resource import code_digest, data_digest
-
-    hosts = rec.outputs["hosts"].value
-    digest = rec.named("converge").inputs["digest"]
-    assert digest == data_digest([hosts, code_digest(), stack_ca.StackCA(ca_of(rec.stack).cert_pem, "").digest])
-    assert digest != data_digest([hosts, code_digest(), stack_ca.StackCA(ca_of("staging" if rec.stack != "staging"
-                                                                                 else "prod").cert_pem, "").digest])
-
-
 def test_lab_stack_is_refused_by_pulumi_up():
     with pytest.raises(pulumi.RunError, match="use `hastack lab up`"):
         run("lab", secrets={})
@@ -457,7 +368,7 @@ def test_code_digest_follows_templates(tmp_path):
 def test_provider_credentials_in_plain_text_fail_before_any_resource(prod_flat, key):
     prod_flat[key] = "AKIAEXAMPLEVALUE"
     with pytest.raises(pulumi.RunError) as err:
-        run("prod", prod_flat, secrets={k: v for k, v in secrets_of("prod").items() if k != key})
+        run("prod", prod_flat, secrets={k: v for k, v in SECRETS.items() if k != key})
     assert f"{key}: is stored in plain text; remove it and run `pulumi config set --secret {key} <value>`" in str(err.value)
     assert "AKIAEXAMPLEVALUE" not in str(err.value)
     from pulumi.runtime import settings
@@ -479,7 +390,6 @@ PROD_OUTPUTS = {
         "seed": "prod-seed",
         "backup_writers": {"prod-db1": {"access_key_id": "AKIAPRODDB1", "secret_access_key": "prod-db1-writer-secret"}},
         "restore_reader": {"access_key_id": "AKIAPRODREADER", "secret_access_key": "prod-reader-secret"},
-        "ca": {"cert": "prod-ca-certificate", "key": "prod-ca-key"},
     },
 }
 
@@ -498,7 +408,7 @@ def test_dr_exports_prods_bucket_and_reader_as_a_secret():
     }
     # the reader only: prod's seed, failover token and writers stay in prod
     text = json.dumps({name: out.value for name, out in rec.outputs.items()})
-    for needle in ("prod-seed", "prod-failover-token", "prod-db1-writer-secret", "prod-ca-key"):
+    for needle in ("prod-seed", "prod-failover-token", "prod-db1-writer-secret"):
         assert needle not in text
     # dr keeps its own bucket for its own backups
     assert rec.outputs["backupBucket"].value.startswith("hastack-dr-backups-")

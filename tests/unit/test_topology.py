@@ -9,7 +9,7 @@ import pytest
 from hastack.stackfile import available_stacks, load_stack
 from hastack.model import TopologyError, load
 
-SECRETS = {"hastack:failoverToken", "hastack:secretSeed", "hastack:caCert", "hastack:caKey"}
+SECRETS = {"hastack:failoverToken", "hastack:secretSeed"}
 
 
 def problems_of(config, stack="prod", secrets=SECRETS):
@@ -243,21 +243,8 @@ def test_duplicate_host_names(prod_config):
 
 
 def test_missing_required_secret(prod_config):
-    assert only_problem(prod_config, secrets=SECRETS - {"hastack:failoverToken"}) == (
+    assert only_problem(prod_config, secrets={"hastack:secretSeed"}) == (
         "hastack:failoverToken: required secret is not set; run `pulumi config set --secret hastack:failoverToken <value>`")
-
-
-def test_missing_ca_names_the_command_that_makes_it(prod_config):
-    assert only_problem(prod_config, secrets=SECRETS - {"hastack:caKey"}) == (
-        "hastack:caKey: required secret is not set; run `hastack ca init --stack prod` (the stack's CA; one kept "
-        "in pki/prod/ from before: `hastack ca import --stack prod`)")
-
-
-def test_ca_key_in_plain_text_refused(prod_config):
-    prod_config["caKey"] = "-----BEGIN PRIVATE KEY-----"
-    problems = problems_of(prod_config, secrets=SECRETS - {"hastack:caKey"})
-    assert problems[0] == ("hastack:caKey: is stored in plain text; remove it and run "
-                           "`pulumi config set --secret hastack:caKey <value>`")
 
 
 def test_secret_in_plain_text_refused(prod_config):
