@@ -99,6 +99,20 @@ def _print_converge(report) -> None:
     console.print(table)
 
 
+def _print_drift(report) -> None:
+    """A dry run's findings: each host's operations that would change something."""
+    hosts = len(report.hosts)
+    drifted = [r for r in report.hosts.values() if r.changed]
+    table = Table(title=f"converge --check: {report.changes} operations would change on {len(drifted)} of {hosts} "
+                        f"hosts ({report.seconds:.1f}s, nothing was changed)")
+    for col in ("host", "operations", "would change", "what"):
+        table.add_column(col)
+    for r in report.hosts.values():
+        what = "\n".join(r.changed_operations) or ("-" if not r.failed else f"[red]NOT CHECKED {r.failed}[/red]")
+        table.add_row(r.name, str(r.operations), str(r.changed), what)
+    console.print(table)
+
+
 @lab_app.command("up")
 def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-converge")) -> None:
     """Build what is missing, boot every machine, converge. Idempotent; recovers a half-finished run."""
@@ -237,11 +251,23 @@ def lab_down(stack: str = LabStack) -> None:
 
 
 @app.command("converge")
-def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption) -> None:
-    """Converge every host of a stack (drift repair). Lab stacks use the lab's machines."""
+def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption,
+                 check: bool = typer.Option(False, "--check", help="a dry run: list, per host, every operation "
+                                            "that would change something; change nothing; exit 1 on drift")) -> None:
+    """Converge every host of a stack (drift repair). Lab stacks use the lab's machines.
+
+    With --check: exit 0 when nothing would change, 1 when something would (drift), 2 when a
+    host could not be checked."""
     from hastack.converge import converge
 
     entries = stack_entries(stack, outputs)
+    if check:
+        report = converge(entries, progress=say, check=True)
+        _print_drift(report)
+        failed = [r for r in report.hosts.values() if r.failed]
+        if failed:
+            fail("could not check " + "; ".join(f"{r.name}: {r.failed}" for r in failed), code=2)
+        raise typer.Exit(1 if report.changes else 0)
     report = converge(entries, progress=say)
     _print_converge(report)
     if not report.ok:

@@ -5,6 +5,10 @@ stack (addresses from `pulumi stack output`). Each host runs the roles its
 data lists (``base``, its own, those beside it), in that order; a role
 without a deploy module has nothing to configure yet. Then each role's
 after-roles step runs (hastack.role.Role.after_roles).
+
+``check=True`` is the dry run (`hastack converge --check`): the operations are
+prepared as for a converge (facts gathered) and each is asked whether it would
+change something; nothing is run on any host and no after-roles step runs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Callable
 
 from gevent.pool import Pool
 from pyinfra import host
-from pyinfra.context import ctx_state
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra.api import Config, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy, deploy
@@ -38,6 +42,8 @@ class HostReport:
     changed: int = 0
     changed_operations: list[str] = field(default_factory=list)
     failed: str | None = None  # "operation name: error"
+    # a dry run: operations that run only when another one changes (a restart after its file)
+    conditional: int = 0
 
 
 @dataclass
@@ -81,9 +87,11 @@ def converge_host() -> None:
 
 
 def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
-             progress: Callable[[str], None] | None = None, after_roles: bool = True) -> ConvergeReport:
+             progress: Callable[[str], None] | None = None, after_roles: bool = True,
+             check: bool = False, deploy_fn: Callable = converge_host) -> ConvergeReport:
     """Converge every host in ``entries`` (name -> pyinfra host data); ``after_roles=False``
-    leaves out the roles' steps after the roles (a Cassandra node is configured, the ring not changed)."""
+    leaves out the roles' steps after the roles (a Cassandra node is configured, the ring not changed).
+    ``check``: the dry run; the report's changes are the operations that would change something."""
     started = time.monotonic()
     logging.getLogger("pyinfra").setLevel(logging.WARNING)
     inventory = make_inventory(entries)
@@ -107,7 +115,13 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             # set once around all of them.
             hosts = list(state.inventory.get_active_hosts())
             with ctx_state.use(state):
-                Pool(len(hosts) or 1).map(lambda h: add_deploy(state, converge_host, host=h), hosts)
+                Pool(len(hosts) or 1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+            if check:
+                say(f"asking {len(state.get_op_order())} operations whether they would change anything "
+                    "(nothing is run)")
+                with ctx_state.use(state):
+                    Pool(len(hosts) or 1).map(lambda h: _would_change(state, h, reports[h.name]), hosts)
+                return ConvergeReport(reports, time.monotonic() - started)
             say(f"running {len(state.get_op_order())} operations")
             run_ops(state)
         except PyinfraError as e:
@@ -116,6 +130,8 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                     reports[h.name].failed = str(e)
             if not any(r.failed for r in reports.values()):
                 raise
+        if check:
+            return ConvergeReport(reports, time.monotonic() - started)
         _collect(state, inventory, reports)
         if after_roles:
             _after_roles(state, inventory, reports, say)
@@ -217,6 +233,29 @@ def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: C
                 reports[name].changed_operations.append(change)
         except AfterRolesError as e:
             first.failed = str(e)
+
+
+def _would_change(state: State, h, report: HostReport) -> None:
+    """Which of a host's prepared operations would change something, as pyinfra knows before running
+    one: its facts against what the operation wants (the operation's commands are generated, not run).
+    An operation that runs only when another one changed (``_if``: a restart after its file) is
+    counted apart: it follows the drift that the others report."""
+    with ctx_host.use(h):
+        for op_hash in h.op_hash_order:
+            data = state.get_op_data_for_host(h, op_hash)
+            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            report.operations += 1
+            if data.global_arguments.get("_if"):
+                report.conditional += 1
+                continue
+            try:
+                change = data.operation_meta.will_change
+            except Exception as e:  # noqa: BLE001 - a fact that cannot be read: the host is not checked further
+                report.failed = f"{name}: {type(e).__name__}: {e}"
+                return
+            if change:
+                report.changed += 1
+                report.changed_operations.append(name)
 
 
 def _collect(state: State, inventory, reports: dict[str, HostReport]) -> None:

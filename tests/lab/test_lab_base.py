@@ -179,3 +179,40 @@ def test_stop_and_start_a_machine(lab):
     assert next(r for r in lab.status() if r["name"] == "lab-app2")["state"] == "stopped"
     assert lab.start("lab-app2") == "running"
     assert ssh(lab, "lab-app2").returncode == 0
+
+
+def test_converge_check_names_the_drift_changes_nothing_and_a_converge_repairs_it(lab):
+    """`hastack converge --check` as the nightly pipeline runs it: 0 after a converge; a file changed by
+    hand and a stopped service on one host named exactly (exit 1), left as they are; a converge repairs both."""
+    import sys
+
+    from roles.base.config import JOURNALD
+
+    def check():
+        return subprocess.run([sys.executable, "-m", "hastack.cli", "converge", "--stack", "lab", "--check"],
+                              capture_output=True, text=True, timeout=600, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+
+    clean = check()
+    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-2000:]
+    assert "0 operations would change on 0 of 12 hosts" in " ".join(clean.stdout.split())
+
+    victim = "lab-app2"
+    lab.exec(victim, ["sh", "-c", f"echo '# changed by hand' >> {JOURNALD}"], check=True)
+    lab.exec(victim, ["systemctl", "stop", "prometheus-node-exporter"], check=True)
+    drift = check()
+    out = " ".join(drift.stdout.split())
+    assert drift.returncode == 1, drift.stdout[-3000:] + drift.stderr[-2000:]
+    assert "2 operations would change on 1 of 12 hosts" in out, out[-3000:]
+    row = next(line for line in drift.stdout.splitlines() if victim in line)
+    assert "│ 2 " in row, row
+    assert "journald" in drift.stdout.lower() and "Node exporter" in drift.stdout, drift.stdout[-3000:]
+    # the dry run changed nothing
+    assert "# changed by hand" in lab.exec(victim, ["cat", JOURNALD], check=True).stdout
+    assert lab.exec(victim, ["systemctl", "is-active", "prometheus-node-exporter"]).stdout.strip() != "active"
+
+    repaired = converge(lab.inventory_entries())
+    ops = repaired.hosts[victim].changed_operations
+    assert repaired.ok and any("journald" in op for op in ops) and any("Node exporter" in op for op in ops), ops
+    assert "# changed by hand" not in lab.exec(victim, ["cat", JOURNALD], check=True).stdout
+    assert lab.exec(victim, ["systemctl", "is-active", "prometheus-node-exporter"]).stdout.strip() == "active"
+    assert check().returncode == 0

@@ -1,0 +1,58 @@
+"""`hastack converge --check`: pyinfra's prepared operations asked whether they would change anything,
+on this machine (pyinfra's @local connector) with a small deploy of the same kinds the roles use."""
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api.deploy import deploy
+from pyinfra.operations import files, server
+
+from hastack.converge import converge
+
+
+@deploy("check test")
+def a_file_and_its_restart():
+    put = files.put(name="the managed file", src=StringIO("wanted\n"), dest=host.data.path, mode="0644")
+    # runs only when the file changed: it follows the drift, it is not drift of its own
+    server.shell(name="restart after the file", commands=[f"touch {host.data.path}.restarted"], _if=put.did_change)
+
+
+def check(tmp_path):
+    return converge({"@local": {"path": str(tmp_path / "managed.conf")}}, check=True,
+                    deploy_fn=a_file_and_its_restart).hosts["@local"]
+
+
+def test_a_missing_file_is_drift_and_nothing_is_run(tmp_path):
+    report = check(tmp_path)
+    assert report.failed is None
+    assert (report.changed, report.changed_operations, report.conditional) == (1, ["check test | the managed file"], 1)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor the restart's mark: a dry run
+
+
+def test_a_file_as_wanted_is_no_drift(tmp_path):
+    path = tmp_path / "managed.conf"
+    path.write_text("wanted\n")
+    path.chmod(0o644)
+    report = check(tmp_path)
+    assert (report.failed, report.changed, report.changed_operations) == (None, 0, [])
+    assert report.operations == 2
+
+
+def test_a_file_changed_by_hand_is_named_and_left_as_it_is(tmp_path):
+    path = tmp_path / "managed.conf"
+    path.write_text("changed by hand\n")
+    path.chmod(0o644)
+    report = check(tmp_path)
+    assert (report.changed, report.changed_operations) == (1, ["check test | the managed file"])
+    assert path.read_text() == "changed by hand\n"
+    assert not (tmp_path / "managed.conf.restarted").exists()
+
+
+def test_the_same_deploy_run_for_real_repairs_it_and_a_check_then_finds_nothing(tmp_path):
+    path = tmp_path / "managed.conf"
+    path.write_text("changed by hand\n")
+    path.chmod(0o644)
+    real = converge({"@local": {"path": str(path)}}, deploy_fn=a_file_and_its_restart, after_roles=False)
+    assert real.ok and real.changes == 2  # the file and its restart
+    assert path.read_text() == "wanted\n" and (tmp_path / "managed.conf.restarted").exists()
+    assert check(tmp_path).changed == 0
