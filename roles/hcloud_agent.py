@@ -7,7 +7,9 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
+
+from roles import packages
 
 VENV = "/opt/hastack/venv"
 TOKEN_FILE = "/etc/hastack/hcloud-token"
@@ -17,7 +19,7 @@ CA_FILE = "/etc/hastack/hcloud-api-ca.pem"
 def install(system_site_packages: bool = False) -> None:
     """The agents' virtualenv; with the system's packages where an agent also uses Debian's (PyMySQL)."""
     d = host.data
-    apt.packages(name="Python virtualenvs", packages=["python3-venv"], no_recommends=True)
+    packages.install("Python virtualenvs", packages=["python3-venv"], no_recommends=True)
     files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
     flag = " --system-site-packages" if system_site_packages else ""
     # pip is the last thing venv installs: its absence means no usable virtualenv yet

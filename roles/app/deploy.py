@@ -5,12 +5,13 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.app import DEFAULTS
 from roles.app import config as c
+from roles import packages
 
 REFERENCE_APP = Path(__file__).parent / "files" / "app.py"
 
@@ -20,7 +21,7 @@ def app() -> None:
     d = host.data
     tvars = c.template_vars(host.name, d.dict())
     # PyMySQL and redis-py: the reference application's drivers
-    apt.packages(name="Python for the reference application",
+    packages.install("Python for the reference application",
                  packages=["python3", "python3-pymysql", "python3-redis", "haproxy"], no_recommends=True)
 
     # -- the local proxy to the MariaDB writer

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 
 from hastack.templating import template_path
 from roles.backup import DEFAULTS
 from roles.backup import config as c
+from roles import packages
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "agent.py"
 VERIFY_SOURCE = Path(__file__).resolve().parent / "verify.py"
@@ -31,7 +32,7 @@ def verifier() -> None:
     d = host.data
     if not d.get("backup_verify_credentials"):
         raise ValueError(f"{host.name}: no restore reader or secret seed in the stack outputs (secrets)")
-    apt.packages(name="Test restore tools (MariaDB, boto3, zstd, age)",
+    packages.install("Test restore tools (MariaDB, boto3, zstd, age)",
                  packages=["mariadb-server", "mariadb-backup", "mariadb-client", "python3-boto3", "zstd", "age"],
                  no_recommends=True)
     # only scratch servers run here: the packaged one is neither started nor listening
@@ -73,7 +74,7 @@ def data_host() -> None:
     tools = ["python3-boto3", "zstd", "age"]
     if "mariadb-full" in d.backup_kinds:
         tools += ["python3-pymysql", "mariadb-backup"]
-    apt.packages(name="Backup tools (boto3, zstd, age)", packages=tools, no_recommends=True)
+    packages.install("Backup tools (boto3, zstd, age)", packages=tools, no_recommends=True)
 
     files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
     files.put(name="Backup agent", src=str(AGENT_SOURCE), dest=c.AGENT, user="root", group="root", mode="0755")

@@ -17,12 +17,13 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command, Hostname, Users
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
+from roles import packages
 
 PACKAGES = [
     "ca-certificates",
@@ -176,7 +177,7 @@ def base():
     tvars = c.template_vars(host.name, data)
 
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
-    apt.packages(name="Base packages", packages=PACKAGES, update=True, cache_time=3600, no_recommends=True)
+    packages.install("Base packages", PACKAGES, no_recommends=True)
     _trust_stack_ca()
 
     _admins(tvars, data)

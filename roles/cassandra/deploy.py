@@ -14,7 +14,7 @@ from gevent.lock import Semaphore
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from roles.cassandra import bundle as cassandra_bundle
 from hastack.pki import CertificateAuthority
@@ -25,6 +25,7 @@ from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, N
 from roles.cassandra.ring import AUTH_SCRIPT, CQL_TOOL, RESTART_MARK, STATE_DIR
 from roles import rolling_restart
 from roles.data_volume import mount_data_volume
+from roles import packages
 
 AUTH_SOURCE = Path(__file__).parent / "auth.py"
 CQL_TOOL_SOURCE = Path(__file__).parent / "cql_tool.py"
@@ -70,7 +71,7 @@ def _install(version: str) -> None:
 def cassandra() -> None:
     d = host.data
     version = d.cassandra_version
-    apt.packages(name="Java 17 and the CQL driver", packages=["openjdk-17-jre-headless", "python3-cassandra"],
+    packages.install("Java 17 and the CQL driver", packages=["openjdk-17-jre-headless", "python3-cassandra"],
                  no_recommends=True)
     server.sysctl(name="Memory map areas for Cassandra", key="vm.max_map_count",
                   value=int(d.cassandra_vm_max_map_count), persist=True,

@@ -8,13 +8,14 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent, witness
 from roles.loadbalancer import DEFAULTS
 from roles.loadbalancer import config as c
+from roles import packages
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "failover_agent.py"
 WRAPPER = """#!/bin/sh
@@ -56,7 +57,7 @@ def loadbalancer() -> None:
         return files.template(name=name, src=template_path("loadbalancer", target), dest=target,
                               user="root", group="root", mode=mode, **tvars[target])
 
-    apt.packages(name="HAProxy and keepalived", packages=["haproxy", "keepalived", "curl"],
+    packages.install("HAProxy and keepalived", packages=["haproxy", "keepalived", "curl"],
                  no_recommends=True)
 
     # -- HAProxy, and the check keepalived (and this converge) uses to see it serving

@@ -17,7 +17,7 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
@@ -29,6 +29,7 @@ from roles.mariadb import config as c
 from roles.mariadb.config import CNF, JOIN, WAIT_FOR_UPGRADE
 from roles.mariadb.restart import RESTART_MARK
 from roles.tls_files import put_tls_files
+from roles import packages
 
 SQL_DIR = "/var/lib/hastack/mariadb"
 HOLD_FILE = f"{SQL_DIR}/hold-writes"  # the writer agent's hold_file
@@ -119,7 +120,7 @@ def mariadb() -> None:
                               user="root", group="root", mode=mode, **tvars[target])
 
     mount_data_volume("/var/lib/mysql")  # before the package puts its data directory there
-    apt.packages(name="MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
+    packages.install("MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
                  no_recommends=True)
 
     issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name, WRITER_NAME],
@@ -161,7 +162,7 @@ def mariadb() -> None:
 
     # -- the single writer
     hcloud_agent.install(system_site_packages=True)  # PyMySQL from Debian, hcloud from pip
-    apt.packages(name="PyMySQL for the writer agent", packages=["python3-pymysql"], no_recommends=True)
+    packages.install("PyMySQL for the writer agent", packages=["python3-pymysql"], no_recommends=True)
     agent = files.put(name="Writer agent", src=str(AGENT_SOURCE), dest="/opt/hastack/mariadb_writer.py",
                       user="root", group="root", mode="0644")
     # one certificate (this host's name) for the peer channel and the witness

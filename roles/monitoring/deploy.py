@@ -16,7 +16,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
@@ -25,6 +25,7 @@ from roles.tls_files import put_tls_files
 from roles.monitoring import DEFAULTS
 from roles.monitoring import config as c
 from roles.monitoring import rules
+from roles import packages
 
 STAGING = "/var/lib/hastack/staging/monitoring"
 WITNESS_SOURCE = Path(__file__).resolve().parent / "witness_server.py"
@@ -66,12 +67,12 @@ def _args(tvars, target, service):
 def monitoring() -> None:
     files.directory(name="hastack configuration", path="/etc/hastack", user="root", group="root", mode="0700")
     install_witness()
-    prometheus = apt.packages(name="Prometheus", packages=["prometheus"], no_recommends=True)
+    prometheus = packages.install("Prometheus", packages=["prometheus"], no_recommends=True)
     # The package starts Prometheus at once with its example configuration (localhost targets, which
     # the stack's rules would see down): on a fresh install what it scraped is dropped.
     server.shell(name="Forget what the package's example configuration scraped",
                  commands=["systemctl stop prometheus", f"rm -rf {c.DATA_DIR}"], _if=prometheus.did_change)
-    apt.packages(name="Alertmanager, blackbox exporter",
+    packages.install("Alertmanager, blackbox exporter",
                  # curl: `hastack status` queries Prometheus on this host over SSH
                  packages=["prometheus-alertmanager", "prometheus-blackbox-exporter", "curl"], no_recommends=True)
     size = host.get_fact(Command, command="df --output=size -B1 /var/lib | tail -n 1") or "0"
@@ -101,7 +102,7 @@ def monitoring() -> None:
 def install_witness() -> None:
     """The pairs' third vote (witness_server.py): standard library only, an unprivileged user of its own."""
     d = host.data
-    apt.packages(name="Python for the witness", packages=["python3"], no_recommends=True)
+    packages.install("Python for the witness", packages=["python3"], no_recommends=True)
     files.directory(name="hastack programs", path="/opt/hastack", user="root", group="root", mode="0755")
     program = files.put(name="Witness", src=str(WITNESS_SOURCE), dest="/opt/hastack/witness_server.py",
                         user="root", group="root", mode="0644")

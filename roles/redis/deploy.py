@@ -10,7 +10,7 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 
 from hastack.templating import template_path
 from roles.redis import DEFAULTS
@@ -19,6 +19,7 @@ from roles import rolling_restart
 from roles.redis.restart import RESTART_MARK
 from roles.redis.tls import tls_files
 from roles.sentinel import SENTINEL_PORT
+from roles import packages
 
 
 def current_primary(sentinels: list[str]) -> str | None:
@@ -40,7 +41,7 @@ def current_primary(sentinels: list[str]) -> str | None:
 def redis() -> None:
     d = host.data
     pw = d.redis_passwords
-    apt.packages(name="Redis and its exporter", packages=["redis-server", "redis-tools", "prometheus-redis-exporter"],
+    packages.install("Redis and its exporter", packages=["redis-server", "redis-tools", "prometheus-redis-exporter"],
                  no_recommends=True)
     tvars = c.template_vars(host.name, d.dict(), current_primary=current_primary(d.redis_sentinels))
 

@@ -9,7 +9,7 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
 from hastack.templating import template_path
 from roles import rolling_restart
@@ -18,12 +18,13 @@ from roles.redis.tls import tls_files
 from roles.sentinel.restart import RESTART_MARK
 from roles.sentinel import DEFAULTS
 from roles.sentinel import config as c
+from roles import packages
 
 
 @deploy("sentinel", data_defaults=DEFAULTS)
 def sentinel() -> None:
     d = host.data
-    apt.packages(name="Redis Sentinel", packages=["redis-sentinel", "redis-tools"], no_recommends=True)
+    packages.install("Redis Sentinel", packages=["redis-sentinel", "redis-tools"], no_recommends=True)
     tls = tls_files()
     managed = host.get_fact(FindInFile, path=c.SENTINEL_CONF, pattern=c.BOOTSTRAP_MARKER)
     conf = None

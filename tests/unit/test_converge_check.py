@@ -56,3 +56,21 @@ def test_the_same_deploy_run_for_real_repairs_it_and_a_check_then_finds_nothing(
     assert real.ok and real.changes == 2  # the file and its restart
     assert path.read_text() == "wanted\n" and (tmp_path / "managed.conf.restarted").exists()
     assert check(tmp_path).changed == 0
+
+
+@deploy("packages test")
+def packages_of_host_data():
+    from roles import packages
+
+    packages.install("the packages", host.data.packages)
+
+
+def test_installed_packages_are_no_drift_however_old_the_package_lists_are(tmp_path):
+    """roles.packages refreshes the lists only to install something: a converge with nothing to install
+    reports no change (apt.packages(update=True, cache_time=...) did, once the lists were an hour old)."""
+    entries = {"@local": {"packages": ["coreutils", "dpkg"]}}
+    report = converge(entries, check=True, deploy_fn=packages_of_host_data).hosts["@local"]
+    assert (report.failed, report.changed) == (None, 0)
+    entries = {"@local": {"packages": ["coreutils", "hastack-no-such-package"]}}
+    report = converge(entries, check=True, deploy_fn=packages_of_host_data).hosts["@local"]
+    assert (report.failed, report.changed_operations) == (None, ["packages test | the packages"])
