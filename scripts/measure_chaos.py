@@ -31,8 +31,9 @@ from tests.support import chaos  # noqa: E402
 
 COLUMNS = [("scenario", 28, "{}"), ("run", 3, "{}"), ("acked", 6, "{}"), ("lost", 5, "{}"),
            ("two_writers_s", 9, "{:.2f}"), ("outage_fault_s", 9, "{:.2f}"), ("outage_return_s", 9, "{:.2f}"),
-           ("failed", 6, "{}"), ("goals", 0, "{}")]
-HEAD = ["scenario", "run", "acked", "lost", "2 writers", "out@fault", "out@return", "failed", "goals missed"]
+           ("stall_return_s", 9, "{:.2f}"), ("failed", 6, "{}"), ("goals", 0, "{}")]
+HEAD = ["scenario", "run", "acked", "lost", "2 writers", "out@fault", "out@return", "stall@ret", "failed",
+        "goals missed"]
 
 
 def row(values: list[str]) -> str:
@@ -81,12 +82,13 @@ def main() -> int:
                 Path(a.json).write_text(json.dumps(results, indent=1, default=str))
 
     print(f"\n{len(results)} runs in {time.monotonic() - t0:.0f} s; median / worst per scenario")
-    print(row(["scenario", "n", "acked", "lost", "2 writers", "out@fault", "out@return", "failed", "goals missed in"]))
+    print(row(["scenario", "n", "acked", "lost", "2 writers", "out@fault", "out@return", "stall@ret", "failed",
+               "goals missed in"]))
     for name in names:
         done = [r for r in results if r["scenario"] == name and "error" not in r]
         errors = sum(1 for r in results if r["scenario"] == name and "error" in r)
         if not done:
-            print(row([name, 0, "-", "-", "-", "-", "-", "-", f"{errors} errors"]))
+            print(row([name, 0, "-", "-", "-", "-", "-", "-", "-", f"{errors} errors"]))
             continue
 
         def mw(key, fmt="{:.2f}", worst=max):
@@ -95,7 +97,7 @@ def main() -> int:
 
         missing = sum(1 for r in done if chaos.goals(r))
         print(row([name, len(done), mw("acked", "{:.0f}", min), mw("lost", "{:.0f}"), mw("two_writers_s"),
-                   mw("outage_fault_s"), mw("outage_return_s"), mw("failed", "{:.0f}"),
+                   mw("outage_fault_s"), mw("outage_return_s"), mw("stall_return_s"), mw("failed", "{:.0f}"),
                    f"{missing} of {len(done)} runs" + (f", {errors} errors" if errors else "")]))
     return 0 if all("error" not in r and not chaos.goals(r) for r in results) else 1
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 
@@ -37,10 +38,28 @@ def write_probe(url: str, ca: str, interval: float, duration: float, timeout: fl
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 201, status=resp.status, id=body.get("id"), host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point
-            rec.update(ok=False, error=type(e).__name__ + ": " + str(e)[:120])
+            rec.update(ok=False, error=_describe(e))
         rec["d"] = round(time.monotonic() - t0, 4)
         print(json.dumps(rec), flush=True)
         time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
+def _describe(e: Exception) -> str:
+    """The error, with what the server said: a 503 from the app names the database's error, one from
+    HAProxy has an HTML body (no app server available)."""
+    text = type(e).__name__ + ": " + str(e)[:120]
+    if isinstance(e, urllib.error.HTTPError):
+        try:
+            body = e.read(2048).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - the status alone is still a data point
+            return text
+        try:
+            said = json.loads(body)
+            said = f"{said.get('error')}: {said.get('detail', '')}" if isinstance(said, dict) else body
+        except ValueError:
+            said = " ".join(body.split())
+        text += " (" + said[:160] + ")"
+    return text
 
 
 def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
@@ -57,7 +76,7 @@ def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 200, status=resp.status, host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point
-            rec.update(ok=False, error=type(e).__name__ + ": " + str(e)[:120])
+            rec.update(ok=False, error=_describe(e))
         rec["d"] = round(time.monotonic() - t0, 4)
         print(json.dumps(rec), flush=True)
         time.sleep(max(0.0, interval - (time.monotonic() - t0)))

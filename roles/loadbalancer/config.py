@@ -25,6 +25,7 @@ RECONCILE_TIMER = "/etc/systemd/system/hastack-failover-reconcile.timer"
 FAILOVER_CONFIG = "/etc/hastack/failover.json"
 FAILOVER_STATE = "/run/hastack/failover-state.json"
 FAILOVER_METRICS = "/var/lib/prometheus/node-exporter/hastack_floating_ip.prom"
+FAILOVER_METRICS_TMPFILES = "/etc/tmpfiles.d/hastack-floating-ip.conf"  # removes the metrics at boot
 
 
 def backend_tls(data: Mapping[str, Any]) -> bool:
@@ -91,6 +92,7 @@ def template_vars(hostname: str, data: Mapping[str, Any], interface: str,
         KEEPALIVED_CONF: keepalived_vars(hostname, data, interface, public_interface),
         RECONCILE_SERVICE: {},
         RECONCILE_TIMER: {"interval": data["lb_reconcile_interval"]},
+        FAILOVER_METRICS_TMPFILES: {"metrics_file": FAILOVER_METRICS},
     }
 
 

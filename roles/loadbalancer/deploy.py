@@ -91,6 +91,7 @@ def loadbalancer() -> None:
                                witness=witness.client_config())
     files.put(name="Failover agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
               dest=c.FAILOVER_CONFIG, user="root", group="root", mode="0600")
+    template("Floating IP metrics removed at boot", c.FAILOVER_METRICS_TMPFILES, mode="0644")
 
     # -- keepalived
     ka = template("keepalived configuration", c.KEEPALIVED_CONF, mode="0600")

@@ -34,6 +34,9 @@ WRITER_CLAIM = (f"{VENV}/bin/python /opt/hastack/mariadb_writer.py --config /etc
 STAGE = "/var/lib/hastack/restore/mariadb"
 BINLOGS = "/var/lib/hastack/restore/binlogs"
 DATADIR = "/var/lib/mysql"
+# empties the data directory (a volume's mount point: its contents go, the directory stays)
+CLEAR_DATADIR = f"find {DATADIR} -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +"
+
 
 SECRET_IN_SQL = re.compile(r"(IDENTIFIED BY|PASSWORD\s*=?)\s*'[^']*'", re.IGNORECASE)
 

@@ -24,7 +24,9 @@ Throughout, and measured the same way for every scenario:
   before the return belongs to the fault (its outage), one that starts at or
   after the return belongs to the return. Outage = the longest such gap that
   ends after the fault (so the normal spacing of writes, some 25 ms with 4
-  clients at 100 ms, is its floor). "No outage" means below NO_OUTAGE_S.
+  clients at 100 ms, is its floor). At the return, a gap during which writes
+  failed is an outage ("no outage" means below NO_OUTAGE_S); one during which
+  none failed is a stall (every write answered, late), bounded by MAX_STALL_S.
 
 **Settled** (before the writes start and after the return, with the writes
 still on): every machine on (one found off, e.g. fenced by the writer agent,
@@ -65,6 +67,11 @@ TAIL = 2.0  # the stack must still be settled, unchanged, this long later (a lat
 # the goals (tests/lab/test_lab_chaos.py)
 MAX_FAULT_OUTAGE_S = 3.0
 NO_OUTAGE_S = 1.0  # a gap shorter than this at the return counts as "no outage": some 40 writes' spacing
+# A gap at the return in which no write failed: every write was answered, late. The lab's twelve machines
+# share two cores and one disk, so a returning machine's boot (a JVM, InnoDB recovery) can hold every
+# commit's fsync back for a second; on separate servers that does not happen. Still bounded: a stall the
+# user would take for an outage is a miss.
+MAX_STALL_S = 2.0
 
 CHAOS_TABLE = "hastack_chaos"  # the nft table the partitions add inside a machine
 
@@ -370,18 +377,29 @@ def gaps(ack_times: list[float], end: float) -> list[tuple[float, float]]:
     return [(points[i], points[i + 1]) for i in range(len(points) - 1)]
 
 
-def outages(ack_times: list[float], fault: float, back: float, end: float) -> dict[str, float]:
-    """The longest gap caused by the fault (it ends after the fault and starts before the return)
-    and by the return (it starts at or after the return)."""
+def failed_in(records: list[dict], a: float, b: float) -> int:
+    """How many requests failed while the gap (a, b) lasted (their time overlaps it)."""
+    return sum(1 for r in records if not r.get("ok") and r["t"] < b and r["t"] + r["d"] > a)
+
+
+def outages(records: list[dict], fault: float, back: float, end: float) -> dict[str, float]:
+    """The longest gap caused by the fault (it ends after the fault and starts before the return);
+    at the return (a gap that starts at or after it), the longest gap in which writes failed (the
+    outage) and the longest one in which none did (a stall: every write succeeded, late)."""
+    ack_times = acks(records)
     at_fault = [b - a for a, b in gaps(ack_times, end) if b > fault and a < back]
-    at_return = [(b - a, a) for a, b in gaps(ack_times, end) if a >= back]
+    at_return = [(b - a, a, failed_in(records, a, b)) for a, b in gaps(ack_times, end) if a >= back]
     before = [b - a for a, b in gaps(ack_times, end) if b <= fault]
     if not any(a <= fault for a in ack_times):
         at_fault.append(float("inf"))  # nothing acknowledged before the fault: the stack was not serving
-    worst_return = max(at_return, default=(0.0, back))
+    outage = max((g for g in at_return if g[2]), default=(0.0, back, 0))
+    stall = max((g for g in at_return if not g[2]), default=(0.0, back, 0))
     return {"outage_fault_s": round(max(at_fault, default=0.0), 3),
-            "outage_return_s": round(worst_return[0], 3),
-            "outage_return_at_s": round(worst_return[1] - fault, 2),  # when that gap began, after the fault
+            "outage_return_s": round(outage[0], 3),
+            "outage_return_at_s": round(outage[1] - fault, 2),  # when that gap began, after the fault
+            "outage_return_failed": outage[2],
+            "stall_return_s": round(stall[0], 3),
+            "stall_return_at_s": round(stall[1] - fault, 2),
             "baseline_gap_s": round(max(before, default=0.0), 3)}
 
 
@@ -460,8 +478,10 @@ class Run:
             "lost_per_master": lost,
             "two_writers_s": round(two, 2),
             "two_writers_at": [round(t - m["fault"], 2) for t in starts],  # s after the fault
-            **outages(acks(records), m["fault"], m["return"], m["end"]),
+            **outages(records, m["fault"], m["return"], m["end"]),
             "errors": sorted({r.get("error") or f"HTTP {r.get('status')}" for r in records if not r.get("ok")})[:4],
+            "errors_at_return": sorted({r.get("error") or f"HTTP {r.get('status')}" for r in records
+                                        if not r.get("ok") and r["t"] >= m["return"]})[:4],
             # when the fault was injected (UTC, to match the machines' journals) and every moment after it
             "fault_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m["fault"])) + f".{int(m['fault'] % 1 * 1000):03d}Z",
             "timeline_s": {k: round(v - m["fault"], 2) for k, v in m.items()},
@@ -473,16 +493,17 @@ class Run:
 
     def _explain_miss(self) -> None:
         """A run that missed a goal carries what the pair's agents, the app servers' proxies and the
-        load balancers' keepalived (with the failover agent it runs) logged from just before the
+        load balancers' keepalived (with the failover agent it runs) and HAProxy logged from just before the
         fault to the end: the next reader sees why, not only that."""
         if not goals(self.result):
             return
         since = f"@{int(self.marks['fault']) - 5}"
-        units = {h: "hastack-mariadb-writer.service" for h in masters(self.lab)}
-        units.update({h: "haproxy.service" for h in apps(self.lab)})
-        units.update({h.name: "keepalived.service" for h in self.lab.topo.hosts_with_role("loadbalancer")})
+        units = [(h, "hastack-mariadb-writer.service") for h in masters(self.lab)]
+        units += [(h, "haproxy.service") for h in apps(self.lab)]
+        for lb in self.lab.topo.hosts_with_role("loadbalancer"):  # their HAProxy: a 503 of no app server
+            units += [(lb.name, "keepalived.service"), (lb.name, "haproxy.service")]
         logs = {}
-        for host, unit in units.items():
+        for host, unit in units:
             if self.lab.machine(host).running():
                 proc = self.lab.exec(host, ["journalctl", "-u", unit, "--since", since, "--no-pager", "-q",
                                             "-o", "short-precise"])
@@ -791,7 +812,10 @@ def goals(result: dict) -> list[str]:
     if not result["outage_fault_s"] < MAX_FAULT_OUTAGE_S:
         missed.append(f"write outage at the fault {result['outage_fault_s']} s (goal < {MAX_FAULT_OUTAGE_S} s)")
     if not result["outage_return_s"] < NO_OUTAGE_S:
-        missed.append(f"write outage at the return {result['outage_return_s']} s (goal: none, < {NO_OUTAGE_S} s)")
+        missed.append(f"write outage at the return {result['outage_return_s']} s, {result['outage_return_failed']} "
+                      f"writes failed (goal: none, < {NO_OUTAGE_S} s)")
+    if not result["stall_return_s"] < MAX_STALL_S:
+        missed.append(f"writes stalled at the return for {result['stall_return_s']} s (goal < {MAX_STALL_S} s)")
     if result.get("cql_lost"):
         missed.append(f"{result['cql_lost']} acknowledged Cassandra rows lost")
     if result.get("cql_failed"):

@@ -249,3 +249,18 @@ def test_failover_agent_configuration_passes_the_agents_own_checks(stack, tmp_pa
         assert (cfg.witness_cert, cfg.witness_key, cfg.witness_ca) == tuple(
             f"{witness.TLS_DIR}/{name}" for name in witness.CLIENT_FILES)
         assert cfg.interface == PUBLIC_IF and cfg.metrics_file == c.FAILOVER_METRICS
+
+
+def test_the_floating_ip_metrics_do_not_outlive_a_boot(tmp_path):
+    """systemd-tmpfiles (run at every boot) removes the failover agent's metrics file with the rendered
+    rule: a server back from a power cut does not report the floating IP as configured."""
+    host = topology("prod").hosts_with_role("loadbalancer")[0]
+    v = lb_vars("prod", host)[c.FAILOVER_METRICS_TMPFILES]
+    assert v == {"metrics_file": c.FAILOVER_METRICS}
+    stale = tmp_path / "hastack_floating_ip.prom"
+    stale.write_text('hastack_floating_ip_configured{ip="198.51.100.1"} 1\n')
+    conf = tmp_path / "hastack-floating-ip.conf"
+    conf.write_text(render("loadbalancer", c.FAILOVER_METRICS_TMPFILES, metrics_file=str(stale)))
+    proc = subprocess.run([need("systemd-tmpfiles"), "--remove", str(conf)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists()
