@@ -498,15 +498,16 @@ class Run:
         if not goals(self.result):
             return
         since = f"@{int(self.marks['fault']) - 5}"
-        units = [(h, "hastack-mariadb-writer.service") for h in masters(self.lab)]
-        units += [(h, "haproxy.service") for h in apps(self.lab)]
-        for lb in self.lab.topo.hosts_with_role("loadbalancer"):  # their HAProxy: a 503 of no app server
-            units += [(lb.name, "keepalived.service"), (lb.name, "haproxy.service")]
+        units = [(h, "hastack-mariadb-writer.service", "info") for h in masters(self.lab)]
+        units += [(h, "haproxy.service", "info") for h in apps(self.lab)]
+        for lb in self.lab.topo.hosts_with_role("loadbalancer"):
+            # their HAProxy's server changes (a 503 when no app server is up), not its request log
+            units += [(lb.name, "keepalived.service", "info"), (lb.name, "haproxy.service", "notice")]
         logs = {}
-        for host, unit in units:
+        for host, unit, priority in units:
             if self.lab.machine(host).running():
                 proc = self.lab.exec(host, ["journalctl", "-u", unit, "--since", since, "--no-pager", "-q",
-                                            "-o", "short-precise"])
+                                            "-p", priority, "-o", "short-precise"])
                 logs[f"{host} {unit}"] = proc.stdout.splitlines()[-60:]
         self.result["journals"] = logs
 
