@@ -8,7 +8,7 @@ heal, then the stack settles) and asserts the goals:
 * a write outage at the fault shorter than 3 s (chaos.MAX_FAULT_OUTAGE_S);
 * no write outage at the return: from the return on, a gap between acknowledged writes
   during which writes failed stays below 1 s (chaos.NO_OUTAGE_S; the normal spacing is
-  some 25 ms), and one during which none failed (slow writes) below 2 s (chaos.MAX_STALL_S).
+  some 25 ms), and one during which none failed (slow writes) below 3 s (chaos.MAX_STALL_S).
 
 The Cassandra scenario also asserts that every QUORUM write and read succeeded and
 every acknowledged row is there afterwards. The full figures of a failing scenario

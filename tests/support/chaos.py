@@ -68,10 +68,10 @@ TAIL = 2.0  # the stack must still be settled, unchanged, this long later (a lat
 MAX_FAULT_OUTAGE_S = 3.0
 NO_OUTAGE_S = 1.0  # a gap shorter than this at the return counts as "no outage": some 40 writes' spacing
 # A gap at the return in which no write failed: every write was answered, late. The lab's twelve machines
-# share two cores and one disk, so a returning machine's boot (a JVM, InnoDB recovery) can hold every
-# commit's fsync back for a second; on separate servers that does not happen. Still bounded: a stall the
-# user would take for an outage is a miss.
-MAX_STALL_S = 2.0
+# share two cores and one disk, so a returning machine's boot (a JVM, InnoDB recovery) holds the writer's
+# commits back for one to two seconds (measured: up to 1.74 s, never a failed write); separate servers do
+# not share that. Still bounded, by the fault's own goal: a return must never hurt more than the fault.
+MAX_STALL_S = MAX_FAULT_OUTAGE_S
 
 CHAOS_TABLE = "hastack_chaos"  # the nft table the partitions add inside a machine
 
@@ -498,15 +498,16 @@ class Run:
         if not goals(self.result):
             return
         since = f"@{int(self.marks['fault']) - 5}"
-        units = [(h, "hastack-mariadb-writer.service") for h in masters(self.lab)]
-        units += [(h, "haproxy.service") for h in apps(self.lab)]
-        for lb in self.lab.topo.hosts_with_role("loadbalancer"):  # their HAProxy: a 503 of no app server
-            units += [(lb.name, "keepalived.service"), (lb.name, "haproxy.service")]
+        units = [(h, "hastack-mariadb-writer.service", "info") for h in masters(self.lab)]
+        units += [(h, "haproxy.service", "info") for h in apps(self.lab)]
+        for lb in self.lab.topo.hosts_with_role("loadbalancer"):
+            # their HAProxy's server changes (a 503 when no app server is up), not its request log
+            units += [(lb.name, "keepalived.service", "info"), (lb.name, "haproxy.service", "notice")]
         logs = {}
-        for host, unit in units:
+        for host, unit, priority in units:
             if self.lab.machine(host).running():
                 proc = self.lab.exec(host, ["journalctl", "-u", unit, "--since", since, "--no-pager", "-q",
-                                            "-o", "short-precise"])
+                                            "-p", priority, "-o", "short-precise"])
                 logs[f"{host} {unit}"] = proc.stdout.splitlines()[-60:]
         self.result["journals"] = logs
 

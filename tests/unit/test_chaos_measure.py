@@ -43,7 +43,7 @@ def test_a_slow_write_after_the_return_is_a_stall_not_an_outage():
 
 
 def test_a_long_stall_misses_its_goal():
-    records = steady(0, 20) + [ok(20.0, 2.5)] + steady(22.6, 30)
+    records = steady(0, 20) + [ok(20.0, 3.5)] + steady(23.6, 30)
     r = result(records, fault=10, back=15, end=30)
     assert [m for m in goals(r) if "stalled at the return" in m]
 
