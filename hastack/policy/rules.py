@@ -112,6 +112,11 @@ def _is_true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
+def _outside_admin_networks(rule: dict, facts: StackFacts) -> list[str]:
+    """The rule's sources that are not inside an admin network."""
+    return [s for s in _items(rule.get("sourceIps")) if not _in_admin_networks(s, facts.admin_cidrs)]
+
+
 def _in_admin_networks(source: str, admin_cidrs: Sequence[str]) -> bool:
     try:
         net = ipaddress.ip_network(source, strict=False)
@@ -231,7 +236,7 @@ def world_reaches_web_only(firewall: Resource, facts: StackFacts) -> Iterable[st
     for i, rule in _inbound(firewall):
         if rule.get("protocol") == "tcp" and str(rule.get("port")) == str(SSH_PORT):
             continue
-        outside = [s for s in _items(rule.get("sourceIps")) if not _in_admin_networks(s, facts.admin_cidrs)]
+        outside = _outside_admin_networks(rule, facts)
         if not outside:
             continue
         if rule.get("protocol") == "tcp" and str(rule.get("port")) in WEB_PORTS:
@@ -248,7 +253,7 @@ def ssh_from_admin_networks_only(firewall: Resource, facts: StackFacts) -> Itera
         ports = _port_range(rule)
         if rule.get("protocol") != "tcp" or ports is None or not ports[0] <= SSH_PORT <= ports[1]:
             continue
-        outside = [s for s in _items(rule.get("sourceIps")) if not _in_admin_networks(s, facts.admin_cidrs)]
+        outside = _outside_admin_networks(rule, facts)
         if outside:
             yield (f"{_describe(rule, i)}, lets {', '.join(outside)} reach SSH; valid sources: the admin "
                    f"networks {', '.join(facts.admin_cidrs)} (hastack:adminCidrs) or ranges inside them")
