@@ -377,6 +377,11 @@ def gaps(ack_times: list[float], end: float) -> list[tuple[float, float]]:
     return [(points[i], points[i + 1]) for i in range(len(points) - 1)]
 
 
+def distinct_errors(records, most: int = 4) -> list[str]:
+    """The distinct errors of the failed requests (a few: they repeat)."""
+    return sorted({r.get("error") or f"HTTP {r.get('status')}" for r in records if not r.get("ok")})[:most]
+
+
 def failed_in(records: list[dict], a: float, b: float) -> int:
     """How many requests failed while the gap (a, b) lasted (their time overlaps it)."""
     return sum(1 for r in records if not r.get("ok") and r["t"] < b and r["t"] + r["d"] > a)
@@ -479,9 +484,8 @@ class Run:
             "two_writers_s": round(two, 2),
             "two_writers_at": [round(t - m["fault"], 2) for t in starts],  # s after the fault
             **outages(records, m["fault"], m["return"], m["end"]),
-            "errors": sorted({r.get("error") or f"HTTP {r.get('status')}" for r in records if not r.get("ok")})[:4],
-            "errors_at_return": sorted({r.get("error") or f"HTTP {r.get('status')}" for r in records
-                                        if not r.get("ok") and r["t"] >= m["return"]})[:4],
+            "errors": distinct_errors(records),
+            "errors_at_return": distinct_errors(r for r in records if r["t"] >= m["return"]),
             # when the fault was injected (UTC, to match the machines' journals) and every moment after it
             "fault_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m["fault"])) + f".{int(m['fault'] % 1 * 1000):03d}Z",
             "timeline_s": {k: round(v - m["fault"], 2) for k, v in m.items()},
