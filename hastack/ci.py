@@ -4,28 +4,22 @@
     python3 -m hastack.ci stacks --all                   every cloud stack
     python3 -m hastack.ci stacks --only prod --ref REV   named stacks at a commit of the checked-out branch
     python3 -m hastack.ci environments --stacks JSON     refuse to deploy into an unprotected environment
-    python3 -m hastack.ci pki --stack NAME               the stack's CA from the secret HASTACK_PKI
     python3 -m hastack.ci outcome --dir D plan=success   record the steps' outcomes; exit 1 on a failure
     python3 -m hastack.ci comment --results D --out F    the pull request's one comment (plan and preview)
     python3 -m hastack.ci report --kind K --dir D        a nightly or weekly check's issue, when it failed
 
 Standard library only, so that a job that installs nothing (the stack selection, the
-comment) can run it with the runner's python3 (`pki` alone imports cryptography, from the
-venv). Secrets reach it through the environment only and are never printed.
+comment) can run it with the runner's python3. Secrets reach it through the environment only and are never printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -241,77 +235,6 @@ def cmd_environments(args) -> int:
         return 1
     print(f"environments ok: {', '.join(s + args.suffix for s in stacks)}"
           + (f" (approval required: {', '.join(s for s in stacks if s in approval)})" if approval else ""))
-    return 0
-
-
-# ------------------------------------------------------------------ the stack's CA
-
-
-def restore_pki(stack: str, blob: str, root: Path | None = None) -> list[str]:
-    """Unpack the stack's CA directory (``tar -C pki/<stack> -czf - . | base64``) into pki/<stack>/,
-    directories 0700 and files 0600. Refuses a secret without ca.crt and ca.key, with a key that is
-    not the certificate's, or with anything but plain files and directories under pki/<stack>/:
-    a converge without the CA would make a new one and replace every certificate of the stack."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    if not blob.strip():
-        raise CIError(f"the secret HASTACK_PKI is empty: store pki/{stack}/ of the machine that ran `pulumi up` "
-                      f"(tar -C pki/{stack} -czf - . | base64 -w0); without it the converge would make a new CA "
-                      "and replace every certificate of the stack")
-    try:
-        data = base64.b64decode("".join(blob.split()), validate=True)
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
-        members = archive.getmembers()
-    except (binascii.Error, tarfile.TarError, OSError, EOFError) as e:
-        raise CIError(f"HASTACK_PKI is not a base64 gzip tar of pki/{stack}/: {e}") from e
-    target = (root or PROJECT_DIR) / "pki" / stack
-    names = []
-    for m in members:
-        name = os.path.normpath(m.name)
-        if name == ".":
-            continue
-        if name.startswith(("/", "..")) or not (m.isfile() or m.isdir()):
-            raise CIError(f"HASTACK_PKI: {m.name!r} is not a plain file or directory under pki/{stack}/")
-        names.append((name, m))
-    have = {n for n, m in names if m.isfile()}
-    missing = [f for f in ("ca.crt", "ca.key") if f not in have]
-    if missing:
-        raise CIError(f"HASTACK_PKI holds no {' and no '.join(missing)}: store pki/{stack}/ as a whole")
-    files = {n: archive.extractfile(m).read() for n, m in names if m.isfile()}
-    try:
-        cert = x509.load_pem_x509_certificate(files["ca.crt"])
-        key = serialization.load_pem_private_key(files["ca.key"], password=None)
-    except ValueError as e:
-        raise CIError(f"HASTACK_PKI: ca.crt or ca.key cannot be read: {e}") from e
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if (cert.public_key().public_bytes(serialization.Encoding.DER, spki)
-            != key.public_key().public_bytes(serialization.Encoding.DER, spki)):
-        raise CIError("HASTACK_PKI: ca.key is not the key of ca.crt")
-    old_umask = os.umask(0o077)
-    try:
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target.chmod(0o700)
-        for name, m in sorted(names):
-            path = target / name
-            if m.isdir():
-                path.mkdir(parents=True, exist_ok=True, mode=0o700)
-                path.chmod(0o700)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(files[name])
-                path.chmod(0o600)
-    finally:
-        os.umask(old_umask)
-    return sorted(files)
-
-
-def cmd_pki(args) -> int:
-    files = restore_pki(args.stack, os.environ.get("HASTACK_PKI", ""))
-    issued = sum(1 for f in files if f.startswith("issued/") and f.endswith(".crt"))
-    print(f"pki/{args.stack}/: the stack's CA and {issued} issued certificates")
     return 0
 
 
@@ -577,9 +500,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo", help="owner/name (default: $GITHUB_REPOSITORY)")
     p.set_defaults(func=cmd_environments)
 
-    p = sub.add_parser("pki", help="pki/<stack>/ from $HASTACK_PKI (base64 of a gzip tar)")
-    p.add_argument("--stack", required=True)
-    p.set_defaults(func=cmd_pki)
 
     p = sub.add_parser("outcome", help="record STEP=OUTCOME pairs; exit 1 when one failed")
     p.add_argument("--dir", required=True)

@@ -34,7 +34,8 @@ def validate(stack: str = StackOption) -> None:
         table.add_row(h.name, h.role, h.location, h.server_type, h.private_ip)
     console.print(table)
     for key in topo.secrets_missing:
-        console.print(f"[yellow]warning[/yellow]: secret {key} not set (`pulumi config set --secret {key} ...`)")
+        how = f"hastack ca store --stack {stack}" if key == "hastack:ca" else f"pulumi config set --secret {key} ..."
+        console.print(f"[yellow]warning[/yellow]: secret {key} not set (`{how}`)")
 
 
 @app.command()
@@ -58,6 +59,24 @@ def plan(stack: str = StackOption,
     if violations:
         fail(f"stack {stack} violates {len({v.rule for v in violations})} policy rule(s): "
              + ", ".join(sorted({v.rule for v in violations})), code=1)
+
+
+ca_app = typer.Typer(no_args_is_help=True, help="The stack's CA and where it is kept.")
+app.add_typer(ca_app, name="ca")
+
+
+@ca_app.command("store")
+def ca_store(stack: str = StackOption) -> None:
+    """Keep the stack's CA in its config (the secret hastack:ca), once per stack: the CA in pki/<stack>/
+    if this machine converged the stack before, else a new one. Every converge, from any clone or CI,
+    then uses it; a stack without it does not converge."""
+    from hastack.ca_custody import CustodyError, store
+    from hastack.inventory import pki_root
+
+    try:
+        say(store(stack, pki_root()))
+    except (CustodyError, StackFileError, ValueError, FileExistsError) as e:
+        fail(str(e))
 
 
 @app.command()

@@ -9,6 +9,7 @@ output gives names, groups, addresses and data; secrets come from the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,16 @@ from typing import Any
 from pyinfra.api import Inventory
 
 from hastack.outputs import REQUIRED as REQUIRED_OUTPUTS
+from hastack.pki import CAMismatch, CertificateAuthority
 from hastack.role import merge_data
 from roles import role
-# The stack's internal CA on the operator's machine (keys 0600, never committed).
-PKI_DIR = Path(__file__).resolve().parent.parent / "pki"
+# Where a converge keeps the stack CA (from the stack's outputs) and what it issued, per stack; keys 0600,
+# never committed. HASTACK_PKI_ROOT moves it out of the checkout.
+DEFAULT_PKI_ROOT = Path(__file__).resolve().parent.parent / "pki"
+
+
+def pki_root() -> Path:
+    return Path(os.environ.get("HASTACK_PKI_ROOT") or DEFAULT_PKI_ROOT)
 
 
 class InventoryError(ValueError):
@@ -44,6 +51,7 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
     if isinstance(secrets, str):
         raise InventoryError("the 'secrets' output is still encrypted; read outputs with --show-secrets")
     entries: dict[str, dict[str, Any]] = {}
+    installed: set[str] = set()
     for name, host in outputs["hosts"].items():
         data = dict(host.get("data") or {})
         groups = host.get("groups") or []
@@ -60,8 +68,11 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             floating_ip=outputs["floatingIp"],
             floating_ip_id=outputs.get("floatingIpId"),
             public_ip=host.get("public_ipv4"),
-            pki_dir=data.get("pki_dir") or str(PKI_DIR / data.get("stack", "stack")),
+            pki_dir=data.get("pki_dir") or str(pki_root() / data.get("stack", "stack")),
         )
+        if data["pki_dir"] not in installed:
+            install_stack_ca(data["pki_dir"], data.get("stack", "stack"), secrets.get("ca"))
+            installed.add(data["pki_dir"])
         # each role says what its hosts take from the outputs: no secret reaches a host that does not use it
         for role_name in data.get("roles") or []:
             take = role(role_name).from_outputs
@@ -69,6 +80,17 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
                 merge_data(data, take(outputs, secrets, data))
         entries[name] = data
     return entries
+
+
+def install_stack_ca(pki_dir: str, stack: str, ca: dict[str, str] | None) -> None:
+    """The stack's CA from its outputs into ``pki_dir`` (0600), before any role issues a certificate."""
+    if not ca or not ca.get("cert") or not ca.get("key"):
+        raise InventoryError(f"the stack outputs hold no CA (secrets.ca): run `hastack ca store --stack {stack}` "
+                             "and `pulumi up`; a converge never makes a new CA")
+    try:
+        CertificateAuthority(pki_dir, stack).install(ca["cert"], ca["key"])
+    except (ValueError, CAMismatch) as e:
+        raise InventoryError(f"the stack CA: {e}") from None
 
 
 def make_inventory(entries: dict[str, dict[str, Any]]) -> Inventory:

@@ -8,7 +8,8 @@ One builder writes it, whoever provisioned the machines: the Pulumi program
   hosts         name -> groups, addresses, server and volume ids, data (no secrets)
   floatingIp    the site's address; floatingIpId its id at the provider
   backupBucket  the S3 bucket (and backupRegion)
-  secrets       one secret output: the failover token, the seed, the backup keys
+  secrets       one secret output: the failover token, the seed, the backup keys, the stack CA
+                (ca.cert, ca.key: from the secret hastack:ca)
   restoreSource only with hastack:restoreFrom (never in the lab), one secret output: the
                 source stack's name as configured (stack), its backupBucket, backupRegion
                 and secrets.restore_reader, which `hastack restore --from <stack>` reads

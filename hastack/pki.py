@@ -1,10 +1,16 @@
 """The stack's internal certificate authority.
 
 One CA per stack signs the certificates for TLS inside the stack (and the
-lab's public site). It lives on the operator's machine in a directory of its
-own, keys 0600. Issued certificates are kept next to it and re-used while
-they still fit (same names, more than 30 days left), so a converge over an
-unchanged stack uploads nothing new.
+lab's public site). Its custody is the stack's config: `hastack ca store`
+makes it once and keeps it as the Pulumi secret `hastack:ca` (certificate
+and key); the stack exports it (secret) and every converge, from any
+clone, writes it into ``pki/<stack>/`` (keys 0600) before it issues anything.
+Nothing makes a CA silently: a directory without one is an error.
+
+Issued certificates are kept next to it and re-used while they still fit
+(same names, signed by this CA, more than 30 days left). A clone that has
+never issued them (a fresh checkout, a CI runner) adopts the certificate a
+host already has when it fits, so it re-issues nothing and restarts no service.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +31,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_DAYS = 3650
 CERT_DAYS = 397
 RENEW_BEFORE = dt.timedelta(days=30)
+
+
+class MissingCA(Exception):
+    """No CA where one must be: a converge never makes one on its own."""
+
+
+class CAMismatch(Exception):
+    """The stack's CA and the one already in pki/<stack>/ differ."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,32 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _public_der(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def check_pair(cert_pem: str, key_pem: str) -> None:
+    """ValueError unless ``key_pem`` is the private key of the CA certificate ``cert_pem``."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"cannot be read as a PEM certificate and an unencrypted PEM key: {e}") from None
+    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+        raise ValueError("the key is not the certificate's key")
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if not constraints.ca:
+        raise ValueError("the certificate is not a CA certificate")
+
+
+def split_pem(bundle: str) -> dict[str, str]:
+    """The secret hastack:ca (the CA certificate, then its key, PEM) as {"cert", "key"}; what is not a
+    certificate is the key (checked where it is used: check_pair)."""
+    end = "-----END CERTIFICATE-----"
+    cert, sep, key = (bundle or "").partition(end)
+    return {"cert": (cert + sep).strip() + "\n" if sep else "", "key": key.strip() + "\n" if key.strip() else ""}
+
+
 class CertificateAuthority:
     def __init__(self, directory: Path, name: str):
         self.dir = Path(directory)
@@ -60,9 +101,40 @@ class CertificateAuthority:
         self.key_path = self.dir / "ca.key"
         self.cert_path = self.dir / "ca.crt"
 
+    @classmethod
+    def own(cls, directory: Path, name: str) -> "CertificateAuthority":
+        """A CA its caller keeps itself (the lab's in .lab/pki, a test's): made when missing."""
+        ca = cls(directory, name)
+        if not ca.exists():
+            ca.create()
+        return ca
+
+    def exists(self) -> bool:
+        return self.key_path.exists() and self.cert_path.exists()
+
     def ensure(self) -> None:
-        if self.key_path.exists() and self.cert_path.exists():
-            return
+        if not self.exists():
+            raise MissingCA(f"no CA for stack {self.name!r} in {self.dir}: a stack's CA comes from its config "
+                            f"(`hastack ca store --stack {self.name}` makes and stores it once); "
+                            "a converge never makes a new one")
+
+    def install(self, cert_pem: str, key_pem: str) -> bool:
+        """Write the stack's CA (from its custody) here; True if written. An existing, different CA is
+        refused: it signed what the hosts have, and replacing it is a rotation, not a converge."""
+        check_pair(cert_pem, key_pem)
+        if self.exists():
+            if self.cert_path.read_text().strip() != cert_pem.strip():
+                raise CAMismatch(f"{self.dir} holds a CA other than the stack's (the secret hastack:ca); move it away "
+                                 "if the stack's config is right, or store this one with `hastack ca store`")
+            return False
+        _write_secret(self.key_path, key_pem.encode())
+        self.cert_path.write_text(cert_pem)
+        return True
+
+    def create(self) -> None:
+        """A new CA here (`hastack ca store` and the lab only); refused over an existing one."""
+        if self.key_path.exists() or self.cert_path.exists():
+            raise FileExistsError(f"{self.dir} already holds a CA")
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hastack {self.name} internal CA")])
         cert = (
@@ -90,15 +162,44 @@ class CertificateAuthority:
         self.ensure()
         return self.ca_pem
 
-    def issue(self, name: str, dns: list[str], ips: list[str] = (), client: bool = False) -> Issued:
-        """A server (and optionally client) certificate for ``dns``/``ips``; re-used while it fits."""
+    def fits(self, cert_pem: str, key_pem: str, wanted: dict) -> bool:
+        """Whether a certificate (and its key) is one this CA would issue for ``wanted`` now."""
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())
+            key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+            ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+            cert.verify_directly_issued_by(ca_cert)
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (ValueError, TypeError, x509.ExtensionNotFound, x509.InvalidSignature):
+            return False
+        has = {"dns": sorted(sans.get_values_for_type(x509.DNSName)),
+               "ips": sorted(str(i) for i in sans.get_values_for_type(x509.IPAddress)),
+               "client": ExtendedKeyUsageOID.CLIENT_AUTH in usages}
+        return (has == wanted and _public_der(cert.public_key()) == _public_der(key.public_key())
+                and cert.not_valid_after_utc - _now() > RENEW_BEFORE)
+
+    def issue(self, name: str, dns: list[str], ips: list[str] = (), client: bool = False,
+              current: Callable[[], tuple[str, str] | None] | None = None) -> Issued:
+        """A server (and optionally client) certificate for ``dns``/``ips``; re-used while it fits.
+
+        ``current``: the certificate and key the host has now, read only when this directory has
+        none that fits (a fresh clone): adopted when it fits, so nothing is re-issued."""
         self.ensure()
         cert_path, key_path, meta_path = (self.dir / "issued" / f"{name}{ext}" for ext in (".crt", ".key", ".json"))
-        wanted = {"dns": sorted(dns), "ips": sorted(ips), "client": client}
+        wanted = {"dns": sorted(dns), "ips": sorted(str(ipaddress.ip_address(i)) for i in ips), "client": client}
         if cert_path.exists() and key_path.exists() and meta_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             if json.loads(meta_path.read_text()) == wanted and cert.not_valid_after_utc - _now() > RENEW_BEFORE:
                 return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
+        on_host = current() if current is not None else None
+        if on_host is not None:
+            cert_pem, key_pem = first_certificate(on_host[0]), on_host[1]
+            if self.fits(cert_pem, key_pem, wanted):
+                _write_secret(key_path, key_pem.encode())
+                cert_path.write_text(cert_pem)
+                meta_path.write_text(json.dumps(wanted))
+                return Issued(cert_pem, key_pem, self.ca_pem)
 
         ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
@@ -123,3 +224,10 @@ class CertificateAuthority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         meta_path.write_text(json.dumps(wanted))
         return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
+
+
+def first_certificate(pem: str) -> str:
+    """The first certificate of a PEM chain (a host's file holds its certificate, then the CA)."""
+    end = "-----END CERTIFICATE-----"
+    head, sep, _rest = pem.partition(end)
+    return head + sep + "\n" if sep else pem

@@ -12,6 +12,7 @@ from hastack.cloud.aws_backup import BackupBucket, restore_source
 from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
 from hastack.outputs import Server, stack_outputs
+from hastack.pki import split_pem
 from hastack.stackfile import PLAIN_TEXT_REFUSED
 
 
@@ -29,6 +30,18 @@ def read_config() -> tuple[dict[str, Any], set[str]]:
     return topology.config_from_pulumi(plain), secret_keys
 
 
+def stack_ca(hastack_config: pulumi.Config, stack: str) -> pulumi.Output:
+    """The stack CA from its custody, the secret hastack:ca (its certificate, then its key). Without it
+    nothing runs, rather than a converge that makes a new CA and replaces every certificate of the stack;
+    the converge checks that the key is the certificate's (hastack.inventory.install_stack_ca)."""
+    ca = hastack_config.get_secret("ca")
+    if ca is None:
+        raise pulumi.RunError(f"stack {stack!r} has no CA (the secret hastack:ca): run `hastack ca store --stack "
+                              f"{stack}` once; it makes the CA, or stores the one in pki/{stack}/ if this machine "
+                              "converged the stack before")
+    return pulumi.Output.secret(ca.apply(split_pem))
+
+
 def main() -> None:
     stack = pulumi.get_stack()
     config, secret_keys = read_config()
@@ -41,8 +54,10 @@ def main() -> None:
         # RunError: the message, without a Python traceback; nothing was registered.
         raise pulumi.RunError(str(err)) from None
 
-    failover_token = pulumi.Config("hastack").require_secret("failoverToken")
-    seed = pulumi.Config("hastack").require_secret("secretSeed")
+    hastack_config = pulumi.Config("hastack")
+    failover_token = hastack_config.require_secret("failoverToken")
+    seed = hastack_config.require_secret("secretSeed")
+    ca = stack_ca(hastack_config, stack)  # before any resource: without it nothing is created
     hetzner = HetznerStack("hetzner", topo)
     backup = BackupBucket("backup", topo)
 
@@ -51,6 +66,7 @@ def main() -> None:
         "seed": seed,
         "backup_writers": backup.writer_credentials,  # host -> its own put-only key
         "restore_reader": backup.reader_credentials,
+        "ca": ca,
     })
     machines = {
         name: Server(server_id=server.id, public_ipv4=server.ipv4_address, public_ipv6=server.ipv6_address,

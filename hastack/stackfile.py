@@ -38,6 +38,7 @@ PLAIN_TEXT_REFUSED = (
     "aws:sessionToken",
     f"{NAMESPACE}:failoverToken",
     f"{NAMESPACE}:secretSeed",
+    f"{NAMESPACE}:ca",
 )
 
 

@@ -1,10 +1,31 @@
 """A service's TLS files from the stack CA: certificate chain, key, CA (pyinfra operations)."""
 
+import re
+import shlex
 from io import StringIO
 
+from pyinfra import host
+from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
-from hastack.pki import Issued
+from hastack.pki import CertificateAuthority, Issued
+
+PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+PEM_KEY = re.compile(r"-----BEGIN (?:EC |RSA )?PRIVATE KEY-----.+?-----END (?:EC |RSA )?PRIVATE KEY-----", re.S)
+
+
+def issue(name: str, on_host: list[str], dns: list[str], ips: list[str] = (), client: bool = False) -> Issued:
+    """The certificate ``name`` from the stack CA for this host. ``on_host``: the files that hold it and
+    its key there; read only when pki/<stack>/ has none that fits (a fresh clone, CI), and adopted
+    when they fit, so such a converge re-issues nothing and restarts nothing."""
+    def current() -> tuple[str, str] | None:
+        paths = " ".join(shlex.quote(p) for p in on_host)
+        text = host.get_fact(Command, f"cat {paths} 2>/dev/null || true") or ""
+        cert, key = PEM_CERT.search(text), PEM_KEY.search(text)
+        return (cert.group(0) + "\n", key.group(0) + "\n") if cert and key else None
+
+    return CertificateAuthority(host.data.pki_dir, host.data.stack).issue(name, dns=dns, ips=ips, client=client,
+                                                                         current=current)
 
 
 def put_tls_files(service: str, directory: str, owner: str, issued: Issued, dir_mode: str = "0750",

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from hastack.pki import CertificateAuthority
-from roles.tls_files import put_tls_files
+from roles.tls_files import issue, put_tls_files
 
 WITNESS_PORT = 9107
 TLS_DIR = "/etc/hastack/witness"
@@ -39,6 +38,6 @@ def client_config() -> dict:
 
 def put_client_tls() -> list:
     """This host's client certificate for the witness (its name is its identity there); root only."""
-    d = host.data
-    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"witness-{host.name}", dns=[host.name], client=True)
+    issued = issue(f"witness-{host.name}", [f"{TLS_DIR}/{CLIENT_FILES[0]}", f"{TLS_DIR}/{CLIENT_FILES[1]}"],
+                   dns=[host.name], client=True)
     return put_tls_files("Witness client", TLS_DIR, "root", issued, dir_mode="0700", names=CLIENT_FILES)

@@ -1,4 +1,6 @@
 import copy
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,9 @@ from hastack.stackfile import hastack_config, read_stack_file
 TESTS = Path(__file__).resolve().parent
 # the directory a test lives in names its layer; the markers are registered in pyproject.toml
 LAYERS = ("unit", "templates", "lab")
+# the stacks' CA directories (pki/<stack>/) of this test run, never the checkout's; the hastack commands
+# the tests start inherit it
+os.environ["HASTACK_PKI_ROOT"] = tempfile.mkdtemp(prefix="hastack-test-pki-")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -224,7 +224,9 @@ class Lab:
             # the operator's age key: its public half encrypts the backups on the hosts
             "backup_age_recipients": [backup_age_recipient(self.paths)],
         })
-        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed")}
+        ca = self.ca
+        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed"),
+                   "ca": {"cert": ca.ca_pem, "key": ca.key_path.read_text()}}
         bucket = None
         backup = s3.load_credentials(self.paths)  # written by `lab up` (services.start_s3)
         if backup is not None:
@@ -258,9 +260,8 @@ class Lab:
     def ca(self):
         from hastack.pki import CertificateAuthority
 
-        ca = CertificateAuthority(self.paths.pki, self.stack)
-        ca.ensure()
-        return ca
+        # the lab keeps its own CA (.lab/pki): it is the lab stack's custody
+        return CertificateAuthority.own(self.paths.pki, self.stack)
 
     def _write_known_hosts(self) -> None:
         self.paths.ssh.mkdir(parents=True, exist_ok=True, mode=0o700)

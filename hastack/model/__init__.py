@@ -82,7 +82,9 @@ def load(stack: str, config: Mapping[str, Any], secret_keys: set[str] | frozense
     missing = tuple(k for k in REQUIRED_SECRETS.get(cfg.provider, ()) if k not in secret_keys)
     if missing and require_secrets:
         for key in missing:
-            problems.append(f"{key}: required secret is not set; run `pulumi config set --secret {key} <value>`")
+            how = (f"`hastack ca store --stack {stack}`" if key == "hastack:ca"
+                   else f"`pulumi config set --secret {key} <value>`")
+            problems.append(f"{key}: required secret is not set; run {how}")
     if problems:
         raise TopologyError(problems)
 

@@ -45,7 +45,7 @@ PROVIDERS = ("hetzner", "lab")
 
 # Secrets a real (Hetzner) stack cannot run without. The lab makes its own.
 REQUIRED_SECRETS = {
-    "hetzner": ("hastack:failoverToken", "hastack:secretSeed"),
+    "hetzner": ("hastack:failoverToken", "hastack:secretSeed", "hastack:ca"),
     "lab": (),
 }
 SECRET_KEYS = frozenset(k for keys in REQUIRED_SECRETS.values() for k in keys)

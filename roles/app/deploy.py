@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from hastack.pki import CertificateAuthority
+from roles.tls_files import issue
 from hastack.templating import template_path
 from roles.app import DEFAULTS
 from roles.app import config as c
@@ -47,8 +47,8 @@ def app() -> None:
     ]
     tls_changed = False
     if host.data.app_tls:
-        issued = CertificateAuthority(host.data.pki_dir, host.data.stack).issue(
-            f"app-{host.name}", dns=[host.name], ips=[host.data.private_ip])
+        issued = issue(f"app-{host.name}", ["/etc/hastack-app/tls.crt", "/etc/hastack-app/tls.key"],
+                       dns=[host.name], ips=[host.data.private_ip])
         crt = files.put(name="TLS certificate", src=StringIO(issued.chain_pem), dest="/etc/hastack-app/tls.crt",
                         user="root", group="root", mode="0644")
         key = files.put(name="TLS key", src=StringIO(issued.key_pem), dest="/etc/hastack-app/tls.key",

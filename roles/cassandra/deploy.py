@@ -17,7 +17,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 from roles.cassandra import bundle as cassandra_bundle
-from hastack.pki import CertificateAuthority
+from roles.tls_files import issue
 from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
 from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
@@ -91,8 +91,8 @@ def cassandra() -> None:
     for target, mode in CONFIG_FILES.items():
         changed.append(files.template(name=f"Cassandra {target.rsplit('/', 1)[1]}", src=template_path("cassandra", target),
                                       dest=target, user="cassandra", group="cassandra", mode=mode, **v))
-    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"cassandra-{host.name}", dns=[host.name],
-                                                            ips=[d.private_ip], client=True)
+    issued = issue(f"cassandra-{host.name}", [f"{TLS_DIR}/node.pem"], dns=[host.name], ips=[d.private_ip],
+                   client=True)
     changed.append(files.put(name="Cassandra TLS key and chain", src=StringIO(node_pem(issued)),
                              dest=f"{TLS_DIR}/node.pem", user="cassandra", group="cassandra", mode="0600"))
     changed.append(files.put(name="Cassandra TLS CA", src=StringIO(issued.ca_pem), dest=f"{TLS_DIR}/ca.crt",

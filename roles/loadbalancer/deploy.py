@@ -11,6 +11,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 from hastack.pki import CertificateAuthority
+from roles.tls_files import issue
 from hastack.templating import template_path
 from roles import hcloud_agent, witness
 from roles.loadbalancer import DEFAULTS
@@ -38,9 +39,8 @@ def _site_certificate() -> str:
         if not path or not Path(path).exists():
             raise ValueError(f"{host.name}: lb_certificate is 'provided' but lb_certificate_file {path!r} does not exist")
         return Path(path).read_text()
-    ca = CertificateAuthority(host.data.pki_dir, host.data.stack)
     names = [host.data.domain] if host.data.get("domain") else []
-    issued = ca.issue("site", dns=names or [f"{host.data.stack}.invalid"], ips=[host.data.floating_ip])
+    issued = issue("site", [c.CERT], dns=names or [f"{host.data.stack}.invalid"], ips=[host.data.floating_ip])
     return issued.chain_pem + issued.key_pem
 
 

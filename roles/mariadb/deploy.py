@@ -19,7 +19,6 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
-from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import hcloud_agent, rolling_restart
 from roles.data_volume import mount_data_volume
@@ -28,7 +27,7 @@ from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER
 from roles.mariadb import config as c
 from roles.mariadb.config import CNF, JOIN, WAIT_FOR_UPGRADE
 from roles.mariadb.restart import RESTART_MARK
-from roles.tls_files import put_tls_files
+from roles.tls_files import issue, put_tls_files
 from roles import packages
 
 SQL_DIR = "/var/lib/hastack/mariadb"
@@ -123,8 +122,8 @@ def mariadb() -> None:
     packages.install("MariaDB", packages=["mariadb-server", "mariadb-backup", "socat", "prometheus-mysqld-exporter"],
                  no_recommends=True)
 
-    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"mariadb-{host.name}", dns=[host.name, WRITER_NAME],
-                                                            ips=[d.private_ip], client=True)
+    issued = issue(f"mariadb-{host.name}", ["/etc/mysql/tls/server.crt", "/etc/mysql/tls/server.key"],
+                   dns=[host.name, WRITER_NAME], ips=[d.private_ip], client=True)
     tls = put_tls_files("MariaDB", "/etc/mysql/tls", "mysql", issued)
     cnf = template("MariaDB settings", CNF, "0644")
     # member: it holds the application database; fresh: no database but MariaDB's own (what the package's

@@ -18,10 +18,9 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
-from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles import witness
-from roles.tls_files import put_tls_files
+from roles.tls_files import issue, put_tls_files
 from roles.monitoring import DEFAULTS
 from roles.monitoring import config as c
 from roles.monitoring import rules
@@ -106,8 +105,8 @@ def install_witness() -> None:
     files.directory(name="hastack programs", path="/opt/hastack", user="root", group="root", mode="0755")
     program = files.put(name="Witness", src=str(WITNESS_SOURCE), dest="/opt/hastack/witness_server.py",
                         user="root", group="root", mode="0644")
-    issued = CertificateAuthority(d.pki_dir, d.stack).issue(f"witness-{host.name}", dns=[host.name],
-                                                            ips=[d.private_ip])
+    issued = issue(f"witness-{host.name}", [f"{witness.TLS_DIR}/{f}" for f in witness.SERVER_FILES[:2]],
+                   dns=[host.name], ips=[d.private_ip])
     tls = put_tls_files("Witness", witness.TLS_DIR, "root", issued, dir_mode="0700", names=witness.SERVER_FILES)
     config = {
         "bind": d.private_ip, "port": witness.WITNESS_PORT,

@@ -71,7 +71,7 @@ def for_stack(stack: str, floating_ip: str, ca_file: Path | None = None, **liste
     """The probe of ``stack``'s site at ``floating_ip``, from the stack file's monitoring settings.
     A site with the stack's own certificate is verified against the stack CA (``ca_file``, or
     the one `pulumi up` keeps on the operator's machine)."""
-    from hastack.inventory import PKI_DIR
+    from hastack.inventory import pki_root
     from hastack.pki import CertificateAuthority
 
     topo = _topology(stack)
@@ -79,7 +79,7 @@ def for_stack(stack: str, floating_ip: str, ca_file: Path | None = None, **liste
     internal = topo.resolved_settings("loadbalancer")["lb_certificate"] == "internal"
     ca = None
     if internal:
-        pki = _lab_pki(stack) if _is_lab(stack) else PKI_DIR / stack
+        pki = _lab_pki(stack) if _is_lab(stack) else pki_root() / stack
         path = ca_file or CertificateAuthority(pki, stack).cert_path
         if not path.is_file():
             raise ValueError(f"the site's certificate is the stack's own (loadbalancer certificate: internal), and its "

@@ -16,8 +16,9 @@ from typing import Any
 from hastack.inventory import host_entries
 from hastack.stackfile import load_stack
 from hastack.model import Host, Topology
-from hastack.outputs import Server, stack_outputs as build_outputs
+from hastack.outputs import Provided, Server, stack_outputs as build_outputs
 from roles import role
+from tests.support import stack_ca
 
 SEED = "template-test-seed"       # hastack:secretSeed: every service password derives from it
 FLOATING_IP = "203.0.113.10"      # TEST-NET-3
@@ -43,7 +44,9 @@ def stack_outputs(stack: str) -> dict[str, Any]:
     servers = {h.name: Server(server_id=SERVER_ID_BASE + i, public_ipv4=public_ip(stack, h.name))
                for i, h in enumerate(topo.hosts)}
     return build_outputs(topo, servers, floating_ip=FLOATING_IP, floating_ip_id=FLOATING_IP_ID,
-                         secrets={"failover_token": FAILOVER_TOKEN, "seed": SEED})
+                         secrets={"failover_token": FAILOVER_TOKEN, "seed": SEED, "ca": stack_ca.OUTPUT},
+                         # the test CA's own directory: every stack's certificates come from it
+                         provided=Provided({"pki_dir": str(stack_ca.CA.dir)}))
 
 
 @functools.lru_cache(maxsize=None)

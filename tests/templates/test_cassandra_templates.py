@@ -104,7 +104,7 @@ def node(tmp_path_factory):
     v = _vars(data, root)
     for d in (v["tls_dir"], v["data_dir"], v["log_dir"]):
         Path(d).mkdir(parents=True)
-    ca = CertificateAuthority(root / "pki", "cassandra-test")
+    ca = CertificateAuthority.own(root / "pki", "cassandra-test")
     issued = ca.issue("cassandra-test", dns=[host.name], ips=[ADDRESS], client=True)
     (Path(v["tls_dir"]) / "node.pem").write_text(node_pem(issued))
     (Path(v["tls_dir"]) / "node.pem").chmod(0o600)
@@ -225,8 +225,7 @@ def test_client_without_tls_refused(node, secured):
 
 
 def test_client_that_does_not_trust_the_stack_ca_refused(node):
-    other = CertificateAuthority(node["root"] / "other-pki", "other")
-    other.ensure()
+    other = CertificateAuthority.own(node["root"] / "other-pki", "other")
     cluster = auth.node_cluster(ADDRESS, node["v"]["native_port"],
                                 ssl.create_default_context(cafile=str(other.cert_path)), "admin", PW["admin"])
     try:

@@ -57,7 +57,7 @@ def keepalived_cfg(stack, host, scripts):
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    ca = CertificateAuthority(d, "test")
+    ca = CertificateAuthority.own(d, "test")
     issued = ca.issue("site", dns=["www.example.com"], ips=[FLOATING_IP])
     site = d / "site.pem"
     site.write_text(issued.chain_pem + issued.key_pem)

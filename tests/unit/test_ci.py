@@ -4,21 +4,15 @@ scheduled checks' issues). The workflows themselves: tests/templates/test_workfl
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
-import re
-import stat
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from hastack import ci
-from hastack.pki import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,76 +224,6 @@ def test_environments_command_exits_1_with_every_problem(monkeypatch, capsys):
     assert ci.main(["environments", "--stacks", '["staging", "prod"]', "--approval", "prod"]) == 1
     out = capsys.readouterr().out
     assert out.count("::error::") == 2 and "'staging' does not exist" in out
-
-
-# ------------------------------------------------------------------ the stack's CA
-
-
-@pytest.fixture
-def pki_dir(tmp_path):
-    """pki/prod/ as the operator's machine has it after `pulumi up`: the CA and issued certificates."""
-    d = tmp_path / "operator" / "pki" / "prod"
-    ca = CertificateAuthority(d, "prod")
-    ca.issue("prod-db1", ["prod-db1"], ["10.20.1.60"])
-    return d
-
-
-def blob_of(directory: Path) -> str:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(directory, arcname=".")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def test_the_ca_comes_back_from_the_secret_private(pki_dir, tmp_path):
-    root = tmp_path / "checkout"
-    # as the secret store may keep it: wrapped at 76 columns
-    blob = "\n".join(re.findall(".{1,76}", blob_of(pki_dir)))
-    files = ci.restore_pki("prod", blob, root)
-    assert {"ca.crt", "ca.key", "issued/prod-db1.crt", "issued/prod-db1.key", "issued/prod-db1.json"} <= set(files)
-    target = root / "pki" / "prod"
-    for name in files:
-        assert (target / name).read_bytes() == (pki_dir / name).read_bytes()
-        assert stat.S_IMODE((target / name).stat().st_mode) == 0o600, name
-    assert stat.S_IMODE(target.stat().st_mode) == 0o700
-    assert stat.S_IMODE((target / "issued").stat().st_mode) == 0o700
-    # and the converge uses it rather than making a new CA
-    assert CertificateAuthority(target, "prod").ca_pem == (pki_dir / "ca.crt").read_text()
-
-
-def test_no_ca_in_the_secret_is_refused(pki_dir, tmp_path):
-    with pytest.raises(ci.CIError, match="HASTACK_PKI is empty.*make a new CA"):
-        ci.restore_pki("prod", "  \n", tmp_path)
-    (pki_dir / "ca.key").unlink()
-    with pytest.raises(ci.CIError, match="holds no ca.key"):
-        ci.restore_pki("prod", blob_of(pki_dir), tmp_path)
-    with pytest.raises(ci.CIError, match="not a base64 gzip tar"):
-        ci.restore_pki("prod", "bm90IGEgdGFy", tmp_path)
-    assert not (tmp_path / "pki").exists()
-
-
-def test_a_key_that_is_not_the_certificates_is_refused(pki_dir, tmp_path):
-    other = CertificateAuthority(tmp_path / "other", "prod")
-    other.ensure()
-    (pki_dir / "ca.key").write_bytes((tmp_path / "other" / "ca.key").read_bytes())
-    with pytest.raises(ci.CIError, match="ca.key is not the key of ca.crt"):
-        ci.restore_pki("prod", blob_of(pki_dir), tmp_path / "checkout")
-    assert not (tmp_path / "checkout").exists()
-
-
-@pytest.mark.parametrize("name,kind", [("../escape", tarfile.REGTYPE), ("/etc/passwd", tarfile.REGTYPE),
-                                       ("link", tarfile.SYMTYPE)])
-def test_members_outside_the_directory_or_links_are_refused(pki_dir, tmp_path, name, kind):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(pki_dir, arcname=".")
-        info = tarfile.TarInfo(name)
-        info.type = kind
-        info.linkname = "/etc/shadow" if kind == tarfile.SYMTYPE else ""
-        tar.addfile(info, io.BytesIO(b""))
-    with pytest.raises(ci.CIError, match="not a plain file or directory"):
-        ci.restore_pki("prod", base64.b64encode(buf.getvalue()).decode(), tmp_path / "checkout")
-    assert not (tmp_path / "escape").exists() and not (tmp_path / "checkout").exists()
 
 
 # ------------------------------------------------------------------ outcomes, the comment, reports

@@ -30,7 +30,7 @@ class FakeWitness:
     (a dict, or None to hold the connection open without answering)."""
 
     def __init__(self, pki_dir, answer=None, server_name=WITNESS_NAME, client_name="lab-lb1"):
-        ca = CertificateAuthority(pki_dir, "test")
+        ca = CertificateAuthority.own(pki_dir, "test")
         server = ca.issue(f"witness-{server_name}", dns=[server_name])
         client = ca.issue(f"witness-{client_name}", dns=[client_name], client=True)
         self.files = {}

@@ -38,7 +38,7 @@ def lab(tmp_path_factory):
     """A running, set-up lab S3 and its credentials; stopped afterwards."""
     root = tmp_path_factory.mktemp("lab")
     paths = Paths(root)
-    cert = CertificateAuthority(root / "pki", "test").issue("s3", dns=["localhost"], ips=["127.0.0.1"])
+    cert = CertificateAuthority.own(root / "pki", "test").issue("s3", dns=["localhost"], ips=["127.0.0.1"])
     port = free_port()
     logs = []
     creds = s3.ensure(paths, load_stack(STACK), "127.0.0.1", port, cert, log=logs.append)
@@ -265,7 +265,7 @@ def test_ensure_reuses_a_running_server(lab, creds):
 
 def test_a_dead_server_is_started_again_and_set_up_anew(tmp_path):
     paths = Paths(tmp_path)
-    cert = CertificateAuthority(tmp_path / "pki", "test").issue("s3", dns=["localhost"], ips=["127.0.0.1"])
+    cert = CertificateAuthority.own(tmp_path / "pki", "test").issue("s3", dns=["localhost"], ips=["127.0.0.1"])
     port, logs = free_port(), []
     topo = load_stack("staging")
     try:

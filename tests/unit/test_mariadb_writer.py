@@ -613,11 +613,11 @@ def test_a_state_file_that_cannot_be_read_starts_from_nothing(tmp_path):
 def pki(tmp_path):
     """Certificates from a stack CA like the real one: db1, db2 and the witness; one of another name; one from
     another CA."""
-    ca = CertificateAuthority(tmp_path / "pki", "test")
+    ca = CertificateAuthority.own(tmp_path / "pki", "test")
     for name in ("db1", "db2", "app1"):
         ca.issue(f"witness-{name}", dns=[name], client=True)
     ca.issue("witness-mon", dns=["mon"])
-    CertificateAuthority(tmp_path / "other-pki", "other").issue("witness-db2", dns=["db2"], client=True)
+    CertificateAuthority.own(tmp_path / "other-pki", "other").issue("witness-db2", dns=["db2"], client=True)
 
     def files(name, other_ca=False):
         d = tmp_path / ("other-pki" if other_ca else "pki")

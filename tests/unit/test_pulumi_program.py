@@ -8,13 +8,15 @@ import pytest
 from hastack import recording
 from hastack.stackfile import read_stack_file
 from roles import host_roles
+from tests.support import stack_ca
 
 HOST_ROLES = host_roles()
 from hastack.stackfile import load_stack
 
 TOKEN = "test-failover-token-7f3a"
 SEED = "test-seed-5d1e"
-SECRETS = {"hastack:failoverToken": TOKEN, "hastack:secretSeed": SEED, "hcloud:token": "test-hcloud-token-91bc"}
+SECRETS = {"hastack:failoverToken": TOKEN, "hastack:secretSeed": SEED, "hcloud:token": "test-hcloud-token-91bc",
+           "hastack:ca": stack_ca.BUNDLE}
 SERVER = "hcloud:index/server:Server"
 STACKS = ["prod", "staging", "dr"]
 
@@ -303,6 +305,24 @@ def test_bad_config_fails_before_any_resource(prod_flat, mutate, message):
 def test_missing_secret_fails_before_any_resource(prod_flat):
     with pytest.raises(pulumi.RunError, match=r"hastack:failoverToken: required secret is not set"):
         run("prod", prod_flat, secrets={})
+
+
+def test_a_stack_without_its_ca_stops_before_any_resource(prod_flat):
+    secrets = {k: v for k, v in SECRETS.items() if k != "hastack:ca"}
+    with pytest.raises(pulumi.RunError) as err:
+        run("prod", prod_flat, secrets=secrets)
+    assert "hastack:ca: required secret is not set; run `hastack ca store --stack prod`" in str(err.value)
+    from pulumi.runtime import settings
+    assert settings.SETTINGS.monitor.recording.resources == []
+
+
+def test_the_ca_reaches_the_converge_as_a_secret_only(rec):
+    conv = rec.named("converge")
+    assert conv.inputs["outputs"]["secrets"]["ca"] == stack_ca.OUTPUT
+    assert rec.outputs["secrets"].secret
+    for name, out in rec.outputs.items():
+        if not out.secret:
+            assert "PRIVATE KEY" not in json.dumps(out.value, default=str), name
 
 
 def test_failed_run_registers_nothing(prod_flat):

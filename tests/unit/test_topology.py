@@ -9,7 +9,7 @@ import pytest
 from hastack.stackfile import available_stacks, load_stack
 from hastack.model import TopologyError, load
 
-SECRETS = {"hastack:failoverToken", "hastack:secretSeed"}
+SECRETS = {"hastack:failoverToken", "hastack:secretSeed", "hastack:ca"}
 
 
 def problems_of(config, stack="prod", secrets=SECRETS):
@@ -243,8 +243,13 @@ def test_duplicate_host_names(prod_config):
 
 
 def test_missing_required_secret(prod_config):
-    assert only_problem(prod_config, secrets={"hastack:secretSeed"}) == (
+    assert only_problem(prod_config, secrets={"hastack:secretSeed", "hastack:ca"}) == (
         "hastack:failoverToken: required secret is not set; run `pulumi config set --secret hastack:failoverToken <value>`")
+
+
+def test_missing_ca_points_to_ca_store(prod_config):
+    assert only_problem(prod_config, secrets={"hastack:secretSeed", "hastack:failoverToken"}) == (
+        "hastack:ca: required secret is not set; run `hastack ca store --stack prod`")
 
 
 def test_secret_in_plain_text_refused(prod_config):

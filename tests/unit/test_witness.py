@@ -226,11 +226,11 @@ def test_alive_tells_whether_a_member_listens(tmp_path, clock):
 def server(tmp_path):
     """The witness from a configuration with paths relative to it, as systemd's credentials directory holds
     them, serving on 127.0.0.1."""
-    ca = CertificateAuthority(tmp_path / "pki", "test")
+    ca = CertificateAuthority.own(tmp_path / "pki", "test")
     ca.issue("witness-mon", dns=["mon"])
     for name in ("db1", "db2"):
         ca.issue(f"witness-{name}", dns=[name], client=True)
-    CertificateAuthority(tmp_path / "other-pki", "other").issue("witness-db1", dns=["db1"], client=True)
+    CertificateAuthority.own(tmp_path / "other-pki", "other").issue("witness-db1", dns=["db1"], client=True)
     conf = tmp_path / "credentials"
     conf.mkdir()
     shutil.copy(tmp_path / "pki" / "issued" / "witness-mon.crt", conf / "server.crt")
