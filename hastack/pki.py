@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -171,7 +172,7 @@ class CertificateAuthority:
             cert.verify_directly_issued_by(ca_cert)
             sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except (ValueError, TypeError, x509.ExtensionNotFound, x509.InvalidSignature):
+        except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
             return False
         has = {"dns": sorted(sans.get_values_for_type(x509.DNSName)),
                "ips": sorted(str(i) for i in sans.get_values_for_type(x509.IPAddress)),

@@ -84,8 +84,8 @@ def main() -> None:
 
     if topo.converge:
         # The same converge as `hastack converge`, once every server, volume and
-        # the floating IP exist; again whenever host data, roles or templates change.
+        # the floating IP exist; again whenever host data, a secret, or the code it runs changes.
         code = code_digest()
         Converge("converge", topo.stack, outputs=pulumi.Output.all(**outputs),
-                 digest=pulumi.Output.from_input(outputs["hosts"]).apply(lambda h: data_digest([h, code])),
+                 digest=pulumi.Output.all(outputs["hosts"], secrets).apply(lambda v: data_digest([v[0], v[1], code])),
                  opts=pulumi.ResourceOptions(depends_on=[hetzner, backup]))

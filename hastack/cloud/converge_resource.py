@@ -1,8 +1,10 @@
 """`pulumi up` ends with a converge: a dynamic resource that runs the pyinfra roles.
 
 It is created once the servers and the floating IP exist, and runs again
-whenever the hosts' data or the roles and templates change (a digest of
-both), so one `pulumi up` on a fresh stack ends with a configured stack.
+whenever the hosts' data, a secret (the seed, a key, the CA), the roles and
+templates or the hastack/ code a converge runs change (a digest of all of
+them, itself a secret), so one `pulumi up` on a fresh stack ends with a
+configured stack, and a rotated secret reaches every host.
 The converge is the same entry point as `hastack converge`.
 """
 
@@ -21,14 +23,47 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 CODE_DIRS = ("roles", "templates")
 
 
-def code_digest(root: Path = PROJECT_DIR) -> str:
-    """A digest of every role and template file: a change in them means a new converge."""
+_LIST_MODULES = """
+import importlib, sys
+from pathlib import Path
+from roles import all_roles
+import hastack.converge, hastack.inventory
+for r in all_roles():
+    try:
+        importlib.import_module(f"roles.{r.name}.deploy")
+    except ModuleNotFoundError as e:
+        if e.name != f"roles.{r.name}.deploy":
+            raise
+package = Path("hastack").resolve()
+for m in list(sys.modules.values()):
+    f = Path(getattr(m, "__file__", None) or "/").resolve()
+    if f.is_relative_to(package):
+        print(f.relative_to(package))
+"""
+
+
+def converge_modules(root: Path = PROJECT_DIR) -> list[Path]:
+    """The hastack/ modules a converge runs (the converge, the inventory, the CA, what the roles import),
+    as a fresh interpreter imports them: hastack/cli.py or the lab's tooling changing alone changes
+    nothing on a host."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _LIST_MODULES], cwd=PROJECT_DIR, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)}, check=True)
+    return sorted(root / "hastack" / line for line in proc.stdout.split())
+
+
+def code_digest(root: Path = PROJECT_DIR, modules: list[Path] | None = None) -> str:
+    """A digest of every role and template file and of the hastack/ modules the converge runs: a change
+    in any of them means a new converge."""
     h = hashlib.sha256()
-    for d in CODE_DIRS:
-        for path in sorted((root / d).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                h.update(str(path.relative_to(root)).encode())
-                h.update(path.read_bytes())
+    paths = [p for d in CODE_DIRS for p in sorted((root / d).rglob("*"))]
+    paths += converge_modules(root) if modules is None else modules
+    for path in paths:
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
     return h.hexdigest()
 
 

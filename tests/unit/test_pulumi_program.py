@@ -371,17 +371,41 @@ def test_converge_reruns_only_when_data_or_code_change():
     assert p.diff("id", same, {"digest": "a", "ssh_user": "bob"}).changes is True
 
 
-def test_code_digest_follows_templates(tmp_path):
+def test_code_digest_follows_templates_roles_and_the_code_the_converge_runs(tmp_path):
     import shutil
 
-    from hastack.cloud.converge_resource import PROJECT_DIR, code_digest
+    from hastack.cloud.converge_resource import PROJECT_DIR, code_digest, converge_modules
 
-    for d in ("roles", "templates"):
+    modules = converge_modules()
+    names = {str(m.relative_to(PROJECT_DIR)) for m in modules}
+    assert {"hastack/converge.py", "hastack/inventory.py", "hastack/pki.py", "hastack/secrets.py"} <= names
+    assert not {"hastack/cli.py", "hastack/ci.py", "hastack/plan.py"} & names  # commands, not converge code
+    for d in ("roles", "templates", "hastack"):
         shutil.copytree(PROJECT_DIR / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_digest(tmp_path)
-    assert before == code_digest(PROJECT_DIR)
-    (tmp_path / "templates/base/etc/hosts.j2").write_text("changed\n")
-    assert code_digest(tmp_path) != before
+    copied = [tmp_path / m.relative_to(PROJECT_DIR) for m in modules]
+    before = code_digest(tmp_path, copied)
+    assert before == code_digest(PROJECT_DIR, modules)
+    for path, text in (("hastack/cli.py", "# a command changed\n"), ("templates/base/etc/hosts.j2", "changed\n"),
+                       ("roles/mariadb/writer_agent.py", "# an agent changed\n"), ("hastack/pki.py", "# changed\n")):
+        (tmp_path / path).write_text((tmp_path / path).read_text() + text)
+        after = code_digest(tmp_path, copied)
+        assert (after != before) is (path != "hastack/cli.py"), path
+        before = after
+
+
+def test_the_converge_digest_covers_the_hosts_the_secrets_and_the_code(prod_flat, monkeypatch):
+    import hastack.program
+    from hastack.cloud.converge_resource import code_digest, data_digest
+
+    digested = []
+    monkeypatch.setattr(hastack.program, "data_digest", lambda v: digested.append(v) or data_digest(v))
+    rec = run("prod", prod_flat)
+    [(hosts, secrets, code)] = digested
+    assert set(hosts) == {h.name for h in load_stack("prod").hosts}
+    assert secrets["seed"] == SEED and secrets["failover_token"] == TOKEN and secrets["ca"] == stack_ca.OUTPUT
+    assert set(secrets["backup_writers"]) and secrets["restore_reader"]
+    assert code == code_digest()
+    assert rec.named("converge").inputs["digest"] == data_digest([hosts, secrets, code])
 
 
 @pytest.mark.parametrize("key", ["hcloud:token", "aws:secretKey", "aws:accessKey"])
