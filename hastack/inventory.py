@@ -58,9 +58,15 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
         address = host.get("public_ipv4") or host.get("private_ip")
         if not address:
             raise InventoryError(f"hosts.{name}: no address (public_ipv4 or private_ip) in the stack outputs")
+        admins = [a["name"] for a in data.get("admins") or []]
+        if ssh_user and ssh_user not in admins:
+            # the converge would remove the very account it logs in with, halfway through
+            raise InventoryError(f"the converge connects as {ssh_user!r} (HASTACK_SSH_USER), which is not an admin "
+                                 f"of the stack (admins: {', '.join(admins) or 'none'}): the converge would remove "
+                                 "the account it logs in with; connect as one of the admins that stay")
         data.update(
             ssh_hostname=address,
-            ssh_user=ssh_user or data["admins"][0]["name"],
+            ssh_user=ssh_user or admins[0],
             _sudo=True,
             groups=groups,
             server_id=host.get("server_id"),

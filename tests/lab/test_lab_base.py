@@ -215,3 +215,50 @@ def test_converge_check_names_the_drift_changes_nothing_and_a_converge_repairs_i
     clean = check()
     assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-2000:]
     assert "0 operations would change on 0 of 12 hosts" in " ".join(clean.stdout.split())
+
+
+# every certificate a converge puts on the lab, by the host and file that hold it
+CERTIFICATE_FILES = {
+    "lab-db1": "/etc/mysql/tls/server.crt", "lab-redis1": "/etc/redis/tls/redis.crt",
+    "lab-cass1": "/etc/cassandra/tls/node.pem", "lab-app1": "/etc/hastack-app/tls.crt",
+    "lab-lb1": "/etc/haproxy/certs/site.pem", "lab-mon1": "/etc/hastack/witness/server.crt",
+}
+
+
+def test_a_converge_from_a_fresh_clone_adopts_the_hosts_certificates(lab, tmp_path, monkeypatch):
+    """A clone that never converged the stack (a CI runner): the CA comes from the stack's outputs and the
+    certificates the hosts have are adopted, so the converge changes nothing and restarts nothing. Without
+    the CA in the outputs the converge stops before it connects anywhere."""
+    import pytest
+
+    from hastack.inventory import InventoryError, host_entries
+
+    clone = tmp_path / "clone-pki"
+    monkeypatch.setenv("HASTACK_PKI_ROOT", str(clone))
+    outputs = lab.stack_outputs()
+    for host in outputs["hosts"].values():
+        del host["data"]["pki_dir"]  # as a cloud stack's outputs: pki/<stack>/ of this clone
+
+    def entries():
+        found = host_entries(outputs, ssh_user=lab.admin)
+        for data in found.values():
+            data.update(lab.connection())
+        return found
+
+    def fingerprints():
+        return {h: lab.exec(h, ["sha256sum", path], check=True).stdout.split()[0] for h, path in CERTIFICATE_FILES.items()}
+
+    before = fingerprints()
+    report = converge(entries())
+    assert report.ok, {n: r.failed for n, r in report.hosts.items() if r.failed}
+    assert report.changes == 0, {n: r.changed_operations for n, r in report.hosts.items() if r.changed}
+    assert fingerprints() == before
+    assert (clone / "lab" / "ca.crt").read_text() == lab.ca.ca_pem
+    # the clone now holds what the hosts have: a second converge does not read them again
+    adopted = {p.stem for p in (clone / "lab" / "issued").glob("*.crt")}
+    assert {"mariadb-lab-db1", "mariadb-lab-db2", "cassandra-lab-cass3", "site", "witness-lab-mon1"} <= adopted
+
+    del outputs["secrets"]["ca"]
+    with pytest.raises(InventoryError, match=r"no CA \(secrets.ca\)"):
+        entries()
+    assert fingerprints() == before

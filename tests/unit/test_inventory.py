@@ -103,5 +103,13 @@ def test_the_commands_connect_as_hastack_ssh_user_when_set(monkeypatch):
 
     monkeypatch.delenv("HASTACK_SSH_USER", raising=False)
     assert {d["ssh_user"] for d in stack_entries("prod", FIXTURE).values()} == {"alice"}
-    monkeypatch.setenv("HASTACK_SSH_USER", "deploy")
-    assert {d["ssh_user"] for d in stack_entries("prod", FIXTURE).values()} == {"deploy"}
+    monkeypatch.setenv("HASTACK_SSH_USER", "bob")
+    assert {d["ssh_user"] for d in stack_entries("prod", FIXTURE).values()} == {"bob"}
+
+
+def test_connecting_as_an_account_the_converge_removes_is_refused(outputs):
+    for host in outputs["hosts"].values():
+        host["data"]["admins"] = [a for a in host["data"]["admins"] if a["name"] != "bob"]
+    with pytest.raises(InventoryError, match=r"connects as 'bob' .*not an admin of the stack \(admins: alice\).*"
+                                             "remove the account it logs in with"):
+        host_entries(outputs, ssh_user="bob")
