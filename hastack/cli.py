@@ -154,8 +154,7 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
                   f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace; "
                   f"its status page: {services.status_url(lab.addr)}")
     if report is not None and not report.ok:
-        failed = next(r for r in report.hosts.values() if r.failed)
-        fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+        fail(report.failure(), code=1)
 
 
 def _print_status(lab) -> None:
@@ -290,8 +289,7 @@ def converge_cmd(stack: str = StackOption, outputs: Path = OutputsOption,
     report = converge(entries, progress=say)
     _print_converge(report)
     if not report.ok:
-        failed = next(r for r in report.hosts.values() if r.failed)
-        fail(f"converge failed on {failed.name}: {failed.failed}", code=1)
+        fail(report.failure(), code=1)
 
 
 # commands a role brings (`hastack cassandra status`, ...) and its restore (`hastack restore mariadb`)

@@ -33,6 +33,7 @@ from pyinfra.api.operations import run_ops
 from hastack.inventory import make_inventory
 from hastack.role import AfterRoles, AfterRolesError
 from roles import all_roles
+from roles.base.config import ACCESS
 
 
 @dataclass
@@ -44,6 +45,8 @@ class HostReport:
     failed: str | None = None  # "operation name: error"
     # a dry run: operations that run only when another one changes (a restart after its file)
     conditional: int = 0
+    # every operation that settles who may log in (roles/base ACCESS) ran without error
+    access_settled: bool = False
 
 
 @dataclass
@@ -58,6 +61,17 @@ class ConvergeReport:
     @property
     def changes(self) -> int:
         return sum(h.changed for h in self.hosts.values())
+
+    def failure(self) -> str:
+        """What failed, host by host, and where the stack's admin list may not hold yet."""
+        failed = [h for h in self.hosts.values() if h.failed]
+        lines = [f"converge failed on {len(failed)} of {len(self.hosts)} hosts:"]
+        lines += [f"  - {h.name}: {h.failed}" for h in failed]
+        unsettled = [h.name for h in self.hosts.values() if not h.access_settled]
+        if unsettled:
+            lines.append("access not settled on " + ", ".join(unsettled) + ": an admin removed from the stack may "
+                         "still log in there until a converge succeeds on them (a powered-off host: when it is back)")
+        return "\n".join(lines)
 
 
 def _fresh_host_keys() -> None:
@@ -262,10 +276,14 @@ def _collect(state: State, inventory, reports: dict[str, HostReport]) -> None:
     """What each host's operations did, from pyinfra's operation metadata."""
     for h in inventory:
         report = reports[h.name]
+        report.access_settled = h in state.activated_hosts
         for op_hash in h.op_hash_order:
             meta = state.get_op_data_for_host(h, op_hash).operation_meta
             name = ", ".join(sorted(state.get_op_meta(op_hash).names))
             report.operations += 1
+            # a name is "deploy | role | operation"
+            if name.rsplit(" | ", 1)[-1].startswith(ACCESS) and (not meta.is_complete() or meta.did_error()):
+                report.access_settled = False
             if not meta.is_complete():
                 continue
             if meta.did_error() and report.failed is None:

@@ -80,8 +80,7 @@ def run_converge(props: dict[str, Any]) -> dict[str, Any]:
         data.update(props.get("connection") or {})
     report = converge(entries)
     if not report.ok:
-        failed = next(r for r in report.hosts.values() if r.failed)
-        raise RuntimeError(f"converge failed on {failed.name}: {failed.failed}")
+        raise RuntimeError(report.failure())
     return {"changes": report.changes, "seconds": round(report.seconds, 1),
             "hosts": {n: r.changed for n, r in report.hosts.items()}}
 

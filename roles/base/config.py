@@ -11,6 +11,10 @@ from typing import Any, Mapping
 
 from roles.base import NODE_EXPORTER_PORT
 
+# The operations that settle who may log in (admin accounts, keys, sudo) start with this; the
+# converge names every host where one of them did not run (hastack.converge.ConvergeReport).
+ACCESS = "Access:"
+
 # Files that could lock admins out or leave a host open are rendered here
 # first and only installed over the live file once they pass their check.
 STAGING = "/var/lib/hastack/staged"

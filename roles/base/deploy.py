@@ -23,6 +23,7 @@ from hastack.pki import CertificateAuthority
 from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
+from roles.base.config import ACCESS
 from roles import packages
 
 PACKAGES = [
@@ -94,14 +95,14 @@ def _admins(tvars, data):
     group = data["base_admin_group"]
     # Who this deploy is logged in as (without sudo), and that login's groups.
     login_user, _, login_groups = host.get_fact(Command, command="id -un && id -Gn", _sudo=False).partition("\n")
-    server.group(name=f"Group {group}", group=group)
+    server.group(name=f"{ACCESS} group {group}", group=group)
     wanted = set()
     for admin in data["admins"]:
         wanted.add(admin["name"])
         # Exact groups and exactly the configured key (delete_keys): ~/.ssh is
         # 0700 and authorized_keys 0600, both owned by the admin.
         server.user(
-            name=f"Admin {admin['name']}",
+            name=f"{ACCESS} admin {admin['name']}",
             user=admin["name"],
             shell="/bin/bash",
             groups=[group, "sudo"],
@@ -118,7 +119,7 @@ def _admins(tvars, data):
                 continue
             quoted = shlex.quote(name)
             server.shell(
-                name=f"Remove former admin {name}",
+                name=f"{ACCESS} remove former admin {name}",
                 # --force: killed processes may linger a moment and must not stop the removal.
                 commands=[f"pkill -KILL -u {quoted} || true", f"userdel --force --remove {quoted}"],
             )
@@ -129,13 +130,13 @@ def _admins(tvars, data):
     # from before its user joined the group still needs cloud-init's rule.
     # (New servers put admins in the group at first boot, so this is rare.)
     if login_user == "root" or group in login_groups.split():
-        files.file(name="Remove cloud-init's sudo rule", path="/etc/sudoers.d/90-cloud-init-users", present=False)
+        files.file(name=f"{ACCESS} remove cloud-init's sudo rule", path="/etc/sudoers.d/90-cloud-init-users", present=False)
     else:
         logger.warning(f"{host.name}: kept /etc/sudoers.d/90-cloud-init-users for this run: the login of "
                        f"{login_user} predates its membership of {group}; the next run removes it")
 
     # Hetzner puts the project's SSH keys here at creation; root never logs in.
-    files.file(name="No SSH keys for root", path="/root/.ssh/authorized_keys", present=False)
+    files.file(name=f"{ACCESS} no SSH keys for root", path="/root/.ssh/authorized_keys", present=False)
 
 
 def _sshd(tvars):
@@ -176,11 +177,14 @@ def base():
     data = host.data.dict()
     tvars = c.template_vars(host.name, data)
 
+    # Access first: who may log in is settled before anything that needs apt or the network,
+    # so a removed admin is removed even where the rest of the converge fails.
+    _admins(tvars, data)
+
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
     _trust_stack_ca()
 
-    _admins(tvars, data)
     _sshd(tvars)
     _firewall(tvars)
 

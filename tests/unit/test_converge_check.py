@@ -74,3 +74,24 @@ def test_installed_packages_are_no_drift_however_old_the_package_lists_are(tmp_p
     entries = {"@local": {"packages": ["coreutils", "hastack-no-such-package"]}}
     report = converge(entries, check=True, deploy_fn=packages_of_host_data).hosts["@local"]
     assert (report.failed, report.changed_operations) == (None, ["packages test | the packages"])
+
+
+@deploy("access test")
+def access_then_more():
+    from roles.base.config import ACCESS
+
+    server.shell(name=f"{ACCESS} settle", commands=[host.data.access])
+    server.shell(name="something after", commands=["false"])
+
+
+def test_a_failure_after_the_access_operations_leaves_access_settled():
+    report = converge({"@local": {"access": "true"}}, deploy_fn=access_then_more, after_roles=False)
+    assert not report.ok and report.hosts["@local"].access_settled
+    assert "converge failed on 1 of 1 hosts:\n  - @local: " in report.failure()
+    assert "access not settled" not in report.failure()
+
+
+def test_a_failed_access_operation_names_the_host_where_access_may_remain():
+    report = converge({"@local": {"access": "false"}}, deploy_fn=access_then_more, after_roles=False)
+    assert not report.hosts["@local"].access_settled
+    assert "access not settled on @local: an admin removed from the stack may still log in there" in report.failure()
