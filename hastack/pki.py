@@ -189,10 +189,16 @@ class CertificateAuthority:
         self.ensure()
         cert_path, key_path, meta_path = (self.dir / "issued" / f"{name}{ext}" for ext in (".crt", ".key", ".json"))
         wanted = {"dns": sorted(dns), "ips": sorted(str(ipaddress.ip_address(i)) for i in ips), "client": client}
-        if cert_path.exists() and key_path.exists() and meta_path.exists():
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            if json.loads(meta_path.read_text()) == wanted and cert.not_valid_after_utc - _now() > RENEW_BEFORE:
-                return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
+
+        def cached() -> Issued | None:
+            if cert_path.exists() and key_path.exists() and meta_path.exists():
+                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+                if json.loads(meta_path.read_text()) == wanted and cert.not_valid_after_utc - _now() > RENEW_BEFORE:
+                    return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
+            return None
+
+        if (found := cached()) is not None:
+            return found
         on_host = current() if current is not None else None
         if on_host is not None:
             cert_pem, key_pem = first_certificate(on_host[0]), on_host[1]
@@ -201,6 +207,10 @@ class CertificateAuthority:
                 cert_path.write_text(cert_pem)
                 meta_path.write_text(json.dumps(wanted))
                 return Issued(cert_pem, key_pem, self.ca_pem)
+        # Reading the host let the other hosts' preparations run: one that shares this
+        # certificate (the load balancers' site) may have issued it meanwhile.
+        if (found := cached()) is not None:
+            return found
 
         ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())

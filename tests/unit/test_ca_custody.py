@@ -199,3 +199,16 @@ def test_a_failing_cli_is_reported(tmp_path):
     with pytest.raises(ca_custody.CustodyError, match="failed: error: no stack named prod"):
         ca_custody.store("prod", tmp_path / "pki", stacks_dir=stack_file(tmp_path), pulumi=str(script))
     assert os.path.exists(tmp_path / "pki" / "prod" / "ca.crt")  # kept: the next try stores this one
+
+
+def test_a_certificate_two_hosts_share_is_issued_once_while_both_read_their_hosts(ca):
+    """The load balancers share the site's certificate; their preparations run side by side, and
+    reading one host lets the other issue it: the first issued is the one both get."""
+    other_host = {}
+
+    def lb1_reads_its_host():
+        other_host["lb2"] = ca.issue("site", dns=["example.org"], ips=["203.0.113.10"], current=lambda: None)
+        return None  # lb1 has no certificate yet
+
+    lb1 = ca.issue("site", dns=["example.org"], ips=["203.0.113.10"], current=lb1_reads_its_host)
+    assert lb1 == other_host["lb2"]
