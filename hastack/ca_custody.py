@@ -26,7 +26,10 @@ class CustodyError(Exception):
 def store(stack: str, pki_root: Path, stacks_dir: Path | None = None, pulumi: str = "pulumi",
           cwd: Path = PROJECT_DIR) -> str:
     """Store the stack's CA as the secret hastack:ca; returns what was done (made or stored)."""
-    _flat, secret_keys = read_stack_file(stack, stacks_dir)
+    flat, secret_keys = read_stack_file(stack, stacks_dir)
+    if flat.get("hastack:provider", "hetzner") != "hetzner":
+        raise CustodyError(f"stack {stack!r} runs on local machines (hastack:provider {flat['hastack:provider']!r}): "
+                           "the lab keeps its own CA in .lab/pki")
     if KEY in secret_keys:
         raise CustodyError(f"stack {stack!r} already keeps its CA in {KEY}; a converge uses that one. Replacing it "
                            "replaces every certificate of the stack: that is a CA rotation, not a store")

@@ -212,3 +212,10 @@ def test_a_certificate_two_hosts_share_is_issued_once_while_both_read_their_host
 
     lb1 = ca.issue("site", dns=["example.org"], ips=["203.0.113.10"], current=lb1_reads_its_host)
     assert lb1 == other_host["lb2"]
+
+
+def test_ca_store_refuses_a_lab_stack(tmp_path, fake_pulumi):
+    script, record = fake_pulumi
+    with pytest.raises(ca_custody.CustodyError, match="runs on local machines.*keeps its own CA"):
+        ca_custody.store("lab", tmp_path / "pki", pulumi=str(script))
+    assert not record.exists() and not (tmp_path / "pki").exists()
