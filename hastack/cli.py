@@ -10,6 +10,7 @@ from rich.table import Table
 
 from hastack.console import OutputsOption, StackOption, console, err_console, fail, open_lab, say, stack_entries
 from hastack.model import TopologyError
+from hastack.model.schema import how_to_set
 from hastack.stackfile import StackFileError, available_stacks, load_stack
 from roles import all_roles
 
@@ -34,8 +35,8 @@ def validate(stack: str = StackOption) -> None:
         table.add_row(h.name, h.role, h.location, h.server_type, h.private_ip)
     console.print(table)
     for key in topo.secrets_missing:
-        how = f"hastack ca store --stack {stack}" if key == "hastack:ca" else f"pulumi config set --secret {key} ..."
-        console.print(f"[yellow]warning[/yellow]: secret {key} not set (`{how}`)")
+        console.print(f"[yellow]warning[/yellow]: secret {key} not set (`{how_to_set(key, stack)}`)",
+                      markup=True, highlight=False)
 
 
 @app.command()

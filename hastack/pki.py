@@ -19,6 +19,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -237,8 +238,17 @@ class CertificateAuthority:
         return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
 
 
+PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+PEM_KEY = re.compile(r"-----BEGIN (?:EC |RSA )?PRIVATE KEY-----.+?-----END (?:EC |RSA )?PRIVATE KEY-----", re.S)
+
+
 def first_certificate(pem: str) -> str:
-    """The first certificate of a PEM chain (a host's file holds its certificate, then the CA)."""
-    end = "-----END CERTIFICATE-----"
-    head, sep, _rest = pem.partition(end)
-    return head + sep + "\n" if sep else pem
+    """The first certificate in a PEM text (a host's file: its certificate then the CA, or a key too)."""
+    found = PEM_CERT.search(pem)
+    return found.group(0) + "\n" if found else pem
+
+
+def first_key(pem: str) -> str | None:
+    """The first private key in a PEM text, or None."""
+    found = PEM_KEY.search(pem)
+    return found.group(0) + "\n" if found else None

@@ -1,6 +1,5 @@
 """A service's TLS files from the stack CA: certificate chain, key, CA (pyinfra operations)."""
 
-import re
 import shlex
 from io import StringIO
 
@@ -8,10 +7,8 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
-from hastack.pki import CertificateAuthority, Issued
+from hastack.pki import CertificateAuthority, Issued, first_key
 
-PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-PEM_KEY = re.compile(r"-----BEGIN (?:EC |RSA )?PRIVATE KEY-----.+?-----END (?:EC |RSA )?PRIVATE KEY-----", re.S)
 
 
 def issue(name: str, on_host: list[str], dns: list[str], ips: list[str] = (), client: bool = False) -> Issued:
@@ -21,8 +18,8 @@ def issue(name: str, on_host: list[str], dns: list[str], ips: list[str] = (), cl
     def current() -> tuple[str, str] | None:
         paths = " ".join(shlex.quote(p) for p in on_host)
         text = host.get_fact(Command, f"cat {paths} 2>/dev/null || true") or ""
-        cert, key = PEM_CERT.search(text), PEM_KEY.search(text)
-        return (cert.group(0) + "\n", key.group(0) + "\n") if cert and key else None
+        key = first_key(text)
+        return (text, key) if key and "BEGIN CERTIFICATE" in text else None
 
     return CertificateAuthority(host.data.pki_dir, host.data.stack).issue(name, dns=dns, ips=ips, client=client,
                                                                          current=current)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from hastack.model.allocation import Host, allocate
 from hastack.model.firewall import Rule
 from hastack.model.schema import (LOCATIONS, NAMESPACE, REQUIRED_SECRETS, SECRET_KEYS, SERVER_TYPES, NAME_RE,
-                                  problems_of, stack_config_model)
+                                  how_to_set, problems_of, stack_config_model)
 from hastack.model.topology import Admin, Topology
 from roles import all_roles
 
@@ -82,9 +82,7 @@ def load(stack: str, config: Mapping[str, Any], secret_keys: set[str] | frozense
     missing = tuple(k for k in REQUIRED_SECRETS.get(cfg.provider, ()) if k not in secret_keys)
     if missing and require_secrets:
         for key in missing:
-            how = (f"`hastack ca store --stack {stack}`" if key == "hastack:ca"
-                   else f"`pulumi config set --secret {key} <value>`")
-            problems.append(f"{key}: required secret is not set; run {how}")
+            problems.append(f"{key}: required secret is not set; run `{how_to_set(key, stack)}`")
     if problems:
         raise TopologyError(problems)
 

@@ -50,6 +50,11 @@ REQUIRED_SECRETS = {
 }
 SECRET_KEYS = frozenset(k for keys in REQUIRED_SECRETS.values() for k in keys)
 
+
+def how_to_set(key: str, stack: str) -> str:
+    """The command that sets a required secret."""
+    return f"hastack ca store --stack {stack}" if key == "hastack:ca" else f"pulumi config set --secret {key} <value>"
+
 RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
