@@ -20,8 +20,17 @@ ACCESS = "Access:"
 STAGING = "/var/lib/hastack/staged"
 
 
+STACK_CA_DIR = "/etc/ssl/hastack"
+
+
 def stack_ca_file(stack: str) -> str:
-    """Where the base role installs the stack CA in the system trust store."""
+    """Where the base role puts the stack CA for the services that verify it (each names this file). It is
+    not in the system trust store: the CA vouches for the stack's own services, not for the internet."""
+    return f"{STACK_CA_DIR}/{stack}-ca.crt"
+
+
+def system_store_ca_file(stack: str) -> str:
+    """Where earlier versions put the stack CA in the system trust store (removed from there)."""
     return f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
 
 

@@ -161,15 +161,19 @@ def _firewall(tvars):
     systemd.service(name="Load the firewall at boot", service="nftables", running=True, enabled=True)
 
 
-def _trust_stack_ca():
-    """Every host trusts the stack's internal CA, so TLS inside the stack verifies without extra flags."""
+def _stack_ca():
+    """The stack CA where the services that verify it read it; never in the system trust store, where
+    every program on the host would take it for any name on the internet."""
     if not host.data.get("pki_dir"):
         return
-    ca = files.put(name="Stack CA in the system trust store",
-                   src=StringIO(CertificateAuthority(host.data.pki_dir, host.data.stack).ca_pem_ensured()),
-                   dest=c.stack_ca_file(host.data.stack),
-                   user="root", group="root", mode="0644")
-    server.shell(name="Update the system trust store", commands=["update-ca-certificates"], _if=ca.did_change)
+    files.directory(name="Stack CA directory", path=c.STACK_CA_DIR, user="root", group="root", mode="0755")
+    files.put(name="Stack CA for the services",
+              src=StringIO(CertificateAuthority(host.data.pki_dir, host.data.stack).ca_pem_ensured()),
+              dest=c.stack_ca_file(host.data.stack), user="root", group="root", mode="0644")
+    removed = files.file(name="Stack CA out of the system trust store", path=c.system_store_ca_file(host.data.stack),
+                         present=False)
+    server.shell(name="Update the system trust store", commands=["update-ca-certificates --fresh"],
+                 _if=removed.did_change)
 
 
 @deploy("base", data_defaults=DEFAULTS)
@@ -183,7 +187,7 @@ def base():
 
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
-    _trust_stack_ca()
+    _stack_ca()
 
     _sshd(tvars)
     _firewall(tvars)

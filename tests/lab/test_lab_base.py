@@ -275,3 +275,17 @@ def test_a_converge_from_a_fresh_clone_adopts_the_hosts_certificates(lab, tmp_pa
     with pytest.raises(InventoryError, match=r"no CA \(secrets.ca\)"):
         entries()
     assert fingerprints() == before
+
+
+def test_the_stack_ca_is_trusted_by_the_services_only(lab):
+    """The stack CA is in the file the services name, not in the system trust store: a program on a host
+    that does not ask for it does not take the CA's word for any name."""
+    certificates = {"lab-app1": "/etc/hastack-app/tls.crt", "lab-db1": "/etc/mysql/tls/server.crt",
+                    "lab-lb1": "/etc/hastack/witness/client.crt"}
+    for host, cert in certificates.items():
+        assert lab.exec(host, ["test", "-e", "/usr/local/share/ca-certificates/hastack-lab.crt"]).returncode == 1
+        with_stack_ca = lab.exec(host, ["openssl", "verify", "-CAfile", "/etc/ssl/hastack/lab-ca.crt", cert])
+        assert with_stack_ca.returncode == 0, with_stack_ca.stdout + with_stack_ca.stderr
+    system = lab.exec("lab-app1", ["openssl", "verify", "-CAfile", "/etc/ssl/certs/ca-certificates.crt",
+                                   "/etc/hastack-app/tls.crt"])
+    assert system.returncode != 0 and "unable to get local issuer certificate" in system.stdout + system.stderr

@@ -10,7 +10,7 @@ from roles.mariadb import passwords as mariadb_passwords
 from tests.support import mariadb_pair
 from tests.support.lab import records_api, tcp, wait_for
 
-CA = "/usr/local/share/ca-certificates/hastack-lab.crt"
+CA = "/etc/ssl/hastack/lab-ca.crt"
 
 
 def sql(lab, host, query, check=True):

@@ -8,7 +8,7 @@ from hastack.converge import converge
 from roles.redis import passwords as redis_passwords
 from tests.support.lab import records_api, tcp, wait_for
 
-CA = "/usr/local/share/ca-certificates/hastack-lab.crt"  # the base role puts the stack CA on every host
+CA = "/etc/ssl/hastack/lab-ca.crt"  # the base role puts the stack CA on every host
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
 
 

@@ -711,7 +711,7 @@ def redis_primary(lab) -> str:
     mon = lab.topo.hosts_with_role("monitoring")[0].name
     out = lab.exec(mon, ["env", f"REDISCLI_AUTH={pw}", "timeout", "5", "redis-cli", "--no-auth-warning", "-h",
                          "127.0.0.1", "-p", "26379", "--tls", "--cacert",
-                         "/usr/local/share/ca-certificates/hastack-lab.crt",
+                         "/etc/ssl/hastack/lab-ca.crt",
                          "SENTINEL", "get-master-addr-by-name", "hastack"]).stdout.split()
     ip = out[0] if out else None
     return next((h.name for h in lab.topo.hosts if h.private_ip == ip), None)

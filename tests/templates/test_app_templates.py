@@ -54,7 +54,7 @@ def test_app_unit_runs_the_reference_app_against_the_topology(stack):
     assert env["HASTACK_BIND"] == host.private_ip and env["HASTACK_PORT"] == str(APP_PORT)
     assert env["HASTACK_DEPENDENCIES"] == ""
     assert env["HASTACK_MYSQL_HOST"] == "mariadb-writer" and env["HASTACK_MYSQL_DATABASE"] == "hastack"
-    assert env["HASTACK_CA_FILE"] == f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
+    assert env["HASTACK_CA_FILE"] == f"/etc/ssl/hastack/{stack}-ca.crt"
     assert env["HASTACK_REDIS_HOSTS"].split(",") == [f"{h.private_ip}:{REDIS_PORT}" for h in topo.hosts_with_role("redis")]
     # app_tls is on by default: the certificate and key reach the service as credentials
     assert "LoadCredential=tls.crt:/etc/hastack-app/tls.crt" in lines

@@ -117,7 +117,7 @@ def test_blackbox_config_passes_the_exporters_own_check(stack, tmp_path):
     modules = yaml.safe_load(cfg.read_text())["modules"]
     site = modules["site_https"]["http"]
     assert site["fail_if_not_ssl"] and site["tls_config"]["server_name"] == topology(stack).domain
-    assert modules["tls"]["tcp"]["tls_config"]["ca_file"] == f"/usr/local/share/ca-certificates/hastack-{stack}.crt"
+    assert modules["tls"]["tcp"]["tls_config"]["ca_file"] == f"/etc/ssl/hastack/{stack}-ca.crt"
 
 
 def test_the_external_uptime_probe_config_passes_its_checks(tmp_path):
