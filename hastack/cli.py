@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hastack.console import OutputsOption, StackOption, console, err_console, fail, open_lab, say, stack_entries
+from hastack.console import (OutputsOption, StackOption, console, err_console, fail, open_lab, say, stack_entries,
+                             stack_outputs_of)
 from hastack.model import TopologyError
 from hastack.model.schema import how_to_set
 from hastack.stackfile import StackFileError, available_stacks, load_stack
@@ -78,6 +79,129 @@ def ca_store(stack: str = StackOption) -> None:
         say(store(stack, pki_root()))
     except (CustodyError, StackFileError, ValueError, FileExistsError) as e:
         fail(str(e))
+
+
+def _stack_secrets(stack: str, token_stdin: bool):
+    """The stack's secrets (hastack.rotation), the Hetzner API endpoint, how a new token is asked for, and how
+    the agent hosts are checked to hold one."""
+    import sys
+
+    from hastack.converge import connected, converge
+    from hastack.lab.layout import is_lab_stack
+    from hastack.rotation import LabSecrets, PulumiSecrets
+    from hastack.seed_rotation import RotationError
+    from hastack.stackfile import PROJECT_DIR
+    from hastack.token_rotation import agent_hosts, holders
+
+    try:
+        lab = is_lab_stack(stack)
+    except StackFileError as e:
+        fail(str(e))
+
+    def lab_converge(what: str) -> None:
+        report = converge(stack_entries(stack, None), progress=say)
+        _print_converge(report)
+        if not report.ok:
+            raise RotationError(f"the converge for {what} failed; run the command again once it is fixed (a seed "
+                                f"rotation carries on where it stopped):\n{report.failure()}")
+
+    if lab:
+        secrets = LabSecrets(open_lab(stack), lab_converge)
+    else:
+        secrets = PulumiSecrets(stack, PROJECT_DIR, floating_ip_id=lambda: stack_outputs_of(stack, None)["floatingIpId"])
+
+    def ask() -> str:
+        if token_stdin:
+            return sys.stdin.read()
+        return typer.prompt("the new Hetzner API token (read & write, made in the console of this stack's project)",
+                            hide_input=True)
+
+    def token_holders(token: str) -> dict[str, str]:
+        entries = stack_entries(stack, None)
+        hosts = agent_hosts(entries)
+        with connected({h: entries[h] for h in hosts}) as run:
+            return holders(run, hosts, token)
+
+    endpoint = next(iter(stack_entries(stack, None).values())).get("hcloud_api_endpoint",
+                                                                   "https://api.hetzner.cloud/v1")
+    return secrets, endpoint, ask, token_holders
+
+
+ROTATABLE = ("seed", "backup-keys", "failover-token", "all")
+TokenStdin = typer.Option(False, "--token-stdin", help="read the new Hetzner token from standard input (a pipeline); "
+                          "else it is asked for, hidden")
+
+
+@app.command("rotate")
+def rotate_cmd(what: str = typer.Argument(..., help="seed, backup-keys, failover-token, or all of them"),
+               stack: str = StackOption, token_stdin: bool = TokenStdin) -> None:
+    """Replace a stack's secrets without downtime. seed: every MariaDB, Redis, Sentinel and Cassandra password,
+    in three converges (services accept old and new; clients move; the old stops working). backup-keys: new
+    access keys for every writer and the reader, the old ones deleted once the hosts use the new. failover-token:
+    a token you made in the Hetzner console, checked, stored, converged, checked on every agent host."""
+    from hastack.offboard import KINDS, OffboardError, rotate_secrets
+    from hastack.seed_rotation import RotationError
+    from hastack.token_rotation import TokenError
+
+    if what == "ca":
+        fail("rotating the stack CA is not available yet: the CA's key is kept as the secret hastack:ca; "
+             "valid: " + ", ".join(ROTATABLE))
+    if what not in ROTATABLE:
+        fail(f"cannot rotate {what!r}: valid are {', '.join(ROTATABLE)}")
+    kinds = KINDS if what == "all" else (what,)
+    secrets, endpoint, ask, token_holders = _stack_secrets(stack, token_stdin)
+    try:
+        for line in rotate_secrets(secrets, kinds, endpoint, ask, token_holders, say=lambda m: None):
+            say(line)
+    except (RotationError, TokenError, OffboardError, ConnectionError) as e:
+        fail(str(e))
+
+
+@app.command("offboard")
+def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (their name in hastack:admins)"),
+                 stack: str = StackOption, token_stdin: bool = TokenStdin) -> None:
+    """An admin leaves: removed from the stack file, every secret they could have read rotated (seed, backup
+    keys, failover token), every host converged and checked. Prints what was done and what is left to do."""
+    import os
+
+    from hastack.converge import connected
+    from hastack.offboard import KINDS, Offboarding, OffboardError, remove_admin, rotate_secrets, traces
+    from hastack.rotation import PulumiSecrets
+    from hastack.seed_rotation import RotationError
+    from hastack.stackfile import stack_path
+    from hastack.token_rotation import TokenError
+
+    path = stack_path(stack)
+    if os.environ.get("HASTACK_SSH_USER") == name:
+        fail(f"HASTACK_SSH_USER is {name}, the admin who leaves: the converge must log in as an admin who stays")
+    try:
+        new_text = remove_admin(path.read_text(), name)
+    except (OffboardError, OSError) as e:
+        fail(str(e))
+    job = Offboarding(name, stack)
+    secrets, endpoint, ask, token_holders = _stack_secrets(stack, token_stdin)
+    cloud = isinstance(secrets, PulumiSecrets)
+    token = ask() if cloud else None  # asked before anything changes
+    path.write_text(new_text)
+    job.done.append(f"removed {name} from hastack:admins in {path.name} (commit it)")
+    say(job.done[-1])
+    try:
+        job.done += rotate_secrets(secrets, KINDS, endpoint, (lambda: token) if token else ask, token_holders, say=say)
+        entries = stack_entries(stack, None)
+        with connected(entries) as run:
+            left = traces(run, sorted(entries), name)
+    except (RotationError, TokenError, OffboardError, ConnectionError) as e:
+        fail(f"{e}\n{job.checklist(['finish: run `hastack offboard` again once this is fixed'])}")
+    if left:
+        fail(f"{name} is still on: " + "; ".join(f"{h}: {what}" for h, what in left.items()))
+    job.done.append(f"checked all {len(entries)} hosts: no account, home, process, sudo or sshd rule of {name}")
+    by_hand = [f"take {name} out of the Pulumi backend's and the CI's access (their own accounts, not this stack's)",
+               "rotate the stack CA by hand if its key must change too (hastack:ca; `hastack rotate ca` is not "
+               "available yet)"]
+    if cloud:
+        by_hand.insert(0, "delete the old failover token in the Hetzner console (Security -> API tokens), and any "
+                          f"Hetzner or AWS console access of {name}")
+    console.print(job.checklist(by_hand))
 
 
 @app.command()
@@ -181,7 +305,7 @@ def lab_status(stack: str = LabStack, as_json: bool = typer.Option(False, "--jso
 def lab_stop(host: str, stack: str = LabStack,
              hard: bool = typer.Option(False, "--hard", help="kill it like a power cut instead of a clean poweroff")) -> None:
     """Power a machine off (for failure tests)."""
-    from hastack.lab import LabError, services
+    from hastack.lab import LabError
 
     try:
         open_lab(stack).stop(host, hard=hard)
@@ -193,7 +317,7 @@ def lab_stop(host: str, stack: str = LabStack,
 @lab_app.command("start")
 def lab_start(host: str, stack: str = LabStack) -> None:
     """Power a machine on again and wait for it to boot."""
-    from hastack.lab import LabError, services
+    from hastack.lab import LabError
 
     try:
         state = open_lab(stack).start(host)
@@ -205,7 +329,7 @@ def lab_start(host: str, stack: str = LabStack) -> None:
 @lab_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def lab_exec(ctx: typer.Context, host: str, stack: str = LabStack) -> None:
     """Run a command as root in a machine: hastack lab exec HOST -- CMD..."""
-    from hastack.lab import LabError, services
+    from hastack.lab import LabError
 
     if not ctx.args:
         fail("give a command after --, e.g. hastack lab exec lab-db1 -- systemctl status")

@@ -13,6 +13,7 @@ from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
 from hastack.outputs import Server, stack_outputs
 from hastack.pki import split_pem
+from hastack.seed_rotation import NEXT, PREVIOUS, SEED
 from hastack.stackfile import PLAIN_TEXT_REFUSED
 
 
@@ -42,6 +43,16 @@ def stack_ca(hastack_config: pulumi.Config, stack: str) -> pulumi.Output:
     return pulumi.Output.secret(ca.apply(split_pem))
 
 
+def seed_secrets(hastack_config: pulumi.Config) -> dict[str, pulumi.Output]:
+    """The seed clients use and, while it rotates (hastack.seed_rotation), the other one services accept."""
+    seed = hastack_config.require_secret(SEED)
+    also = [key for key in (NEXT, PREVIOUS) if hastack_config.get(key) is not None]
+    if len(also) == 2:
+        raise pulumi.RunError(f"hastack:{NEXT} and hastack:{PREVIOUS} are both set: a seed rotation is either before "
+                              f"its switch or after it; `hastack rotate seed` sets one at a time")
+    return {"seed": seed, **({"seed_also": hastack_config.require_secret(also[0])} if also else {})}
+
+
 def main() -> None:
     stack = pulumi.get_stack()
     config, secret_keys = read_config()
@@ -56,14 +67,14 @@ def main() -> None:
 
     hastack_config = pulumi.Config("hastack")
     failover_token = hastack_config.require_secret("failoverToken")
-    seed = hastack_config.require_secret("secretSeed")
+    seed = seed_secrets(hastack_config)
     ca = stack_ca(hastack_config, stack)  # before any resource: without it nothing is created
     hetzner = HetznerStack("hetzner", topo)
     backup = BackupBucket("backup", topo)
 
     secrets = pulumi.Output.secret({
         "failover_token": failover_token,
-        "seed": seed,
+        **seed,
         "backup_writers": backup.writer_credentials,  # host -> its own put-only key
         "restore_reader": backup.reader_credentials,
         "ca": ca,

@@ -38,6 +38,8 @@ PLAIN_TEXT_REFUSED = (
     "aws:sessionToken",
     f"{NAMESPACE}:failoverToken",
     f"{NAMESPACE}:secretSeed",
+    f"{NAMESPACE}:secretSeedNext",
+    f"{NAMESPACE}:secretSeedPrevious",
     f"{NAMESPACE}:ca",
 )
 

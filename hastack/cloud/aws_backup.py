@@ -256,6 +256,7 @@ class BackupBucket(pulumi.ComponentResource):
             "backups-policy", bucket=bucket_id, policy=self.bucket.arn.apply(bucket_policy),
             opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[self.public_access_block]))
 
+        self.key_generation = cfg.key_generation
         # one put-only writer per backup host, each confined to its own prefix
         self.writers: dict[str, aws.iam.User] = {}
         writer_credentials = {}
@@ -278,10 +279,16 @@ class BackupBucket(pulumi.ComponentResource):
             f"{name}-policy", user=user.name,
             policy=pulumi.Output.all(self.bucket.arn, self.key.arn).apply(lambda a: policy_fn(a[0], a[1], prefix)),
             opts=child)
-        key = aws.iam.AccessKey(f"{name}-key", user=user.name,
+        key = aws.iam.AccessKey(access_key_name(name, self.key_generation), user=user.name,
                                 opts=pulumi.ResourceOptions(parent=self, provider=provider,
                                                             additional_secret_outputs=["secret"]))
         return user, pulumi.Output.secret({"access_key_id": key.id, "secret_access_key": key.secret})
+
+
+def access_key_name(identity: str, generation: int) -> str:
+    """A new generation is a new resource: Pulumi creates it before the converge and deletes the old one
+    at the end of the update, once the hosts use the new key. The first keeps its original name."""
+    return f"{identity}-key" if generation == 1 else f"{identity}-key-{generation}"
 
 
 # ---------------------------------------------------------------- restoring from another stack

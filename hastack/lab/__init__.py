@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hastack.lab import image, network, s3, services
-from hastack.lab.layout import HCLOUD_API_PORT, S3_PORT, Addresses, Paths, default_paths, lab_secret, lab_topology
+from hastack.lab.layout import (HCLOUD_API_PORT, S3_PORT, Addresses, Paths, default_paths, lab_api_tokens,
+                                lab_secret, lab_seed_state, lab_topology)
 from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
 from hastack.model import Topology
@@ -66,7 +67,7 @@ class Lab:
             floating_ip={"id": FLOATING_IP_ID, "ip": self.addr.floating_ip, "server": self.server_id(first_lb.name),
                          "home_location": self.topo.floating_ip_home},
             cert=self.ca.issue("hcloud-api", dns=["hcloud-api.lab"], ips=[self.addr.host_public]),
-            token_file=self.paths.secrets / "hcloud-token")
+            token_file=lab_api_tokens(self.paths))
         services.start_s3(self.paths, self.addr, self.topo, log=self.log,
                           cert=self.ca.issue("s3", dns=["s3.lab"], ips=[self.addr.host_private]))
         services.start_monitoring(self.paths, self.addr, self.stack)
@@ -225,7 +226,7 @@ class Lab:
             "backup_age_recipients": [backup_age_recipient(self.paths)],
         })
         ca = self.ca
-        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), "seed": lab_secret(self.paths, "seed"),
+        secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), **lab_seed_state(self.paths).secrets(),
                    "ca": {"cert": ca.ca_pem, "key": ca.key_path.read_text()}}
         bucket = None
         backup = s3.load_credentials(self.paths)  # written by `lab up` (services.start_s3)

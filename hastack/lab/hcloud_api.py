@@ -53,7 +53,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger("hastack.lab.hcloud_api")
@@ -125,14 +125,16 @@ def _invalid(field: str, message: str) -> Reply:
 class FakeHetznerAPI:
     """Servers, floating IPs and actions in memory, answering like api.hetzner.cloud/v1."""
 
-    def __init__(self, token: str, servers: list[dict[str, Any]], floating_ips: list[dict[str, Any]], *,
+    def __init__(self, token: str | Callable[[], Iterable[str]], servers: list[dict[str, Any]],
+                 floating_ips: list[dict[str, Any]], *,
                  on_assign: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
                  on_poweroff: Callable[[dict[str, Any]], None] | None = None,
                  on_poweron: Callable[[dict[str, Any]], None] | None = None,
                  power_state: Callable[[dict[str, Any]], str | None] | None = None,
                  on_change: Callable[[], None] | None = None,
                  rate_limit: int = 3600, rate_window: float = 3600.0, clock: Callable[[], float] = time.time):
-        self.token = token
+        # the project's tokens: one, or a function reading them now (a token deleted in the console stops working)
+        self.api_tokens = token if callable(token) else (lambda: [token])
         self.servers = {s["id"]: copy.deepcopy(s) for s in servers}
         self.floating_ips = {f["id"]: copy.deepcopy(f) for f in floating_ips}
         self.actions: dict[int, dict[str, Any]] = {}
@@ -183,7 +185,10 @@ class FakeHetznerAPI:
 
     def _authorized(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
-        return scheme == "Bearer" and hmac.compare_digest(token.strip().encode(), self.token.encode())
+        given = token.strip().encode()
+        # every token compared, so the time taken does not tell which one nearly matched
+        matches = [hmac.compare_digest(given, t.encode()) for t in self.api_tokens()]
+        return scheme == "Bearer" and any(matches)
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> tuple[int, dict[str, Any]]:
         for route_method, pattern, fn in self.routes:
@@ -534,11 +539,27 @@ def machine_power(machines_dir: str) -> Callable[[dict[str, Any]], str | None]:
     return state
 
 
+def token_file(path: str) -> Callable[[], list[str]]:
+    """The project's API tokens, one a line, read again whenever the file changes: as in Hetzner's console,
+    a token added works at once and a deleted one is refused from the next request."""
+    cache: dict[str, Any] = {"mtime": None, "tokens": []}
+
+    def tokens() -> list[str]:
+        mtime = os.stat(path).st_mtime_ns
+        if mtime != cache["mtime"]:
+            with open(path, encoding="utf-8") as f:
+                cache.update(mtime=mtime, tokens=[line.strip() for line in f if line.strip()])
+        return cache["tokens"]
+
+    tokens()  # a missing or unreadable file stops the server at its start
+    return tokens
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hastack.lab.hcloud_api", description=__doc__.splitlines()[0])
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8443)
-    p.add_argument("--token-file", required=True, help="file holding the Bearer token clients must send")
+    p.add_argument("--token-file", required=True, help="the project's Bearer tokens, one a line (read again on change)")
     p.add_argument("--state", required=True, help="JSON servers and floating IPs; changes are written back")
     p.add_argument("--cert", help="PEM certificate (chain): serve HTTPS")
     p.add_argument("--key", help="PEM private key of --cert")
@@ -553,8 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--cert and --key go together")
     logging.basicConfig(level=logging.INFO, format="hcloud-api: %(message)s")
 
-    with open(args.token_file, encoding="utf-8") as f:
-        token = f.read().strip()
+    token = token_file(args.token_file)
     with open(args.state, encoding="utf-8") as f:
         try:
             servers, fips = parse_state(json.load(f))

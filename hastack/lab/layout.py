@@ -146,6 +146,49 @@ class Addresses:
         return str(ip)
 
 
+def lab_seed_state(paths: Paths):
+    """The lab's secret seed and, while it rotates, the next or previous one (hastack.seed_rotation)."""
+    from hastack.seed_rotation import SeedState
+
+    other = {name: (paths.secrets / f"seed.{name}") for name in ("next", "previous")}
+    return SeedState.stored(lab_secret(paths, "seed"),
+                            **{k: p.read_text().strip() for k, p in other.items() if p.exists()})
+
+
+def save_lab_seed_state(paths: Paths, state) -> None:
+    """Writes each file (the other seed first) before removing any, so an interruption never loses a seed."""
+    for name, value in (("seed.next", state.next), ("seed.previous", state.previous), ("seed", state.seed)):
+        if value:
+            write_private(paths.secrets / name, value)
+    for name, value in (("seed.next", state.next), ("seed.previous", state.previous)):
+        if not value:
+            (paths.secrets / name).unlink(missing_ok=True)
+
+
+API_TOKENS = "hcloud-api-tokens"
+
+
+def lab_api_tokens(paths: Paths) -> Path:
+    """The lab Hetzner project's API tokens, one a line (what Hetzner's console keeps): at first the stack's
+    failover token only. A token rotation adds the new one here and deletes the old (hastack.token_rotation)."""
+    path = paths.secrets / API_TOKENS
+    if not path.exists():
+        token = lab_secret(paths, "hcloud-token")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path`` (0600), whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def lab_secret(paths: Paths, name: str) -> str:
     """A random secret of the lab, made once, kept 0600 in .lab/secrets."""
     import secrets

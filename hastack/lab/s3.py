@@ -214,6 +214,37 @@ def _add_writers(iam, creds: dict[str, Any], hosts: list[str]) -> None:
                                        writer_policy(bucket_arn, creds["key_arn"], prefix))
 
 
+def _keyed_users(creds: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(IAM user name, the key the lab hands out for it) of the reader and every writer."""
+    return [(reader_name(creds["stack"]), creds["reader"]),
+            *((writer_name(creds["stack"], host), key) for host, key in sorted(creds["writers"].items()))]
+
+
+def new_keys(creds: dict[str, Any]) -> dict[str, str]:
+    """A new access key for the reader and every writer, in place in ``creds`` (the admin makes them, as
+    `pulumi up` does for a new key generation). Returns IAM user -> the key id it replaces. A key left over
+    by a rotation that stopped half way (neither the one handed out nor new) is deleted first: IAM allows
+    two per user."""
+    iam = _Clients(creds, creds["admin"])("iam")
+    replaced = {}
+    for user, key in _keyed_users(creds):
+        for stale in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]:
+            if stale["AccessKeyId"] != key["access_key_id"]:
+                iam.delete_access_key(UserName=user, AccessKeyId=stale["AccessKeyId"])
+        new = iam.create_access_key(UserName=user)["AccessKey"]
+        replaced[user] = key["access_key_id"]
+        key.update(access_key_id=new["AccessKeyId"], secret_access_key=new["SecretAccessKey"])
+    return replaced
+
+
+def retire_keys(creds: dict[str, Any], replaced: dict[str, str]) -> None:
+    """The replaced keys deactivated, then deleted (once the hosts use the new ones)."""
+    iam = _Clients(creds, creds["admin"])("iam")
+    for user, key_id in replaced.items():
+        iam.update_access_key(UserName=user, AccessKeyId=key_id, Status="Inactive")
+        iam.delete_access_key(UserName=user, AccessKeyId=key_id)
+
+
 def _user(iam, name: str, policy_name: str, policy: str) -> dict[str, str]:
     """An IAM user with one inline policy, as production's _identity; its access key."""
     iam.create_user(UserName=name, Path="/hastack/")

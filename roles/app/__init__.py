@@ -73,6 +73,7 @@ ROLE = Role(
     placement=Placement(short_name="app", first_address=20, min_count=1, max_count=40, count_rule="between 1 and 40"),
     host_data=_host_data,
     from_outputs=_from_outputs,
+    after_roles="roles.app.restart:after_roles",  # one app server at a time
 )
 
 DEFAULTS = ROLE.defaults

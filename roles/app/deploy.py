@@ -11,7 +11,8 @@ from roles.tls_files import issue
 from hastack.templating import template_path
 from roles.app import DEFAULTS
 from roles.app import config as c
-from roles import packages
+from roles import packages, rolling_restart
+from roles.app import restart
 
 REFERENCE_APP = Path(__file__).parent / "files" / "app.py"
 
@@ -45,7 +46,7 @@ def app() -> None:
         files.put(name="Redis password", src=StringIO(d.redis_passwords["app"]), dest="/etc/hastack-app/redis.password",
                   user="root", group="root", mode="0600"),
     ]
-    tls_changed = False
+    tls_ops = []
     if host.data.app_tls:
         issued = issue(f"app-{host.name}", ["/etc/hastack-app/tls.crt", "/etc/hastack-app/tls.key"],
                        dns=[host.name], ips=[host.data.private_ip])
@@ -53,10 +54,10 @@ def app() -> None:
                         user="root", group="root", mode="0644")
         key = files.put(name="TLS key", src=StringIO(issued.key_pem), dest="/etc/hastack-app/tls.key",
                         user="root", group="root", mode="0600")
-        tls_changed = crt.will_change or key.will_change
+        tls_ops = [crt, key]
     unit = files.template(name="Application unit", src=template_path("app", c.UNIT), dest=c.UNIT,
                           user="root", group="root", mode="0644", **tvars[c.UNIT])
-    changed = (unit.will_change or tls_changed or (code is not None and code.will_change)
-               or any(op.will_change for op in secrets))
-    systemd.service(name="Application running", service="hastack-app.service", running=True, enabled=True,
-                    restarted=changed, daemon_reload=unit.will_change)
+    # a running application is restarted by the rolling restart (roles/app/restart.py), one server at a time
+    rolling_restart.running("Application", restart.SERVICE, restart.RESTART_MARK,
+                            [unit, *tls_ops, *([code] if code is not None else []), *secrets],
+                            daemon_reload=unit.will_change)

@@ -29,6 +29,9 @@ class BackupConfig(Section):
     binlog_interval: int = Field(30, ge=10, le=300)
     # age public keys (age1...) that can decrypt the backups; their private keys never reach a server
     recipients: list[str] = []
+    # the writers' and the reader's access keys: `hastack rotate backup-keys` raises it; `pulumi up` then makes
+    # new keys, converges the hosts onto them, and deletes the old ones last
+    key_generation: int = Field(1, ge=1)
 
     @field_validator("recipients")
     @classmethod

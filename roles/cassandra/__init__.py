@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hastack.ports import Port
 from hastack.role import Placement, Role, Section, Settings
-from hastack.secrets import derive
+from hastack.secrets import accepted, derive, seeds
 from hastack.validators import config_name_problem
 from roles.cassandra.bundle import CASSANDRA_VERSION, JMX_EXPORTER_VERSION
 
@@ -155,6 +155,14 @@ def passwords(seed: str) -> dict[str, str]:
     return {user: derive(seed, f"cassandra/{user}") for user in USERS}
 
 
+def _from_outputs(outputs, secrets, data):
+    if not secrets.get("seed"):
+        return {}
+    # while the seed rotates, the admin's other password lets the converge log in and change it
+    return {"cassandra_passwords": passwords(secrets["seed"]),
+            "cassandra_accepted": accepted(seeds(secrets), "cassandra", USERS)}
+
+
 ROLE = Role(
     name="cassandra",
     ports=PORTS,
@@ -167,7 +175,7 @@ ROLE = Role(
     cluster=_cluster,
     backups=("cassandra-snapshot",),
     host_data=_host_data,
-    from_outputs=lambda outputs, secrets, data: {"cassandra_passwords": passwords(secrets["seed"])} if secrets.get("seed") else {},
+    from_outputs=_from_outputs,
     host_kernel={"vm.max_map_count": "cassandra_vm_max_map_count"},
     after_roles="roles.cassandra.ring:after_roles",
     cli="roles.cassandra.cli:app",

@@ -3,8 +3,8 @@
 A new ring starts with the superuser cassandra/cassandra. Once every node is
 up, one node is secured (over TLS, with the cassandra-driver):
 
-1. log in as the generated admin, or, on a new ring, as cassandra/cassandra (waiting
-   until Cassandra has created it);
+1. log in as the generated admin; while the seed rotates, with its other password, then
+   change it; on a new ring, as cassandra/cassandra (waiting until Cassandra has created it);
 2. create the generated superuser (its password from the stack secret);
 3. log in again as that superuser (a role cannot change its own superuser status);
 4. replicate system_distributed and system_traces to the datacenter with the
@@ -93,25 +93,52 @@ def _replicate(session: Session, keyspace: str, datacenter: str, replication_fac
         actions.append(f"replicated {keyspace} ({datacenter}: {replication_factor})")
 
 
+def _connect_other(connector: Callable, address: str, port: int, ca_file: str, admin_user: str,
+                   other_passwords: list[str]):
+    """The admin's session with one of its other passwords (the seed rotates), or None."""
+    for password in other_passwords:
+        try:
+            return connector(address, port, ca_file, admin_user, password)
+        except Exception as e:
+            if not _auth_failed(e):
+                raise
+    return None
+
+
+def _new_admin(connector: Callable, address: str, port: int, ca_file: str, admin_user: str, admin_password: str,
+               other_passwords: list[str], default_wait: float, actions: list[str]):
+    """The admin's session when its password does not log in: the seed rotates (an other password logs
+    in; it is changed to ``admin_password``, in that session), or a new ring (created as cassandra)."""
+    other = _connect_other(connector, address, port, ca_file, admin_user, other_passwords)
+    if other is not None:
+        other[1].execute(f'ALTER ROLE "{admin_user}" WITH PASSWORD = %s', (admin_password,))
+        actions.append(f"changed the password of {admin_user}")
+        return other
+    # a new ring: only the default superuser exists, and only once Cassandra has set it up
+    # (some seconds after start: cassandra.superuser_setup_delay_ms)
+    cluster, session = _connect_default(connector, address, port, ca_file, default_wait)
+    try:
+        session.execute(f'CREATE ROLE IF NOT EXISTS "{admin_user}" WITH SUPERUSER = true AND LOGIN = true '
+                        f"AND PASSWORD = %s", (admin_password,))
+        actions.append(f"created superuser {admin_user}")
+    finally:
+        cluster.shutdown()
+    return connector(address, port, ca_file, admin_user, admin_password)
+
+
 def secure(address: str, port: int, ca_file: str, admin_user: str, admin_password: str, datacenter: str,
-           replication_factor: int, connector: Callable = connect, default_wait: float = 90) -> list[str]:
-    """Runs the steps above against one node; returns what it changed (empty: nothing to do)."""
+           replication_factor: int, connector: Callable = connect, default_wait: float = 90,
+           other_passwords: list[str] = ()) -> list[str]:
+    """Runs the steps above against one node; returns what it changed (empty: nothing to do).
+    ``other_passwords``: the admin's passwords from the other seed while it rotates."""
     actions: list[str] = []
     try:
         cluster, session = connector(address, port, ca_file, admin_user, admin_password)
     except Exception as e:
         if not _auth_failed(e):
             raise
-        # a new ring: only the default superuser exists, and only once Cassandra has set it up
-        # (some seconds after start: cassandra.superuser_setup_delay_ms)
-        cluster, session = _connect_default(connector, address, port, ca_file, default_wait)
-        try:
-            session.execute(f'CREATE ROLE IF NOT EXISTS "{admin_user}" WITH SUPERUSER = true AND LOGIN = true '
-                            f"AND PASSWORD = %s", (admin_password,))
-            actions.append(f"created superuser {admin_user}")
-        finally:
-            cluster.shutdown()
-        cluster, session = connector(address, port, ca_file, admin_user, admin_password)
+        cluster, session = _new_admin(connector, address, port, ca_file, admin_user, admin_password,
+                                      list(other_passwords), default_wait, actions)
 
     try:
         for keyspace in REPLICATED_KEYSPACES:
@@ -140,12 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca", required=True)
     p.add_argument("--admin-user", default="admin")
     p.add_argument("--password-file", required=True, help="root-only file with the admin's password")
+    p.add_argument("--other-passwords-file", help="root-only file with the admin's other passwords, one a line "
+                                                  "(the seed rotates)")
     p.add_argument("--datacenter", required=True)
     p.add_argument("--replication-factor", type=int, required=True)
     a = p.parse_args(argv)
     with open(a.password_file) as f:
         password = f.read().strip()
-    for action in secure(a.address, a.port, a.ca, a.admin_user, password, a.datacenter, a.replication_factor):
+    others = []
+    if a.other_passwords_file:
+        with open(a.other_passwords_file) as f:
+            others = [line.strip() for line in f if line.strip()]
+    for action in secure(a.address, a.port, a.ca, a.admin_user, password, a.datacenter, a.replication_factor,
+                         other_passwords=others):
         print(action)
     return 0
 

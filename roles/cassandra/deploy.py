@@ -22,7 +22,7 @@ from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
 from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
                                     REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
-from roles.cassandra.ring import AUTH_SCRIPT, CQL_TOOL, RESTART_MARK, STATE_DIR
+from roles.cassandra.ring import AUTH_DONE, AUTH_SCRIPT, CQL_TOOL, OTHER_PASSWORDS, RESTART_MARK, STATE_DIR
 from roles import rolling_restart
 from roles.data_volume import mount_data_volume
 from roles import packages
@@ -115,8 +115,14 @@ def cassandra() -> None:
               mode="0644")
     files.put(name="CQL tool for restores", src=str(CQL_TOOL_SOURCE), dest=CQL_TOOL, user="root", group="root",
               mode="0644")
-    files.put(name="Cassandra admin password (root only)", src=StringIO(d.cassandra_passwords["admin"]),
-              dest=f"{STATE_DIR}/admin-password", user="root", group="root", mode="0600")
+    admin = files.put(name="Cassandra admin password (root only)", src=StringIO(d.cassandra_passwords["admin"]),
+                      dest=f"{STATE_DIR}/admin-password", user="root", group="root", mode="0600")
+    # while the seed rotates: the admin's other password, so the ring orchestrator can log in and change it
+    others = [pw for pw in (d.get("cassandra_accepted") or {}).get("admin", []) if pw != d.cassandra_passwords["admin"]]
+    files.put(name="Cassandra admin's other password (root only)", src=StringIO("".join(f"{pw}\n" for pw in others)),
+              dest=OTHER_PASSWORDS, user="root", group="root", mode="0600")
+    # a new admin password: the ring orchestrator secures the ring again, which sets it
+    files.file(name="Cassandra auth to be secured again", path=AUTH_DONE, present=False, _if=admin.did_change)
     svc = files.template(name="Repair service", src=template_path("cassandra", REPAIR_SERVICE), dest=REPAIR_SERVICE,
                          user="root", group="root", mode="0644")
     timer = files.template(name="Repair timer", src=template_path("cassandra", REPAIR_TIMER), dest=REPAIR_TIMER,

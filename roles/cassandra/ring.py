@@ -26,6 +26,7 @@ STATE_DIR = "/var/lib/hastack/cassandra"
 RESTART_MARK = f"{STATE_DIR}/restart-needed"
 CLEANUP_MARK = f"{STATE_DIR}/cleanup-needed"
 AUTH_DONE = f"{STATE_DIR}/auth-secured"
+OTHER_PASSWORDS = f"{STATE_DIR}/admin-password-others"  # the admin's passwords while the seed rotates
 AUTH_SCRIPT = "/opt/hastack/cassandra_auth.py"  # roles/cassandra/auth.py, put there by the deploy
 CQL_TOOL = "/opt/hastack/cassandra_cql.py"  # roles/cassandra/cql_tool.py (restores), beside it
 REPLACE_ENV = "/etc/cassandra/replace.env"
@@ -206,6 +207,7 @@ class Ring:
         if len(self.nodes) >= replication_factor and not self._test(names[0], f"test -e {AUTH_DONE}"):
             secure = (f"python3 {AUTH_SCRIPT} --address {shlex.quote(self.nodes[names[0]])} "
                       f"--ca /etc/cassandra/tls/ca.crt --password-file {STATE_DIR}/admin-password "
+                      f"--other-passwords-file {OTHER_PASSWORDS} "
                       f"--datacenter {shlex.quote(datacenter)} --replication-factor {replication_factor}")
             ok, out, err = self.run(names[0], secure, 300)
             if not ok:

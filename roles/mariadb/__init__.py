@@ -8,7 +8,7 @@ from pydantic import Field
 
 from hastack.ports import Port
 from hastack.role import Placement, Role, Settings
-from hastack.secrets import derive
+from hastack.secrets import accepted, derive, seeds
 from roles import HCLOUD_DEFAULTS, witness
 
 MARIADB_PORT = 3306
@@ -104,6 +104,7 @@ def _from_outputs(outputs, secrets, data):
     out = {"mariadb_peer_server_id": outputs["hosts"][data["mariadb_peer"]].get("server_id")}
     if secrets.get("seed"):
         out["mariadb_passwords"] = passwords(secrets["seed"])
+        out["mariadb_accepted"] = accepted(seeds(secrets), "mariadb", USERS)
     if "failover_token" in secrets:  # the writer agent fences a dead peer through the Hetzner API
         out["failover_token"] = secrets["failover_token"]
     return out

@@ -42,8 +42,16 @@ def _q(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def identified(passwords: list[str]) -> str:
+    """One password: IDENTIFIED BY. Two, while the seed rotates: either logs in (MariaDB tries each in turn)."""
+    if len(passwords) == 1:
+        return f"IDENTIFIED BY {_q(passwords[0])}"
+    return "IDENTIFIED VIA " + " OR ".join(f"mysql_native_password USING PASSWORD({_q(p)})" for p in passwords)
+
+
 def users_sql(d) -> str:
     pw = d.mariadb_passwords
+    accepted = d.get("mariadb_accepted") or {user: [p] for user, p in pw.items()}
     peer = d.mariadb_peer_ip
     lines = [
         "-- Managed by hastack: accounts of this node, never replicated (each node has its own).",
@@ -54,18 +62,18 @@ def users_sql(d) -> str:
         # a seeded copy carries the donor's accounts: its replication user is for another address
         f"DELETE FROM mysql.global_priv WHERE User = 'repl' AND Host <> {_q(peer)};",
         f"CREATE USER IF NOT EXISTS 'repl'@{_q(peer)};",
-        f"ALTER USER 'repl'@{_q(peer)} IDENTIFIED BY {_q(pw['repl'])} REQUIRE SSL;",
+        f"ALTER USER 'repl'@{_q(peer)} {identified(accepted['repl'])} REQUIRE SSL;",
         # SHOW DATABASES: the peer's seed step asks whether this node holds the pair's data
         f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SHOW DATABASES ON *.* TO 'repl'@{_q(peer)};",
         "CREATE USER IF NOT EXISTS 'exporter'@'localhost';",
-        f"ALTER USER 'exporter'@'localhost' IDENTIFIED BY {_q(pw['exporter'])} WITH MAX_USER_CONNECTIONS 3;",
+        f"ALTER USER 'exporter'@'localhost' {identified(accepted['exporter'])} WITH MAX_USER_CONNECTIONS 3;",
         "GRANT PROCESS, BINLOG MONITOR, SLAVE MONITOR, SELECT ON *.* TO 'exporter'@'localhost';",
     ]
     for ip in d.mariadb_app_ips:
         # no READ_ONLY ADMIN (nor SUPER): the passive master's read_only holds for the application
         lines += [
             f"CREATE USER IF NOT EXISTS 'app'@{_q(ip)};",
-            f"ALTER USER 'app'@{_q(ip)} IDENTIFIED BY {_q(pw['app'])} REQUIRE SSL;",
+            f"ALTER USER 'app'@{_q(ip)} {identified(accepted['app'])} REQUIRE SSL;",
             f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX ON `{d.mariadb_database}`.* TO 'app'@{_q(ip)};",
         ]
     return "\n".join(lines + ["FLUSH PRIVILEGES;", ""])
@@ -77,8 +85,13 @@ def replication_sql(d) -> str:
         "STOP SLAVE;",
         # A master that has only written (the first of a new pair) starts from its own position:
         # asking the peer for its domain from the beginning would fail once the peer's binlog
-        # begins later (a seeded peer's does). Never changes a position already set.
-        "SET GLOBAL gtid_slave_pos = IF(@@gtid_slave_pos = '', @@gtid_binlog_pos, @@gtid_slave_pos);",
+        # begins later (a seeded peer's does). A position already set is not touched: setting it
+        # again, even to itself, fails on a writer whose binlog has moved past it (error 1947).
+        "DELIMITER //",
+        "BEGIN NOT ATOMIC",
+        "  IF @@GLOBAL.gtid_slave_pos = '' THEN SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos; END IF;",
+        "END//",
+        "DELIMITER ;",
         (f"CHANGE MASTER TO MASTER_HOST={_q(d.mariadb_peer_ip)}, MASTER_PORT={MARIADB_PORT}, MASTER_USER='repl', "
          f"MASTER_PASSWORD={_q(d.mariadb_passwords['repl'])}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5, "
          "MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/tls/ca.crt', MASTER_SSL_VERIFY_SERVER_CERT=1;"),

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from hastack.ports import Port
 from hastack.role import Placement, Role, Settings
-from hastack.secrets import derive
+from hastack.secrets import accepted, derive, seeds
 
 REDIS_PORT = 6379
 
@@ -69,8 +69,12 @@ def acl_hash(password: str) -> str:
 
 
 def server_secrets(outputs, secrets, data):
-    """Redis and Sentinel: every Redis account (replication, Sentinel, exporter, the app's)."""
-    return {"redis_passwords": passwords(secrets["seed"])} if secrets.get("seed") else {}
+    """Redis and Sentinel: every Redis account (replication, Sentinel, exporter, the app's), and while the
+    seed rotates every password each account accepts (hastack.secrets.seeds)."""
+    if not secrets.get("seed"):
+        return {}
+    return {"redis_passwords": passwords(secrets["seed"]),
+            "redis_accepted": accepted(seeds(secrets), "redis", USERS)}
 
 
 ROLE = Role(

@@ -26,7 +26,9 @@ def replica_of(data: Mapping[str, Any], current_primary: str | None = None) -> s
 
 
 def users_vars(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"hashes": {user: acl_hash(password) for user, password in data["redis_passwords"].items()}}
+    # every password an account accepts (two while the seed rotates), the clients' own first
+    accepted = data.get("redis_accepted") or {user: [pw] for user, pw in data["redis_passwords"].items()}
+    return {"hashes": {user: [acl_hash(pw) for pw in pws] for user, pws in accepted.items()}}
 
 
 def settings_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, Any]:

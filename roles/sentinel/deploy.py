@@ -9,14 +9,14 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
-from pyinfra.operations import files
+from pyinfra.operations import files, server
 
 from hastack.templating import template_path
 from roles import rolling_restart
 from roles.redis.config import SENTINEL_AUTH
 from roles.redis.tls import tls_files
 from roles.sentinel.restart import RESTART_MARK
-from roles.sentinel import DEFAULTS
+from roles.sentinel import DEFAULTS, SENTINEL_PORT
 from roles.sentinel import config as c
 from roles import packages
 
@@ -37,3 +37,13 @@ def sentinel() -> None:
               user="root", group="root", mode="0600")
     # a running Sentinel is restarted by the rolling restart (roles/sentinel/restart.py), one at a time
     rolling_restart.running("Sentinel", "redis-sentinel.service", RESTART_MARK, [*tls, *([conf] if conf else [])])
+
+    # A new seed reaches a Sentinel already set up at runtime (its file is its own): while the seed rotates
+    # it accepts both passwords, then gives its peers and Redis the new one, then accepts only that.
+    accepted = files.put(name="Sentinel passwords it may be reached with (root only)",
+                         src=StringIO("".join(f"{pw}\n" for pw in c.accepted(d.dict()))), dest=c.AUTH_ACCEPTED,
+                         user="root", group="root", mode="0600")
+    commands = files.put(name="Sentinel password commands (root only)", src=StringIO(c.auth_commands(d.dict())),
+                         dest=c.AUTH_COMMANDS, user="root", group="root", mode="0600")
+    server.shell(name="Sentinel passwords applied", commands=[c.apply_auth_command(SENTINEL_PORT)],
+                 _if=lambda: conf is None and (commands.did_change() or accepted.did_change()))

@@ -9,10 +9,10 @@ from typing import Mapping
 from roles.redis.restart import cli
 from roles.rolling_restart import RollingRestart
 from roles.sentinel import SENTINEL_PORT
+from roles.sentinel.config import GROUP  # the monitored group
 
 RESTART_MARK = "/var/lib/hastack/sentinel/restart-needed"
 HEALTH_TIMEOUT = 60.0
-GROUP = "hastack"  # the monitored group's name (templates/sentinel/etc/redis/sentinel.conf.j2)
 
 
 def healthy(run, name: str, data: Mapping) -> str | None:

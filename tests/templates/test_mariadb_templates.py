@@ -102,3 +102,24 @@ def test_exporter_listens_on_the_private_address_as_the_exporter_user():
     lines = render("mariadb", c.EXPORTER_ARGS, **db_vars("prod", host)[c.EXPORTER_ARGS]).splitlines()
     assert f'ARGS="--web.listen-address={host.private_ip}:9104"' in lines
     assert f'DATA_SOURCE_NAME="exporter:{password}@unix(/run/mysqld/mysqld.sock)/"' in lines
+
+
+def test_while_the_seed_rotates_every_account_logs_in_with_either_password():
+    from hastack.secrets import accepted
+    from roles.mariadb import USERS, passwords
+    from roles.mariadb.deploy import identified, users_sql
+
+    class Data(dict):
+        __getattr__ = dict.__getitem__
+
+    host = topology("prod").hosts_with_role("mariadb")[0]
+    base = {k: v for k, v in host_data("prod", host, "mariadb").items() if k != "mariadb_accepted"}
+    new, old = passwords("new-seed"), passwords("old-seed")
+    sql = users_sql(Data(base, mariadb_passwords=new, mariadb_accepted=accepted(["new-seed", "old-seed"], "mariadb", USERS)))
+    for user in USERS:
+        assert (f"IDENTIFIED VIA mysql_native_password USING PASSWORD('{new[user]}') OR "
+                f"mysql_native_password USING PASSWORD('{old[user]}')") in sql
+    # after the rotation: one password, and IDENTIFIED BY replaces the whole chain (the old one stops)
+    done = users_sql(Data(base, mariadb_passwords=new))
+    assert old["app"] not in done and f"IDENTIFIED BY '{new['app']}' REQUIRE SSL" in done
+    assert identified(["a"]) == "IDENTIFIED BY 'a'"

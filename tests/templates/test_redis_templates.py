@@ -120,3 +120,47 @@ def test_sentinel_monitors_the_topology_primary_with_a_quorum_of_two(stack):
         assert "sentinel auth-user hastack sentinel" in lines
         # the deploy writes the file only while this marker shows it has not been taken over by Sentinel
         assert sc.BOOTSTRAP_MARKER in lines[2]
+
+
+def rotating(stack, host, role_name="redis"):
+    """A host's data while the seed rotates from "old-seed" to "new-seed", clients already on the new."""
+    from hastack.secrets import accepted
+    from roles.redis import USERS, passwords
+
+    return host_data(stack, host, role_name, redis_passwords=passwords("new-seed"),
+                     redis_accepted=accepted(["new-seed", "old-seed"], "redis", USERS))
+
+
+def test_while_the_seed_rotates_every_account_accepts_both_passwords_by_hash():
+    from roles.redis import passwords
+
+    host = topology("prod").hosts_with_role("redis")[0]
+    data = rotating("prod", host)
+    text = render("redis", rc.USERS_ACL, **rc.template_vars(host.name, data)[rc.USERS_ACL])
+    new, old = passwords("new-seed"), passwords("old-seed")
+    for user in new:
+        line = next(line for line in text.splitlines() if line.startswith(f"user {user} "))
+        assert line.split()[3:5] == [f"#{acl_hash(new[user])}", f"#{acl_hash(old[user])}"]
+        assert new[user] not in text and old[user] not in text
+    # one seed: the file is byte for byte what it was before rotations existed (no restart on upgrade)
+    single = render("redis", rc.USERS_ACL, **redis_vars("prod", host)[rc.USERS_ACL])
+    assert "  " not in single and all(line.count("#") <= 1 for line in single.splitlines())
+
+
+def test_a_running_sentinel_is_told_both_passwords_and_gives_out_the_new_one(tmp_path):
+    import subprocess
+
+    from roles.redis import passwords
+
+    host = next(h for h in topology("prod").hosts if h.name in topology("prod").cluster("redis").sentinels)
+    data = rotating("prod", host, "sentinel")
+    commands = sc.auth_commands(data).splitlines()
+    new, old = passwords("new-seed")["sentinel"], passwords("old-seed")["sentinel"]
+    assert commands[0] == f"ACL SETUSER default on resetpass #{acl_hash(new)} #{acl_hash(old)} ~* &* +@all"
+    assert commands[1:] == [f"SENTINEL CONFIG SET sentinel-pass {new}", f"SENTINEL SET hastack auth-pass {new}",
+                            "SENTINEL FLUSHCONFIG"]
+    assert sc.accepted(data) == [new, old]
+    script = tmp_path / "apply.sh"
+    script.write_text(sc.apply_auth_command(SENTINEL_PORT))
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert new not in script.read_text()  # passwords come from root-only files

@@ -78,3 +78,29 @@ def test_system_auth_is_replicated_last_after_everything_that_needs_the_superuse
     assert alters == ["ALTER KEYSPACE system_distributed", "ALTER KEYSPACE system_traces", "ALTER ROLE cassandra",
                       "ALTER KEYSPACE system_auth"]
     assert actions[-1] == "replicated system_auth (dc: 3)"
+
+
+def test_an_admin_on_the_other_seed_has_its_password_changed_in_the_session_that_logged_in():
+    """While the seed rotates the admin may still have the old password: that session changes it to the
+    new one; the default superuser is never tried."""
+    from cassandra import AuthenticationFailed
+
+    log: list[str] = []
+    session = FakeSession(log)
+    cluster = SimpleNamespace(shutdown=lambda: None)
+    tried = []
+
+    def connector(address, port, ca, user, password):
+        tried.append((user, password))
+        if password != "old":
+            raise AuthenticationFailed("bad credentials")
+        return cluster, session
+
+    actions = auth.secure("10.0.1.80", 9042, "ca.crt", "admin", "new", "dc", 3, connector=connector,
+                          other_passwords=["old"])
+    assert tried == [("admin", "new"), ("admin", "old")]
+    assert log[0] == 'ALTER ROLE "admin"' and actions[0] == "changed the password of admin"
+    # neither password logs in and cassandra/cassandra is refused: the error, not a guess
+    with pytest.raises(AuthenticationFailed):
+        auth.secure("10.0.1.80", 9042, "ca.crt", "admin", "new", "dc", 3, connector=connector,
+                    other_passwords=["older"], default_wait=0)

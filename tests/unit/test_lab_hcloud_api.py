@@ -331,3 +331,49 @@ def test_a_power_off_answers_at_once_and_finishes_when_the_machine_is_off():
     finally:
         lab.httpd.shutdown()
         lab.httpd.server_close()
+
+
+def test_a_token_added_to_the_project_works_at_once_and_a_deleted_one_is_refused(tmp_path):
+    """The lab API's tokens file is its console: a token rotation adds the new token, the agents move to it,
+    then the old one is deleted and refused from the next request (hastack rotate failover-token)."""
+    from hastack.lab.hcloud_api import token_file
+    from hastack.token_rotation import TokenError, check_token
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("old-token\n")
+    lab = Lab()
+    lab.api = FakeHetznerAPI(token_file(str(tokens)), lab_servers(), [floating_ip_json(FIP, FIP_IP, LB2)])
+    lab.start()
+    try:
+        check_token("old-token", lab.url, FIP)
+        with pytest.raises(TokenError, match="refuses the token"):
+            check_token("new-token", lab.url, FIP)
+        tokens.write_text("old-token\nnew-token\n")
+        check_token("new-token", lab.url, FIP)
+        check_token("old-token", lab.url, FIP)
+        time.sleep(0.01)  # a new mtime, even on a coarse clock
+        tokens.write_text("new-token\n")
+        check_token("new-token", lab.url, FIP)
+        with pytest.raises(TokenError, match="unable_to_authenticate|refuses the token"):
+            check_token("old-token", lab.url, FIP)
+    finally:
+        lab.httpd.shutdown()
+        lab.httpd.server_close()
+
+
+def test_agent_hosts_are_checked_by_the_tokens_fingerprint_never_the_token():
+    from hastack.token_rotation import agent_hosts, fingerprint, holders
+
+    entries = {"lb1": {"failover_token": "t"}, "db1": {"failover_token": "t"}, "app1": {}}
+    assert agent_hosts(entries) == ["db1", "lb1"]
+    files = {"lb1": fingerprint("new"), "db1": fingerprint("old")}
+    seen = []
+
+    def run(name, command, timeout):
+        seen.append(command)
+        return True, f"{files[name]}  /etc/hastack/hcloud-token\n", ""
+
+    assert holders(run, ["db1", "lb1"], "new") == {"db1": "other", "lb1": "new"}
+    assert all("new" not in c and "old" not in c for c in seen)
+    gone = holders(lambda n, c, t: (False, "", "sha256sum: /etc/hastack/hcloud-token: No such file"), ["lb1"], "new")
+    assert gone["lb1"].startswith("unreadable (sha256sum: /etc/hastack/hcloud-token: No such file")

@@ -315,3 +315,33 @@ def test_lab_outputs_hand_each_backup_host_its_own_writer_and_the_endpoint(tmp_p
             assert data["backup_verify_identity"].startswith("AGE-SECRET-KEY-1")
         else:
             assert "AGE-SECRET-KEY" not in json.dumps(data, default=str)
+
+
+def test_rotated_keys_work_and_the_replaced_ones_are_refused_once_retired(creds, bucket):
+    """As a backup key rotation runs: new keys for every writer and the reader, both old and new valid
+    until the hosts use the new ones, then the old ones deactivated and deleted. Last in this module:
+    the module's writer and reader clients hold the keys it retires."""
+    import copy
+
+    rotated = copy.deepcopy(creds)
+    old_writer, old_reader = creds["writers"][HOST], creds["reader"]
+    replaced = s3.new_keys(rotated)
+    assert set(replaced) == {s3.reader_name(creds["stack"])} | {s3.writer_name(creds["stack"], h) for h in creds["writers"]}
+    new_writer = rotated["writers"][HOST]
+    assert new_writer["access_key_id"] != old_writer["access_key_id"]
+    key = f"backups/{HOST}/rotation"
+    for writer_key in (old_writer, new_writer):  # until the hosts have switched, both work
+        s3._Clients(creds, writer_key)("s3").put_object(Bucket=bucket, Key=key, Body=b"x")
+    s3.retire_keys(rotated, replaced)
+    s3._Clients(creds, new_writer)("s3").put_object(Bucket=bucket, Key=key, Body=b"y")
+    s3._Clients(creds, rotated["reader"])("s3").list_object_versions(Bucket=bucket, Prefix=key)
+    refused(lambda: s3._Clients(creds, old_writer)("s3").put_object(Bucket=bucket, Key=key, Body=b"z"),
+            "InvalidAccessKeyId")
+    refused(lambda: s3._Clients(creds, old_reader)("s3").list_object_versions(Bucket=bucket, Prefix=key),
+            "InvalidAccessKeyId")
+    # a rotation that stopped after making its keys leaves two per user: the next one clears the stray key
+    stray = copy.deepcopy(rotated)
+    s3.new_keys(stray)
+    again = s3.new_keys(rotated)
+    assert set(again) == set(replaced)
+    creds.update(copy.deepcopy(rotated))  # later tests (none so far) would use the live keys

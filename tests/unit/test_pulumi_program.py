@@ -172,6 +172,19 @@ def test_one_put_only_writer_per_backup_host(rec):
                 assert f"/{other}/" not in text
 
 
+def test_a_new_backup_key_generation_makes_new_keys_under_new_names(prod_flat):
+    """Raising hastack:backup.keyGeneration (hastack rotate backup-keys): every writer's and the reader's key is
+    a new resource, so Pulumi creates it before the converge and deletes the old one at the end of the update."""
+    first = {k.name for k in run("prod", prod_flat).of_type("aws:iam/accessKey:AccessKey")}
+    prod_flat.setdefault("hastack:backup", {})["keyGeneration"] = 2
+    second = run("prod", prod_flat)
+    names = {k.name for k in second.of_type("aws:iam/accessKey:AccessKey")}
+    assert "restore-reader-key" in first and "restore-reader-key-2" in names
+    assert len(names) == len(first) and not names & first
+    assert {k.inputs["user"] for k in second.of_type("aws:iam/accessKey:AccessKey")} == {
+        u.inputs["name"] for u in second.of_type("aws:iam/user:User")}
+
+
 def test_writer_policy_is_a_pure_function_of_its_prefix():
     from hastack.cloud.aws_backup import writer_policy
 
@@ -406,6 +419,23 @@ def test_the_converge_digest_covers_the_hosts_the_secrets_and_the_code(prod_flat
     assert set(secrets["backup_writers"]) and secrets["restore_reader"]
     assert code == code_digest()
     assert rec.named("converge").inputs["digest"] == data_digest([hosts, secrets, code])
+
+
+@pytest.mark.parametrize("key", ["hastack:secretSeedNext", "hastack:secretSeedPrevious"])
+def test_a_seed_rotation_gives_the_converge_the_other_seed_as_a_secret(prod_flat, key):
+    rec = run("prod", prod_flat, secrets={**SECRETS, key: "other-seed-31c"})
+    secrets = rec.named("converge").inputs["outputs"]["secrets"]
+    assert secrets["seed"] == SEED and secrets["seed_also"] == "other-seed-31c"
+    assert rec.outputs["secrets"].secret
+    assert "seed_also" not in run("prod", prod_flat).named("converge").inputs["outputs"]["secrets"]
+
+
+def test_a_seed_rotation_with_both_other_seeds_stops_before_any_resource(prod_flat):
+    both = {**SECRETS, "hastack:secretSeedNext": "n", "hastack:secretSeedPrevious": "p"}
+    with pytest.raises(pulumi.RunError, match="both set"):
+        run("prod", prod_flat, secrets=both)
+    from pulumi.runtime import settings
+    assert settings.SETTINGS.monitor.recording.resources == []
 
 
 @pytest.mark.parametrize("key", ["hcloud:token", "aws:secretKey", "aws:accessKey"])

@@ -57,6 +57,14 @@ class Group:
                 return False, "", "ERROR 2002 (HY000): Can't connect to local server through socket"
             self.events.append((name, "healthy"))
             return True, SLAVE_STATUS + "Waiting for master\tpeer\tYes\tYes\t\t\n", ""
+        # the application
+        if command.startswith("ps -o etimes"):
+            return True, "10\n", ""
+        if command.startswith("curl"):
+            if not up:
+                return False, "", "curl: (7) Failed to connect"
+            self.events.append((name, "healthy"))
+            return True, "ok\n", ""
         # Redis and Sentinel
         if not up:
             return True, "Could not connect to Redis at 10.0.0.1:6379: Connection refused\n", ""
@@ -74,7 +82,7 @@ class Group:
         raise AssertionError(f"unexpected command on {name}: {command}")
 
     def step(self):
-        return AfterRoles(hosts={n: {"private_ip": f"10.0.0.{i + 1}"} for i, n in enumerate(self.names)},
+        return AfterRoles(hosts={n: {"private_ip": f"10.0.0.{i + 1}", "stack": "prod"} for i, n in enumerate(self.names)},
                           run=self.run, log=lambda _m: None)
 
     def restarts(self):
@@ -103,7 +111,7 @@ def assert_serialised(group: Group) -> None:
 
 def test_roles_restart_their_pairs_through_the_rolling_restart():
     for name, service in (("mariadb", "mariadb.service"), ("redis", "redis-server.service"),
-                          ("sentinel", "redis-sentinel.service")):
+                          ("sentinel", "redis-sentinel.service"), ("app", "hastack-app.service")):
         step = role(name).after_roles_step()
         assert isinstance(step, RollingRestart) and step.service == service
         assert step.mark.startswith(f"/var/lib/hastack/{name}/") and step.timeout > 0
@@ -211,3 +219,36 @@ def test_health_checks_keep_passwords_off_the_command_line():
     sentinel_restart.healthy(lambda n, c, t: seen.append(c) or (True, "PONG\n", ""), "mon1", {"private_ip": "10.0.0.3"})
     redis_restart.healthy(lambda n, c, t: seen.append(c) or (True, "PONG\n", ""), "redis1", {"private_ip": "10.0.0.1"})
     assert seen and all("REDISCLI_AUTH=$(cat /etc/redis/.sentinel-auth)" in c and " -a " not in c for c in seen)
+
+
+def test_app_servers_restart_one_at_a_time():
+    from roles.app import restart as app_restart
+
+    group = Group(["app1", "app2"], "hastack-app.service", marked={"app1", "app2"})
+    fast(app_restart.after_roles)(group.step())
+    assert group.restarts() == ["app1", "app2"]
+    assert_serialised(group)
+
+
+def test_app_health_needs_its_health_path_and_time_to_be_back_in_rotation():
+    from roles.app import restart as app_restart
+
+    data = {"private_ip": "10.0.1.20", "stack": "prod"}
+
+    def run(up):
+        seen = []
+
+        def answer(name, command, timeout):
+            seen.append(command)
+            return (True, "ok\n", "") if command.startswith("curl") else (True, f"{up}\n", "")
+        return app_restart.healthy(answer, "app1", data), seen
+
+    ok, seen = run(up=12)
+    assert ok is None
+    assert "--cacert /etc/ssl/hastack/prod-ca.crt --resolve app1:8080:10.0.1.20 https://app1:8080/health" in seen[0]
+    young, _ = run(up=1)
+    assert "not yet back in the load balancers' rotation" in young
+    down = app_restart.healthy(lambda n, c, t: (False, "", "curl: (7) Failed to connect"), "app1", data)
+    assert "does not answer its health check" in down and "Failed to connect" in down
+    plain = app_restart.health_command("app1", {**data, "app_tls": False, "app_health_path": "/ready"})
+    assert plain.endswith("http://10.0.1.20:8080/ready")

@@ -240,7 +240,8 @@ def test_secret_in_plain_text_is_refused_without_showing_it(tmp_path, key):
 def test_the_refused_keys_are_pulumis_spellings():
     assert set(PLAIN_TEXT_REFUSED) == {
         "hcloud:token", "aws:accessKey", "aws:secretKey", "aws:token", "aws:sessionToken",
-        "hastack:failoverToken", "hastack:secretSeed", "hastack:ca"}
+        "hastack:failoverToken", "hastack:secretSeed", "hastack:secretSeedNext", "hastack:secretSeedPrevious",
+        "hastack:ca"}
 
 
 def test_aws_session_token_points_to_aws_token(tmp_path):

@@ -1,0 +1,128 @@
+"""Offboarding an admin and rotating every secret on the lab, while writes flow through the floating IP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from hastack.converge import converge
+from hastack.lab import FLOATING_IP_ID
+from hastack.lab.layout import HCLOUD_API_PORT, lab_seed_state
+from roles.cassandra import passwords as cassandra_passwords
+from roles.mariadb import passwords as mariadb_passwords
+from roles.redis import passwords as redis_passwords
+from tests.support import chaos
+
+REDIS_CLI = ["timeout", "5", "redis-cli", "--no-auth-warning", "--tls", "--cacert", "/etc/redis/tls/ca.crt",
+             "-h", "127.0.0.1"]
+
+
+def redis_login(lab, host: str, port: int, user: str | None, password: str) -> str:
+    who = ["--user", user] if user else []
+    return lab.exec(host, ["env", f"REDISCLI_AUTH={password}", *REDIS_CLI, "-p", str(port), *who, "PING"]).stdout.strip()
+
+
+def mariadb_login(lab, host: str, user: str, password: str) -> bool:
+    return lab.exec(host, ["mariadb", "-u", user, f"-p{password}", "-e", "SELECT 1"]).returncode == 0
+
+
+def cassandra_login(lab, host: str, user: str, password: str) -> bool:
+    ip = lab.topo.host(host).private_ip
+    code = ("import sys; sys.path.insert(0, '/opt/hastack'); import cassandra_auth as a; "
+            f"c, s = a.connect({ip!r}, 9042, '/etc/cassandra/tls/ca.crt', {user!r}, sys.stdin.read()); c.shutdown()")
+    return lab.exec(host, ["python3", "-c", code], input=password).returncode == 0
+
+
+def logins(lab, seed: str) -> dict[str, bool]:
+    """Whether each kind of account logs in with the passwords of ``seed``."""
+    redis, mariadb, cassandra = redis_passwords(seed), mariadb_passwords(seed), cassandra_passwords(seed)
+    redis_host = lab.topo.hosts_with_role("redis")[0].name
+    db = lab.topo.hosts_with_role("mariadb")[0].name
+    cass = lab.topo.hosts_with_role("cassandra")[0].name
+    return {
+        "redis app": redis_login(lab, redis_host, 6379, "app", redis["app"]) == "PONG",
+        "redis sentinel": redis_login(lab, redis_host, 6379, "sentinel", redis["sentinel"]) == "PONG",
+        "sentinel": redis_login(lab, redis_host, 26379, None, redis["sentinel"]) == "PONG",
+        "mariadb exporter": mariadb_login(lab, db, "exporter", mariadb["exporter"]),
+        "cassandra admin": cassandra_login(lab, cass, "admin", cassandra["admin"]),
+    }
+
+
+def ssh_status(lab, host: str, user: str) -> int:
+    cmd = lab.ssh_command(host, user=user)
+    return subprocess.run(cmd + ["true"], capture_output=True, text=True, timeout=30).returncode
+
+
+def test_offboarding_an_admin_under_load_rotates_everything_they_knew(lab):
+    """`hastack offboard labops` from the command line while four clients write through the floating IP:
+    no write fails or is lost; labops logs in nowhere and has no account left; every old derived password is
+    refused by Redis, Sentinel, MariaDB and Cassandra and the new ones log in; the old backup keys are refused
+    by the lab S3 and the old failover token by the lab Hetzner API; replication and the Sentinels work; a
+    second converge changes nothing."""
+    from hastack.lab import Lab, s3
+    from hastack.stackfile import stack_path
+    from hastack.token_rotation import TokenError, check_token
+
+    hosts = [h.name for h in lab.topo.hosts]
+    assert all(ssh_status(lab, h, "labops") == 0 for h in hosts)
+    old_seed = lab_seed_state(lab.paths)
+    assert old_seed.stage == "done" and all(logins(lab, old_seed.seed).values())
+    old_keys = s3.load_credentials(lab.paths)
+    old_token = (lab.paths.secrets / "hcloud-token").read_text().strip()
+    stack_file = stack_path("lab")
+    original = stack_file.read_text()
+    try:
+        with chaos.Run(lab, "offboard") as run:
+            run.fault()
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "hastack.cli", "offboard", "labops", "--stack", "lab"],
+                                  capture_output=True, text=True, timeout=1800)
+            took = time.monotonic() - started
+            run.back()
+        result = run.result
+        print(json.dumps({"offboard_s": round(took, 1), **{k: result[k] for k in
+                          ("requests", "acked", "failed", "lost", "errors", "duration_s")}}))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "offboarded labops from lab in" in proc.stdout and "[x] removed labops from hastack:admins" in proc.stdout
+        assert result["failed"] == 0 and result["lost"] == 0, result
+
+        # labops: nowhere
+        assert {h: ssh_status(lab, h, "labops") for h in hosts} == {h: 255 for h in hosts}
+        assert all(ssh_status(lab, h, "labadmin") == 0 for h in hosts)
+        assert all(lab.exec(h, ["id", "labops"]).returncode != 0 for h in hosts)
+
+        # the seed: every old password refused, every new one logs in
+        new_seed = lab_seed_state(lab.paths)
+        assert new_seed.stage == "done" and new_seed.seed != old_seed.seed
+        assert all(logins(lab, new_seed.seed).values()), logins(lab, new_seed.seed)
+        assert not any(logins(lab, old_seed.seed).values()), logins(lab, old_seed.seed)
+        assert chaos.redis_primary(lab) is not None  # the Sentinels agree on a primary, with the new passwords
+        for db in chaos.masters(lab):
+            status = lab.exec(db, ["mariadb", "-e", "SHOW SLAVE STATUS\\G"]).stdout
+            assert "Slave_IO_Running: Yes" in status and "Slave_SQL_Running: Yes" in status, status
+
+        # the backup keys: the old ones refused by the lab S3, the new ones on the hosts
+        new_keys = s3.load_credentials(lab.paths)
+        host = sorted(old_keys["writers"])[0]
+        assert new_keys["writers"][host]["access_key_id"] != old_keys["writers"][host]["access_key_id"]
+        for key in (old_keys["writers"][host], old_keys["reader"]):
+            with pytest.raises(ClientError) as refused:
+                s3._Clients(old_keys, key)("s3").list_objects_v2(Bucket=old_keys["bucket"], MaxKeys=1)
+            assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+        s3.client_for(new_keys, "reader").list_objects_v2(Bucket=new_keys["bucket"], MaxKeys=1)
+
+        # the failover token: the old one refused by the lab Hetzner API
+        api = f"https://{lab.addr.host_public}:{HCLOUD_API_PORT}/v1"
+        with pytest.raises(TokenError, match="refuses the token"):
+            check_token(old_token, api, FLOATING_IP_ID, str(lab.ca.cert_path))
+        check_token((lab.paths.secrets / "hcloud-token").read_text(), api, FLOATING_IP_ID, str(lab.ca.cert_path))
+
+        # nothing left to do: the stack file without labops converges with no change
+        assert converge(Lab("lab").inventory_entries()).changes == 0
+    finally:
+        stack_file.write_text(original)
