@@ -139,6 +139,7 @@ def rotate_cmd(what: str = typer.Argument(..., help="seed, backup-keys, failover
     in three converges (services accept old and new; clients move; the old stops working). backup-keys: new
     access keys for every writer and the reader, the old ones deleted once the hosts use the new. failover-token:
     a token you made in the Hetzner console, checked, stored, converged, checked on every agent host."""
+    from hastack.lab import LabError
     from hastack.offboard import KINDS, OffboardError, rotate_secrets
     from hastack.seed_rotation import RotationError
     from hastack.token_rotation import TokenError
@@ -151,9 +152,10 @@ def rotate_cmd(what: str = typer.Argument(..., help="seed, backup-keys, failover
     kinds = KINDS if what == "all" else (what,)
     secrets, endpoint, ask, token_holders = _stack_secrets(stack, token_stdin)
     try:
+        secrets.preflight()
         for line in rotate_secrets(secrets, kinds, endpoint, ask, token_holders, say=lambda m: None):
             say(line)
-    except (RotationError, TokenError, OffboardError, ConnectionError) as e:
+    except (RotationError, TokenError, OffboardError, ConnectionError, LabError) as e:
         fail(str(e))
 
 
@@ -166,6 +168,7 @@ def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (the
 
     from hastack.converge import connected
     from hastack.offboard import KINDS, Offboarding, OffboardError, remove_admin, rotate_secrets, traces
+    from hastack.lab import LabError
     from hastack.rotation import PulumiSecrets
     from hastack.seed_rotation import RotationError
     from hastack.stackfile import stack_path
@@ -181,6 +184,10 @@ def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (the
     job = Offboarding(name, stack)
     secrets, endpoint, ask, token_holders = _stack_secrets(stack, token_stdin)
     cloud = isinstance(secrets, PulumiSecrets)
+    try:
+        secrets.preflight()
+    except (RotationError, LabError) as e:
+        fail(f"{e} (nothing was changed)")
     token = ask() if cloud else None  # asked before anything changes
     path.write_text(new_text)
     job.done.append(f"removed {name} from hastack:admins in {path.name} (commit it)")
@@ -201,7 +208,7 @@ def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (the
     if cloud:
         by_hand.insert(0, "delete the old failover token in the Hetzner console (Security -> API tokens), and any "
                           f"Hetzner or AWS console access of {name}")
-    console.print(job.checklist(by_hand))
+    console.print(job.checklist(by_hand), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

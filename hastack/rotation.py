@@ -30,6 +30,16 @@ class LabSecrets:
         self._replaced_keys: dict[str, str] = {}
         self._old_token: str | None = None
 
+    def preflight(self) -> None:
+        """What a rotation needs, checked before anything changes."""
+        from hastack.lab import LabError, s3
+
+        if s3.load_credentials(self.lab.paths) is None:
+            raise LabError("the lab's S3 is not set up: run `hastack lab up`")
+        stopped = [row["name"] for row in self.lab.status() if row["state"] != "running"]
+        if stopped:
+            raise LabError(f"machines not running: {', '.join(stopped)}; start them (`hastack lab up`) first")
+
     # -- the seed
     def load_seed(self) -> SeedState:
         from hastack.lab.layout import lab_seed_state
@@ -114,6 +124,12 @@ class PulumiSecrets:
             raise RotationError(f"the Pulumi CLI ({self.pulumi}) is not installed") from None
         if proc.returncode != 0:
             raise RotationError(f"`pulumi up` for {what} failed")
+
+    def preflight(self) -> None:
+        """What a rotation needs, checked before anything changes: the Pulumi CLI, the stack's secrets and
+        outputs readable."""
+        self.load_seed()
+        self.floating_ip_id()
 
     def load_seed(self) -> SeedState:
         return self.seed_store.load()
