@@ -35,8 +35,12 @@ class InventoryError(ValueError):
 
 def stack_outputs(stack: str, cwd: str | None = None) -> dict[str, Any]:
     """Ask the Pulumi CLI for a deployed stack's outputs (secrets included, never printed)."""
-    proc = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack],
-                          capture_output=True, text=True, cwd=cwd)
+    try:
+        proc = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack],
+                              capture_output=True, text=True, cwd=cwd)
+    except FileNotFoundError:
+        raise InventoryError(f"the Pulumi CLI is not installed: it reads the outputs of stack {stack!r} "
+                             "(`pulumi stack output`); install it, or pass --outputs FILE where a command takes it") from None
     if proc.returncode != 0:
         raise InventoryError(f"pulumi stack output for {stack!r} failed: {proc.stderr.strip()}")
     return json.loads(proc.stdout)

@@ -80,3 +80,20 @@ def test_inventory_from_recorded_outputs():
     assert proc.returncode == 0, proc.stderr
     assert "prod-lb1" in proc.stdout and "failover_token" in proc.stdout
     assert "recorded-failover-token" not in proc.stdout
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["offboard", "dave"], {}, "'dave' is not an admin of this stack (hastack:admins: alice, bob)"),
+    (["offboard", "alice"], {"HASTACK_SSH_USER": "alice"}, "HASTACK_SSH_USER is alice, the admin who leaves"),
+    (["offboard", "bob"], {}, "the Pulumi CLI is not installed: it reads the outputs of stack 'prod'"),
+    (["rotate", "ca"], {}, "rotating the stack CA is not available yet"),
+    (["rotate", "passwords"], {}, "cannot rotate 'passwords': valid are seed, backup-keys, failover-token, all"),
+])
+def test_offboard_and_rotate_refuse_bad_input_and_change_nothing(args, env, message):
+    stack_file = ROOT / "stacks" / "Pulumi.prod.yaml"
+    before = stack_file.read_text()
+    proc = subprocess.run([sys.executable, "-m", "hastack.cli", *args, "--stack", "prod"], capture_output=True,
+                          text=True, cwd=ROOT, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin", **env},
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert stack_file.read_text() == before
