@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from roles.base.config import stack_ca_file
 from roles.redis import acl_hash
 from roles.redis import REDIS_PORT
 
@@ -48,7 +49,8 @@ def redis_conf_vars(hostname: str, data: Mapping[str, Any], current_primary: str
 
 
 def exporter_vars(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"private_ip": data["private_ip"], "port": REDIS_PORT, "password": data["redis_passwords"]["exporter"]}
+    return {"private_ip": data["private_ip"], "port": REDIS_PORT, "password": data["redis_passwords"]["exporter"],
+            "ca_file": stack_ca_file(data["stack"])}
 
 
 def template_vars(hostname: str, data: Mapping[str, Any],

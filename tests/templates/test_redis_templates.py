@@ -95,7 +95,7 @@ def test_exporter_reaches_redis_over_tls_as_the_exporter_user():
     data = host_data("prod", host, "redis")
     lines = render("redis", rc.EXPORTER_ARGS, **redis_vars("prod", host)[rc.EXPORTER_ARGS]).splitlines()
     assert (f'ARGS="--web.listen-address={host.private_ip}:9121 --redis.addr=rediss://{host.private_ip}:{REDIS_PORT} '
-            '--redis.user=exporter"') in lines
+            f'--redis.user=exporter --tls-ca-cert-file=/etc/ssl/hastack/prod-ca.crt"') in lines
     assert f"REDIS_PASSWORD={data['redis_passwords']['exporter']}" in lines
 
 
