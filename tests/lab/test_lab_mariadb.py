@@ -26,7 +26,8 @@ def app_query(lab, app_host, db_ip, query, password):
     code = (
         "import sys, pymysql\n"
         f"c = pymysql.connect(host={db_ip!r}, user='app', password=sys.stdin.read().strip(), database='hastack',"
-        f" ssl={{'ca': {CA!r}}}, ssl_verify_cert=True, connect_timeout=5, autocommit=True)\n"
+        # ssl_ca, not ssl={'ca': ...}: PyMySQL drops an ssl dict when ssl_verify_cert is given
+        f" ssl_ca={CA!r}, ssl_verify_cert=True, connect_timeout=5, autocommit=True)\n"
         f"cur = c.cursor(); cur.execute({query!r}); print(cur.fetchall())\n"
     )
     return lab.exec(app_host, ["python3", "-c", code], input=password)

@@ -17,6 +17,10 @@ Standard library, PyMySQL and redis-py; configured through its environment
 and systemd credentials (the unit).
 Serves TLS (1.2 and up) when given a certificate: the load balancers verify
 it against the stack's CA, so traffic stays encrypted on the private network.
+
+Stopped (SIGTERM: a restart, a new password), it stops accepting at once and
+lets the requests in flight finish: a new connection is refused, which the
+load balancers retry on another server, and no answer is cut off halfway.
 """
 
 import json
@@ -223,7 +227,8 @@ def tls_context():
 
 
 class Server(ThreadingHTTPServer):
-    daemon_threads = True
+    daemon_threads = False  # a stop waits for the requests in flight
+    block_on_close = True
 
     def __init__(self, address, handler, context):
         super().__init__(address, handler)
@@ -245,5 +250,14 @@ class Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+def serve(server: Server) -> None:
+    import signal
+
+    # shutdown() waits for serve_forever to return: from another thread than the one serving
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown, daemon=True).start())
+    server.serve_forever(poll_interval=0.05)
+    server.server_close()  # the listening socket first, then it waits for the requests in flight
+
+
 if __name__ == "__main__":
-    Server((BIND, PORT), Handler, tls_context()).serve_forever()
+    serve(Server((BIND, PORT), Handler, tls_context()))
