@@ -109,13 +109,7 @@ class PulumiSecrets:
         self.converge = up or self._up
 
     def _cli(self, *args: str, input: str | None = None) -> None:
-        try:
-            proc = subprocess.run([self.pulumi, *args, "--stack", self.stack], input=input, capture_output=True,
-                                  text=True, cwd=self.cwd)
-        except FileNotFoundError:
-            raise RotationError(f"the Pulumi CLI ({self.pulumi}) is not installed") from None
-        if proc.returncode != 0:
-            raise RotationError(f"`pulumi {' '.join(args[:3])}` failed: {proc.stderr.strip()}")
+        self.seed_store._run(*args, input=input)  # the same Pulumi CLI call, its errors named the same way
 
     def _up(self, what: str) -> None:
         try:
