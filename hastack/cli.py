@@ -108,7 +108,8 @@ def _stack_secrets(stack: str, token_stdin: bool):
     if lab:
         secrets = LabSecrets(open_lab(stack), lab_converge)
     else:
-        secrets = PulumiSecrets(stack, PROJECT_DIR, floating_ip_id=lambda: stack_outputs_of(stack, None)["floatingIpId"])
+        secrets = PulumiSecrets(stack, PROJECT_DIR, floating_ip_id=lambda: stack_outputs_of(stack, None)["floatingIpId"],
+                                floating_ip=lambda: stack_outputs_of(stack, None)["floatingIp"])
 
     def ask() -> str:
         if token_stdin:
@@ -127,16 +128,18 @@ def _stack_secrets(stack: str, token_stdin: bool):
     return secrets, endpoint, ask, token_holders
 
 
-ROTATABLE = ("seed", "backup-keys", "failover-token", "all")
+ROTATABLE = ("seed", "ca", "backup-keys", "failover-token", "all")
 TokenStdin = typer.Option(False, "--token-stdin", help="read the new Hetzner token from standard input (a pipeline); "
                           "else it is asked for, hidden")
 
 
 @app.command("rotate")
-def rotate_cmd(what: str = typer.Argument(..., help="seed, backup-keys, failover-token, or all of them"),
+def rotate_cmd(what: str = typer.Argument(..., help="seed, ca, backup-keys, failover-token, or all of them"),
                stack: str = StackOption, token_stdin: bool = TokenStdin) -> None:
     """Replace a stack's secrets without downtime. seed: every MariaDB, Redis, Sentinel and Cassandra password,
-    in three converges (services accept old and new; clients move; the old stops working). backup-keys: new
+    in three converges (services accept old and new; clients move; the old stops working). ca: a new stack CA
+    with name constraints, in three converges (services trust both; every certificate issued again by the new,
+    host by host; the old trusted nowhere); with seed (all), in the same three converges. backup-keys: new
     access keys for every writer and the reader, the old ones deleted once the hosts use the new. failover-token:
     a token you made in the Hetzner console, checked, stored, converged, checked on every agent host."""
     from hastack.lab import LabError
@@ -144,9 +147,6 @@ def rotate_cmd(what: str = typer.Argument(..., help="seed, backup-keys, failover
     from hastack.seed_rotation import RotationError
     from hastack.token_rotation import TokenError
 
-    if what == "ca":
-        fail("rotating the stack CA is not available yet: the CA's key is kept as the secret hastack:ca; "
-             "valid: " + ", ".join(ROTATABLE))
     if what not in ROTATABLE:
         fail(f"cannot rotate {what!r}: valid are {', '.join(ROTATABLE)}")
     kinds = KINDS if what == "all" else (what,)
@@ -163,7 +163,7 @@ def rotate_cmd(what: str = typer.Argument(..., help="seed, backup-keys, failover
 def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (their name in hastack:admins)"),
                  stack: str = StackOption, token_stdin: bool = TokenStdin) -> None:
     """An admin leaves: removed from the stack file, every secret they could have read rotated (seed, backup
-    keys, failover token), every host converged and checked. Prints what was done and what is left to do."""
+    keys, failover token, stack CA), every host converged and checked. Prints what was done and what is left to do."""
     import os
 
     from hastack.converge import connected
@@ -202,9 +202,7 @@ def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (the
     if left:
         fail(f"{name} is still on: " + "; ".join(f"{h}: {what}" for h, what in left.items()))
     job.done.append(f"checked all {len(entries)} hosts: no account, home, process, sudo or sshd rule of {name}")
-    by_hand = [f"take {name} out of the Pulumi backend's and the CI's access (their own accounts, not this stack's)",
-               "rotate the stack CA by hand if its key must change too (hastack:ca; `hastack rotate ca` is not "
-               "available yet)"]
+    by_hand = [f"take {name} out of the Pulumi backend's and the CI's access (their own accounts, not this stack's)"]
     if cloud:
         by_hand.insert(0, "delete the old failover token in the Hetzner console (Security -> API tokens), and any "
                           f"Hetzner or AWS console access of {name}")

@@ -79,9 +79,11 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
             floating_ip_id=outputs.get("floatingIpId"),
             public_ip=host.get("public_ipv4"),
             pki_dir=data.get("pki_dir") or str(pki_root() / data.get("stack", "stack")),
+            # while the stack's CA rotates, the other CA its services trust (hastack.ca_rotation)
+            ca_also=list(secrets.get("ca_also") or []),
         )
         if data["pki_dir"] not in installed:
-            install_stack_ca(data["pki_dir"], data.get("stack", "stack"), secrets.get("ca"))
+            install_stack_ca(data["pki_dir"], data.get("stack", "stack"), secrets.get("ca"), data["ca_also"])
             installed.add(data["pki_dir"])
         # each role says what its hosts take from the outputs: no secret reaches a host that does not use it
         for role_name in data.get("roles") or []:
@@ -92,13 +94,13 @@ def host_entries(outputs: dict[str, Any], ssh_user: str | None = None) -> dict[s
     return entries
 
 
-def install_stack_ca(pki_dir: str, stack: str, ca: dict[str, str] | None) -> None:
+def install_stack_ca(pki_dir: str, stack: str, ca: dict[str, str] | None, also: list[str] = ()) -> None:
     """The stack's CA from its outputs into ``pki_dir`` (0600), before any role issues a certificate."""
     if not ca or not ca.get("cert") or not ca.get("key"):
         raise InventoryError(f"the stack outputs hold no CA (secrets.ca): run `hastack ca store --stack {stack}` "
                              "and `pulumi up`; a converge never makes a new CA")
     try:
-        CertificateAuthority(pki_dir, stack).install(ca["cert"], ca["key"])
+        CertificateAuthority(pki_dir, stack, also=also).install(ca["cert"], ca["key"])
     except (ValueError, CAMismatch) as e:
         raise InventoryError(f"the stack CA: {e}") from None
 

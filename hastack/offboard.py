@@ -3,8 +3,9 @@
 An admin who ran a converge or `pulumi up` could read every secret the stack
 has. `hastack offboard NAME` removes them from the stack file, then rotates in
 one pass everything they could have read: the backup keys and the failover
-token are made new first, the seed's three converges hand all of it to the
-hosts (the first one also removes the admin's account everywhere), then the
+token are made new first, the three converges of the seed's and the stack
+CA's rotations hand all of it to the hosts (the first one also removes the
+admin's account everywhere), then the
 old backup keys and the old token are deleted. Then every host is checked: no
 account, no home, no key, no process of theirs.
 """
@@ -20,9 +21,9 @@ from typing import Callable
 
 import yaml
 
-from hastack.seed_rotation import rotate
+from hastack.seed_rotation import rotate_together
 
-KINDS = ("seed", "backup-keys", "failover-token")
+KINDS = ("seed", "ca", "backup-keys", "failover-token")
 
 
 class OffboardError(Exception):
@@ -87,10 +88,17 @@ def rotate_secrets(secrets, kinds: tuple[str, ...], endpoint: str, ask_token: Ca
         token = secrets.new_token(endpoint, ask_token)
         done.append("a new failover token, checked: it reads the stack's floating IP")
         say(done[-1])
-    if "seed" in kinds:
-        stages = rotate(secrets.load_seed, secrets.save_seed, secrets.converge, say=say)
-        done.append(f"a new secret seed ({' -> '.join(stages)}): every MariaDB, Redis, Sentinel and Cassandra "
-                    "password changed; the old ones are refused")
+    staged = ([(secrets.load_seed, secrets.save_seed, None)] if "seed" in kinds else []) + \
+        ([(secrets.load_ca, secrets.save_ca, secrets.new_ca())] if "ca" in kinds else [])
+    if staged:
+        # the seed and the CA in step: three converges for both
+        stages = rotate_together(staged, secrets.converge, say=say)
+        if "seed" in kinds:
+            done.append(f"a new secret seed ({' -> '.join(stages)}): every MariaDB, Redis, Sentinel and Cassandra "
+                        "password changed; the old ones are refused")
+        if "ca" in kinds:
+            done.append(f"a new stack CA ({' -> '.join(stages)}), with name constraints: every certificate issued "
+                        "again by it; the old CA is trusted nowhere")
     else:
         secrets.converge("the new " + " and ".join(kinds))
     if token is not None:

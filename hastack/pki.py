@@ -47,11 +47,12 @@ class CAMismatch(Exception):
 class Issued:
     cert_pem: str
     key_pem: str
-    ca_pem: str
+    ca_pem: str              # what a service trusts: the stack CA, and while it rotates the other one too
+    issuer_pem: str = ""     # the CA that signed cert_pem (ca_pem when empty)
 
     @property
     def chain_pem(self) -> str:
-        return self.cert_pem + self.ca_pem
+        return self.cert_pem + (self.issuer_pem or self.ca_pem)
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -96,10 +97,56 @@ def split_pem(bundle: str) -> dict[str, str]:
     return {"cert": (cert + sep).strip() + "\n" if sep else "", "key": key.strip() + "\n" if key.strip() else ""}
 
 
+def new_ca(name: str, dns: list[str] | tuple = (), networks: list[str] | tuple = ()) -> tuple[str, str]:
+    """A new CA, in memory: (certificate PEM, key PEM). With ``dns`` or ``networks`` it carries critical
+    name constraints: it may sign only those names (and the names below them) and addresses."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hastack {name} internal CA"),
+                         x509.NameAttribute(NameOID.SERIAL_NUMBER, f"{x509.random_serial_number():x}"[:16])])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    permitted = [x509.DNSName(d.lower()) for d in sorted(set(dns))]
+    permitted += [x509.IPAddress(ipaddress.ip_network(n, strict=False)) for n in sorted(set(networks))]
+    if permitted:
+        builder = builder.add_extension(x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
+                                        critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key).decode()
+
+
+def not_permitted(ca_cert: x509.Certificate, dns: list[str], ips: list[str]) -> list[str]:
+    """The names and addresses among ``dns`` and ``ips`` that ``ca_cert``'s name constraints forbid (a name
+    type without permitted subtrees is free). Empty: all permitted, or the CA has no constraints."""
+    try:
+        nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return []
+    subtrees = nc.permitted_subtrees or []
+    names = [t.value.lower() for t in subtrees if isinstance(t, x509.DNSName)]
+    nets = [t.value for t in subtrees if isinstance(t, x509.IPAddress)]
+    bad = [d for d in dns if names and not any(d.lower() == n or d.lower().endswith("." + n) for n in names)]
+    bad += [i for i in ips if nets and not any(ipaddress.ip_address(i) in n for n in nets)]
+    return bad
+
+
 class CertificateAuthority:
-    def __init__(self, directory: Path, name: str):
+    def __init__(self, directory: Path, name: str, also: tuple[str, ...] | list[str] = ()):
+        """``also``: the certificates of other CAs the stack's services trust meanwhile: the next CA, or
+        the previous one, while the stack's CA rotates (hastack.ca_rotation)."""
         self.dir = Path(directory)
         self.name = name
+        self.also = [first_certificate(pem) for pem in also if pem and pem.strip()]
         self.key_path = self.dir / "ca.key"
         self.cert_path = self.dir / "ca.crt"
 
@@ -122,13 +169,16 @@ class CertificateAuthority:
 
     def install(self, cert_pem: str, key_pem: str) -> bool:
         """Write the stack's CA (from its custody) here; True if written. An existing, different CA is
-        refused: it signed what the hosts have, and replacing it is a rotation, not a converge."""
+        refused: it signed what the hosts have, and replacing it is a rotation, not a converge; unless it
+        is the CA this one replaces (in ``also``: the rotation's switch)."""
         check_pair(cert_pem, key_pem)
         if self.exists():
-            if self.cert_path.read_text().strip() != cert_pem.strip():
+            here = self.cert_path.read_text().strip()
+            if here == cert_pem.strip():
+                return False
+            if here not in (pem.strip() for pem in self.also):
                 raise CAMismatch(f"{self.dir} holds a CA other than the stack's (the secret hastack:ca); move it away "
                                  "if the stack's config is right, or store this one with `hastack ca store`")
-            return False
         _write_secret(self.key_path, key_pem.encode())
         self.cert_path.write_text(cert_pem)
         return True
@@ -137,27 +187,18 @@ class CertificateAuthority:
         """A new CA here (`hastack ca store` and the lab only); refused over an existing one."""
         if self.key_path.exists() or self.cert_path.exists():
             raise FileExistsError(f"{self.dir} already holds a CA")
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hastack {self.name} internal CA")])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(minutes=5))
-            .not_valid_after(_now() + dt.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        _write_secret(self.key_path, _key_pem(key))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cert_pem, key_pem = new_ca(self.name)
+        _write_secret(self.key_path, key_pem.encode())
+        self.cert_path.write_text(cert_pem)
 
     @property
     def ca_pem(self) -> str:
+        """What the stack's services trust: this CA, and while it rotates the other one."""
+        own = self.cert_path.read_text()
+        return own + "".join(pem for pem in self.also if pem.strip() != own.strip())
+
+    @property
+    def issuer_pem(self) -> str:
         return self.cert_path.read_text()
 
     def ca_pem_ensured(self) -> str:
@@ -194,8 +235,9 @@ class CertificateAuthority:
         def cached() -> Issued | None:
             if cert_path.exists() and key_path.exists() and meta_path.exists():
                 cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-                if json.loads(meta_path.read_text()) == wanted and cert.not_valid_after_utc - _now() > RENEW_BEFORE:
-                    return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
+                if (json.loads(meta_path.read_text()) == wanted and cert.not_valid_after_utc - _now() > RENEW_BEFORE
+                        and self._signed(cert)):
+                    return self._issued(cert_path.read_text(), key_path.read_text())
             return None
 
         if (found := cached()) is not None:
@@ -207,7 +249,7 @@ class CertificateAuthority:
                 _write_secret(key_path, key_pem.encode())
                 cert_path.write_text(cert_pem)
                 meta_path.write_text(json.dumps(wanted))
-                return Issued(cert_pem, key_pem, self.ca_pem)
+                return self._issued(cert_pem, key_pem)
         # Reading the host let the other hosts' preparations run: one that shares this
         # certificate (the load balancers' site) may have issued it meanwhile.
         if (found := cached()) is not None:
@@ -215,6 +257,11 @@ class CertificateAuthority:
 
         ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        outside = not_permitted(ca_cert, list(dns), [str(i) for i in ips])
+        if outside:
+            raise ValueError(f"the stack CA may not sign {', '.join(outside)} for {name} (its name constraints were "
+                             f"fixed when it was made); `hastack rotate ca --stack {self.name}` makes a CA for the "
+                             "stack as it is now")
         key = ec.generate_private_key(ec.SECP256R1())
         sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
@@ -235,7 +282,18 @@ class CertificateAuthority:
         _write_secret(key_path, _key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         meta_path.write_text(json.dumps(wanted))
-        return Issued(cert_path.read_text(), key_path.read_text(), self.ca_pem)
+        return self._issued(cert_path.read_text(), key_path.read_text())
+
+    def _issued(self, cert_pem: str, key_pem: str) -> Issued:
+        return Issued(cert_pem, key_pem, self.ca_pem, self.issuer_pem)
+
+    def _signed(self, cert: x509.Certificate) -> bool:
+        """Whether this CA signed ``cert`` (one kept from before a rotation's switch was not)."""
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(self.cert_path.read_bytes()))
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            return False
 
 
 PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)

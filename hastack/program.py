@@ -8,6 +8,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from hastack import model as topology
+from hastack.ca_rotation import CA_NEXT, CA_PREVIOUS
 from hastack.cloud.aws_backup import BackupBucket, restore_source
 from hastack.cloud.converge_resource import Converge, code_digest, data_digest
 from hastack.cloud.hetzner import HetznerStack
@@ -43,6 +44,17 @@ def stack_ca(hastack_config: pulumi.Config, stack: str) -> pulumi.Output:
     return pulumi.Output.secret(ca.apply(split_pem))
 
 
+def ca_also(hastack_config: pulumi.Config) -> dict[str, pulumi.Output]:
+    """While the stack CA rotates (hastack.ca_rotation): the other CA's certificate, which services trust too."""
+    also = [key for key in (CA_NEXT, CA_PREVIOUS) if hastack_config.get(key) is not None]
+    if len(also) == 2:
+        raise pulumi.RunError(f"hastack:{CA_NEXT} and hastack:{CA_PREVIOUS} are both set: a CA rotation is either "
+                              f"before its switch or after it; `hastack rotate ca` sets one at a time")
+    if not also:
+        return {}
+    return {"ca_also": hastack_config.require_secret(also[0]).apply(lambda pem: [split_pem(pem)["cert"]])}
+
+
 def seed_secrets(hastack_config: pulumi.Config) -> dict[str, pulumi.Output]:
     """The seed clients use and, while it rotates (hastack.seed_rotation), the other one services accept."""
     seed = hastack_config.require_secret(SEED)
@@ -69,6 +81,7 @@ def main() -> None:
     failover_token = hastack_config.require_secret("failoverToken")
     seed = seed_secrets(hastack_config)
     ca = stack_ca(hastack_config, stack)  # before any resource: without it nothing is created
+    trusted_too = ca_also(hastack_config)
     hetzner = HetznerStack("hetzner", topo)
     backup = BackupBucket("backup", topo)
 
@@ -78,6 +91,7 @@ def main() -> None:
         "backup_writers": backup.writer_credentials,  # host -> its own put-only key
         "restore_reader": backup.reader_credentials,
         "ca": ca,
+        **trusted_too,
     })
     machines = {
         name: Server(server_id=server.id, public_ipv4=server.ipv4_address, public_ipv6=server.ipv6_address,

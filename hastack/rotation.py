@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+from hastack.ca_rotation import CAState
 from hastack.seed_rotation import PulumiSeedStore, RotationError, SeedState
 from hastack.token_rotation import TokenError, check_token
 
@@ -50,6 +51,20 @@ class LabSecrets:
         from hastack.lab.layout import save_lab_seed_state
 
         save_lab_seed_state(self.lab.paths, state)
+
+    # -- the stack CA
+    def load_ca(self):
+        return self.lab.ca_state()
+
+    def save_ca(self, state) -> None:
+        from hastack.lab.layout import save_lab_ca_state
+
+        save_lab_ca_state(self.lab.paths, state)
+
+    def new_ca(self) -> Callable[[], str]:
+        from hastack.ca_rotation import make_next, permitted_names
+
+        return make_next(self.lab.stack, *permitted_names(self.lab.topo, self.lab.addr.floating_ip))
 
     # -- the backup keys
     def new_backup_keys(self) -> str:
@@ -102,10 +117,12 @@ class PulumiSecrets:
     `pulumi up`."""
 
     def __init__(self, stack: str, cwd: Path, floating_ip_id: Callable[[], int], pulumi: str = "pulumi",
-                 up: Callable[[str], None] | None = None):
+                 up: Callable[[str], None] | None = None, floating_ip: Callable[[], str] | None = None):
         self.stack, self.cwd, self.pulumi = stack, cwd, pulumi
         self.seed_store = PulumiSeedStore(stack, pulumi=pulumi, cwd=cwd)
+        self.ca_store = PulumiSeedStore(stack, pulumi=pulumi, cwd=cwd, state=CAState)
         self.floating_ip_id = floating_ip_id
+        self.floating_ip = floating_ip or (lambda: None)
         self.converge = up or self._up
 
     def _cli(self, *args: str, input: str | None = None) -> None:
@@ -130,6 +147,18 @@ class PulumiSecrets:
 
     def save_seed(self, state: SeedState) -> None:
         self.seed_store.save(state)
+
+    def load_ca(self) -> CAState:
+        return self.ca_store.load()
+
+    def save_ca(self, state: CAState) -> None:
+        self.ca_store.save(state)
+
+    def new_ca(self, floating_ip: str | None = None) -> Callable[[], str]:
+        from hastack.ca_rotation import make_next, permitted_names
+        from hastack.stackfile import load_stack
+
+        return make_next(self.stack, *permitted_names(load_stack(self.stack), floating_ip or self.floating_ip()))
 
     def new_backup_keys(self) -> str:
         from hastack.stackfile import read_stack_file

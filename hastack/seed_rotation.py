@@ -36,11 +36,20 @@ class SeedState:
     next: str | None = None
     previous: str | None = None
 
+    KEYS = (SEED, NEXT, PREVIOUS)  # where a Pulumi stack keeps the three
+    WHAT = "seed"
+    STAGE_TEXT = {
+        "accept": "every service accepts the old and the new passwords; clients keep the old",
+        "switch": "clients move to the new passwords; services still accept both",
+        "done": "services accept only the new passwords; the old ones stop working",
+    }
+
     def __post_init__(self):
+        key, next_key, previous_key = self.KEYS
         if not self.seed:
-            raise RotationError(f"no secret seed (hastack:{SEED})")
+            raise RotationError(f"no {self.WHAT} (hastack:{key})")
         if self.next and self.previous:
-            raise RotationError(f"hastack:{NEXT} and hastack:{PREVIOUS} are both set: a rotation is either "
+            raise RotationError(f"hastack:{next_key} and hastack:{previous_key} are both set: a rotation is either "
                                 f"before its switch (next) or after it (previous); remove the one that is stale")
 
     @classmethod
@@ -63,54 +72,75 @@ class SeedState:
         also = self.next or self.previous
         return {"seed": self.seed, **({"seed_also": also} if also else {})}
 
-    def advance(self) -> "SeedState":
-        """The state of the rotation's next converge (a finished one starts a new rotation)."""
+    def new_value(self) -> str:
+        return random.token_hex(32)
+
+    def advance(self, new=None) -> "SeedState":
+        """The state of the rotation's next converge (a finished one starts a new rotation, with ``new()``
+        as the next value when given)."""
+        cls = type(self)
         if self.next:
-            return SeedState(seed=self.next, previous=self.seed)
+            return cls(seed=self.next, previous=self.seed)
         if self.previous:
-            return SeedState(seed=self.seed)
-        return SeedState(seed=self.seed, next=random.token_hex(32))
+            return cls(seed=self.seed)
+        return cls(seed=self.seed, next=(new or self.new_value)())
 
 
-def rotation_steps(state: SeedState) -> list[SeedState]:
+def rotation_steps(state: SeedState, new=None) -> list[SeedState]:
     """Every state still to converge until the rotation is done, from ``state`` (which has converged)."""
-    steps = [state.advance()]
+    steps = [state.advance(new)]
     while steps[-1].stage != "done":
-        steps.append(steps[-1].advance())
+        steps.append(steps[-1].advance(new))
     return steps
 
 
-def rotate(load, save, converge, say=print) -> list[str]:
-    """Runs a rotation to its end: ``load()`` -> the stored SeedState, ``save(state)`` stores one,
-    ``converge(stage)`` converges the stack on the stored state (raises when it fails). A rotation
-    found half way is converged where it stopped first, then carried on. Returns the stages run."""
-    state = load()
+def rotate(load, save, converge, say=print, new=None) -> list[str]:
+    """Runs a rotation to its end: ``load()`` -> the stored state (SeedState, or hastack.ca_rotation.CAState),
+    ``save(state)`` stores one, ``converge(stage)`` converges the stack on the stored state (raises when it
+    fails); ``new()``: the next value, when the state cannot make one itself. A rotation found half way is
+    converged where it stopped first, then carried on. Returns the stages run."""
+    return rotate_together([(load, save, new)], converge, say)
+
+
+def rotate_together(rotations, converge, say=print) -> list[str]:
+    """Several rotations (``(load, save, new)`` each) in step: one converge per stage for all of them (the
+    accept stage of each, then the switch of each, then the end of each). One found half way is brought to
+    its end alone instead (that ends its rotation)."""
     done = []
-    if state.stage != "done":
-        say(f"a seed rotation stopped at its {state.stage} stage: converging that again first")
+    fresh = []
+    for load, save, new in rotations:
+        state = load()
+        if state.stage == "done":
+            fresh.append((state, save, new))
+            continue
+        say(f"a {state.WHAT} rotation stopped at its {state.stage} stage: converging that again first")
         converge(state.stage)
         done.append(state.stage)
-    for step in rotation_steps(state):
-        save(step)
-        say(f"seed rotation, {step.stage}: " + STAGE_TEXT[step.stage])
-        converge(step.stage)
-        done.append(step.stage)
+        for step in rotation_steps(state, new):
+            save(step)
+            say(f"{step.WHAT} rotation, {step.stage}: " + step.STAGE_TEXT[step.stage])
+            converge(step.stage)
+            done.append(step.stage)
+    plans = [rotation_steps(state, new) for state, _, new in fresh]
+    for steps in zip(*plans):
+        for step, (_, save, _) in zip(steps, fresh):
+            save(step)
+            say(f"{step.WHAT} rotation, {step.stage}: " + step.STAGE_TEXT[step.stage])
+        converge(steps[0].stage)
+        done.append(steps[0].stage)
     return done
 
 
-STAGE_TEXT = {
-    "accept": "every service accepts the old and the new passwords; clients keep the old",
-    "switch": "clients move to the new passwords; services still accept both",
-    "done": "services accept only the new passwords; the old ones stop working",
-}
+STAGE_TEXT = SeedState.STAGE_TEXT
 
 
 class PulumiSeedStore:
-    """The seed and its rotation stage in a Pulumi stack's secrets, through the Pulumi CLI; values travel
-    on standard input and output, never on a command line."""
+    """The seed (or another staged secret: ``state``, hastack.ca_rotation.CAState) and its rotation stage in a
+    Pulumi stack's secrets, through the Pulumi CLI; values travel on standard input and output, never on a
+    command line."""
 
-    def __init__(self, stack: str, pulumi: str = "pulumi", cwd=None):
-        self.stack, self.pulumi, self.cwd = stack, pulumi, cwd
+    def __init__(self, stack: str, pulumi: str = "pulumi", cwd=None, state=SeedState):
+        self.stack, self.pulumi, self.cwd, self.state = stack, pulumi, cwd, state
 
     def _run(self, *args: str, input: str | None = None, check: bool = True):
         import subprocess
@@ -129,13 +159,15 @@ class PulumiSeedStore:
         return (proc.stdout.strip() or None) if proc.returncode == 0 else None
 
     def load(self) -> SeedState:
-        return SeedState.stored(self._get(SEED) or "", self._get(NEXT), self._get(PREVIOUS))
+        key, next_key, previous_key = self.state.KEYS
+        return self.state.stored(self._get(key) or "", self._get(next_key), self._get(previous_key))
 
     def save(self, state: SeedState) -> None:
-        # the other seed first: an interruption leaves both seeds stored, never one lost
-        for key, value in ((NEXT, state.next), (PREVIOUS, state.previous), (SEED, state.seed)):
+        key, next_key, previous_key = self.state.KEYS
+        # the other value first: an interruption leaves both stored, never one lost
+        for k, value in ((next_key, state.next), (previous_key, state.previous), (key, state.seed)):
             if value:
-                self._run("config", "set", "--secret", f"hastack:{key}", input=value)
-        for key, value in ((NEXT, state.next), (PREVIOUS, state.previous)):
+                self._run("config", "set", "--secret", f"hastack:{k}", input=value)
+        for k, value in ((next_key, state.next), (previous_key, state.previous)):
             if not value:
-                self._run("config", "rm", f"hastack:{key}", check=False)
+                self._run("config", "rm", f"hastack:{k}", check=False)

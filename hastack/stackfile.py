@@ -41,6 +41,8 @@ PLAIN_TEXT_REFUSED = (
     f"{NAMESPACE}:secretSeedNext",
     f"{NAMESPACE}:secretSeedPrevious",
     f"{NAMESPACE}:ca",
+    f"{NAMESPACE}:caNext",
+    f"{NAMESPACE}:caPrevious",
 )
 
 

@@ -10,6 +10,11 @@ from pyinfra.operations import files
 from hastack.pki import CertificateAuthority, Issued, first_key
 
 
+def stack_ca() -> CertificateAuthority:
+    """The stack CA on this converge, with the other CA the services trust while it rotates
+    (hastack.ca_rotation)."""
+    return CertificateAuthority(host.data.pki_dir, host.data.stack, also=host.data.get("ca_also") or [])
+
 
 def issue(name: str, on_host: list[str], dns: list[str], ips: list[str] = (), client: bool = False) -> Issued:
     """The certificate ``name`` from the stack CA for this host. ``on_host``: the files that hold it and
@@ -21,8 +26,7 @@ def issue(name: str, on_host: list[str], dns: list[str], ips: list[str] = (), cl
         key = first_key(text)
         return (text, key) if key and "BEGIN CERTIFICATE" in text else None
 
-    return CertificateAuthority(host.data.pki_dir, host.data.stack).issue(name, dns=dns, ips=ips, client=client,
-                                                                         current=current)
+    return stack_ca().issue(name, dns=dns, ips=ips, client=client, current=current)
 
 
 def put_tls_files(service: str, directory: str, owner: str, issued: Issued, dir_mode: str = "0750",

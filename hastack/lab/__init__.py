@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from hastack.lab import image, network, s3, services
 from hastack.lab.layout import (HCLOUD_API_PORT, S3_PORT, Addresses, Paths, default_paths, lab_api_tokens,
-                                lab_secret, lab_seed_state, lab_topology)
+                                lab_ca_state, lab_secret, lab_seed_state, lab_stack_pki, lab_topology,
+                                write_lab_stack_trust)
 from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
 from hastack.model import Topology
@@ -70,7 +71,7 @@ class Lab:
             token_file=lab_api_tokens(self.paths))
         services.start_s3(self.paths, self.addr, self.topo, log=self.log,
                           cert=self.ca.issue("s3", dns=["s3.lab"], ips=[self.addr.host_private]))
-        services.start_monitoring(self.paths, self.addr, self.stack)
+        services.start_monitoring(self.paths, self.addr, self.stack, ca_file=self.stack_trust_file)
         timings["network"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -213,7 +214,7 @@ class Lab:
         machines = {h.name: Server(server_id=self.server_id(h.name), public_ipv4=self.addr.public_ip(h))
                     for h in topo.hosts}
         provided = Provided({
-            "pki_dir": str(self.paths.pki),
+            "pki_dir": str(lab_stack_pki(self.paths)),
             "lab": True,
             "hcloud_api_endpoint": f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
             "hcloud_api_ca": self.ca.ca_pem,
@@ -225,9 +226,10 @@ class Lab:
             # the operator's age key: its public half encrypts the backups on the hosts
             "backup_age_recipients": [backup_age_recipient(self.paths)],
         })
-        ca = self.ca
+        ca = self.ca_state()
+        write_lab_stack_trust(self.paths, ca)
         secrets = {"failover_token": lab_secret(self.paths, "hcloud-token"), **lab_seed_state(self.paths).secrets(),
-                   "ca": {"cert": ca.ca_pem, "key": ca.key_path.read_text()}}
+                   **ca.secrets()}
         bucket = None
         backup = s3.load_credentials(self.paths)  # written by `lab up` (services.start_s3)
         if backup is not None:
@@ -261,8 +263,17 @@ class Lab:
     def ca(self):
         from hastack.pki import CertificateAuthority
 
-        # the lab keeps its own CA (.lab/pki): it is the lab stack's custody
+        # the lab keeps its own CA (.lab/pki): it signs its clouds' endpoints, and is the lab stack's first CA
         return CertificateAuthority.own(self.paths.pki, self.stack)
+
+    def ca_state(self):
+        """The lab stack's CA and its rotation (hastack.ca_rotation), kept in .lab/secrets once rotated."""
+        return lab_ca_state(self.paths, self.ca)
+
+    @property
+    def stack_trust_file(self) -> Path:
+        """What a client of the stack trusts (the site, its services): written at every converge and rotation."""
+        return write_lab_stack_trust(self.paths, self.ca_state())
 
     def _write_known_hosts(self) -> None:
         self.paths.ssh.mkdir(parents=True, exist_ok=True, mode=0o700)

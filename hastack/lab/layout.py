@@ -156,13 +156,60 @@ def lab_seed_state(paths: Paths):
 
 
 def save_lab_seed_state(paths: Paths, state) -> None:
-    """Writes each file (the other seed first) before removing any, so an interruption never loses a seed."""
-    for name, value in (("seed.next", state.next), ("seed.previous", state.previous), ("seed", state.seed)):
+    _save_staged(paths, "seed", state)
+
+
+def _save_staged(paths: Paths, name: str, state) -> None:
+    """Writes each file (the other value first) before removing any, so an interruption never loses one."""
+    staged = ((f"{name}.next", state.next), (f"{name}.previous", state.previous))
+    for file, value in (*staged, (name, state.seed)):
         if value:
-            write_private(paths.secrets / name, value)
-    for name, value in (("seed.next", state.next), ("seed.previous", state.previous)):
+            write_private(paths.secrets / file, value)
+    for file, value in staged:
         if not value:
-            (paths.secrets / name).unlink(missing_ok=True)
+            (paths.secrets / file).unlink(missing_ok=True)
+
+
+def lab_stack_pki(paths: Paths) -> Path:
+    """Where the converge keeps the lab stack's CA and what it issued (the inventory's pki_dir): apart from
+    the lab's own CA in .lab/pki, which signs the lab's clouds (its Hetzner API, its S3) and never rotates."""
+    return paths.pki / "stack"
+
+
+def lab_stack_trust(paths: Paths) -> Path:
+    """What a client of the lab stack trusts (the site, the services): its CA, and while it rotates the other."""
+    return paths.pki / "stack-trust.crt"
+
+
+def lab_ca_state(paths: Paths, lab_ca):
+    """The lab stack's CA (hastack.ca_rotation): at first the lab's own CA, ``lab_ca``; once rotated, the one
+    in .lab/secrets/ca; while it rotates, the next or previous one."""
+    from hastack.ca_rotation import CAState
+
+    current = paths.secrets / "ca"
+    other = {name: (paths.secrets / f"ca.{name}") for name in ("next", "previous")}
+    return CAState.stored(current.read_text() if current.exists() else lab_ca.issuer_pem + lab_ca.key_path.read_text(),
+                          **{k: p.read_text() for k, p in other.items() if p.exists()})
+
+
+def save_lab_ca_state(paths: Paths, state) -> None:
+    _save_staged(paths, "ca", state)
+    write_lab_stack_trust(paths, state)
+
+
+def write_lab_stack_trust(paths: Paths, state) -> Path:
+    """The trust file of the lab stack's clients, and the lab's uptime probe's copy (read at every probe)."""
+    ca = state.secrets()
+    text = ca["ca"]["cert"] + "".join(ca.get("ca_also", []))
+    path = lab_stack_trust(paths)
+    for target in (path, paths.run / "uptime" / "stack-ca.crt"):
+        if (target == path or target.exists()) and (not target.exists() or target.read_text() != text):
+            # whole or not at all: the probes read it while it changes
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)
+    return path
 
 
 API_TOKENS = "hcloud-api-tokens"

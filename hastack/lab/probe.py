@@ -19,11 +19,25 @@ import urllib.error
 import urllib.request
 
 
+class Trust:
+    """The TLS context for the stack's CA file, made again when the file changes: while the stack CA rotates
+    the file holds both CAs, then the new one only, as a client's trust store is updated."""
+
+    def __init__(self, ca: str):
+        self.ca, self.seen, self.ctx = ca, None, None
+
+    def context(self) -> ssl.SSLContext:
+        stamp = os.stat(self.ca).st_mtime_ns
+        if stamp != self.seen:
+            self.ctx, self.seen = ssl.create_default_context(cafile=self.ca), stamp
+        return self.ctx
+
+
 def write_probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
     """POST a record with a fresh request_id each time; 201 is an acknowledged write."""
     import uuid
 
-    ctx = ssl.create_default_context(cafile=ca)
+    trust = Trust(ca)
     end = time.monotonic() + duration
     n = 0
     while time.monotonic() < end:
@@ -34,7 +48,7 @@ def write_probe(url: str, ca: str, interval: float, duration: float, timeout: fl
         try:
             req = urllib.request.Request(url, method="POST", data=json.dumps({"request_id": request_id, "value": f"w{n}"}).encode(),
                                          headers={"Connection": "close", "Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=trust.context()) as resp:
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 201, status=resp.status, id=body.get("id"), host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point
@@ -63,7 +77,7 @@ def _describe(e: Exception) -> str:
 
 
 def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
-    ctx = ssl.create_default_context(cafile=ca)
+    trust = Trust(ca)
     end = time.monotonic() + duration
     while time.monotonic() < end:
         started = time.time()
@@ -72,7 +86,7 @@ def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -
         try:
             # a new connection every time: a client stuck on a dead server's keep-alive would hide the failover
             req = urllib.request.Request(url, headers={"Connection": "close"})
-            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=trust.context()) as resp:
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 200, status=resp.status, host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point
@@ -109,7 +123,7 @@ def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: 
     out = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
-         f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.ca.cert_path), "--interval", str(interval),
+         f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.stack_trust_file), "--interval", str(interval),
          "--duration", str(seconds), "--timeout", str(timeout), *(["--write"] if write else [])],
         stdout=out, text=True, preexec_fn=_die_with_parent)
     proc.answers = out

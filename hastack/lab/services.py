@@ -140,7 +140,7 @@ def status_url(addr: Addresses) -> str:
     return f"http://{addr.host_public}:{STATUS_WEB_PORT}/"
 
 
-def start_monitoring(paths: Paths, addr: Addresses, stack: str) -> None:
+def start_monitoring(paths: Paths, addr: Addresses, stack: str, ca_file: Path | None = None) -> None:
     """What sits outside the stack: the alert receiver (operator host), the uptime probe (the
     internet namespace, as an external host would be) and the status page (operator host)."""
     from dataclasses import replace
@@ -153,7 +153,8 @@ def start_monitoring(paths: Paths, addr: Addresses, stack: str) -> None:
         "--bind", f"{addr.host_private}:{ALERT_RECEIVER_PORT}", "--bind", f"{addr.host_public}:{ALERT_RECEIVER_PORT}",
     ])
     probe = uptime.for_stack(stack, addr.floating_ip, prometheus=f"{addr.internet}:{UPTIME_PROMETHEUS_PORT}",
-                             alertmanager="127.0.0.1:9193", blackbox="127.0.0.1:9115", probe_from="lab-internet")
+                             alertmanager="127.0.0.1:9193", blackbox="127.0.0.1:9115", probe_from="lab-internet",
+                             ca_file=ca_file)
     # from the internet namespace the operator host is its public address
     probe = replace(probe, webhooks=(f"http://{addr.host_public}:{ALERT_RECEIVER_PORT}/uptime",), email=None)
     config = uptime.write_config(probe, paths.run / "uptime")

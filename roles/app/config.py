@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from roles.app import APP_PORT
-from roles.base.config import stack_ca_file
 from roles.mariadb import MARIADB_PORT, WRITER_AGENT_PORT
 from roles.redis import REDIS_PORT
 
 PROXY_CFG = "/etc/haproxy/haproxy.cfg"  # the local proxy to the MariaDB writer
 UNIT = "/etc/systemd/system/hastack-app.service"
 SETTINGS_DIR = "/etc/hastack-app"       # root-only: passwords and the TLS key, handed over as credentials
+CA_FILE = f"{SETTINGS_DIR}/ca.crt"      # the stack CA as the app trusts it (handed over as a credential too)
 
 
 def proxy_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,7 +35,8 @@ def unit_vars(data: Mapping[str, Any]) -> dict[str, Any]:
         "dependencies": data.get("app_dependencies") or [],
         "tls": data["app_tls"],
         "database": data["mariadb_database"],
-        "ca_file": stack_ca_file(data["stack"]),
+        "ca_file": "%d/ca.crt",  # %d: the unit's credentials directory, where CA_FILE arrives
+        "ca_credential": CA_FILE,
         "redis_hosts": [f"{ip}:{REDIS_PORT}" for ip in data["redis_hosts"].values()],
     }
 

@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from roles.tls_files import issue
+from roles.tls_files import issue, stack_ca
 from hastack.templating import template_path
 from roles.app import DEFAULTS
 from roles.app import config as c
@@ -46,7 +46,11 @@ def app() -> None:
         files.put(name="Redis password", src=StringIO(d.redis_passwords["app"]), dest="/etc/hastack-app/redis.password",
                   user="root", group="root", mode="0600"),
     ]
-    tls_ops = []
+    # the CA the app verifies MariaDB, Redis and Cassandra with: its own copy, so that a new trust (the stack
+    # CA rotating) restarts it before the services it talks to change their certificates
+    trust = files.put(name="Stack CA (the app's trust)", src=StringIO(stack_ca().ca_pem_ensured()),
+                      dest=c.CA_FILE, user="root", group="root", mode="0644")
+    tls_ops = [trust]
     if host.data.app_tls:
         issued = issue(f"app-{host.name}", ["/etc/hastack-app/tls.crt", "/etc/hastack-app/tls.key"],
                        dns=[host.name], ips=[host.data.private_ip])
@@ -54,7 +58,7 @@ def app() -> None:
                         user="root", group="root", mode="0644")
         key = files.put(name="TLS key", src=StringIO(issued.key_pem), dest="/etc/hastack-app/tls.key",
                         user="root", group="root", mode="0600")
-        tls_ops = [crt, key]
+        tls_ops += [crt, key]
     unit = files.template(name="Application unit", src=template_path("app", c.UNIT), dest=c.UNIT,
                           user="root", group="root", mode="0644", **tvars[c.UNIT])
     # a running application is restarted by the rolling restart (roles/app/restart.py), one server at a time

@@ -19,7 +19,7 @@ from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command, Hostname, Users
 from pyinfra.operations import files, server, systemd
 
-from hastack.pki import CertificateAuthority
+from roles.tls_files import stack_ca
 from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
@@ -168,7 +168,7 @@ def _stack_ca():
         return
     files.directory(name="Stack CA directory", path=c.STACK_CA_DIR, user="root", group="root", mode="0755")
     files.put(name="Stack CA for the services",
-              src=StringIO(CertificateAuthority(host.data.pki_dir, host.data.stack).ca_pem_ensured()),
+              src=StringIO(stack_ca().ca_pem_ensured()),
               dest=c.stack_ca_file(host.data.stack), user="root", group="root", mode="0644")
     removed = files.file(name="Stack CA out of the system trust store", path=c.system_store_ca_file(host.data.stack),
                          present=False)

@@ -10,8 +10,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
-from hastack.pki import CertificateAuthority
-from roles.tls_files import issue
+from roles.tls_files import issue, stack_ca
 from hastack.templating import template_path
 from roles import hcloud_agent, witness
 from roles.loadbalancer import DEFAULTS
@@ -66,19 +65,19 @@ def loadbalancer() -> None:
     files.directory(name="Certificate directory", path=c.CERT_DIR, user="root", group="haproxy", mode="0750")
     cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=c.CERT,
                      user="root", group="haproxy", mode="0640")
-    stack_ca = files.put(name="Stack CA (verifies the app servers)",
-                         src=StringIO(CertificateAuthority(d.pki_dir, d.stack).ca_pem_ensured()),
-                         dest=c.STACK_CA, user="root", group="root", mode="0644")
+    trust = files.put(name="Stack CA (verifies the app servers)",
+                  src=StringIO(stack_ca().ca_pem_ensured()),
+                  dest=c.STACK_CA, user="root", group="root", mode="0644")
     cfg = template("HAProxy configuration", c.HAPROXY_CFG)
     server.shell(name="Check HAProxy configuration", commands=[f"haproxy -c -q -f {c.HAPROXY_CFG}"],
-                 _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
+                 _if=lambda: cfg.did_change() or cert.did_change() or trust.did_change())
     systemd.service(name="HAProxy running", service="haproxy.service", running=True, enabled=True,
-                    reloaded=cfg.will_change or cert.will_change or stack_ca.will_change)
+                    reloaded=cfg.will_change or cert.will_change or trust.will_change)
     # a reload that fails keeps the old configuration running: check it really serves
     server.shell(name="HAProxy answers", commands=[
         f"for i in 1 2 3 4 5 6 7 8 9 10; do {c.CHECK_SCRIPT} && exit 0; sleep 0.5; done; "
         "journalctl -u haproxy -n 5 --no-pager; exit 1"],
-        _if=lambda: cfg.did_change() or cert.did_change() or stack_ca.did_change())
+        _if=lambda: cfg.did_change() or cert.did_change() or trust.did_change())
 
     # -- the failover agent
     hcloud_agent.install()

@@ -79,8 +79,8 @@ def for_stack(stack: str, floating_ip: str, ca_file: Path | None = None, **liste
     internal = topo.resolved_settings("loadbalancer")["lb_certificate"] == "internal"
     ca = None
     if internal:
-        pki = _lab_pki(stack) if _is_lab(stack) else pki_root() / stack
-        path = ca_file or CertificateAuthority(pki, stack).cert_path
+        path = ca_file or (_lab_stack_trust() if _is_lab(stack)
+                           else CertificateAuthority(pki_root() / stack, stack).cert_path)
         if not path.is_file():
             raise ValueError(f"the site's certificate is the stack's own (loadbalancer certificate: internal), and its "
                              f"CA {path} is not on this machine: copy it here and pass --ca-file")
@@ -111,10 +111,10 @@ def _topology(stack: str):
     return _lab_topology(stack) if _is_lab(stack) else load_stack(stack)
 
 
-def _lab_pki(stack: str) -> Path:
-    from hastack.lab.layout import default_paths
+def _lab_stack_trust() -> Path:
+    from hastack.lab.layout import default_paths, lab_stack_trust
 
-    return default_paths().pki
+    return lab_stack_trust(default_paths())
 
 
 def write_config(u: Uptime, directory: Path) -> dict[str, Path]:

@@ -62,4 +62,5 @@ def redis() -> None:
 
     exporter = template("Redis exporter settings", c.EXPORTER_ARGS, "root", "root", "0600")
     systemd.service(name="Redis exporter running", service="prometheus-redis-exporter.service", running=True,
-                    enabled=True, restarted=exporter.will_change)
+                    # the stack CA it verifies Redis with changed: it reads it at start only
+                    enabled=True, restarted=exporter.will_change or any(op.will_change for op in tls))

@@ -30,7 +30,7 @@ def settled(lab):
 def test_https_through_the_floating_ip_verifies_against_the_lab_ca(settled):
     lab = settled
     url = f"https://{lab.addr.floating_ip}/"
-    out = subprocess.run(CURL + ["--cacert", str(lab.ca.cert_path), "-D", "-", url], capture_output=True, text=True)
+    out = subprocess.run(CURL + ["--cacert", str(lab.stack_trust_file), "-D", "-", url], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     headers, body = out.stdout.split("\n\n", 1)  # text mode turned \r\n into \n
     assert json.loads(body)["host"] in {h.name for h in lab.topo.hosts_with_role("app")}
@@ -41,7 +41,7 @@ def test_https_through_the_floating_ip_verifies_against_the_lab_ca(settled):
     redirect = subprocess.run(CURL + ["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", f"http://{lab.addr.floating_ip}/"],
                               capture_output=True, text=True)
     assert redirect.stdout == f"301 https://{lab.addr.floating_ip}/"
-    old = subprocess.run(CURL + ["--cacert", str(lab.ca.cert_path), "--tls-max", "1.1", "--tlsv1.0", url], capture_output=True)
+    old = subprocess.run(CURL + ["--cacert", str(lab.stack_trust_file), "--tls-max", "1.1", "--tlsv1.0", url], capture_output=True)
     assert old.returncode != 0
 
 
@@ -91,7 +91,7 @@ def test_haproxy_dies_alone_and_the_ip_moves(settled):
     lab.exec(master, ["systemctl", "stop", "haproxy"], check=True)
     try:
         wait_for(lambda: owner(lab) == survivor, 15, f"the floating IP to move to {survivor}")
-        ok = subprocess.run(CURL + ["--cacert", str(lab.ca.cert_path), f"https://{lab.addr.floating_ip}/"],
+        ok = subprocess.run(CURL + ["--cacert", str(lab.stack_trust_file), f"https://{lab.addr.floating_ip}/"],
                             capture_output=True, text=True)
         assert ok.returncode == 0 and json.loads(ok.stdout)["host"]
     finally:
@@ -135,7 +135,7 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
     wait_for(lambda: not _holds_floating_ip(lab, backup), 10, f"{backup} (BACKUP) to release the floating IP")
     assert _holds_floating_ip(lab, master), f"{master} (MASTER) does not hold the floating IP"
     # and the site answers through the floating IP
-    ok = subprocess.run(CURL + ["--cacert", str(lab.ca.cert_path), f"https://{lab.addr.floating_ip}/"],
+    ok = subprocess.run(CURL + ["--cacert", str(lab.stack_trust_file), f"https://{lab.addr.floating_ip}/"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["host"] in {h.name for h in lab.topo.hosts_with_role("app")}

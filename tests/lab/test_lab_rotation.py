@@ -53,6 +53,78 @@ def logins(lab, seed: str) -> dict[str, bool]:
     }
 
 
+def tls_endpoints(lab) -> dict[str, tuple[str, str, int, str | None]]:
+    """A TLS endpoint of each kind the stack CA's certificates serve: (host, address, port, STARTTLS protocol)."""
+    from roles.app import APP_PORT
+    from roles.cassandra import PORTS as CASSANDRA_PORTS
+    from roles.mariadb import WRITER_PEER_PORT
+    from roles.witness import WITNESS_PORT
+
+    port = {p.name: p.port for p in CASSANDRA_PORTS}
+    first = {role: lab.topo.hosts_with_role(role)[0] for role in ("mariadb", "redis", "cassandra", "app", "monitoring")}
+    at = {role: (h.name, h.private_ip) for role, h in first.items()}
+    return {"mariadb": (*at["mariadb"], 3306, "mysql"), "mariadb writer agents": (*at["mariadb"], WRITER_PEER_PORT, None),
+            "redis": (*at["redis"], 6379, None), "sentinel": (*at["redis"], 26379, None),
+            "cassandra cql": (*at["cassandra"], port["cassandra-cql"], None),
+            "cassandra internode": (*at["cassandra"], port["cassandra-internode"], None),
+            "app": (*at["app"], APP_PORT, None), "witness": (*at["monitoring"], WITNESS_PORT, None),
+            "site": (None, lab.addr.floating_ip, 443, None)}
+
+
+def verified(lab, ca_pem: str, endpoint: tuple[str | None, str, int, str | None]) -> bool:
+    """Whether the endpoint's certificate chain verifies under ``ca_pem`` alone: OpenSSL's verdict, on the
+    service's own host (its firewall lets its own host in), or from the lab's internet side for the site."""
+    from hastack.lab.layout import INTERNET_NS
+
+    host, address, port, starttls = endpoint
+    script = ('f=$(mktemp); cat > "$f"; openssl s_client -connect "$1" -CAfile "$f" ${2:+-starttls "$2"} '
+              '</dev/null 2>&1; rm -f "$f"')
+    args = ["bash", "-c", script, "verify", f"{address}:{port}", starttls or ""]
+    if host is None:
+        out = subprocess.run(["ip", "netns", "exec", INTERNET_NS, *args], input=ca_pem, capture_output=True,
+                             text=True, timeout=30).stdout
+    else:
+        out = lab.exec(host, args, input=ca_pem).stdout
+    return "Verify return code: 0 (ok)" in out
+
+
+class Health:
+    """Samples MariaDB replication and the Cassandra ring every few seconds while secrets rotate: every TLS
+    error between the masters, every moment the ring had fewer than a quorum of nodes up."""
+
+    def __init__(self, lab):
+        import threading
+
+        from tests.support.cassandra_ring import ring
+
+        self.lab, self.ring, self.samples, self.problems = lab, ring(lab), 0, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        nodes = list(self.ring.nodes)
+        while not self.stop.wait(5):
+            self.samples += 1
+            for db in chaos.masters(self.lab):
+                status = self.lab.exec(db, ["mariadb", "-e", "SHOW SLAVE STATUS\\G"]).stdout
+                for line in status.splitlines():
+                    if "Last_IO_Error" in line or "Last_SSL_Error" in line:
+                        if any(w in line for w in ("SSL", "TLS", "certificate")):
+                            self.problems.append(f"{time.strftime('%T')} {db}: {line.strip()}")
+            view = next((v for v in (self.ring.status(n) for n in nodes) if v), None) or {}
+            up = sum(1 for m in view.values() if m.state == "UN")
+            if up < len(nodes) // 2 + 1:
+                self.problems.append(f"{time.strftime('%T')} cassandra: {up} of {len(nodes)} nodes up")
+
+    def __enter__(self) -> "Health":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
 def ssh_status(lab, host: str, user: str) -> int:
     cmd = lab.ssh_command(host, user=user)
     return subprocess.run(cmd + ["true"], capture_output=True, text=True, timeout=30).returncode
@@ -62,8 +134,9 @@ def test_offboarding_an_admin_under_load_rotates_everything_they_knew(lab):
     """`hastack offboard labops` from the command line while four clients write through the floating IP:
     no write fails or is lost; labops logs in nowhere and has no account left; every old derived password is
     refused by Redis, Sentinel, MariaDB and Cassandra and the new ones log in; the old backup keys are refused
-    by the lab S3 and the old failover token by the lab Hetzner API; replication and the Sentinels work; a
-    second converge changes nothing."""
+    by the lab S3 and the old failover token by the lab Hetzner API; the old CA verifies no service and the
+    new one every service, replication and the ring never saw a TLS failure or lost their quorum on the way;
+    replication and the Sentinels work; a second converge changes nothing."""
     from hastack.lab import Lab, s3
     from hastack.stackfile import stack_path
     from hastack.token_rotation import TokenError, check_token
@@ -74,10 +147,15 @@ def test_offboarding_an_admin_under_load_rotates_everything_they_knew(lab):
     assert old_seed.stage == "done" and all(logins(lab, old_seed.seed).values())
     old_keys = s3.load_credentials(lab.paths)
     old_token = (lab.paths.secrets / "hcloud-token").read_text().strip()
+    old_ca = lab.ca_state()
+    assert old_ca.stage == "done"
+    endpoints = tls_endpoints(lab)
+    old_ca_pem = old_ca.secrets()["ca"]["cert"]
+    assert {k: verified(lab, old_ca_pem, e) for k, e in endpoints.items()} == {k: True for k in endpoints}
     stack_file = stack_path("lab")
     original = stack_file.read_text()
     try:
-        with chaos.Run(lab, "offboard") as run:
+        with chaos.Run(lab, "offboard") as run, Health(lab) as health:
             run.fault()
             started = time.monotonic()
             proc = subprocess.run([sys.executable, "-m", "hastack.cli", "offboard", "labops", "--stack", "lab"],
@@ -86,10 +164,20 @@ def test_offboarding_an_admin_under_load_rotates_everything_they_knew(lab):
             run.back()
         result = run.result
         print(json.dumps({"offboard_s": round(took, 1), **{k: result[k] for k in
-                          ("requests", "acked", "failed", "lost", "errors", "duration_s")}}))
+                          ("requests", "acked", "failed", "lost", "errors", "duration_s")},
+                          "health_samples": health.samples, "health_problems": health.problems}))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "offboarded labops from lab in" in proc.stdout and "[x] removed labops from hastack:admins" in proc.stdout
         assert result["failed"] == 0 and result["lost"] == 0, result
+        assert health.samples > 10 and health.problems == [], health.problems
+
+        # the CA: a new one, with name constraints; the old one verifies no service, the new one every service
+        new_ca = lab.ca_state()
+        new_ca_pem = new_ca.secrets()["ca"]["cert"]
+        assert new_ca.stage == "done" and new_ca_pem != old_ca_pem and "ca_also" not in new_ca.secrets()
+        assert {k: verified(lab, new_ca_pem, e) for k, e in endpoints.items()} == {k: True for k in endpoints}
+        assert {k: verified(lab, old_ca_pem, e) for k, e in endpoints.items()} == {k: False for k in endpoints}
+        assert lab.stack_trust_file.read_text() == new_ca_pem
 
         # labops: nowhere
         assert {h: ssh_status(lab, h, "labops") for h in hosts} == {h: 255 for h in hosts}

@@ -25,7 +25,7 @@ def wait_for(predicate, timeout, what):
 
 def records_api(lab, method, path, **kw):
     """The application through the floating IP, as a user's client reaches it."""
-    cmd = INTERNET + ["curl", "-s", "--max-time", "10", "--cacert", str(lab.ca.cert_path),
+    cmd = INTERNET + ["curl", "-s", "--max-time", "10", "--cacert", str(lab.stack_trust_file),
                       "-X", method, f"https://{lab.addr.floating_ip}{path}", "-w", "\n%{http_code}"]
     if "json" in kw:
         cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(kw["json"])]

@@ -54,7 +54,8 @@ def test_app_unit_runs_the_reference_app_against_the_topology(stack):
     assert env["HASTACK_BIND"] == host.private_ip and env["HASTACK_PORT"] == str(APP_PORT)
     assert env["HASTACK_DEPENDENCIES"] == ""
     assert env["HASTACK_MYSQL_HOST"] == "mariadb-writer" and env["HASTACK_MYSQL_DATABASE"] == "hastack"
-    assert env["HASTACK_CA_FILE"] == f"/etc/ssl/hastack/{stack}-ca.crt"
+    # the stack CA as the app's own credential: a change of it restarts the app (the CA rotating)
+    assert env["HASTACK_CA_FILE"] == "%d/ca.crt" and "LoadCredential=ca.crt:/etc/hastack-app/ca.crt" in lines
     assert env["HASTACK_REDIS_HOSTS"].split(",") == [f"{h.private_ip}:{REDIS_PORT}" for h in topo.hosts_with_role("redis")]
     # app_tls is on by default: the certificate and key reach the service as credentials
     assert "LoadCredential=tls.crt:/etc/hastack-app/tls.crt" in lines

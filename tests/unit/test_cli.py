@@ -86,8 +86,8 @@ def test_inventory_from_recorded_outputs():
     (["offboard", "dave"], {}, "'dave' is not an admin of this stack (hastack:admins: alice, bob)"),
     (["offboard", "alice"], {"HASTACK_SSH_USER": "alice"}, "HASTACK_SSH_USER is alice, the admin who leaves"),
     (["offboard", "bob"], {}, "the Pulumi CLI is not installed: it reads the outputs of stack 'prod'"),
-    (["rotate", "ca"], {}, "rotating the stack CA is not available yet"),
-    (["rotate", "passwords"], {}, "cannot rotate 'passwords': valid are seed, backup-keys, failover-token, all"),
+    (["rotate", "ca"], {}, "the Pulumi CLI is not installed: it reads the outputs of stack 'prod'"),
+    (["rotate", "passwords"], {}, "cannot rotate 'passwords': valid are seed, ca, backup-keys, failover-token, all"),
 ])
 def test_offboard_and_rotate_refuse_bad_input_and_change_nothing(args, env, message):
     stack_file = ROOT / "stacks" / "Pulumi.prod.yaml"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hastack.offboard import OffboardError, remove_admin, rotate_secrets, traces, traces_command
+from hastack.ca_rotation import CAState
+from hastack.offboard import KINDS, OffboardError, remove_admin, rotate_secrets, traces, traces_command
 from hastack.seed_rotation import SeedState
 from hastack.stackfile import stack_path
 
@@ -65,13 +66,22 @@ def test_an_admin_in_a_flow_list_is_left_to_the_operator():
 
 class FakeSecrets:
     def __init__(self, log):
-        self.log, self.state = log, SeedState("old")
+        self.log, self.state, self.ca = log, SeedState("old"), CAState("old CA")
 
     def load_seed(self):
         return self.state
 
     def save_seed(self, state):
         self.state = state
+
+    def load_ca(self):
+        return self.ca
+
+    def save_ca(self, state):
+        self.ca = state
+
+    def new_ca(self):
+        return lambda: "new CA"
 
     def converge(self, what):
         self.log.append(f"converge {what}")
@@ -95,11 +105,14 @@ class FakeSecrets:
 
 def test_everything_new_is_made_before_the_first_converge_and_the_old_goes_after_the_last():
     log = []
-    done = rotate_secrets(FakeSecrets(log), ("seed", "backup-keys", "failover-token"), "https://api",
-                          lambda: "tok", lambda token: {"lb1": "new", "db1": "new"}, say=lambda m: None)
+    secrets = FakeSecrets(log)
+    done = rotate_secrets(secrets, KINDS, "https://api", lambda: "tok", lambda token: {"lb1": "new", "db1": "new"},
+                          say=lambda m: None)
+    # the seed and the CA rotate in step: three converges for both
     assert log == ["new keys", "new token", "converge accept", "converge switch", "converge done",
                    "retire token", "retire keys"]
     assert "every agent host holds the new failover token" in done
+    assert secrets.state.stage == secrets.ca.stage == "done" and secrets.ca == CAState("new CA")
 
 
 def test_the_old_token_is_kept_while_an_agent_host_does_not_hold_the_new_one():
@@ -112,8 +125,8 @@ def test_the_old_token_is_kept_while_an_agent_host_does_not_hold_the_new_one():
 
 def test_an_unknown_secret_is_refused_before_anything_is_made():
     log = []
-    with pytest.raises(OffboardError, match="unknown secret ca: one of seed, backup-keys, failover-token or all"):
-        rotate_secrets(FakeSecrets(log), ("ca",), "https://api", None, dict, say=lambda m: None)
+    with pytest.raises(OffboardError, match="unknown secret keys: one of seed, ca, backup-keys, failover-token or all"):
+        rotate_secrets(FakeSecrets(log), ("keys",), "https://api", None, dict, say=lambda m: None)
     assert log == []
 
 

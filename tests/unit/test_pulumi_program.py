@@ -430,8 +430,22 @@ def test_a_seed_rotation_gives_the_converge_the_other_seed_as_a_secret(prod_flat
     assert "seed_also" not in run("prod", prod_flat).named("converge").inputs["outputs"]["secrets"]
 
 
-def test_a_seed_rotation_with_both_other_seeds_stops_before_any_resource(prod_flat):
-    both = {**SECRETS, "hastack:secretSeedNext": "n", "hastack:secretSeedPrevious": "p"}
+@pytest.mark.parametrize("key", ["hastack:caNext", "hastack:caPrevious"])
+def test_a_ca_rotation_gives_the_converge_the_other_cas_certificate_and_never_its_key(prod_flat, key):
+    from hastack.pki import new_ca
+
+    cert, private = new_ca("prod")
+    rec = run("prod", prod_flat, secrets={**SECRETS, key: cert + private})
+    secrets = rec.named("converge").inputs["outputs"]["secrets"]
+    assert secrets["ca"] == stack_ca.OUTPUT and secrets["ca_also"] == [cert]
+    assert private not in str(rec.named("converge").inputs)
+    assert "ca_also" not in run("prod", prod_flat).named("converge").inputs["outputs"]["secrets"]
+
+
+@pytest.mark.parametrize("both", [{"hastack:secretSeedNext": "n", "hastack:secretSeedPrevious": "p"},
+                                  {"hastack:caNext": "n", "hastack:caPrevious": "p"}])
+def test_a_rotation_with_both_other_values_stops_before_any_resource(prod_flat, both):
+    both = {**SECRETS, **both}
     with pytest.raises(pulumi.RunError, match="both set"):
         run("prod", prod_flat, secrets=both)
     from pulumi.runtime import settings

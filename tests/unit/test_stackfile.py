@@ -241,7 +241,7 @@ def test_the_refused_keys_are_pulumis_spellings():
     assert set(PLAIN_TEXT_REFUSED) == {
         "hcloud:token", "aws:accessKey", "aws:secretKey", "aws:token", "aws:sessionToken",
         "hastack:failoverToken", "hastack:secretSeed", "hastack:secretSeedNext", "hastack:secretSeedPrevious",
-        "hastack:ca"}
+        "hastack:ca", "hastack:caNext", "hastack:caPrevious"}
 
 
 def test_aws_session_token_points_to_aws_token(tmp_path):
