@@ -93,10 +93,10 @@ def cassandra() -> None:
                                       dest=target, user="cassandra", group="cassandra", mode=mode, **v))
     issued = issue(f"cassandra-{host.name}", [f"{TLS_DIR}/node.pem"], dns=[host.name], ips=[d.private_ip],
                    client=True)
-    changed.append(files.put(name="Cassandra TLS key and chain", src=StringIO(node_pem(issued)),
-                             dest=f"{TLS_DIR}/node.pem", user="cassandra", group="cassandra", mode="0600"))
-    changed.append(files.put(name="Cassandra TLS CA", src=StringIO(issued.ca_pem), dest=f"{TLS_DIR}/ca.crt",
-                             user="cassandra", group="cassandra", mode="0644"))
+    tls = [files.put(name="Cassandra TLS key and chain", src=StringIO(node_pem(issued)),
+                     dest=f"{TLS_DIR}/node.pem", user="cassandra", group="cassandra", mode="0600"),
+           files.put(name="Cassandra TLS CA", src=StringIO(issued.ca_pem), dest=f"{TLS_DIR}/ca.crt",
+                     user="cassandra", group="cassandra", mode="0644")]
     unit = files.template(name="Cassandra unit", src=template_path("cassandra", UNIT), dest=UNIT,
                           user="root", group="root", mode="0644", **v)
     changed.append(unit)
@@ -108,6 +108,11 @@ def cassandra() -> None:
     server.shell(name="Cassandra enabled at boot", commands=["systemctl enable cassandra.service"],
                  _if=lambda: host.get_fact(Command, "systemctl is-enabled cassandra.service || true") != "enabled")
     rolling_restart.mark("Cassandra marked for a rolling restart", RESTART_MARK, "cassandra.service", changed)
+    # new TLS files alone (a certificate renewed, the stack CA rotating): reloaded in place, client and
+    # internode, for new connections; no restart of the ring
+    if host.get_fact(Command, "systemctl is-active cassandra.service || true") == "active":
+        server.shell(name="Cassandra reloads its TLS files", commands=[f"{NODETOOL} reloadssl"],
+                     _if=lambda: any(op.did_change() for op in tls))
 
     # -- ring maintenance: the auth bootstrap script, and a primary-range repair well inside gc_grace_seconds
     files.directory(name="hastack directory", path="/opt/hastack", user="root", group="root", mode="0755")

@@ -145,7 +145,12 @@ def mariadb() -> None:
     member = state == "member"
     # a master with data is restarted by the pair's rolling restart (roles/mariadb/restart.py), never here;
     # a fresh one serves nothing yet: restarted here, before it is initialised or seeded
-    rolling_restart.running("MariaDB", "mariadb.service", RESTART_MARK, [cnf, *tls], new_member=state == "fresh")
+    rolling_restart.running("MariaDB", "mariadb.service", RESTART_MARK, [cnf], new_member=state == "fresh")
+    # new TLS files alone (a certificate renewed, the stack CA rotating): taken in place for new connections,
+    # no restart (a writer's restart fails the writes in flight)
+    if host.get_fact(Command, "systemctl is-active mariadb.service || true") == "active":
+        server.shell(name="MariaDB takes its new TLS files", commands=["mariadb -e 'FLUSH SSL'"],
+                     _if=lambda: any(op.did_change() for op in tls))
 
     files.directory(name="SQL directory", path=SQL_DIR, user="root", group="root", mode="0700")
     _apply_sql("MariaDB accounts", f"{SQL_DIR}/users.sql", users_sql(d))
@@ -178,7 +183,7 @@ def mariadb() -> None:
     agent = files.put(name="Writer agent", src=str(AGENT_SOURCE), dest="/opt/hastack/mariadb_writer.py",
                       user="root", group="root", mode="0644")
     # one certificate (this host's name) for the peer channel and the witness
-    agent_tls = witness.put_client_tls()
+    witness.put_client_tls()
     wcfg = witness.client_config()
     failover_after = float(d.mariadb_failover_after)
     config = {
@@ -196,10 +201,11 @@ def mariadb() -> None:
     agent_cfg = files.put(name="Writer agent configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
                           dest="/etc/hastack/mariadb-writer.json", user="root", group="root", mode="0600")
     unit = template("Writer agent unit", c.WRITER_UNIT, "0644")
+    # new TLS files alone are taken by the running agent (writer_agent.TLSFiles): a restart would leave the
+    # health port stale for a moment, and the app servers would drop the writer's connections
     systemd.service(name="Writer agent running", service="hastack-mariadb-writer.service", running=True, enabled=True,
                     daemon_reload=unit.will_change,
-                    restarted=unit.will_change or agent.will_change or agent_cfg.will_change
-                    or any(op.will_change for op in agent_tls))
+                    restarted=unit.will_change or agent.will_change or agent_cfg.will_change)
 
     # -- metrics
     exporter = template("MySQL exporter settings", c.EXPORTER_ARGS, "0600")

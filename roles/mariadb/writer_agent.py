@@ -222,12 +222,44 @@ class State:
             log.warning("saving %s took %.2f s", path, time.monotonic() - started)
 
 
+class TLSFiles:
+    """A TLS context from the agent's certificate, key and CA files, made again when one of them changes: a
+    new certificate or a new CA (the stack CA rotating) is taken without a restart, which would leave the
+    health port stale and make the app servers drop the writer's connections. Until the new files make a
+    context (the certificate and its key are written one after the other), the last good one serves."""
+
+    def __init__(self, cfg: Config, purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH):
+        self.cfg, self.purpose, self.seen, self.ctx = cfg, purpose, None, None
+        self.context()
+        if self.ctx is None:
+            raise ssl.SSLError(f"cannot make a TLS context from {cfg.tls_cert}, {cfg.tls_key}, {cfg.tls_ca}")
+
+    def context(self) -> ssl.SSLContext:
+        paths = (self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_ca)
+        try:
+            stamp = tuple(os.stat(p).st_mtime_ns for p in paths)
+        except OSError:
+            return self.ctx
+        if stamp != self.seen:
+            try:
+                ctx = ssl.create_default_context(self.purpose, cafile=self.cfg.tls_ca)
+                if self.purpose is ssl.Purpose.CLIENT_AUTH:
+                    ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+            except (OSError, ssl.SSLError) as e:
+                log.warning("new TLS files do not make a context yet (%s); keeping the last one", e)
+                return self.ctx
+            if self.ctx is not None:
+                log.info("new TLS files taken")
+            self.ctx, self.seen = ctx, stamp
+        return self.ctx
+
+
 class Channel:
     """One JSON line each way over mutual TLS: to the peer's agent and to the witness."""
 
     def __init__(self, cfg: Config):
-        self.ctx = ssl.create_default_context(cafile=cfg.tls_ca)
-        self.ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        self.tls = TLSFiles(cfg)
 
     def ask(self, name: str, ip: str, port: int, request: dict[str, Any], timeout: float = 0.6) -> dict | None:
         # short timeouts: the private network answers in a millisecond, and a tick must stay short
@@ -235,7 +267,7 @@ class Channel:
         try:
             with socket.create_connection((ip, port), timeout=0.3) as raw:
                 raw.settimeout(timeout)
-                with self.ctx.wrap_socket(raw, server_hostname=name) as s:
+                with self.tls.context().wrap_socket(raw, server_hostname=name) as s:
                     s.sendall(json.dumps(request).encode() + b"\n")
                     data = b""
                     while not data.endswith(b"\n"):
@@ -722,7 +754,7 @@ class _PeerHandler(socketserver.StreamRequestHandler):
 
     def setup(self) -> None:
         self.request.settimeout(self.timeout)
-        self.request = self.server.ctx.wrap_socket(self.request, server_side=True)  # type: ignore[attr-defined]
+        self.request = self.server.tls.context().wrap_socket(self.request, server_side=True)  # type: ignore[attr-defined]
         super().setup()
 
     def handle(self) -> None:
@@ -786,9 +818,7 @@ class HealthProcess:
 
 def serve_peer(agent: Agent) -> _Server:
     peer = _Server((agent.cfg.bind, agent.cfg.peer_port), _PeerHandler)
-    peer.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=agent.cfg.tls_ca)  # type: ignore[attr-defined]
-    peer.ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
-    peer.ctx.load_cert_chain(agent.cfg.tls_cert, agent.cfg.tls_key)  # type: ignore[attr-defined]
+    peer.tls = TLSFiles(agent.cfg, ssl.Purpose.CLIENT_AUTH)  # type: ignore[attr-defined]
     peer.agent = agent  # type: ignore[attr-defined]
     threading.Thread(target=peer.serve_forever, daemon=True).start()
     return peer

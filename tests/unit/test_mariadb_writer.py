@@ -847,3 +847,33 @@ def test_the_health_port_is_a_process_of_its_own_that_outlives_a_stall_and_is_re
         os.kill(hp.pid, signal.SIGKILL)
         os.waitpid(hp.pid, 0)
         hp.server.server_close()
+
+
+def test_new_tls_files_are_taken_without_a_restart_and_a_half_written_pair_keeps_the_last_context(tmp_path):
+    """The stack CA rotating: the agent's certificate and CA files change under it; it serves the new ones
+    from the next connection, and while only the certificate is new (its key not yet) it keeps the old."""
+    import os
+    from roles.mariadb.writer_agent import TLSFiles
+
+    cfg = agent_config(tmp_path / "agent", "db1")
+    first = CertificateAuthority.own(tmp_path / "ca1", "t").issue("db1", dns=["db1"], client=True)
+
+    def put(issued, key=True):
+        for path, text in ((cfg.tls_cert, issued.chain_pem), (cfg.tls_ca, issued.ca_pem)) + \
+                ((cfg.tls_key, issued.key_pem),) * key:
+            with open(path, "w") as f:
+                f.write(text)
+            os.utime(path, ns=(os.stat(path).st_mtime_ns + 1_000_000,) * 2)
+
+    put(first)
+    files = TLSFiles(cfg)
+    ctx = files.context()
+    assert files.context() is ctx  # unchanged files: the same context
+    second = CertificateAuthority.own(tmp_path / "ca2", "t").issue("db1", dns=["db1"], client=True)
+    put(second, key=False)
+    assert files.context() is ctx  # the new certificate with the old key makes no context: the last one serves
+    put(second)
+    taken = files.context()
+    assert taken is not ctx
+    assert [c["subject"] for c in taken.get_ca_certs()] == [c["subject"] for c in
+                                                              ssl.create_default_context(cafile=cfg.tls_ca).get_ca_certs()]
