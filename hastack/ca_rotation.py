@@ -34,6 +34,14 @@ class CAState(SeedState):
         "done": "services trust only the new CA; the old one and its certificates no longer verify",
     }
 
+    def __post_init__(self):
+        # PEM, however it was stored (the Pulumi CLI prints values without their last newline)
+        for name in ("seed", "next", "previous"):
+            value = getattr(self, name)
+            if value:
+                object.__setattr__(self, name, value.strip() + "\n")
+        super().__post_init__()
+
     def new_value(self) -> str:
         raise ValueError("a new CA is made for the stack's names (hastack.ca_rotation.make_next)")
 

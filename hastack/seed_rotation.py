@@ -104,26 +104,30 @@ def rotate(load, save, converge, say=print, new=None) -> list[str]:
 
 def rotate_together(rotations, converge, say=print) -> list[str]:
     """Several rotations (``(load, save, new)`` each) in step: one converge per stage for all of them (the
-    accept stage of each, then the switch of each, then the end of each). One found half way is brought to
-    its end alone instead (that ends its rotation)."""
+    accept stage of each, then the switch of each, then the end of each). Those found half way are brought
+    to their end first (that ends their rotation): in step when they stopped at the same stage, else one
+    after the other."""
     done = []
-    fresh = []
-    for load, save, new in rotations:
-        state = load()
-        if state.stage == "done":
-            fresh.append((state, save, new))
-            continue
-        say(f"a {state.WHAT} rotation stopped at its {state.stage} stage: converging that again first")
-        converge(state.stage)
-        done.append(state.stage)
-        for step in rotation_steps(state, new):
-            save(step)
-            say(f"{step.WHAT} rotation, {step.stage}: " + step.STAGE_TEXT[step.stage])
-            converge(step.stage)
-            done.append(step.stage)
-    plans = [rotation_steps(state, new) for state, _, new in fresh]
-    for steps in zip(*plans):
-        for step, (_, save, _) in zip(steps, fresh):
+    loaded = [(load(), save, new) for load, save, new in rotations]
+    halfway = [r for r in loaded if r[0].stage != "done"]
+    fresh = [r for r in loaded if r[0].stage == "done"]
+    groups = [halfway] if len({r[0].stage for r in halfway}) == 1 else [[r] for r in halfway]
+    for group in groups:
+        stage = group[0][0].stage
+        say(f"a {' and '.join(r[0].WHAT for r in group)} rotation stopped at its {stage} stage: converging that "
+            "again first")
+        converge(stage)
+        done.append(stage)
+        done += _in_step([(rotation_steps(state, new), save) for state, save, new in group], converge, say)
+    done += _in_step([(rotation_steps(state, new), save) for state, save, new in fresh], converge, say)
+    return done
+
+
+def _in_step(plans, converge, say) -> list[str]:
+    """Converges ``plans`` ((steps, save) each, steps of one length) stage by stage, every state saved first."""
+    done = []
+    for steps in zip(*(steps for steps, _ in plans)):
+        for step, (_, save) in zip(steps, plans):
             save(step)
             say(f"{step.WHAT} rotation, {step.stage}: " + step.STAGE_TEXT[step.stage])
         converge(steps[0].stage)

@@ -39,6 +39,9 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-hastack.conf"
 NFTABLES = "/etc/nftables.conf"
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
 UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52hastack-unattended-upgrades"
+# apt waits for the dpkg lock (unattended-upgrades may hold it for minutes) instead of failing the converge
+APT_LOCK_WAIT = "/etc/apt/apt.conf.d/50hastack-lock-wait"
+APT_LOCK_WAIT_TEXT = 'DPkg::Lock::Timeout "900";\n'
 JOURNALD = "/etc/systemd/journald.conf.d/hastack.conf"
 SYSCTL = "/etc/sysctl.d/90-hastack.conf"
 NODE_EXPORTER_ARGS = "/etc/default/prometheus-node-exporter"

@@ -185,6 +185,8 @@ def base():
     # so a removed admin is removed even where the rest of the converge fails.
     _admins(tvars, data)
 
+    files.put(name="apt waits for the dpkg lock", src=StringIO(c.APT_LOCK_WAIT_TEXT), dest=c.APT_LOCK_WAIT,
+              user="root", group="root", mode="0644")
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
     _stack_ca()

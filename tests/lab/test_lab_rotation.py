@@ -53,8 +53,9 @@ def logins(lab, seed: str) -> dict[str, bool]:
     }
 
 
-def tls_endpoints(lab) -> dict[str, tuple[str, str, int, str | None]]:
-    """A TLS endpoint of each kind the stack CA's certificates serve: (host, address, port, STARTTLS protocol)."""
+def tls_endpoints(lab) -> dict[str, tuple[str | None, str, int, str | None]]:
+    """A TLS endpoint of each kind the stack CA's certificates serve: (a host its firewall and accounts let
+    in, or None for the internet side; address, port, STARTTLS protocol)."""
     from roles.app import APP_PORT
     from roles.cassandra import PORTS as CASSANDRA_PORTS
     from roles.mariadb import WRITER_PEER_PORT
@@ -62,18 +63,19 @@ def tls_endpoints(lab) -> dict[str, tuple[str, str, int, str | None]]:
 
     port = {p.name: p.port for p in CASSANDRA_PORTS}
     first = {role: lab.topo.hosts_with_role(role)[0] for role in ("mariadb", "redis", "cassandra", "app", "monitoring")}
-    at = {role: (h.name, h.private_ip) for role, h in first.items()}
-    return {"mariadb": (*at["mariadb"], 3306, "mysql"), "mariadb writer agents": (*at["mariadb"], WRITER_PEER_PORT, None),
-            "redis": (*at["redis"], 6379, None), "sentinel": (*at["redis"], 26379, None),
-            "cassandra cql": (*at["cassandra"], port["cassandra-cql"], None),
-            "cassandra internode": (*at["cassandra"], port["cassandra-internode"], None),
-            "app": (*at["app"], APP_PORT, None), "witness": (*at["monitoring"], WITNESS_PORT, None),
+    own = {role: (h.name, h.private_ip) for role, h in first.items()}
+    db, app, other_db = first["mariadb"].private_ip, first["app"].name, lab.topo.hosts_with_role("mariadb")[1].name
+    return {"mariadb": (app, db, 3306, "mysql"), "mariadb writer agents": (other_db, db, WRITER_PEER_PORT, None),
+            "redis": (*own["redis"], 6379, None), "sentinel": (*own["redis"], 26379, None),
+            "cassandra cql": (*own["cassandra"], port["cassandra-cql"], None),
+            "cassandra internode": (*own["cassandra"], port["cassandra-internode"], None),
+            "app": (*own["app"], APP_PORT, None), "witness": (*own["monitoring"], WITNESS_PORT, None),
             "site": (None, lab.addr.floating_ip, 443, None)}
 
 
 def verified(lab, ca_pem: str, endpoint: tuple[str | None, str, int, str | None]) -> bool:
-    """Whether the endpoint's certificate chain verifies under ``ca_pem`` alone: OpenSSL's verdict, on the
-    service's own host (its firewall lets its own host in), or from the lab's internet side for the site."""
+    """Whether the endpoint served a certificate whose chain verifies under ``ca_pem`` alone: OpenSSL's verdict,
+    from ``endpoint``'s host, or from the lab's internet side for the site."""
     from hastack.lab.layout import INTERNET_NS
 
     host, address, port, starttls = endpoint
@@ -85,6 +87,8 @@ def verified(lab, ca_pem: str, endpoint: tuple[str | None, str, int, str | None]
                              text=True, timeout=30).stdout
     else:
         out = lab.exec(host, args, input=ca_pem).stdout
+    if "Server certificate" not in out:
+        raise AssertionError(f"{address}:{port} served no certificate to {host or 'the internet side'}:\n{out[-1500:]}")
     return "Verify return code: 0 (ok)" in out
 
 
@@ -111,8 +115,9 @@ class Health:
                     if "Last_IO_Error" in line or "Last_SSL_Error" in line:
                         if any(w in line for w in ("SSL", "TLS", "certificate")):
                             self.problems.append(f"{time.strftime('%T')} {db}: {line.strip()}")
-            view = next((v for v in (self.ring.status(n) for n in nodes) if v), None) or {}
-            up = sum(1 for m in view.values() if m.state == "UN")
+            # the best view: a node that has just restarted sees the others down until gossip reaches it
+            up = max((sum(1 for m in (self.ring.status(n) or {}).values() if m.state == "UN") for n in nodes),
+                     default=0)
             if up < len(nodes) // 2 + 1:
                 self.problems.append(f"{time.strftime('%T')} cassandra: {up} of {len(nodes)} nodes up")
 

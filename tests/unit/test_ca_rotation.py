@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 
@@ -10,7 +11,7 @@ from cryptography import x509
 
 from hastack.ca_rotation import CAState, make_next, permitted_names
 from hastack.pki import CAMismatch, CertificateAuthority, new_ca, not_permitted, split_pem
-from hastack.seed_rotation import SeedState, rotate_together
+from hastack.seed_rotation import SeedState, rotate_together, rotation_steps
 from hastack.stackfile import load_stack
 
 
@@ -80,6 +81,14 @@ def test_the_seed_and_the_ca_rotate_in_the_same_three_converges_and_a_half_way_o
     # the CA's is ended alone (its switch again, then done); the seed rotates anew
     assert stages == ["switch", "done", "accept", "switch", "done"] and ca[-1] == CAState("ca2")
 
+    # both stopped at their accept stage (an offboarding whose first converge failed): ended in step
+    seed.append(SeedState("s1", next="s2"))
+    ca.append(CAState("ca2", next="ca3"))
+    stages = rotate_together([(lambda: seed[-1], seed.append, None), (lambda: ca[-1], ca.append, lambda: "ca4")],
+                             lambda stage: None, say=lambda m: None)
+    assert stages == ["accept", "switch", "done"]
+    assert (seed[-1], ca[-1]) == (SeedState("s2"), CAState("ca3"))
+
 
 def test_the_new_ca_may_sign_the_stacks_names_only():
     topo = load_stack("prod")
@@ -122,3 +131,46 @@ def test_openssl_refuses_a_certificate_outside_the_cas_name_constraints(tmp_path
         ca.install(cert_pem, key_pem)
         ca.issue("site", dns=["www.example.org"])
     assert ssl  # the standard library's TLS builds on the same OpenSSL
+
+
+FAKE_PULUMI = """#!/usr/bin/env python3
+import json, sys
+from pathlib import Path
+store = Path(__file__).with_name("config.json")
+config = json.loads(store.read_text()) if store.exists() else {}
+with open(Path(__file__).with_name("argv.log"), "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+args = [a for a in sys.argv[1:] if a not in ("--secret",)]
+verb, key = args[1], args[2]
+if verb == "get":
+    if key not in config:
+        sys.exit(1)
+    print(config[key])
+elif verb == "set":
+    config[key] = sys.stdin.read()
+elif verb == "rm":
+    config.pop(key, None)
+store.write_text(json.dumps(config))
+"""
+
+
+def test_a_cloud_stack_keeps_each_stage_as_pulumi_secrets_and_no_ca_key_on_a_command_line(tmp_path):
+    from hastack.seed_rotation import PulumiSeedStore
+
+    script = tmp_path / "pulumi"
+    script.write_text(FAKE_PULUMI)
+    script.chmod(0o755)
+    first_cert, first_key = new_ca("prod")
+    (tmp_path / "config.json").write_text(json.dumps({"hastack:ca": first_cert + first_key}))
+    store = PulumiSeedStore("prod", pulumi=str(script), state=CAState)
+    state = store.load()
+    assert state == CAState(first_cert + first_key) and state.stage == "done"
+    new = make_next("prod", ["prod-db1"], ["10.0.0.0/16"])
+    stages = []
+    for step in rotation_steps(state, new):
+        store.save(step)
+        assert store.load() == step
+        stages.append(sorted(json.loads((tmp_path / "config.json").read_text())))
+    assert stages == [["hastack:ca", "hastack:caNext"], ["hastack:ca", "hastack:caPrevious"], ["hastack:ca"]]
+    assert store.load().seed != state.seed
+    assert "PRIVATE KEY" not in (tmp_path / "argv.log").read_text()
