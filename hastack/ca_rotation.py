@@ -64,7 +64,6 @@ def permitted_names(topo, floating_ip: str | None) -> tuple[list[str], list[str]
     names, or <stack>-<short><n> up to the role's largest count, so growing a role needs no new CA), the
     names roles give their certificates (the MariaDB writer's, the site's), the private network and the
     floating IP."""
-    from hastack.model.schema import host_names
     from roles import all_roles
 
     dns: set[str] = set()
@@ -74,7 +73,6 @@ def permitted_names(topo, floating_ip: str | None) -> tuple[list[str], list[str]
         configured = getattr(topo.config.roles, r.name).names
         dns.update(configured or [f"{topo.stack}-{r.placement.short_name}{i}"
                                   for i in range(1, r.placement.max_count + 1)])
-    dns.update(h.name for h in topo.hosts)
     dns.add("mariadb-writer")
     dns.add(topo.domain or f"{topo.stack}.invalid")
     networks = [topo.ip_range] + ([f"{floating_ip}/32"] if floating_ip else [])

@@ -154,11 +154,11 @@ class PulumiSecrets:
     def save_ca(self, state: CAState) -> None:
         self.ca_store.save(state)
 
-    def new_ca(self, floating_ip: str | None = None) -> Callable[[], str]:
+    def new_ca(self) -> Callable[[], str]:
         from hastack.ca_rotation import make_next, permitted_names
         from hastack.stackfile import load_stack
 
-        return make_next(self.stack, *permitted_names(load_stack(self.stack), floating_ip or self.floating_ip()))
+        return make_next(self.stack, *permitted_names(load_stack(self.stack), self.floating_ip()))
 
     def new_backup_keys(self) -> str:
         from hastack.stackfile import read_stack_file

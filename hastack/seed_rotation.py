@@ -135,9 +135,6 @@ def _in_step(plans, converge, say) -> list[str]:
     return done
 
 
-STAGE_TEXT = SeedState.STAGE_TEXT
-
-
 class PulumiSeedStore:
     """The seed (or another staged secret: ``state``, hastack.ca_rotation.CAState) and its rotation stage in a
     Pulumi stack's secrets, through the Pulumi CLI; values travel on standard input and output, never on a

@@ -42,6 +42,17 @@ def mark(name: str, path: str, service: str, changed: Sequence) -> None:
                  _if=lambda: any(op.did_change() for op in changed))
 
 
+def reload_in_place(what: str, service: str, command: str, changed: Sequence) -> None:
+    """The pyinfra operation that has a running ``service`` take new files by ``command`` (no restart) when one
+    of ``changed`` (operations) changed something; one not running reads them when it starts."""
+    from pyinfra import host
+    from pyinfra.facts.server import Command
+    from pyinfra.operations import server
+
+    if host.get_fact(Command, f"systemctl is-active {service} || true") == "active":
+        server.shell(name=what, commands=[command], _if=lambda: any(op.did_change() for op in changed))
+
+
 def running(what: str, service: str, mark_path: str, changed: Sequence, new_member: bool = False,
             **service_args) -> None:
     """pyinfra operations: ``service`` enabled and running; when one of ``changed`` (operations) changes,

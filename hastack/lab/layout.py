@@ -202,8 +202,9 @@ def write_lab_stack_trust(paths: Paths, state) -> Path:
     ca = state.secrets()
     text = ca["ca"]["cert"] + "".join(ca.get("ca_also", []))
     path = lab_stack_trust(paths)
-    for target in (path, paths.run / "uptime" / "stack-ca.crt"):
-        if (target == path or target.exists()) and (not target.exists() or target.read_text() != text):
+    uptime_copy = paths.run / "uptime" / "stack-ca.crt"  # there once the lab's monitoring started
+    for target in [path] + ([uptime_copy] if uptime_copy.exists() else []):
+        if not target.exists() or target.read_text() != text:
             # whole or not at all: the probes read it while it changes
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".tmp")

@@ -110,9 +110,7 @@ def cassandra() -> None:
     rolling_restart.mark("Cassandra marked for a rolling restart", RESTART_MARK, "cassandra.service", changed)
     # new TLS files alone (a certificate renewed, the stack CA rotating): reloaded in place, client and
     # internode, for new connections; no restart of the ring
-    if host.get_fact(Command, "systemctl is-active cassandra.service || true") == "active":
-        server.shell(name="Cassandra reloads its TLS files", commands=[f"{NODETOOL} reloadssl"],
-                     _if=lambda: any(op.did_change() for op in tls))
+    rolling_restart.reload_in_place("Cassandra reloads its TLS files", "cassandra.service", f"{NODETOOL} reloadssl", tls)
 
     # -- ring maintenance: the auth bootstrap script, and a primary-range repair well inside gc_grace_seconds
     files.directory(name="hastack directory", path="/opt/hastack", user="root", group="root", mode="0755")

@@ -65,9 +65,8 @@ def loadbalancer() -> None:
     files.directory(name="Certificate directory", path=c.CERT_DIR, user="root", group="haproxy", mode="0750")
     cert = files.put(name="Site certificate and key", src=StringIO(_site_certificate()), dest=c.CERT,
                      user="root", group="haproxy", mode="0640")
-    trust = files.put(name="Stack CA (verifies the app servers)",
-                  src=StringIO(stack_ca().ca_pem_ensured()),
-                  dest=c.STACK_CA, user="root", group="root", mode="0644")
+    trust = files.put(name="Stack CA (verifies the app servers)", src=StringIO(stack_ca().ca_pem_ensured()),
+                      dest=c.STACK_CA, user="root", group="root", mode="0644")
     cfg = template("HAProxy configuration", c.HAPROXY_CFG)
     server.shell(name="Check HAProxy configuration", commands=[f"haproxy -c -q -f {c.HAPROXY_CFG}"],
                  _if=lambda: cfg.did_change() or cert.did_change() or trust.did_change())

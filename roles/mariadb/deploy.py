@@ -148,9 +148,8 @@ def mariadb() -> None:
     rolling_restart.running("MariaDB", "mariadb.service", RESTART_MARK, [cnf], new_member=state == "fresh")
     # new TLS files alone (a certificate renewed, the stack CA rotating): taken in place for new connections,
     # no restart (a writer's restart fails the writes in flight)
-    if host.get_fact(Command, "systemctl is-active mariadb.service || true") == "active":
-        server.shell(name="MariaDB takes its new TLS files", commands=["mariadb -e 'FLUSH SSL'"],
-                     _if=lambda: any(op.did_change() for op in tls))
+    rolling_restart.reload_in_place("MariaDB takes its new TLS files", "mariadb.service", "mariadb -e 'FLUSH SSL'",
+                                    tls)
 
     files.directory(name="SQL directory", path=SQL_DIR, user="root", group="root", mode="0700")
     _apply_sql("MariaDB accounts", f"{SQL_DIR}/users.sql", users_sql(d))
