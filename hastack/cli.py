@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import typer
 from rich.table import Table
@@ -128,6 +129,25 @@ def _stack_secrets(stack: str, token_stdin: bool):
     return secrets, endpoint, ask, token_holders
 
 
+def _fresh_mariadb_backup(stack: str) -> Callable[[], str]:
+    """After a new seed: a full MariaDB backup now, so the newest one is under the new verification key."""
+    def run() -> str:
+        from hastack.offboard import OffboardError
+        from roles.backup.cli import run_backups
+
+        try:
+            jobs, failed = run_backups(stack, None, "mariadb-full")
+        except ValueError:
+            return "no MariaDB backups in this stack: none to take again under the new seed's verification key"
+        if failed:
+            raise OffboardError("the MariaDB backup under the new seed's verification key failed (the weekly test "
+                                "restore fails until one succeeds; `hastack backup now --kind mariadb-full`): "
+                                + "; ".join(failed))
+        return (f"a full MariaDB backup ({jobs} job{'s' if jobs > 1 else ''}) under the new seed's verification "
+                "key: the weekly test restore has one it can open")
+    return run
+
+
 ROTATABLE = ("seed", "ca", "backup-keys", "failover-token", "all")
 TokenStdin = typer.Option(False, "--token-stdin", help="read the new Hetzner token from standard input (a pipeline); "
                           "else it is asked for, hidden")
@@ -153,7 +173,8 @@ def rotate_cmd(what: str = typer.Argument(..., help="seed, ca, backup-keys, fail
     secrets, endpoint, ask, token_holders = _stack_secrets(stack, token_stdin)
     try:
         secrets.preflight()
-        for line in rotate_secrets(secrets, kinds, endpoint, ask, token_holders, say=lambda m: None):
+        for line in rotate_secrets(secrets, kinds, endpoint, ask, token_holders, say=lambda m: None,
+                                   fresh_backup=_fresh_mariadb_backup(stack)):
             say(line)
     except (RotationError, TokenError, OffboardError, ConnectionError, LabError) as e:
         fail(str(e))
@@ -193,7 +214,8 @@ def offboard_cmd(name: str = typer.Argument(..., help="the admin who leaves (the
     job.done.append(f"removed {name} from hastack:admins in {path.name} (commit it)")
     say(job.done[-1])
     try:
-        job.done += rotate_secrets(secrets, KINDS, endpoint, (lambda: token) if token else ask, token_holders, say=say)
+        job.done += rotate_secrets(secrets, KINDS, endpoint, (lambda: token) if token else ask, token_holders, say=say,
+                                   fresh_backup=_fresh_mariadb_backup(stack))
         entries = stack_entries(stack, None)
         with connected(entries) as run:
             left = traces(run, sorted(entries), name)

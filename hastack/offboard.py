@@ -73,9 +73,11 @@ def stack_admins(path: Path) -> list[str]:
 
 
 def rotate_secrets(secrets, kinds: tuple[str, ...], endpoint: str, ask_token: Callable[[], str] | None,
-                   token_holders: Callable[[str], dict[str, str]], say: Callable[[str], None]) -> list[str]:
+                   token_holders: Callable[[str], dict[str, str]], say: Callable[[str], None],
+                   fresh_backup: Callable[[], str] | None = None) -> list[str]:
     """Rotates ``kinds`` (of KINDS) through ``secrets`` (hastack.rotation.LabSecrets or PulumiSecrets) in one
-    pass; returns what was done, one line each."""
+    pass; returns what was done, one line each. ``fresh_backup()``, after a new seed: a MariaDB backup under
+    the new seed's verification key (the old key is gone from the test restore); says how it went."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise OffboardError(f"unknown secret {', '.join(unknown)}: one of {', '.join(KINDS)} or all")
@@ -96,6 +98,9 @@ def rotate_secrets(secrets, kinds: tuple[str, ...], endpoint: str, ask_token: Ca
         if "seed" in kinds:
             done.append(f"a new secret seed ({' -> '.join(stages)}): every MariaDB, Redis, Sentinel and Cassandra "
                         "password changed; the old ones are refused")
+        if "seed" in kinds and fresh_backup is not None:
+            done.append(fresh_backup())
+            say(done[-1])
         if "ca" in kinds:
             done.append(f"a new stack CA ({' -> '.join(stages)}), with name constraints: every certificate issued "
                         "again by it; the old CA is trusted nowhere")

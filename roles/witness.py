@@ -12,6 +12,8 @@ witness cannot reach that peer either.
 
 from __future__ import annotations
 
+import json
+
 from pyinfra import host
 
 from roles.tls_files import issue, put_tls_files
@@ -20,6 +22,13 @@ WITNESS_PORT = 9107
 TLS_DIR = "/etc/hastack/witness"
 CLIENT_FILES = ("client.crt", "client.key", "ca.crt")
 SERVER_FILES = ("server.crt", "server.key", "ca.crt")
+ACCESS_DIR = "/etc/hastack-witness"
+ACCESS_FILE = f"{ACCESS_DIR}/admins.json"
+
+
+def access_list_json(admins) -> str:
+    """The stack's admins and their keys, as the witness hands them to an access gate."""
+    return json.dumps({"admins": {a["name"]: [a["ssh_key"]] for a in admins}}, indent=2, sort_keys=True) + "\n"
 
 
 def client_data(topo) -> dict:

@@ -110,7 +110,9 @@ def _from_outputs(outputs, secrets, data):
         return {"backup_verify_credentials": {**reader, "bucket": outputs.get("backupBucket"),
                                               "region": outputs.get("backupRegion"),
                                               "prefix": data["backup_bucket_prefix"]},
-                "backup_verify_identity": verify_identity(secrets["seed"])[0]}
+                # during a seed rotation also the other seed's: backups taken before its switch stay verifiable
+                "backup_verify_identity": "\n".join(
+                    verify_identity(seed)[0] for seed in (secrets["seed"], secrets.get("seed_also")) if seed)}
     writers = secrets.get("backup_writers") or {}
     if data.get("backup_host") not in writers:
         return {}

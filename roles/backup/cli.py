@@ -64,18 +64,15 @@ def list_cmd(stack: str = StackOption, outputs: Path = OutputsOption,
     console.print(table)
 
 
-@app.command("now")
-def now(stack: str = StackOption, outputs: Path = OutputsOption,
-        kind: str = typer.Option(None, help=f"only this kind: {', '.join(KINDS)}")) -> None:
-    """Run the backup jobs now on every host that has them, and wait for each."""
+def run_backups(stack: str, outputs: Path | None, kind: str | None = None) -> tuple[int, list[str]]:
+    """Runs the backup jobs (of ``kind``, or all) on every host that has them and waits for each:
+    (jobs run, one line per failed job). ValueError when no host takes them."""
     from hastack.converge import connected
 
-    if kind is not None and kind not in KINDS:
-        fail(f"--kind {kind!r}: valid kinds: {', '.join(KINDS)}")
     entries = {n: d for n, d in stack_entries(stack, outputs).items() if "backup" in d.get("roles", [])}
     jobs = [(name, k) for name, d in entries.items() for k in d["backup_kinds"] if kind in (None, k)]
     if not jobs:
-        fail(f"no host of {stack!r} takes {kind or 'any'} backups")
+        raise ValueError(f"no host of {stack!r} takes {kind or 'any'} backups")
     failed = []
     with connected({n: entries[n] for n in {j[0] for j in jobs}}) as run:
         for name, k in jobs:
@@ -84,11 +81,24 @@ def now(stack: str = StackOption, outputs: Path = OutputsOption,
             if not ok:
                 _, journal, _ = run(name, f"journalctl -u hastack-backup@{k}.service -n 5 --no-pager -o cat", 30)
                 failed.append(f"{name} {k}: {journal.strip() or err.strip()}")
+    return len(jobs), failed
+
+
+@app.command("now")
+def now(stack: str = StackOption, outputs: Path = OutputsOption,
+        kind: str = typer.Option(None, help=f"only this kind: {', '.join(KINDS)}")) -> None:
+    """Run the backup jobs now on every host that has them, and wait for each."""
+    if kind is not None and kind not in KINDS:
+        fail(f"--kind {kind!r}: valid kinds: {', '.join(KINDS)}")
+    try:
+        jobs, failed = run_backups(stack, outputs, kind)
+    except ValueError as e:
+        fail(str(e))
     for line in failed:
         console.print(f"FAILED {line}", highlight=False, markup=False)
     if failed:
         raise typer.Exit(1)
-    console.print(f"{len(jobs)} backup jobs done")
+    console.print(f"{jobs} backup jobs done")
 
 
 @app.command("verify")

@@ -22,7 +22,7 @@ from pyinfra.operations import files, server, systemd
 from hastack.templating import template_path
 from roles import hcloud_agent, rolling_restart
 from roles.data_volume import mount_data_volume
-from roles import witness
+from roles import access_gate, witness
 from roles.mariadb import DEFAULTS, MARIADB_PORT, WRITER_AGENT_PORT, WRITER_PEER_PORT
 from roles.mariadb import config as c
 from roles.mariadb.config import CNF, JOIN, WAIT_FOR_UPGRADE
@@ -183,6 +183,8 @@ def mariadb() -> None:
                       user="root", group="root", mode="0644")
     # one certificate (this host's name) for the peer channel and the witness
     witness.put_client_tls()
+    # a master its peer fenced may be off while an admin is removed: its gate settles access at boot
+    access_gate.install("mariadb")
     wcfg = witness.client_config()
     failover_after = float(d.mariadb_failover_after)
     config = {

@@ -108,8 +108,13 @@ def install_witness() -> None:
     issued = issue(f"witness-{host.name}", [f"{witness.TLS_DIR}/{f}" for f in witness.SERVER_FILES[:2]],
                    dns=[host.name], ips=[d.private_ip])
     tls = put_tls_files("Witness", witness.TLS_DIR, "root", issued, dir_mode="0700", names=witness.SERVER_FILES)
+    # public keys only, read at each request by the unprivileged witness: not root-only, not a credential
+    files.directory(name="Witness admin list directory", path=witness.ACCESS_DIR, user="root", group="root",
+                    mode="0755")
+    files.put(name="The stack's admins, for the masters' access gates", src=StringIO(witness.access_list_json(d.admins)),
+              dest=witness.ACCESS_FILE, user="root", group="root", mode="0644")
     config = {
-        "bind": d.private_ip, "port": witness.WITNESS_PORT,
+        "bind": d.private_ip, "port": witness.WITNESS_PORT, "access_file": witness.ACCESS_FILE,
         # the TLS files and this one reach the service as systemd credentials (root-only on disk)
         "cert": witness.SERVER_FILES[0], "key": witness.SERVER_FILES[1], "ca": witness.SERVER_FILES[2],
         "groups": d.monitoring_witness_groups, "dead_after": d.monitoring_witness_dead_after,

@@ -21,6 +21,9 @@ witness granted it the next epoch (`claim`), and the witness grants it only:
 
 The epoch and writer are written to disk (fsync) before a grant is answered.
 
+Any member may also ask for the stack's admins (`access`): a master's
+access gate removes, at boot, an admin removed while it was off.
+
 Load balancer group ("lb"): `alive` answers whether the witness can reach a
 member's HAProxy on the private network: a load balancer takes the floating
 IP away from its peer only when the witness cannot reach the peer either.
@@ -58,6 +61,9 @@ class Config:
     state_file: str = "/var/lib/hastack/witness/state.json"
     dead_after: float = 1.8
     probe_timeout: float = 0.3  # twice: a live HAProxy on the private network answers in a millisecond
+    # the stack's admins and their keys, as the last converge wrote them (read at each request: a converge
+    # changes it without restarting the witness)
+    access_file: str | None = None
 
 
 def load_config(path: str) -> Config:
@@ -138,6 +144,8 @@ class Witness:
                 return self.claim(group, name, req.get("epoch"), req.get("synced_epoch"), req.get("force") is True)
         if op == "alive":
             return {"alive": self.alive(group, req.get("member"))}
+        if op == "access":
+            return self.access()
         return {"error": f"unknown op {op!r}"}
 
     def claim(self, group: str, name: str, expected: Any, synced: Any, force: bool = False) -> dict[str, Any]:
@@ -170,6 +178,15 @@ class Witness:
         self.epochs[group] = {"epoch": epoch + 1, "writer": name}
         self._save()
         return answer(True, f"epoch {epoch + 1}, after {writer or 'no writer'}")
+
+    def access(self) -> dict[str, Any]:
+        """The stack's admins, for a member's access gate at its boot (roles/base/access_gate.py)."""
+        try:
+            with open(self.cfg.access_file or "") as f:
+                admins = json.load(f)["admins"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return {"error": f"no admin list here ({e})"}
+        return {"admins": admins}
 
     def alive(self, group: str, member: Any) -> bool:
         target = self.cfg.groups[group].get(member) if isinstance(member, str) else None

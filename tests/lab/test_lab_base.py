@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from hastack.converge import converge
 from hastack.lab.layout import lab_topology
+from hastack.lab.machine import LabError
 from tests.support.lab import tcp
 
 
@@ -137,18 +138,25 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     before = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
     assert set(before.values()) == {0}, before
 
-    # a host that is down when the admin is removed: the converge fails and names it as the host
-    # where the removed admin may still log in; every other host is revoked all the same
-    lab.stop("lab-app2")
-    try:
-        partial = converge(lab.inventory_entries(without))
-    finally:
-        lab.start("lab-app2")
-    assert not partial.ok and partial.hosts["lab-app2"].failed
-    assert [n for n, r in partial.hosts.items() if not r.access_settled] == ["lab-app2"]
-    assert "access not settled on lab-app2: an admin removed from the stack may still log in" in partial.failure()
-    denied = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
-    assert {h: rc for h, rc in denied.items() if rc != 255} == {"lab-app2": 0}, denied
+    # a master powered off (as its peer fences it) when the admin is removed: the converge fails and names
+    # it as the host where the removed admin may still log in; every other host is revoked all the same
+    lab.stop("lab-db2", hard=True)
+    partial = converge(lab.inventory_entries(without))
+    assert not partial.ok and partial.hosts["lab-db2"].failed
+    assert [n for n, r in partial.hosts.items() if not r.access_settled] == ["lab-db2"]
+    assert "access not settled on lab-db2: an admin removed from the stack may still log in" in partial.failure()
+    denied = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode if h != "lab-db2" else None)
+    assert {h: rc for h, rc in denied.items() if rc not in (255, None)} == {}, denied
+
+    # when it returns, its access gate removes the admin before sshd and MariaDB start: no login, ever
+    tries = _logins_while_booting(lab, "lab-db2", "labops")
+    assert tries and 0 not in tries, tries
+    gate = lab.exec("lab-db2", ["journalctl", "-b", "-u", "hastack-access-gate", "-o", "cat"]).stdout
+    assert "removed former admin labops" in gate, gate
+    started = {u: _active_since(lab, "lab-db2", u) for u in
+               ("hastack-access-gate.service", "ssh.service", "mariadb.service")}
+    assert 0 < started["hastack-access-gate.service"] <= min(started["ssh.service"], started["mariadb.service"]), started
+    assert lab.exec("lab-db2", ["id", "labops"]).returncode != 0
 
     report = converge(lab.inventory_entries(without))
     assert report.ok, {n: r.failed for n, r in report.hosts.items() if r.failed}
@@ -162,6 +170,30 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     assert converge(lab.inventory_entries()).ok
     again = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
     assert set(again.values()) == {0}, again
+
+
+def _logins_while_booting(lab, host, user, timeout=240.0) -> list[int]:
+    """Starts ``host`` and tries to log in as ``user`` until its MariaDB is up: ssh's exit codes."""
+    import time
+
+    lab.machine(host).start()
+    tries, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tries.append(ssh(lab, host, user=user, extra=("-o", "ConnectTimeout=2")).returncode)
+        try:
+            up = lab.exec(host, ["systemctl", "is-active", "mariadb.service"]).returncode == 0
+        except LabError:  # not far enough into its boot to enter
+            up = False
+        if up:
+            tries.append(ssh(lab, host, user=user).returncode)
+            return tries
+        time.sleep(0.2)
+    raise AssertionError(f"MariaDB on {host} not up after {timeout:.0f} s; logins: {tries}")
+
+
+def _active_since(lab, host, unit) -> int:
+    out = lab.exec(host, ["systemctl", "show", "-P", "ActiveEnterTimestampMonotonic", unit], check=True).stdout
+    return int(out.strip() or 0)
 
 
 def test_lab_command_line(lab):

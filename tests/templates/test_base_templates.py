@@ -321,3 +321,20 @@ def test_first_boot_admins_are_in_the_admin_group(stack):
     assert ADMIN_GROUP in doc["groups"]
     assert [u["name"] for u in doc["users"]] == [a.name for a in topo.admins]
     assert all(ADMIN_GROUP in u["groups"] for u in doc["users"])
+
+
+def test_access_gate_unit_passes_systemd_analyze_verify_and_runs_before_logins_and_mariadb(tmp_path):
+    from roles import access_gate
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is not installed (package systemd)")
+    unit = tmp_path / "hastack-access-gate.service"
+    unit.write_text(render("base", access_gate.UNIT))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = unit.read_text().splitlines()
+    before = next(line for line in lines if line.startswith("Before=")).split("=", 1)[1].split()
+    assert {"ssh.service", "systemd-user-sessions.service", "mariadb.service"} <= set(before)
+    # ordering only: restarting sshd or MariaDB in a converge must not pull the gate in
+    assert not [line for line in lines if line.startswith(("Requires=", "RequiredBy=", "BindsTo="))]
+    assert "TimeoutStartSec=infinity" in lines and "RemainAfterExit=yes" in lines

@@ -107,10 +107,11 @@ def test_everything_new_is_made_before_the_first_converge_and_the_old_goes_after
     log = []
     secrets = FakeSecrets(log)
     done = rotate_secrets(secrets, KINDS, "https://api", lambda: "tok", lambda token: {"lb1": "new", "db1": "new"},
-                          say=lambda m: None)
-    # the seed and the CA rotate in step: three converges for both
-    assert log == ["new keys", "new token", "converge accept", "converge switch", "converge done",
+                          say=lambda m: None, fresh_backup=lambda: log.append("backup") or "a fresh backup")
+    # the seed and the CA rotate in step: three converges for both; then a backup under the new seed's key
+    assert log == ["new keys", "new token", "converge accept", "converge switch", "converge done", "backup",
                    "retire token", "retire keys"]
+    assert "a fresh backup" in done
     assert "every agent host holds the new failover token" in done
     assert secrets.state.stage == secrets.ca.stage == "done" and secrets.ca == CAState("new CA")
 

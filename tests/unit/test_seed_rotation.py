@@ -61,3 +61,29 @@ def test_the_lab_keeps_each_stage_in_private_files(tmp_path):
         assert lab_seed_state(paths) == step
         assert all(oct(p.stat().st_mode)[-3:] == "600" for p in paths.secrets.iterdir())
     assert sorted(p.name for p in paths.secrets.iterdir()) == ["seed"]
+
+
+def test_during_a_seed_rotation_the_verifier_decrypts_backups_made_for_either_seed(tmp_path):
+    """The test restore's key derives from the seed: backups taken before the switch are encrypted to the old
+    seed's key, those after it to the new one's; the verifier holds both until the rotation is done."""
+    import shutil
+    import subprocess
+
+    from roles.backup import _from_outputs
+    from roles.backup.verify_key import verify_identity
+
+    if shutil.which("age") is None:
+        pytest.fail("age is not installed (package age)")
+    old, new = "1" * 64, "2" * 64
+    data = {"backup_verifier": True, "backup_bucket_prefix": "backups/"}
+    reader = {"access_key_id": "AKIAREADER", "secret_access_key": "s"}
+    for secrets, holds in (({"seed": old}, [old]), ({"seed": old, "seed_also": new}, [old, new]),
+                           ({"seed": new, "seed_also": old}, [new, old]), ({"seed": new}, [new])):
+        identity = tmp_path / "identity"
+        identity.write_text(_from_outputs({"backupBucket": "b"}, {**secrets, "restore_reader": reader}, data)
+                            ["backup_verify_identity"] + "\n")
+        for seed in (old, new):
+            sealed = subprocess.run(["age", "-r", verify_identity(seed)[1]], input=b"rows", capture_output=True,
+                                    check=True).stdout
+            opened = subprocess.run(["age", "-d", "-i", str(identity)], input=sealed, capture_output=True)
+            assert (opened.returncode == 0 and opened.stdout == b"rows") == (seed in holds), (secrets, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ import ssl
 import pytest
 
 from hastack.pki import CertificateAuthority
+from roles import witness as witness_role
+from roles.base import access_gate
 from roles.monitoring import witness_server
 from roles.monitoring.witness_server import Config, Witness, load_config, serve
 
@@ -319,3 +322,35 @@ def test_an_operator_may_force_the_next_epoch_but_only_from_the_current_one(tmp_
     assert not stale["granted"] and stale["epoch"] == 1
     forced = w.handle("db1", {"op": "claim", "group": "mariadb", "name": "db1", "epoch": 1, "force": True})
     assert forced["granted"] and (forced["epoch"], forced["writer"]) == (2, "db1")
+
+
+# -- the masters' access gates ----------------------------------------------------------------------------------
+
+def gate_config(port, tmp_path, name="db1") -> "access_gate.Config":
+    issued = tmp_path / "pki" / "issued"
+    return access_gate.Config(name=name, group=GROUP, witness_name="mon", witness_ip="127.0.0.1", witness_port=port,
+                              cert=str(issued / f"witness-{name}.crt"), key=str(issued / f"witness-{name}.key"),
+                              ca=str(tmp_path / "pki" / "ca.crt"), admin_group="hastack-admins")
+
+
+def test_an_access_gate_gets_the_admin_list_the_last_converge_wrote(server):
+    port, w, tmp_path = server
+    cfg = gate_config(port, tmp_path)
+    with pytest.raises(ValueError, match="no admin list here"):
+        access_gate.ask_witness(cfg)
+    access = tmp_path / "admins.json"
+    w.cfg.access_file = str(access)
+    access.write_text(witness_role.access_list_json([{"name": "alice", "ssh_key": "ssh-ed25519 AAAA alice"}]))
+    assert access_gate.ask_witness(cfg) == {"admins": {"alice": ["ssh-ed25519 AAAA alice"]}}
+    # read at each request: a converge changes it without restarting the witness
+    access.write_text(witness_role.access_list_json([{"name": "bob", "ssh_key": "ssh-ed25519 BBBB bob"}]))
+    assert access_gate.ask_witness(cfg)["admins"] == {"bob": ["ssh-ed25519 BBBB bob"]}
+
+
+def test_an_access_gate_speaks_only_for_its_own_host(server):
+    port, w, tmp_path = server
+    w.cfg.access_file = str(tmp_path / "admins.json")
+    (tmp_path / "admins.json").write_text(witness_role.access_list_json([]))
+    forged = dataclasses.replace(gate_config(port, tmp_path, "db2"), name="db1")
+    with pytest.raises(ValueError, match="may not speak for 'db1'"):
+        access_gate.ask_witness(forged)
