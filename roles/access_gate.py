@@ -15,6 +15,7 @@ from pyinfra.operations import files, systemd
 
 from hastack.templating import template_path
 from roles import witness
+from roles.base import DEFAULTS as BASE_DEFAULTS
 
 PROGRAM = Path(__file__).resolve().parent / "base" / "access_gate.py"
 UNIT = "/etc/systemd/system/hastack-access-gate.service"
@@ -25,7 +26,9 @@ def install(group: str) -> None:
     """For a witness client of ``group`` whose client TLS files are in place (roles.witness.put_client_tls)."""
     d = host.data
     wcfg = witness.client_config()
-    config = {"name": host.name, "group": group, "admin_group": d.base_admin_group,
+    # the base role's setting, outside the base deploy (whose data defaults hold it)
+    admin_group = d.get("base_admin_group") or BASE_DEFAULTS["base_admin_group"]
+    config = {"name": host.name, "group": group, "admin_group": admin_group,
               "witness_name": wcfg["witness_name"], "witness_ip": wcfg["witness_ip"],
               "witness_port": wcfg["witness_port"], "cert": wcfg["witness_cert"], "key": wcfg["witness_key"],
               "ca": wcfg["witness_ca"]}
