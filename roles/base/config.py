@@ -7,6 +7,7 @@ variables from here, so the tests render exactly what hosts receive.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from typing import Any, Mapping
 
 from roles.base import NODE_EXPORTER_PORT
@@ -14,6 +15,17 @@ from roles.base import NODE_EXPORTER_PORT
 # The operations that settle who may log in (admin accounts, keys, sudo) start with this; the
 # converge names every host where one of them did not run (hastack.converge.ConvergeReport).
 ACCESS = "Access:"
+
+
+def remove_admin_commands(name: str) -> list[str]:
+    """Removes a former admin: every process of their login sessions killed first, also those they run as
+    root through sudo (a database client, a tunnel: their open database sessions end with them), then
+    whatever else runs as them, then the account and its home."""
+    quoted = shlex.quote(name)
+    return [f"loginctl kill-user --signal=KILL {quoted} 2>/dev/null || true",
+            f"pkill -KILL -u {quoted} || true",
+            # --force: killed processes may linger a moment and must not stop the removal
+            f"userdel --force --remove {quoted}"]
 
 # Files that could lock admins out or leave a host open are rendered here
 # first and only installed over the live file once they pass their check.

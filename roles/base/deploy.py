@@ -33,6 +33,9 @@ PACKAGES = [
     "nftables",
     "netbase",  # /etc/protocols: nft resolves "vrrp" through it
     "procps",  # sysctl, pkill
+    # every login a logind session with a cgroup of its own: a removed admin's processes are all found
+    # there, also those they started as root with sudo (their database clients, their tunnels)
+    "libpam-systemd",
     "unattended-upgrades",
     "systemd-timesyncd",
     "prometheus-node-exporter",
@@ -117,11 +120,9 @@ def _admins(tvars, data):
             if name == login_user:  # killing its processes would cut this very connection
                 logger.warning(f"{host.name}: not removing former admin {name}: this deploy is logged in as it")
                 continue
-            quoted = shlex.quote(name)
             server.shell(
                 name=f"{ACCESS} remove former admin {name}",
-                # --force: killed processes may linger a moment and must not stop the removal.
-                commands=[f"pkill -KILL -u {quoted} || true", f"userdel --force --remove {quoted}"],
+                commands=c.remove_admin_commands(name),
             )
 
     _checked_install(tvars, c.SUDOERS, "0440", SUDOERS_CHECK)

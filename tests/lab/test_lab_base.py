@@ -138,6 +138,14 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     before = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
     assert set(before.values()) == {0}, before
 
+    # an open database session of the admin, as root through sudo: it ends with the admin
+    session = subprocess.Popen(lab.ssh_command("lab-db1", user="labops") + ["sudo -n mariadb -N -B -n"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    session.stdin.write("SELECT CONNECTION_ID();\n")
+    session.stdin.flush()
+    connection = int(session.stdout.readline())
+    assert _connection_open(lab, "lab-db1", connection)
+
     # a master powered off (as its peer fences it) when the admin is removed: the converge fails and names
     # it as the host where the removed admin may still log in; every other host is revoked all the same
     lab.stop("lab-db2", hard=True)
@@ -147,6 +155,7 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     assert "access not settled on lab-db2: an admin removed from the stack may still log in" in partial.failure()
     denied = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode if h != "lab-db2" else None)
     assert {h: rc for h, rc in denied.items() if rc not in (255, None)} == {}, denied
+    assert session.wait(timeout=30) != 0 and not _connection_open(lab, "lab-db1", connection)
 
     # when it returns, its access gate removes the admin before sshd and MariaDB start: no login, ever
     tries = _logins_while_booting(lab, "lab-db2", "labops")
@@ -189,6 +198,12 @@ def _logins_while_booting(lab, host, user, timeout=240.0) -> list[int]:
             return tries
         time.sleep(0.2)
     raise AssertionError(f"MariaDB on {host} not up after {timeout:.0f} s; logins: {tries}")
+
+
+def _connection_open(lab, host, connection: int) -> bool:
+    out = lab.exec(host, ["mariadb", "-N", "-e", "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                                 f"WHERE ID = {connection}"], check=True).stdout
+    return out.strip() == "1"
 
 
 def _active_since(lab, host, unit) -> int:
