@@ -30,6 +30,8 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.command import StringCommand
 from pyinfra.api.operations import run_ops
 
+from hastack.converge_progress import Progress
+from hastack.fact_cache import FactCache, fact_cache_dir, serving
 from hastack.inventory import make_inventory
 from hastack.role import AfterRoles, AfterRolesError
 from roles import all_roles
@@ -47,6 +49,9 @@ class HostReport:
     conditional: int = 0
     # every operation that settles who may log in (roles/base ACCESS) ran without error
     access_settled: bool = False
+    # facts while the operations were prepared: asked one by one, and served from one command
+    facts_asked: int = 0
+    facts_served: int = 0
 
 
 @dataclass
@@ -128,8 +133,16 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             # are gathered in parallel; the state context is process-wide, so it is
             # set once around all of them.
             hosts = list(state.inventory.get_active_hosts())
+            # the facts the last converge asked, asked again in one command per host (hastack.fact_cache)
+            facts = FactCache(fact_cache_dir())
             with ctx_state.use(state):
-                Pool(len(hosts) or 1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+                Pool(len(hosts) or 1).map(facts.prefetch, hosts)
+                with serving(facts):
+                    Pool(len(hosts) or 1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+            for h in hosts:
+                reports[h.name].facts_asked = facts.asked.get(h.name, 0)
+                reports[h.name].facts_served = facts.served.get(h.name, 0)
+                facts.save(h.name)
             if check:
                 say(f"asking {len(state.get_op_order())} operations whether they would change anything "
                     "(nothing is run)")
@@ -137,7 +150,9 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                     Pool(len(hosts) or 1).map(lambda h: _would_change(state, h, reports[h.name]), hosts)
                 return ConvergeReport(reports, time.monotonic() - started)
             say(f"running {len(state.get_op_order())} operations")
-            run_ops(state)
+            with Progress(state, say) as progress_lines:
+                state.add_callback_handler(progress_lines)
+                run_ops(state)
         except PyinfraError as e:
             for h in inventory:
                 if reports[h.name].failed is None and h in state.failed_hosts:

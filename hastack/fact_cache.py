@@ -1,0 +1,216 @@
+"""Facts in one round trip per host: what a converge asked of a host last time, asked again in one command.
+
+pyinfra asks every fact an operation needs over SSH, one command each, while it
+prepares the operations; on a host with a hundred operations that is a few
+hundred round trips, most of a converge that changes nothing. The facts a role
+asks depend on the host's data and on other facts, so they are not known
+before the roles run, but they hardly change between two converges. So:
+
+* while the operations are prepared, every fact asked of a host is recorded
+  (its class, its arguments, how it is run: sudo or not);
+* the next converge first runs all the facts recorded for the host in one
+  command and keeps the answers; while the operations are prepared, a fact
+  with an answer is served from it, any other is asked as before (and
+  recorded for the next time).
+
+The answers are taken a moment before they are used, and nothing on the host
+changes while operations are prepared (pyinfra runs nothing then), so a
+converge sees what it would have seen asking one by one: drift is found the
+same way. Facts asked while operations run (their conditions) are always asked
+live. A fact that fails, or whose program is missing, is asked again live, so
+pyinfra handles it as it always does.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api import facts as pyinfra_facts
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.command import StringCommand
+
+log = logging.getLogger(__name__)
+
+_BEGIN = "@@hastack-fact {}@@"
+_END = "@@hastack-fact-rc "
+_ASKED_AT_ONCE = 400  # facts in one command: far below any argument-length limit at a few hundred bytes each
+
+
+def fact_cache_dir() -> Path | None:
+    """Where the record is kept: $HASTACK_FACT_CACHE ("off": nowhere), else the user's cache directory.
+    It holds fact names, paths and commands, never their answers."""
+    value = os.environ.get("HASTACK_FACT_CACHE")
+    if value == "off":
+        return None
+    if value:
+        return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hastack" / "facts"
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, sort_keys=True)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+class FactCache:
+    """Per host: the facts recorded (``recorded``), and the answers taken at the start (``answers``)."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+        self.lock = threading.Lock()
+        self.recorded: dict[str, dict[str, dict]] = {}
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.served: dict[str, int] = {}
+        self.asked: dict[str, int] = {}
+
+    # -- the record, on disk between converges
+    def _file(self, host_name: str) -> Path | None:
+        return self.directory / f"{host_name}.json" if self.directory else None
+
+    def load(self, host_name: str) -> list[dict]:
+        path = self._file(host_name)
+        if path is None or not path.exists():
+            return []
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return entries if isinstance(entries, list) else []
+
+    def save(self, host_name: str) -> None:
+        path = self._file(host_name)
+        if path is None or not self.recorded.get(host_name):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(list(self.recorded[host_name].values()), sort_keys=True))
+        tmp.replace(path)
+
+    # -- keys
+    @staticmethod
+    def key(cls, fact_kwargs: dict, executor: dict) -> str:
+        return json.dumps([cls.__module__, cls.__qualname__, fact_kwargs, executor], sort_keys=True, default=repr)
+
+    def record(self, host_name: str, cls, fact_kwargs: dict, executor: dict) -> str | None:
+        """The fact's key; None when it cannot be recorded (arguments that are not plain data)."""
+        if not (_jsonable(fact_kwargs) and _jsonable(executor)) or "." in cls.__qualname__:
+            return None
+        key = self.key(cls, fact_kwargs, executor)
+        with self.lock:
+            self.recorded.setdefault(host_name, {})[key] = {
+                "module": cls.__module__, "name": cls.__qualname__, "kwargs": fact_kwargs, "executor": executor}
+        return key
+
+    # -- the answers, one command per host (and per way of running)
+    def prefetch(self, host) -> int:
+        """Asks every recorded fact of ``host`` in one command (per sudo setting); returns how many answered."""
+        groups: dict[str, list[tuple[str, Any, str]]] = {}  # executor -> [(key, fact, script)]
+        for entry in self.load(host.name):
+            try:
+                cls = getattr(importlib.import_module(entry["module"]), entry["name"])
+                fact = cls()
+                if fact.shell_executable:
+                    continue
+                fact_kwargs = dict(entry["kwargs"])
+                command = pyinfra_facts._make_command(fact.command, dict(fact_kwargs))
+                requires = pyinfra_facts._make_command(fact.requires_command, dict(fact_kwargs))
+            except Exception as e:  # a fact class gone or changed since: asked live when needed
+                log.debug("%s: not asking %s again: %s", host.name, entry.get("name"), e)
+                continue
+            script = str(StringCommand(command).get_raw_value()) if not isinstance(command, str) else command
+            if requires:
+                script = f"if command -v {requires} >/dev/null 2>&1; then {script}; else exit 127; fi"
+            key = self.key(cls, fact_kwargs, entry["executor"])
+            # the instance that made the command processes its output (some facts keep their arguments)
+            groups.setdefault(json.dumps(entry["executor"], sort_keys=True), []).append((key, fact, script))
+        answered = 0
+        for executor_json, items in groups.items():
+            executor = json.loads(executor_json)
+            for start in range(0, len(items), _ASKED_AT_ONCE):
+                answered += self._ask(host, executor, items[start:start + _ASKED_AT_ONCE])
+        return answered
+
+    def _ask(self, host, executor: dict, items: list[tuple[str, Any, str]]) -> int:
+        parts = []
+        for i, (_key, _cls, script) in enumerate(items):
+            # each fact in a subshell of its own, its error output dropped; its status after its output
+            parts.append(f"echo '{_BEGIN.format(i)}'; ( {script} ) 2>/dev/null; echo; echo \"{_END}$?\"")
+        try:
+            status, output = host.run_shell_command(StringCommand("\n".join(parts)), **executor)
+        except Exception as e:  # the facts are asked live instead
+            log.debug("%s: facts at once failed: %s", host.name, e)
+            return 0
+        if not status:
+            return 0
+        answers = self.answers.setdefault(host.name, {})
+        index, lines, n = None, [], 0
+        for line in output.stdout_lines:
+            if index is None:
+                if line.startswith("@@hastack-fact ") and line.endswith("@@"):
+                    index, lines = int(line[len("@@hastack-fact "):-2]), []
+                continue
+            if line.startswith(_END):
+                rc = line[len(_END):].strip()
+                # the `echo` before the status ends an output without a newline; one that had one ends
+                # in an empty line here that pyinfra would not have seen
+                if lines and lines[-1] == "":
+                    lines.pop()
+                if rc == "0":
+                    key, fact, _ = items[index]
+                    try:
+                        answers[key] = fact.process(lines) if lines else fact.default()
+                        n += 1
+                    except Exception:  # pyinfra reports it when it asks live
+                        pass
+                index = None
+                continue
+            lines.append(line)
+        return n
+
+
+_active: FactCache | None = None
+_original_get_fact = pyinfra_facts._get_fact
+
+
+def _get_fact(state, host, cls, args=None, kwargs=None, ensure_hosts=None, apply_failed_hosts=True):
+    cache = _active
+    if cache is None:
+        return _original_get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+    fact_kwargs, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
+    fact_kwargs.pop("self", None)
+    executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+    key = cache.record(host.name, cls, fact_kwargs, executor)
+    answers = cache.answers.get(host.name, {})
+    if key is not None and key in answers:
+        with cache.lock:
+            cache.served[host.name] = cache.served.get(host.name, 0) + 1
+        return copy.deepcopy(answers[key])
+    with cache.lock:
+        cache.asked[host.name] = cache.asked.get(host.name, 0) + 1
+    return _original_get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+
+
+@contextmanager
+def serving(cache: FactCache):
+    """While operations are prepared: facts from ``cache`` (and recorded into it)."""
+    global _active
+    _active = cache
+    pyinfra_facts._get_fact = _get_fact
+    try:
+        yield cache
+    finally:
+        pyinfra_facts._get_fact = _original_get_fact
+        _active = None

@@ -1,0 +1,86 @@
+"""Facts in one round trip per host: served from one command, equal to what pyinfra asks one by one."""
+
+from __future__ import annotations
+
+from gevent.pool import Pool
+from pyinfra import host
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.deploy import add_deploy, deploy
+from pyinfra.context import ctx_state
+from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
+from pyinfra.facts.server import Command
+
+from hastack.fact_cache import FactCache, serving
+
+
+def ask_all(path):
+    return {
+        "file": host.get_fact(File, path=str(path)),
+        "sha1": host.get_fact(Sha1File, path=str(path)),
+        "missing": host.get_fact(File, path=str(path) + ".missing"),
+        "dir": host.get_fact(Directory, path=str(path.parent)),
+        "grep": host.get_fact(FindInFile, path=str(path), pattern="^b"),
+        "lines": host.get_fact(Command, "printf 'one\\ntwo\\n'"),
+        "no_newline": host.get_fact(Command, "printf x"),
+        "empty": host.get_fact(Command, "true"),
+    }
+
+
+def prepare(cache_dir, path):
+    """One converge's preparation on this machine (pyinfra's @local), facts through a FactCache."""
+    seen = {}
+
+    @deploy("ask")
+    def asking():
+        seen.update(ask_all(path))
+
+    state = State(Inventory((["@local"], {})), Config(FAIL_PERCENT=100))
+    connect_all(state)
+    try:
+        hosts = list(state.inventory.get_active_hosts())
+        cache = FactCache(cache_dir)
+        with ctx_state.use(state):
+            Pool(1).map(cache.prefetch, hosts)
+            with serving(cache):
+                Pool(1).map(lambda h: add_deploy(state, asking, host=h), hosts)
+        cache.save("@local")
+    finally:
+        disconnect_all(state)
+    return seen, cache
+
+
+def test_a_second_converge_gets_every_fact_from_one_command_and_the_same_answers(tmp_path):
+    path = tmp_path / "managed.conf"
+    path.write_text("a\nb\n")
+    first, cache = prepare(tmp_path / "facts", path)
+    assert cache.asked["@local"] == 8 and "@local" not in cache.served
+    assert oct((tmp_path / "facts" / "@local.json").stat().st_mode & 0o777) == "0o600"
+    second, cache = prepare(tmp_path / "facts", path)
+    assert cache.served["@local"] == 8 and "@local" not in cache.asked
+    assert second == first
+    assert first["lines"] == "one\ntwo" and first["no_newline"] == "x" and first["empty"] is None
+    assert first["missing"] is None and first["grep"] == ["b"]
+
+
+def test_drift_between_converges_is_seen_as_when_asked_one_by_one(tmp_path):
+    path = tmp_path / "managed.conf"
+    path.write_text("a\nb\n")
+    first, _ = prepare(tmp_path / "facts", path)
+    path.write_text("edited by hand\n")
+    path.chmod(0o600)
+    second, cache = prepare(tmp_path / "facts", path)
+    assert cache.served["@local"] == 8
+    assert second["sha1"] != first["sha1"] and second["grep"] == []
+    assert second["file"]["mode"] == 600
+    live, _ = prepare(None, path)
+    assert second == live
+
+
+def test_without_a_record_every_fact_is_asked_live(tmp_path):
+    path = tmp_path / "managed.conf"
+    path.write_text("a\n")
+    (tmp_path / "facts").mkdir()
+    (tmp_path / "facts" / "@local.json").write_text("not json")
+    seen, cache = prepare(tmp_path / "facts", path)
+    assert cache.asked["@local"] == 8 and seen["file"] is not None
