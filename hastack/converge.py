@@ -137,22 +137,25 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             facts = FactCache(fact_cache_dir())
             with ctx_state.use(state):
                 Pool(len(hosts) or 1).map(facts.prefetch, hosts)
-                with serving(facts):
+            with serving(facts):
+                with ctx_state.use(state):
                     Pool(len(hosts) or 1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+                if check:
+                    say(f"asking {len(state.get_op_order())} operations whether they would change anything "
+                        "(nothing is run)")
+                    with ctx_state.use(state):
+                        Pool(len(hosts) or 1).map(lambda h: _would_change(state, h, reports[h.name]), hosts)
+                else:
+                    say(f"running {len(state.get_op_order())} operations")
+                    with Progress(state, say) as progress_lines:
+                        state.add_callback_handler(progress_lines)
+                        run_ops(state)
             for h in hosts:
                 reports[h.name].facts_asked = facts.asked.get(h.name, 0)
                 reports[h.name].facts_served = facts.served.get(h.name, 0)
                 facts.save(h.name)
             if check:
-                say(f"asking {len(state.get_op_order())} operations whether they would change anything "
-                    "(nothing is run)")
-                with ctx_state.use(state):
-                    Pool(len(hosts) or 1).map(lambda h: _would_change(state, h, reports[h.name]), hosts)
                 return ConvergeReport(reports, time.monotonic() - started)
-            say(f"running {len(state.get_op_order())} operations")
-            with Progress(state, say) as progress_lines:
-                state.add_callback_handler(progress_lines)
-                run_ops(state)
         except PyinfraError as e:
             for h in inventory:
                 if reports[h.name].failed is None and h in state.failed_hosts:

@@ -32,8 +32,10 @@ class Progress(BaseStateCallback):
     # -- pyinfra's callbacks (instance methods: pyinfra calls them with the state first)
     def operation_start(self, state, op_hash):
         index = self.order.index(op_hash) + 1 if op_hash in self.order else 0
-        names = state.get_op_meta(op_hash).names
-        self.current = (index, ", ".join(sorted(names)) or op_hash[:8])
+        # one operation in the order may be a different one per role ("hastack | app | Local MariaDB proxy")
+        names = sorted({n.removeprefix("hastack | ").replace(" | ", ": ", 1) for n in state.get_op_meta(op_hash).names})
+        shown = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+        self.current = (index, shown or op_hash[:8])
         self.waiting = {h.name for h, ops in state.ops.items() if op_hash in ops}
         self.op_started = self.now()
         if self.now() - self.said >= self.every:
@@ -55,12 +57,13 @@ class Progress(BaseStateCallback):
         index, name = self.current or (0, "")
         # the hosts with most left first
         behind = sorted(((left, n) for n, left in self.left.items() if left > 0), key=lambda b: (-b[0], b[1]))
-        per_host = ", ".join(f"{n} {self.total[n] - left}/{self.total[n]}" for left, n in behind[:6])
-        more = f" and {len(behind) - 6} more" if len(behind) > 6 else ""
+        per_host = ", ".join(f"{n} {self.total[n] - left}/{self.total[n]}" for left, n in behind[:4])
+        more = f" and {len(behind) - 4} more" if len(behind) > 4 else ""
         text = f"operation {index} of {len(self.order)} ({name})"
         running = self.now() - self.op_started
         if running >= self.every and self.waiting:
-            text += f", {running:.0f} s so far, waiting on {', '.join(sorted(self.waiting))}"
+            waiting = ", ".join(sorted(self.waiting)) if len(self.waiting) <= 4 else f"{len(self.waiting)} hosts"
+            text += f", {running:.0f} s so far, waiting on {waiting}"
         return text + (f"; done per host: {per_host}{more}" if per_host else "")
 
     def _say_where(self) -> None:

@@ -1,24 +1,27 @@
 """Facts in one round trip per host: what a converge asked of a host last time, asked again in one command.
 
-pyinfra asks every fact an operation needs over SSH, one command each, while it
-prepares the operations; on a host with a hundred operations that is a few
-hundred round trips, most of a converge that changes nothing. The facts a role
-asks depend on the host's data and on other facts, so they are not known
-before the roles run, but they hardly change between two converges. So:
+pyinfra asks every fact an operation needs over SSH, one command each (while
+the roles add their operations, and again inside each operation as it runs);
+on a host with a hundred operations that is a few hundred round trips, most
+of a converge that changes nothing. The facts a role asks depend on the
+host's data and on other facts, so they are not known before the roles run,
+but they hardly change between two converges. So:
 
-* while the operations are prepared, every fact asked of a host is recorded
-  (its class, its arguments, how it is run: sudo or not);
+* every fact asked of a host is recorded (its class, its arguments, how it
+  is run: sudo or not), in a file per host kept between converges;
 * the next converge first runs all the facts recorded for the host in one
-  command and keeps the answers; while the operations are prepared, a fact
-  with an answer is served from it, any other is asked as before (and
-  recorded for the next time).
+  command and keeps the answers; a fact with an answer is served from it,
+  any other is asked as before (and recorded for the next time);
+* answers are served only while nothing has changed: once anything has run
+  a command on any host that is not a fact's (an operation's command, an
+  upload), every fact is asked live again, as pyinfra always does, so an
+  operation sees what it and the ones before it did.
 
-The answers are taken a moment before they are used, and nothing on the host
-changes while operations are prepared (pyinfra runs nothing then), so a
-converge sees what it would have seen asking one by one: drift is found the
-same way. Facts asked while operations run (their conditions) are always asked
-live. A fact that fails, or whose program is missing, is asked again live, so
-pyinfra handles it as it always does.
+A converge that changes nothing therefore asks its facts in one command per
+host, and sees what it would have seen asking one by one a few seconds
+earlier: drift is found the same way. A fact that fails, or whose program is
+missing, is not served: it is asked live, and pyinfra handles it as always.
+The record holds fact names, paths and commands, never their answers.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import gevent.local
 from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import StringCommand
+from pyinfra.api.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class FactCache:
         self.answers: dict[str, dict[str, Any]] = {}
         self.served: dict[str, int] = {}
         self.asked: dict[str, int] = {}
+        self.changed = False  # an operation ran a command somewhere: every fact is asked live from now on
 
     # -- the record, on disk between converges
     def _file(self, host_name: str) -> Path | None:
@@ -182,6 +188,7 @@ class FactCache:
 
 
 _active: FactCache | None = None
+_asking = gevent.local.local()  # per greenlet: asking a fact live now
 _original_get_fact = pyinfra_facts._get_fact
 
 
@@ -193,24 +200,42 @@ def _get_fact(state, host, cls, args=None, kwargs=None, ensure_hosts=None, apply
     fact_kwargs.pop("self", None)
     executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
     key = cache.record(host.name, cls, fact_kwargs, executor)
-    answers = cache.answers.get(host.name, {})
+    answers = {} if cache.changed else cache.answers.get(host.name, {})
     if key is not None and key in answers:
         with cache.lock:
             cache.served[host.name] = cache.served.get(host.name, 0) + 1
         return copy.deepcopy(answers[key])
     with cache.lock:
         cache.asked[host.name] = cache.asked.get(host.name, 0) + 1
-    return _original_get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+    _asking.fact = True  # its command is a fact's, not a change
+    try:
+        return _original_get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+    finally:
+        _asking.fact = False
 
 
 @contextmanager
 def serving(cache: FactCache):
-    """While operations are prepared: facts from ``cache`` (and recorded into it)."""
+    """Facts from ``cache`` (and recorded into it) until anything runs a command on a host that is not a
+    fact's (an operation's command, an upload: the host may have changed)."""
     global _active
     _active = cache
     pyinfra_facts._get_fact = _get_fact
+    originals = {name: getattr(Host, name) for name in ("run_shell_command", "put_file")}
+
+    def watched(name):
+        def call(self, *args, **kwargs):
+            if not getattr(_asking, "fact", False):
+                cache.changed = True
+            return originals[name](self, *args, **kwargs)
+        return call
+
+    for name in originals:
+        setattr(Host, name, watched(name))
     try:
         yield cache
     finally:
+        for name, original in originals.items():
+            setattr(Host, name, original)
         pyinfra_facts._get_fact = _original_get_fact
         _active = None

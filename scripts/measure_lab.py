@@ -4,7 +4,9 @@
 cold:   from no machines (lab down) to every machine booted and converged;
         the base image and the apt cache are kept, as on a second day.
         --from-scratch also removes the base image and the apt cache.
-warm:   a converge over the unchanged lab (must report zero changes).
+warm:   a converge over the unchanged lab (must report zero changes); the facts
+        it took from one command per host (hastack.fact_cache) and those it
+        asked one by one.
 floor:  the least a converge can cost: connect to every host over SSH and
         gather one trivial fact (the hostname), with the same pyinfra setup.
 
@@ -42,6 +44,8 @@ def floor(entries) -> float:
 
 
 def show(label: str, runs: list[float]) -> None:
+    if not runs:
+        return
     print(f"{label:<28} median {statistics.median(runs):7.2f} s   min {min(runs):7.2f}   max {max(runs):7.2f}   "
           f"runs {', '.join(f'{r:.2f}' for r in runs)}")
 
@@ -67,20 +71,24 @@ def main() -> None:
         phases.append(result["timings"])
         assert result["converge"].ok, "cold converge failed"
 
-    warm, floors = [], []
+    warm, floors, served, asked = [], [], [], []
     entries = lab.inventory_entries()
     for _ in range(args.runs):
         report = converge(entries)
         assert report.ok and report.changes == 0, f"warm converge changed {report.changes} operations"
         warm.append(report.seconds)
+        served.append(sum(r.facts_served for r in report.hosts.values()))
+        asked.append(sum(r.facts_asked for r in report.hosts.values()))
         floors.append(floor(entries))
 
     print(f"lab: {len(lab.machines)} machines, {len(lab.machines)} hosts converged in parallel")
     show("cold lab up", cold)
     for key in ("image", "network", "boot", "converge"):
-        show(f"  of which {key}", [p[key] for p in phases])
+        show(f"  of which {key}", [p[key] for p in phases if key in p])
     show("warm re-converge (0 changes)", warm)
     show("floor (1 fact per host)", floors)
+    print(f"facts while preparing (all hosts, last run): {served[-1]} from one command per host, "
+          f"{asked[-1]} asked one by one")
     print(f"warm / floor (medians): {statistics.median(warm) / statistics.median(floors):.1f}x")
 
 

@@ -30,7 +30,8 @@ class FakeState:
         return ["a", "b", "c"]
 
     def get_op_meta(self, op_hash):
-        return SimpleNamespace(names={{"a": "Base packages", "b": "MariaDB", "c": "Join the ring"}[op_hash]})
+        return SimpleNamespace(names={{"a": "hastack | base | Base packages", "b": "hastack | mariadb | MariaDB",
+                                       "c": "hastack | cassandra | Join the ring"}[op_hash]})
 
 
 def test_lines_say_the_operation_the_hosts_it_waits_on_and_what_each_host_has_done():
@@ -42,9 +43,9 @@ def test_lines_say_the_operation_the_hosts_it_waits_on_and_what_each_host_has_do
         p.operation_host_success(state, state.hosts[name], "a")
     clock.t += 11
     p.operation_start(state, "c")
-    assert lines == ["operation 3 of 3 (Join the ring); done per host: cass1 1/2, db1 1/2, db2 1/2"]
+    assert lines == ["operation 3 of 3 (cassandra: Join the ring); done per host: cass1 1/2, db1 1/2, db2 1/2"]
     clock.t += 30
-    assert p.line() == ("operation 3 of 3 (Join the ring), 30 s so far, waiting on cass1; "
+    assert p.line() == ("operation 3 of 3 (cassandra: Join the ring), 30 s so far, waiting on cass1; "
                         "done per host: cass1 1/2, db1 1/2, db2 1/2")
     p.operation_host_error(state, state.hosts["cass1"], "c")
-    assert p.line() == "operation 3 of 3 (Join the ring); done per host: db1 1/2, db2 1/2"
+    assert p.line() == "operation 3 of 3 (cassandra: Join the ring); done per host: db1 1/2, db2 1/2"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from gevent.pool import Pool
 from pyinfra import host
 from pyinfra.api import Config, Inventory, State
@@ -84,3 +86,53 @@ def test_without_a_record_every_fact_is_asked_live(tmp_path):
     (tmp_path / "facts" / "@local.json").write_text("not json")
     seen, cache = prepare(tmp_path / "facts", path)
     assert cache.asked["@local"] == 8 and seen["file"] is not None
+
+
+def converge_here(cache_dir, path, marker):
+    """A converge on this machine: a file written, then a command that runs only if a fact, asked as the
+    operations run, sees the new content."""
+    from io import StringIO
+
+    from pyinfra.api.operations import run_ops
+    from pyinfra.operations import files, server
+
+    wanted = "new\n"
+
+    @deploy("write")
+    def writing():
+        files.put(name="the file", src=StringIO(wanted), dest=str(path))
+        server.shell(name="after the file", commands=[f"touch {marker}"],
+                     _if=lambda: host.get_fact(Sha1File, path=str(path)) == hashlib.sha1(wanted.encode()).hexdigest()
+                     and not host.get_fact(File, path=str(marker)))
+
+    state = State(Inventory((["@local"], {})), Config(FAIL_PERCENT=100))
+    connect_all(state)
+    try:
+        hosts = list(state.inventory.get_active_hosts())
+        cache = FactCache(cache_dir)
+        with ctx_state.use(state):
+            Pool(1).map(cache.prefetch, hosts)
+        with serving(cache):
+            with ctx_state.use(state):
+                Pool(1).map(lambda h: add_deploy(state, writing, host=h), hosts)
+            run_ops(state)
+        cache.save("@local")
+    finally:
+        disconnect_all(state)
+    return cache
+
+
+def test_once_an_operation_changed_something_every_fact_is_asked_live(tmp_path):
+    path, marker = tmp_path / "managed.conf", tmp_path / "ran"
+    path.write_text("old\n")
+    converge_here(tmp_path / "facts", path, marker)
+    assert marker.exists()
+    # the record now holds the file's facts as they were before the write: served, they would say "old"
+    marker.unlink()
+    path.write_text("old\n")
+    cache = converge_here(tmp_path / "facts", path, marker)
+    assert cache.changed and cache.served.get("@local", 0) > 0 and cache.asked.get("@local", 0) > 0
+    assert marker.exists()
+    # nothing to change: every fact from the one command
+    cache = converge_here(tmp_path / "facts", path, marker)
+    assert not cache.changed and "@local" not in cache.asked and cache.served["@local"] >= 2
