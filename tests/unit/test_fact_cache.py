@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy, deploy
+from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_state
 from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command
@@ -48,6 +49,12 @@ def prepare(cache_dir, path):
     def asking():
         seen.update(ask_all(path))
 
+    return seen, converge_locally(cache_dir, asking, run=False)
+
+
+def converge_locally(cache_dir, deploy_fn, run: bool) -> FactCache:
+    """``deploy_fn`` on this machine (pyinfra's @local) as hastack.converge does it: the record's facts
+    asked first, then the roles prepared and, with ``run``, their operations run, facts through the cache."""
     state = State(Inventory((["@local"], {})), Config(FAIL_PERCENT=100))
     connect_all(state)
     try:
@@ -55,12 +62,15 @@ def prepare(cache_dir, path):
         cache = FactCache(cache_dir)
         with ctx_state.use(state):
             Pool(1).map(cache.prefetch, hosts)
-            with serving(cache):
-                Pool(1).map(lambda h: add_deploy(state, asking, host=h), hosts)
+        with serving(cache):
+            with ctx_state.use(state):
+                Pool(1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+            if run:
+                run_ops(state)
         cache.save("@local")
     finally:
         disconnect_all(state)
-    return seen, cache
+    return cache
 
 
 def test_a_second_converge_gets_every_fact_from_one_command_and_the_same_answers(tmp_path):
@@ -104,7 +114,6 @@ def converge_here(cache_dir, path, marker):
     operations run, sees the new content."""
     from io import StringIO
 
-    from pyinfra.api.operations import run_ops
     from pyinfra.operations import files, server
 
     wanted = "new\n"
@@ -116,21 +125,7 @@ def converge_here(cache_dir, path, marker):
                      _if=lambda: host.get_fact(Sha1File, path=str(path)) == hashlib.sha1(wanted.encode()).hexdigest()
                      and not host.get_fact(File, path=str(marker)))
 
-    state = State(Inventory((["@local"], {})), Config(FAIL_PERCENT=100))
-    connect_all(state)
-    try:
-        hosts = list(state.inventory.get_active_hosts())
-        cache = FactCache(cache_dir)
-        with ctx_state.use(state):
-            Pool(1).map(cache.prefetch, hosts)
-        with serving(cache):
-            with ctx_state.use(state):
-                Pool(1).map(lambda h: add_deploy(state, writing, host=h), hosts)
-            run_ops(state)
-        cache.save("@local")
-    finally:
-        disconnect_all(state)
-    return cache
+    return converge_locally(cache_dir, writing, run=True)
 
 
 def test_once_an_operation_changed_something_every_fact_is_asked_live(tmp_path):
