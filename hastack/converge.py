@@ -58,6 +58,7 @@ class HostReport:
 class ConvergeReport:
     hosts: dict[str, HostReport]
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)  # connect, facts, prepare, run, after roles: seconds
 
     @property
     def ok(self) -> bool:
@@ -118,6 +119,13 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     state = State(inventory, config)
     reports = {name: HostReport(name) for name in entries}
     say = progress or (lambda _m: None)
+    phases: dict[str, float] = {}
+    lap = [started]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = now - lap[0]
+        lap[0] = now
 
     say(f"connecting to {len(entries)} hosts")
     _fresh_host_keys()
@@ -125,6 +133,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     for h in inventory:
         if h not in state.activated_hosts:
             reports[h.name].failed = "connect: could not connect over SSH"
+    phase("connect")
     try:
         try:
             say("preparing operations (gathering facts)")
@@ -137,9 +146,11 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             facts = FactCache(fact_cache_dir())
             with ctx_state.use(state):
                 Pool(len(hosts) or 1).map(facts.prefetch, hosts)
+            phase("facts")
             with serving(facts):
                 with ctx_state.use(state):
                     Pool(len(hosts) or 1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+                phase("prepare")
                 if check:
                     say(f"asking {len(state.get_op_order())} operations whether they would change anything "
                         "(nothing is run)")
@@ -150,12 +161,13 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                     with Progress(state, say) as progress_lines:
                         state.add_callback_handler(progress_lines)
                         run_ops(state)
+                    phase("run")
             for h in hosts:
                 reports[h.name].facts_asked = facts.asked.get(h.name, 0)
                 reports[h.name].facts_served = facts.served.get(h.name, 0)
                 facts.save(h.name)
             if check:
-                return ConvergeReport(reports, time.monotonic() - started)
+                return ConvergeReport(reports, time.monotonic() - started, phases)
         except PyinfraError as e:
             for h in inventory:
                 if reports[h.name].failed is None and h in state.failed_hosts:
@@ -163,13 +175,14 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             if not any(r.failed for r in reports.values()):
                 raise
         if check:
-            return ConvergeReport(reports, time.monotonic() - started)
+            return ConvergeReport(reports, time.monotonic() - started, phases)
         _collect(state, inventory, reports)
         if after_roles:
             _after_roles(state, inventory, reports, say)
+            phase("after roles")
     finally:
         disconnect_all(state)
-    return ConvergeReport(reports, time.monotonic() - started)
+    return ConvergeReport(reports, time.monotonic() - started, phases)
 
 
 @contextmanager

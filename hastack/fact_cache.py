@@ -42,11 +42,14 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import StringCommand
 from pyinfra.api.host import Host
 
+from hastack.fact_batches import Batch, batches
+
 log = logging.getLogger(__name__)
 
 _BEGIN = "@@hastack-fact {}@@"
 _END = "@@hastack-fact-rc "
-_ASKED_AT_ONCE = 400  # facts in one command: far below any argument-length limit at a few hundred bytes each
+# one command's size: `sudo sh -c COMMAND` passes it as one argument, which Linux limits to 128 KiB
+_COMMAND_BYTES = 64 * 1024
 
 
 def fact_cache_dir() -> Path | None:
@@ -123,7 +126,8 @@ class FactCache:
     # -- the answers, one command per host (and per way of running)
     def prefetch(self, host) -> int:
         """Asks every recorded fact of ``host`` in one command (per sudo setting); returns how many answered."""
-        groups: dict[str, list[tuple[str, Any, str]]] = {}  # executor -> [(key, fact, script)]
+        groups: dict[str, list[tuple[str, Any, dict]]] = {}  # executor -> [(key, fact, its arguments)]
+        scripts: dict[str, str] = {}  # key -> the fact's own command
         for entry in self.load(host.name):
             try:
                 cls = getattr(importlib.import_module(entry["module"]), entry["name"])
@@ -140,20 +144,29 @@ class FactCache:
             if requires:
                 script = f"if command -v {requires} >/dev/null 2>&1; then {script}; else exit 127; fi"
             key = self.key(cls, fact_kwargs, entry["executor"])
+            scripts[key] = script
             # the instance that made the command processes its output (some facts keep their arguments)
-            groups.setdefault(json.dumps(entry["executor"], sort_keys=True), []).append((key, fact, script))
+            groups.setdefault(json.dumps(entry["executor"], sort_keys=True), []).append((key, fact, fact_kwargs))
         answered = 0
-        for executor_json, items in groups.items():
+        for executor_json, facts in groups.items():
             executor = json.loads(executor_json)
-            for start in range(0, len(items), _ASKED_AT_ONCE):
-                answered += self._ask(host, executor, items[start:start + _ASKED_AT_ONCE])
+            together, alone = batches(facts)
+            items = together + [Batch([(key, fact)], scripts[key], _one) for key, fact in alone]
+            chunk: list[Batch] = []
+            for item in items:
+                if chunk and sum(len(i.script) for i in chunk) + len(item.script) > _COMMAND_BYTES:
+                    answered += self._ask(host, executor, chunk)
+                    chunk = []
+                chunk.append(item)
+            if chunk:
+                answered += self._ask(host, executor, chunk)
         return answered
 
-    def _ask(self, host, executor: dict, items: list[tuple[str, Any, str]]) -> int:
+    def _ask(self, host, executor: dict, items: list[Batch]) -> int:
         parts = []
-        for i, (_key, _cls, script) in enumerate(items):
-            # each fact in a subshell of its own, its error output dropped; its status after its output
-            parts.append(f"echo '{_BEGIN.format(i)}'; ( {script} ) 2>/dev/null; echo; echo \"{_END}$?\"")
+        for i, item in enumerate(items):
+            # each program in a subshell of its own, its error output dropped; its status after its output
+            parts.append(f"echo '{_BEGIN.format(i)}'; ( {item.script} ) 2>/dev/null; echo; echo \"{_END}$?\"")
         try:
             status, output = host.run_shell_command(StringCommand("\n".join(parts)), **executor)
         except Exception as e:  # the facts are asked live instead
@@ -174,10 +187,12 @@ class FactCache:
                 # in an empty line here that pyinfra would not have seen
                 if lines and lines[-1] == "":
                     lines.pop()
-                if rc == "0":
-                    key, fact, _ = items[index]
+                item = items[index]
+                for (key, fact), out in zip(item.members, item.split(lines, rc)):
+                    if out is None:
+                        continue
                     try:
-                        answers[key] = fact.process(lines) if lines else fact.default()
+                        answers[key] = fact.process(out) if out else fact.default()
                         n += 1
                     except Exception:  # pyinfra reports it when it asks live
                         pass
@@ -185,6 +200,11 @@ class FactCache:
                 continue
             lines.append(line)
         return n
+
+
+def _one(lines: list[str], rc: str) -> list[list[str] | None]:
+    """A fact asked on its own: its output, when its command succeeded."""
+    return [lines if rc == "0" else None]
 
 
 _active: FactCache | None = None

@@ -4,7 +4,7 @@
 cold:   from no machines (lab down) to every machine booted and converged;
         the base image and the apt cache are kept, as on a second day.
         --from-scratch also removes the base image and the apt cache.
-warm:   a converge over the unchanged lab (must report zero changes); the facts
+warm:   a converge over the unchanged lab (must report zero changes), phase by phase; the facts
         it took from one command per host (hastack.fact_cache) and those it
         asked one by one.
 floor:  the least a converge can cost: connect to every host over SSH and
@@ -71,21 +71,24 @@ def main() -> None:
         phases.append(result["timings"])
         assert result["converge"].ok, "cold converge failed"
 
-    warm, floors, served, asked = [], [], [], []
+    warm, floors, served, asked, warm_phases = [], [], [], [], []
     entries = lab.inventory_entries()
     for _ in range(args.runs):
         report = converge(entries)
         assert report.ok and report.changes == 0, f"warm converge changed {report.changes} operations"
         warm.append(report.seconds)
+        warm_phases.append(report.phases)
         served.append(sum(r.facts_served for r in report.hosts.values()))
         asked.append(sum(r.facts_asked for r in report.hosts.values()))
         floors.append(floor(entries))
 
     print(f"lab: {len(lab.machines)} machines, {len(lab.machines)} hosts converged in parallel")
     show("cold lab up", cold)
-    for key in ("image", "network", "boot", "converge"):
+    for key in ("image", "network", "boot", "apt", "converge"):
         show(f"  of which {key}", [p[key] for p in phases if key in p])
     show("warm re-converge (0 changes)", warm)
+    for key in ("connect", "facts", "prepare", "run", "after roles"):
+        show(f"  of which {key}", [p[key] for p in warm_phases if key in p])
     show("floor (1 fact per host)", floors)
     print(f"facts while preparing (all hosts, last run): {served[-1]} from one command per host, "
           f"{asked[-1]} asked one by one")

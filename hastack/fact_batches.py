@@ -1,0 +1,137 @@
+"""Facts of one kind asked for many arguments by one program: `stat` for files,
+`sha1sum` for hashes, `systemctl show` for units.
+
+A converge asks hundreds of such facts of a host (the state of each managed
+file, its hash, each unit). Asked one by one, each is a subshell and a program
+or two on the host; on a small machine running a dozen hosts at once those
+processes are most of a converge that changes nothing. Here each kind is one
+program over all its arguments, and its output is cut into what each fact's
+own command would have printed, for the fact's own `process` to read: the
+answers are pyinfra's.
+
+Only plain arguments are batched (absolute paths and unit names without
+spaces, quotes or glob characters, so the output can be cut without doubt);
+any other fact is asked on its own, as before.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9_./@:+,=%-]*$")
+_PLAIN_UNIT = re.compile(r"^[A-Za-z0-9_.@:-]+$")
+_AT_ONCE = 200  # arguments to one program: its command stays a few KiB
+
+# pyinfra's own stat format (its File fact's command), with the path in front to cut the output by
+assert LINUX_STAT_COMMAND.startswith("stat -c '") and LINUX_STAT_COMMAND.endswith("'"), LINUX_STAT_COMMAND
+_STAT_FORMAT = "%n|" + LINUX_STAT_COMMAND[len("stat -c '"):-1]
+
+
+@dataclass
+class Batch:
+    """One program answering several facts: ``split(lines, rc)`` gives each member its output
+    lines (as its own command would have printed them), or None when it has no answer."""
+
+    members: list[tuple[str, Any]]  # (key, fact instance whose command was made)
+    script: str
+    split: Callable[[list[str], str], list[list[str] | None]]
+
+
+def _path(kwargs: dict) -> str | None:
+    path = kwargs.get("path")
+    return path if set(kwargs) == {"path"} and isinstance(path, str) and _PLAIN_PATH.match(path) else None
+
+
+def _unit(kwargs: dict) -> str | None:
+    if kwargs.get("user_mode") or kwargs.get("machine") or kwargs.get("user_name"):
+        return None
+    if set(kwargs) - {"user_mode", "machine", "user_name", "services"}:
+        return None
+    services = kwargs.get("services")
+    if isinstance(services, list) and len(services) == 1:
+        services = services[0]
+    return services if isinstance(services, str) and _PLAIN_UNIT.match(services) else None
+
+
+def _by_path(members, args: list[str], program: str, cut: Callable[[str], tuple[str, str]]) -> Batch:
+    """A program that prints one line per existing path and nothing for a missing one (status 1)."""
+    unique = list(dict.fromkeys(args))
+    script = f"{program} -- {' '.join(shlex.quote(a) for a in unique)}"
+
+    def split(lines: list[str], rc: str) -> list[list[str] | None]:
+        if rc not in ("0", "1"):  # 1: some path is missing; anything else: the program itself failed
+            return [None] * len(members)
+        found: dict[str, str] = {}
+        for line in lines:
+            path, text = cut(line)
+            if path in found or path not in unique:
+                return [None] * len(members)  # not what was asked: nothing is served from it
+            found[path] = text
+        return [[found[a]] if a in found else [] for a in args]
+
+    return Batch(members, script, split)
+
+
+def _files(members, paths) -> Batch:
+    return _by_path(members, paths, f"stat -c {shlex.quote(_STAT_FORMAT)}",
+                    lambda line: tuple(line.split("|", 1)) if "|" in line else ("", line))
+
+
+def _hashes(members, paths) -> Batch:
+    # the fact's command prints sha1sum's line as it is ("<hash>  <path>")
+    return _by_path(members, paths, "sha1sum",
+                    lambda line: (line.split("  ", 1)[1], line) if "  " in line else ("", line))
+
+
+def _units(members, units: list[str]) -> Batch:
+    unique = list(dict.fromkeys(units))
+    script = ("systemctl show --all --property Id --property SubState --property UnitFileState -- "
+              + " ".join(unique))
+
+    def split(lines: list[str], rc: str) -> list[list[str] | None]:
+        blocks: list[list[str]] = [[]]
+        for line in lines:
+            if line.strip():
+                blocks[-1].append(line)
+            elif blocks[-1]:
+                blocks.append([])
+        blocks = [b for b in blocks if b]
+        # systemctl prints one block per unit asked, in the order asked (an unknown unit too)
+        if rc != "0" or len(blocks) != len(unique) or not all(b[0].startswith("Id=") for b in blocks):
+            return [None] * len(members)
+        by_unit = dict(zip(unique, blocks))
+        return [by_unit[u] for u in units]
+
+    return Batch(members, script, split)
+
+
+_KINDS: list[tuple[tuple[type, ...], Callable[[dict], str | None], Callable]] = [
+    ((File, Directory, Link), _path, _files),
+    ((Sha1File,), _path, _hashes),
+    ((SystemdStatus, SystemdEnabled), _unit, _units),
+]
+
+
+def batches(facts: list[tuple[str, Any, dict]]) -> tuple[list[Batch], list[tuple[str, Any]]]:
+    """``facts``: (key, fact, its arguments). Returns the batches, and the facts asked one by one."""
+    grouped: dict[int, tuple[list, list]] = {}
+    alone = []
+    for key, fact, kwargs in facts:
+        for i, (classes, argument, _make) in enumerate(_KINDS):
+            arg = argument(kwargs) if type(fact) in classes else None
+            if arg is not None:
+                members, args = grouped.setdefault(i, ([], []))
+                members.append((key, fact))
+                args.append(arg)
+                break
+        else:
+            alone.append((key, fact))
+    made = [_KINDS[i][2](members[start:start + _AT_ONCE], args[start:start + _AT_ONCE])
+            for i, (members, args) in sorted(grouped.items()) for start in range(0, len(members), _AT_ONCE)]
+    return made, alone
