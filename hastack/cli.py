@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m hastack.cli`: as the `hastack` program (hastack/launch.py)
+    from hastack.launch import cooperative
+
+    cooperative()
+
 import json
 from pathlib import Path
 from typing import Callable

@@ -24,6 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hastack.launch import cooperative  # noqa: E402
+
+cooperative()  # every host at once, as the hastack program does
+
 from pyinfra.api import Config, State  # noqa: E402
 from pyinfra.api.connect import connect_all, disconnect_all  # noqa: E402
 from pyinfra.facts.server import Hostname  # noqa: E402

@@ -22,6 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hastack.launch import cooperative  # noqa: E402
+
+cooperative()  # every host at once, as the hastack program does
+
 from hastack.converge import converge  # noqa: E402
 from hastack.lab import Lab  # noqa: E402
 from hastack.lab.layout import lab_topology  # noqa: E402

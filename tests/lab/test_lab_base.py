@@ -271,6 +271,20 @@ def test_converge_check_names_the_drift_changes_nothing_and_a_converge_repairs_i
     assert "0 operations would change on 0 of 12 hosts" in " ".join(clean.stdout.split())
 
 
+def test_the_users_fact_in_one_pass_reads_as_pyinfras_own_command(lab):
+    """The converge asks the accounts in one pass (hastack.fact_batches); on hosts of three roles, with
+    the admins, their groups and service accounts, it prints exactly what pyinfra's command prints."""
+    from pyinfra.facts.server import Users
+
+    from hastack.fact_batches import _USERS_SCRIPT
+
+    for name in ("lab-db1", "lab-lb1", "lab-mon1"):
+        own = lab.exec(name, ["sh", "-c", Users().command()], check=True).stdout
+        one_pass = lab.exec(name, ["sh", "-c", _USERS_SCRIPT], check=True).stdout
+        assert one_pass == own, (name, own, one_pass)
+        assert "|labadmin " in own or "|labadmin|" in own, own
+
+
 # every certificate a converge puts on the lab, by the host and file that hold it
 CERTIFICATE_FILES = {
     "lab-db1": "/etc/mysql/tls/server.crt", "lab-redis1": "/etc/redis/tls/redis.crt",

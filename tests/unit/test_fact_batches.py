@@ -89,3 +89,18 @@ def test_unit_blocks_go_to_their_units_and_a_short_output_answers_none():
     assert answers == [{"ssh.service": True}, {"gone.service": False}, {"ssh.service": True}]
     assert batch.split(out[:4], "0") == [None, None, None]
     assert batch.split(out, "1") == [None, None, None]
+
+
+def test_the_users_in_one_pass_read_as_pyinfras_own_command(tmp_path):
+    """On this machine's accounts (groups, shadow, lastlog): the same lines, so the same Users fact."""
+    import subprocess
+
+    from pyinfra.facts.server import Users
+
+    (batch,), _ = batches([("u", Users(), {})])
+    own = subprocess.run(["sh", "-c", Users().command()], capture_output=True, text=True, check=True).stdout
+    one_pass = subprocess.run(["sh", "-c", batch.script], capture_output=True, text=True, check=True).stdout
+    assert one_pass == own and len(own.splitlines()) > 5
+    (answer,) = batch.split(one_pass.splitlines(), "0")
+    assert Users().process(answer) == Users().process(own.splitlines())
+    assert batch.split([], "1") == [None]
