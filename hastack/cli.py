@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python -m hastack.cli`: as the `hastack` program (hastack/launch.py)
-    from hastack.launch import cooperative
+    import sys
 
-    cooperative()
+    from hastack.launch import cooperative, needs_real_threads
+
+    if not needs_real_threads(sys.argv):
+        cooperative()
 
 import json
 from pathlib import Path

@@ -13,6 +13,7 @@ change something; nothing is run on any host and no after-roles step runs.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import time
@@ -24,6 +25,7 @@ from gevent.pool import Pool
 from pyinfra import host
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.api import Config, State
+from pyinfra.api import arguments as pyinfra_arguments
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy, deploy
 from pyinfra.api.exceptions import PyinfraError
@@ -36,6 +38,10 @@ from hastack.inventory import make_inventory
 from hastack.role import AfterRoles, AfterRolesError
 from roles import all_roles
 from roles.base.config import ACCESS
+
+# pyinfra works out the type hints of its global arguments (_sudo, _if, ...) again for every
+# operation and fact: a third of preparing a converge. They never change within a process.
+pyinfra_arguments.all_global_arguments = functools.cache(pyinfra_arguments.all_global_arguments)
 
 
 @dataclass

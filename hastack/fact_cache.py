@@ -26,11 +26,11 @@ The record holds fact names, paths and commands, never their answers.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import logging
 import os
+import pickle
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,7 +192,9 @@ class FactCache:
                     if out is None:
                         continue
                     try:
-                        answers[key] = fact.process(out) if out else fact.default()
+                        # kept pickled: each ask gets its own copy (an operation may change what it is given),
+                        # made faster than a deep copy of a host's package list
+                        answers[key] = pickle.dumps(fact.process(out) if out else fact.default())
                         n += 1
                     except Exception:  # pyinfra reports it when it asks live
                         pass
@@ -224,7 +226,7 @@ def _get_fact(state, host, cls, args=None, kwargs=None, ensure_hosts=None, apply
     if key is not None and key in answers:
         with cache.lock:
             cache.served[host.name] = cache.served.get(host.name, 0) + 1
-        return copy.deepcopy(answers[key])
+        return pickle.loads(answers[key])
     with cache.lock:
         cache.asked[host.name] = cache.asked.get(host.name, 0) + 1
     _asking.fact = True  # its command is a fact's, not a change
