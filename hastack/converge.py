@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import gevent
 from gevent.pool import Pool
 from pyinfra import host
 from pyinfra.context import ctx_host, ctx_state
@@ -38,6 +39,8 @@ from hastack.inventory import make_inventory
 from hastack.role import AfterRoles, AfterRolesError
 from roles import all_roles
 from roles.base.config import ACCESS
+
+log = logging.getLogger(__name__)
 
 # pyinfra works out the type hints of its global arguments (_sudo, _if, ...) again for every
 # operation and fact: a third of preparing a converge. They never change within a process.
@@ -140,6 +143,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
         if h not in state.activated_hosts:
             reports[h.name].failed = "connect: could not connect over SSH"
     phase("connect")
+    looks = _look_ahead(state, inventory, say) if after_roles and not check else {}
     try:
         try:
             say("preparing operations (gathering facts)")
@@ -184,9 +188,10 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             return ConvergeReport(reports, time.monotonic() - started, phases)
         _collect(state, inventory, reports)
         if after_roles:
-            _after_roles(state, inventory, reports, say)
+            _after_roles(state, inventory, reports, say, looks)
             phase("after roles")
     finally:
+        gevent.killall(list(looks.values()))  # a converge that stopped early: no look-ahead left reading
         disconnect_all(state)
     return ConvergeReport(reports, time.monotonic() - started, phases)
 
@@ -263,10 +268,38 @@ class Remote:
         return status == 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None]) -> None:
+def _look_ahead(state: State, inventory, say: Callable[[str], None]) -> dict[str, Any]:
+    """Each role's look-ahead (a slow read its after-roles step needs), started now in a greenlet of its
+    own: it runs while the roles are prepared and run. Its commands go over their own SSH channels, outside
+    pyinfra (they are not an operation's, and change nothing)."""
+    remote = Remote(state)
+    looks = {}
+    for r in all_roles():
+        look = r.after_roles_look_step()
+        members = [h for h in inventory if r.name in (h.data.get("roles") or []) and h in state.activated_hosts]
+        if look is not None and members:
+            step = AfterRoles(hosts={h.name: h.data.dict() for h in members},
+                              run=lambda name, command, timeout=120: remote.stream(name, command, (), timeout),
+                              log=say)
+            looks[r.name] = gevent.spawn(_quietly, look, step)
+    return looks
+
+
+def _quietly(look: Callable[[AfterRoles], Any], step: AfterRoles) -> Any:
+    """A look-ahead that fails found nothing: its step reads for itself."""
+    try:
+        return look(step)
+    except Exception as e:  # noqa: BLE001 - any failure means the same: nothing looked at
+        log.debug("look-ahead failed: %s", e)
+        return None
+
+
+def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None],
+                 looks: dict[str, Any] | None = None) -> None:
     """Each role's step after every host has its roles (the Cassandra ring: one node at a time).
 
-    A step runs only when every host of the role converged; it changes nothing otherwise."""
+    A step runs only when every host of the role converged; it changes nothing otherwise. It is given
+    what its look-ahead read when no operation changed anything on the role's hosts."""
     for r in all_roles():
         step = r.after_roles_step()
         members = [h for h in inventory if r.name in (h.data.get("roles") or [])]
@@ -278,8 +311,12 @@ def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: C
             first.failed = first.failed or f"{r.name}: not changed, because {', '.join(failed)} did not converge"
             continue
         hosts = {h.name: h.data.dict() for h in members}
+        looked = None
+        look = (looks or {}).get(r.name)
+        if look is not None and not any(reports[h.name].changed for h in members):
+            looked = look.get()
         try:
-            for name, change in step(AfterRoles(hosts=hosts, run=runner(state), log=say)):
+            for name, change in step(AfterRoles(hosts=hosts, run=runner(state), log=say, looked=looked)):
                 reports[name].changed += 1
                 reports[name].changed_operations.append(change)
         except AfterRolesError as e:

@@ -70,6 +70,9 @@ class AfterRoles:
     hosts: Mapping[str, Mapping[str, Any]]  # name -> pyinfra host data, of the hosts running the role
     run: Callable[[str, str, float], tuple[bool, str, str]]  # (host, command, timeout) -> (ok, stdout, stderr)
     log: Callable[[str], None]
+    # what the role's look-ahead found while the roles ran; given only when no operation changed
+    # anything on the role's hosts (what it read still holds), None otherwise
+    looked: Any = None
 
 
 class AfterRolesError(RuntimeError):
@@ -100,6 +103,9 @@ class Role:
     # sysctl name -> the host data key giving the minimum
     host_kernel: Mapping[str, str] = field(default_factory=dict)
     after_roles: str | None = None  # "module:function" taking AfterRoles, yielding (host, change)
+    # "module:function" taking AfterRoles (``run`` only reads), run while the roles are prepared and run:
+    # a slow read the after-roles step needs (the ring's status), handed to it as ``looked``
+    after_roles_look: str | None = None
     cli: str | None = None  # "module:attribute": a typer app, mounted as `hastack <role> ...`
     # "module:function" restoring the role's data from the backups (roles.backup.restore.Restore -> report);
     # `hastack dr` calls it, and it is the command `hastack restore <role>`
@@ -114,6 +120,9 @@ class Role:
 
     def after_roles_step(self) -> Callable[[AfterRoles], Iterable[tuple[str, str]]] | None:
         return _load(self.after_roles) if self.after_roles else None
+
+    def after_roles_look_step(self) -> Callable[[AfterRoles], Any] | None:
+        return _load(self.after_roles_look) if self.after_roles_look else None
 
     def cli_app(self):
         return _load(self.cli) if self.cli else None

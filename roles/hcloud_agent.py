@@ -28,8 +28,10 @@ def install(system_site_packages: bool = False) -> None:
     server.shell(
         name="Hetzner library for the agent",
         commands=[f"{VENV}/bin/pip install --quiet --disable-pip-version-check {' '.join(d.hcloud_pip_source)}"],
+        # the pinned version's metadata in the virtualenv (cheaper than starting Python to import it)
         _if=lambda: venv.did_change() or not host.get_fact(
-            Command, f"{VENV}/bin/python -c 'import hcloud; print(hcloud.__version__)' 2>/dev/null || true"),
+            Command, f"ls -d {VENV}/lib/python3*/site-packages/hcloud-{_pinned(d.hcloud_pip_source)}.dist-info "
+                     "2>/dev/null || true"),
     )
     files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
     files.put(name="Hetzner API token (root only)", src=StringIO(d.failover_token), dest=TOKEN_FILE,
@@ -37,6 +39,11 @@ def install(system_site_packages: bool = False) -> None:
     if d.hcloud_api_ca:
         files.put(name="Hetzner API CA", src=StringIO(d.hcloud_api_ca), dest=CA_FILE,
                   user="root", group="root", mode="0644")
+
+
+def _pinned(pip_arguments: list[str]) -> str:
+    """The hcloud version the pip arguments pin (``hcloud==X``); any version when they pin none."""
+    return next((a.split("==", 1)[1] for a in pip_arguments if a.startswith("hcloud==")), "*")
 
 
 def api_config() -> dict:

@@ -44,20 +44,23 @@ def _bundle() -> tuple[str, str]:
 def _install(version: str) -> None:
     d = host.data
     files.directory(name="Download directory", path="/var/cache/hastack", user="root", group="root", mode="0755")
-    if d.cassandra_tarball_url:
-        # Apache's binary tarball: same lib/ layout; the exporter agent from Maven Central, checksum pinned
-        archive, sha256 = f"/var/cache/hastack/apache-cassandra-{version}-bin.tar.gz", d.cassandra_tarball_sha256
-        if not sha256:
-            raise ValueError(f"{host.name}: cassandra_tarball_url is set but cassandra_tarball_sha256 is not")
-        files.download(name="Cassandra tarball", src=d.cassandra_tarball_url, dest=archive, sha256sum=sha256)
-    else:
-        local, sha256 = _bundle()
-        archive = f"/var/cache/hastack/{cassandra_bundle.bundle_name(version)}"
-        files.put(name="Cassandra bundle", src=local, dest=archive, user="root", group="root", mode="0644")
     installed = host.get_fact(Command, f"test -e /opt/cassandra-{version}/.installed && "
                                        f"readlink /opt/cassandra || true") == f"/opt/cassandra-{version}"
-    server.shell(name=f"Cassandra {version} installed (checksums verified)",
-                 commands=[cassandra_bundle.install_script(archive, sha256, version)], _if=lambda: not installed)
+    # the archive is needed to install a version only: once it is installed, no hashing of
+    # a hundred megabytes here and on the host at every converge
+    if not installed:
+        if d.cassandra_tarball_url:
+            # Apache's binary tarball: same lib/ layout; the exporter agent from Maven Central, checksum pinned
+            archive, sha256 = f"/var/cache/hastack/apache-cassandra-{version}-bin.tar.gz", d.cassandra_tarball_sha256
+            if not sha256:
+                raise ValueError(f"{host.name}: cassandra_tarball_url is set but cassandra_tarball_sha256 is not")
+            files.download(name="Cassandra tarball", src=d.cassandra_tarball_url, dest=archive, sha256sum=sha256)
+        else:
+            local, sha256 = _bundle()
+            archive = f"/var/cache/hastack/{cassandra_bundle.bundle_name(version)}"
+            files.put(name="Cassandra bundle", src=local, dest=archive, user="root", group="root", mode="0644")
+        server.shell(name=f"Cassandra {version} installed (checksums verified)",
+                     commands=[cassandra_bundle.install_script(archive, sha256, version)])
     if d.cassandra_tarball_url:
         jar = cassandra_bundle.agent_jar(d.cassandra_jmx_exporter_version)
         pinned = cassandra_bundle.read_lock()[f"agents/{jar}"]

@@ -144,12 +144,14 @@ class Ring:
         self._ok(name, "systemctl restart cassandra.service", 300)
         self.wait_normal(name)
 
-    def converge(self, replication_factor: int, datacenter: str) -> list[tuple[str, str]]:
-        """Bring the ring to the topology; returns (node, what was done) for each change."""
+    def converge(self, replication_factor: int, datacenter: str,
+                 view: tuple[str, dict[str, Member]] | None = None) -> list[tuple[str, str]]:
+        """Bring the ring to the topology; returns (node, what was done) for each change.
+        ``view``: the ring as a running member saw it a moment ago (see ``look_ahead``)."""
         actions: list[tuple[str, str]] = []
         names = list(self.nodes)
         addresses = set(self.nodes.values())
-        via, ring = self.view()
+        via, ring = view or self.view()
 
         # members the topology no longer has: a dead one is removed, a live one must be decommissioned first
         for member in list(ring.values()):
@@ -251,6 +253,14 @@ class Ring:
             raise RingError(f"{name} still in the ring after decommission: {after[address].state}")
 
 
+def look_ahead(step: AfterRoles) -> tuple[str, dict[str, Member]] | None:
+    """The ring as the first node sees it, taken while the roles run (`nodetool` starts a JVM: a
+    second or two); the ring step starts from it when the converge changed nothing on the nodes."""
+    first = next(iter(dict(next(iter(step.hosts.values()))["cassandra_nodes"])))
+    ok, out, _ = step.run(first, "systemctl is-active --quiet cassandra.service && nodetool status", 120)
+    return (first, parse_status(out)) if ok and parse_status(out) else None
+
+
 def after_roles(step: AfterRoles) -> list[tuple[str, str]]:
     """The converge's step after every host has its roles: the ring operations, one node at a time."""
     data = next(iter(step.hosts.values()))
@@ -258,6 +268,7 @@ def after_roles(step: AfterRoles) -> list[tuple[str, str]]:
     ring = Ring(dict(data["cassandra_nodes"]), step.run, log=step.log)
     try:
         return [(name, f"Cassandra ring: {action}")
-                for name, action in ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"])]
+                for name, action in ring.converge(int(data["cassandra_replication_factor"]), data["cassandra_datacenter"],
+                                                  view=step.looked)]
     except RingError as e:
         raise AfterRolesError(f"Cassandra ring: {e}") from None
