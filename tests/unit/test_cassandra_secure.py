@@ -104,3 +104,24 @@ def test_an_admin_on_the_other_seed_has_its_password_changed_in_the_session_that
     with pytest.raises(AuthenticationFailed):
         auth.secure("10.0.1.80", 9042, "ca.crt", "admin", "new", "dc", 3, connector=connector,
                     other_passwords=["older"], default_wait=0)
+
+
+def test_the_ring_step_starts_from_the_look_ahead_and_reads_the_ring_itself_without_one():
+    """The converge reads the ring while the roles run (look_ahead); given that view, the step does not
+    start nodetool again; without one (something changed on the nodes) it reads the ring first."""
+    from roles.cassandra.ring import look_ahead
+    from hastack.role import AfterRoles
+
+    step = AfterRoles(hosts={n: {"cassandra_nodes": NODES} for n in NODES},
+                      run=lambda name, command, timeout=120: (True, STATUS, ""), log=lambda m: None)
+    via, seen = look_ahead(step)
+    assert via == "c1" and [m.state for m in seen.values()] == ["UN"] * 3
+    down = AfterRoles(hosts=step.hosts, run=lambda name, command, timeout=120: (False, "", "inactive"), log=print)
+    assert look_ahead(down) is None
+
+    given, fresh = FakeRing(failures=0), FakeRing(failures=0)
+    Ring(dict(NODES), given.run, poll=0).converge(3, "dc", view=(via, seen))
+    Ring(dict(NODES), fresh.run, poll=0).converge(3, "dc")
+    assert ("c1", "nodetool status") not in given.commands
+    assert fresh.commands[:2] == [("c1", "systemctl is-active --quiet cassandra.service && echo yes || true"),
+                                  ("c1", "nodetool status")]
