@@ -307,8 +307,12 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
         _print_converge(report)
     _print_status(lab)
     t = result["timings"]
+    converged = (f", converge {t['converge']:.0f}s of which the steps after the roles (the Cassandra ring) "
+                 f"{t.get('converge: after roles', 0):.0f}s" if "converge" in t else "")
     console.print(f"lab up took {t['total']:.0f}s (image {t['image']:.0f}s, network {t['network']:.0f}s, "
-                  f"boot {t['boot']:.0f}s" + (f", converge {t['converge']:.0f}s" if "converge" in t else "") + ")")
+                  f"boot {t['boot']:.0f}s, package lists {t['apt']:.0f}s{converged})")
+    if report is not None and report.slowest:
+        console.print("slowest operations: " + "; ".join(f"{name} {seconds:.0f}s" for name, seconds in report.slowest))
     console.print(f"log in: [bold]hastack lab ssh {lab.topo.hosts[0].name}[/bold]  "
                   f"(or ssh -i {lab.paths.admin_key(lab.admin)} {lab.admin}@<public IP>); "
                   f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace; "

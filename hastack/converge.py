@@ -68,6 +68,7 @@ class ConvergeReport:
     hosts: dict[str, HostReport]
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)  # connect, facts, prepare, run, after roles: seconds
+    slowest: list[tuple[str, float]] = field(default_factory=list)  # the longest operations: (name, seconds)
 
     @property
     def ok(self) -> bool:
@@ -129,6 +130,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     reports = {name: HostReport(name) for name in entries}
     say = progress or (lambda _m: None)
     phases: dict[str, float] = {}
+    slowest: list[tuple[str, float]] = []
     lap = [started]
 
     def phase(name: str) -> None:
@@ -171,13 +173,14 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                     with Progress(state, say) as progress_lines:
                         state.add_callback_handler(progress_lines)
                         run_ops(state)
+                    slowest[:] = progress_lines.slowest()
                     phase("run")
             for h in hosts:
                 reports[h.name].facts_asked = facts.asked.get(h.name, 0)
                 reports[h.name].facts_served = facts.served.get(h.name, 0)
                 facts.save(h.name)
             if check:
-                return ConvergeReport(reports, time.monotonic() - started, phases)
+                return ConvergeReport(reports, time.monotonic() - started, phases, slowest)
         except PyinfraError as e:
             for h in inventory:
                 if reports[h.name].failed is None and h in state.failed_hosts:
@@ -185,7 +188,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             if not any(r.failed for r in reports.values()):
                 raise
         if check:
-            return ConvergeReport(reports, time.monotonic() - started, phases)
+            return ConvergeReport(reports, time.monotonic() - started, phases, slowest)
         _collect(state, inventory, reports)
         if after_roles:
             _after_roles(state, inventory, reports, say, looks)
@@ -193,7 +196,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     finally:
         gevent.killall(list(looks.values()))  # a converge that stopped early: no look-ahead left reading
         disconnect_all(state)
-    return ConvergeReport(reports, time.monotonic() - started, phases)
+    return ConvergeReport(reports, time.monotonic() - started, phases, slowest)
 
 
 @contextmanager

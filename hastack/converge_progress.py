@@ -27,6 +27,7 @@ class Progress(BaseStateCallback):
         self.waiting: set[str] = set()
         self.started = self.said = now()
         self.op_started = self.started
+        self.seconds: dict[str, float] = {}  # operation (as shown) -> how long it ran, on all its hosts
         self._ticker = None
 
     # -- pyinfra's callbacks (instance methods: pyinfra calls them with the state first)
@@ -40,6 +41,13 @@ class Progress(BaseStateCallback):
         self.op_started = self.now()
         if self.now() - self.said >= self.every:
             self._say_where()
+
+    def operation_end(self, state, op_hash):
+        if self.current:
+            self.seconds[self.current[1]] = self.seconds.get(self.current[1], 0.0) + self.now() - self.op_started
+
+    def slowest(self, n: int = 8) -> list[tuple[str, float]]:
+        return sorted(self.seconds.items(), key=lambda item: -item[1])[:n]
 
     def operation_host_success(self, state, host, op_hash, retry_count=0):
         self._host_done(host.name)

@@ -73,6 +73,7 @@ def main() -> None:
         result = lab.up(converge=True)
         cold.append(time.monotonic() - t)
         phases.append(result["timings"])
+        slowest = result["converge"].slowest
         assert result["converge"].ok, "cold converge failed"
 
     warm, floors, served, asked, warm_phases = [], [], [], [], []
@@ -88,8 +89,12 @@ def main() -> None:
 
     print(f"lab: {len(lab.machines)} machines, {len(lab.machines)} hosts converged in parallel")
     show("cold lab up", cold)
-    for key in ("image", "network", "boot", "apt", "converge"):
+    for key in ("image", "network", "boot", "apt", "converge", "converge: connect", "converge: facts",
+                "converge: prepare", "converge: run", "converge: after roles"):
         show(f"  of which {key}", [p[key] for p in phases if key in p])
+    if phases:
+        print("  slowest operations of the last cold converge: "
+              + "; ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest))
     show("warm re-converge (0 changes)", warm)
     for key in ("connect", "facts", "prepare", "run", "after roles"):
         show(f"  of which {key}", [p[key] for p in warm_phases if key in p])
