@@ -6,7 +6,10 @@ base role alone (users, SSH, firewall, time, journald, node exporter, ...: no
 heavy service), grown one size after the other. At each size: the first
 converge of the new machines (installs the base role), then warm converges
 that change nothing, side by side with the floor (one SSH connection and one
-fact per host) as scripts/measure_lab.py measures it.
+fact per host) as scripts/measure_lab.py measures it, and the CPU time the
+operator's process spent on each (on real machines the hosts' own work runs
+on their own CPUs; here every machine shares this host's cores, so the wall
+time grows with the machines' total work).
 
 Prints, per size, the medians and the cost per host. Removes the lab's machines
 before and after (`hastack lab up` brings the usual lab back). Run as root.
@@ -15,6 +18,7 @@ before and after (`hastack lab up` brings the usual lab back). Run as root.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -32,6 +36,12 @@ from hastack.lab.layout import lab_topology  # noqa: E402
 from measure_lab import floor, show  # noqa: E402
 
 OTHER_MACHINES = 10  # the lab's machines that are not app servers
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time (the operator's side of a converge; the machines' own is the host's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def base_only(lab: Lab) -> dict[str, dict]:
@@ -58,9 +68,11 @@ def main() -> None:
             entries = base_only(lab)
             first = converge(entries, after_roles=False)
             assert first.ok, first.failure()
-            warm, floors = [], []
+            warm, floors, cpu = [], [], []
             for _ in range(args.runs):
+                before = _cpu_seconds()
                 report = converge(entries, after_roles=False)
+                cpu.append(_cpu_seconds() - before)
                 assert report.ok and report.changes == 0, f"{n} machines: a warm converge changed {report.changes}"
                 warm.append(report.seconds)
                 floors.append(floor(entries))
@@ -70,16 +82,18 @@ def main() -> None:
             show("  first converge", [first.seconds])
             show("  warm converge (0 changes)", warm)
             show("  floor (1 fact per host)", floors)
-            rows.append((n, statistics.median(warm), statistics.median(floors)))
+            show("  operator CPU per converge", cpu)
+            rows.append((n, statistics.median(warm), statistics.median(floors), statistics.median(cpu)))
             sys.stdout.flush()
     finally:
         Lab("lab", topo=lab_topology("lab", counts={"app": sizes[-1] - OTHER_MACHINES}), log=lambda m: None).down()
 
-    print(f"\n{'machines':>8} {'warm s':>8} {'floor s':>8} {'warm/floor':>10} {'warm s per host':>16}")
-    for n, w, f in rows:
-        print(f"{n:>8} {w:>8.2f} {f:>8.2f} {w / f:>10.1f} {w / n:>16.3f}")
+    print(f"\n{'machines':>8} {'warm s':>8} {'floor s':>8} {'warm/floor':>10} {'warm s per host':>16} "
+          f"{'operator CPU s per host':>24}")
+    for n, w, f, c in rows:
+        print(f"{n:>8} {w:>8.2f} {f:>8.2f} {w / f:>10.1f} {w / n:>16.3f} {c / n:>24.3f}")
     if len(rows) > 1:
-        (n0, w0, _), (n1, w1, _) = rows[0], rows[-1]
+        (n0, w0, _, _), (n1, w1, _, _) = rows[0], rows[-1]
         print(f"from {n0} to {n1} machines ({n1 / n0:.0f}x): warm converge {w1 / w0:.2f}x "
               f"(linear would be {n1 / n0:.0f}x)")
 

@@ -49,6 +49,7 @@ class Lab:
         t0 = time.monotonic()
         preflight()
         _kernel_settings_for_machines(self.topo)
+        _kernel_limits_for(len(self.machines))
         image.build(self.paths, log=self.log)
         timings["image"] = time.monotonic() - t0
 
@@ -305,6 +306,19 @@ def _kernel_settings_for_machines(topo: Topology) -> None:
             path = Path("/proc/sys") / sysctl.replace(".", "/")
             if int(path.read_text()) < int(settings[key]):
                 path.write_text(f"{int(settings[key])}\n")
+
+
+# Each machine's systemd and its services take inotify instances and watches from the host's
+# per-user limits (all machines' root is the host's root): Debian's 128 instances run out
+# near 16 machines, and the next ones hang while booting.
+INOTIFY_PER_MACHINE = {"fs.inotify.max_user_instances": 32, "fs.inotify.max_user_watches": 16384}
+
+
+def _kernel_limits_for(machines: int) -> None:
+    for sysctl, per_machine in INOTIFY_PER_MACHINE.items():
+        path = Path("/proc/sys") / sysctl.replace(".", "/")
+        if int(path.read_text()) < per_machine * machines:
+            path.write_text(f"{per_machine * machines}\n")
 
 
 def _stale_host(name: str):

@@ -105,16 +105,19 @@ class Ring:
             if not self.active(name):
                 journal = self.run(name, "journalctl -u cassandra.service -n 15 --no-pager", 30)[1]
                 raise RingError(f"{name}: Cassandra stopped while joining; its journal:\n{journal}")
+            # Cassandra listens for CQL once it has joined: until then, a cheap look at its sockets,
+            # not `nodetool` (a JVM on every member at every poll, slowing the node that starts)
+            if not self._test(name, f"ss -Htln 'sport = :{self.native_port}' | grep -q ."):
+                last = "starting or joining (CQL not listening yet)"
+                time.sleep(min(self.poll, 1.0))
+                continue
             ring = self.status(name)
             if ring and ring.get(address) and ring[address].state == "UN":
                 others = [n for n in self.nodes if n != name and self.active(n)]
                 views = [self.status(n) for n in others]
-                if not all(v and v.get(address) and v[address].state == "UN" for v in views):
-                    last = "not yet Up/Normal for every member"
-                elif not self._test(name, f"ss -Htln 'sport = :{self.native_port}' | grep -q ."):
-                    last = "Up/Normal, CQL not listening yet"
-                else:
+                if all(v and v.get(address) and v[address].state == "UN" for v in views):
                     return
+                last = "not yet Up/Normal for every member"
             elif ring:
                 last = ring.get(address).state if ring.get(address) else "not in the ring yet"
             time.sleep(self.poll)
