@@ -98,9 +98,11 @@ def netns(host: str) -> str:
     return f"{PREFIX}-{host}"
 
 
-def veth(index: int, side: str) -> str:
-    """Host-side veth names (15 characters at most): hsl<index><p|u>."""
-    return f"{PREFIX}{index}{side}"
+def veth(number: int, side: str) -> str:
+    """Host-side veth names (15 characters at most): hsl<host number><p|u>. By the host's number
+    (Addresses.host_number), never its place in the host list: a host added to a role must not
+    take the name of another's link (which setting up its own would then delete)."""
+    return f"{PREFIX}{number}{side}"
 
 
 @dataclass(frozen=True)

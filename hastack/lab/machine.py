@@ -85,7 +85,7 @@ class Machine:
         (r / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         run("ssh-keygen", "-A", "-f", str(r))
         # A lab machine is thrown away, never repaired: dpkg need not flush every file it unpacks
-        # to the host's disk (a dozen machines installing at once wait mostly on that).
+        # to the host's disk while a dozen machines install at once.
         (r / "etc/dpkg/dpkg.cfg.d/hastack-lab-unsafe-io").write_text("force-unsafe-io\n")
         (r / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(
             f'Acquire::http::Proxy "{proxy_url(self.addr)}";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n')
@@ -219,9 +219,8 @@ class Machine:
         """A machine that is off answers nothing on the network, as a real server that is off: its
         namespace outlives it and would otherwise refuse connections at once, which detects a dead
         host faster than a real network does. So its bridge ports go down while it is off."""
-        index = self.addr.topo.hosts.index(self.host)
         for side in ("u", "p"):
-            port = veth(index, side)
+            port = veth(self.addr.host_number(self.host), side)
             if ok("ip", "link", "show", port):
                 run("ip", "link", "set", port, "up" if up else "down")
 

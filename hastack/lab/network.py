@@ -49,11 +49,11 @@ def setup(addr: Addresses) -> None:
     """Bridges, one namespace per machine, the internet namespace. Idempotent."""
     ensure_bridge(PRIVATE_BRIDGE, f"{addr.host_private}/{addr.subnet.prefixlen}")
     ensure_bridge(PUBLIC_BRIDGE, f"{addr.host_public}/{addr.public.prefixlen}")
-    for i, host in enumerate(addr.topo.hosts):
-        ns = netns(host.name)
+    for host in addr.topo.hosts:
+        ns, number = netns(host.name), addr.host_number(host)
         ensure_netns(ns)
-        ensure_veth(ns, veth(i, "u"), PUBLIC_IF, PUBLIC_BRIDGE, f"{addr.public_ip(host)}/{addr.public.prefixlen}")
-        ensure_veth(ns, veth(i, "p"), PRIVATE_IF, PRIVATE_BRIDGE, f"{host.private_ip}/{addr.subnet.prefixlen}")
+        ensure_veth(ns, veth(number, "u"), PUBLIC_IF, PUBLIC_BRIDGE, f"{addr.public_ip(host)}/{addr.public.prefixlen}")
+        ensure_veth(ns, veth(number, "p"), PRIVATE_IF, PRIVATE_BRIDGE, f"{host.private_ip}/{addr.subnet.prefixlen}")
     ensure_netns(INTERNET_NS)
     ensure_veth(INTERNET_NS, f"{PREFIX}-inet", "eth0", PUBLIC_BRIDGE, f"{addr.internet}/{addr.public.prefixlen}")
 
