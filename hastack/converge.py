@@ -279,13 +279,17 @@ def _look_ahead(state: State, inventory, say: Callable[[str], None]) -> dict[str
     looks = {}
     for r in all_roles():
         look = r.after_roles_look_step()
-        members = [h for h in inventory if r.name in (h.data.get("roles") or []) and h in state.activated_hosts]
+        members = [h for h in _role_hosts(inventory, r.name) if h in state.activated_hosts]
         if look is not None and members:
             step = AfterRoles(hosts={h.name: h.data.dict() for h in members},
                               run=lambda name, command, timeout=120: remote.stream(name, command, (), timeout),
                               log=say)
             looks[r.name] = gevent.spawn(_quietly, look, step)
     return looks
+
+
+def _role_hosts(inventory, role_name: str) -> list:
+    return [h for h in inventory if role_name in (h.data.get("roles") or [])]
 
 
 def _quietly(look: Callable[[AfterRoles], Any], step: AfterRoles) -> Any:
@@ -305,7 +309,7 @@ def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: C
     what its look-ahead read when no operation changed anything on the role's hosts."""
     for r in all_roles():
         step = r.after_roles_step()
-        members = [h for h in inventory if r.name in (h.data.get("roles") or [])]
+        members = _role_hosts(inventory, r.name)
         if step is None or not members:
             continue
         first = reports[members[0].name]

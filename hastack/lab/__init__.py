@@ -303,9 +303,7 @@ def _kernel_settings_for_machines(topo: Topology) -> None:
     for name in topo.roles_in_use:
         settings = topo.resolved_settings(name)
         for sysctl, key in role(name).host_kernel.items():
-            path = Path("/proc/sys") / sysctl.replace(".", "/")
-            if int(path.read_text()) < int(settings[key]):
-                path.write_text(f"{int(settings[key])}\n")
+            _at_least(sysctl, int(settings[key]))
 
 
 # Each machine's systemd and its services take inotify instances and watches from the host's
@@ -316,9 +314,14 @@ INOTIFY_PER_MACHINE = {"fs.inotify.max_user_instances": 32, "fs.inotify.max_user
 
 def _kernel_limits_for(machines: int) -> None:
     for sysctl, per_machine in INOTIFY_PER_MACHINE.items():
-        path = Path("/proc/sys") / sysctl.replace(".", "/")
-        if int(path.read_text()) < per_machine * machines:
-            path.write_text(f"{per_machine * machines}\n")
+        _at_least(sysctl, per_machine * machines)
+
+
+def _at_least(sysctl: str, value: int) -> None:
+    """Raise a host kernel setting to ``value``; never lowers it."""
+    path = Path("/proc/sys") / sysctl.replace(".", "/")
+    if int(path.read_text()) < value:
+        path.write_text(f"{value}\n")
 
 
 def _stale_host(name: str):

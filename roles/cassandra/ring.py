@@ -261,7 +261,8 @@ def look_ahead(step: AfterRoles) -> tuple[str, dict[str, Member]] | None:
     second or two); the ring step starts from it when the converge changed nothing on the nodes."""
     first = next(iter(dict(next(iter(step.hosts.values()))["cassandra_nodes"])))
     ok, out, _ = step.run(first, "systemctl is-active --quiet cassandra.service && nodetool status", 120)
-    return (first, parse_status(out)) if ok and parse_status(out) else None
+    ring = parse_status(out) if ok else {}
+    return (first, ring) if ring else None
 
 
 def after_roles(step: AfterRoles) -> list[tuple[str, str]]:
