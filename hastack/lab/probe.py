@@ -112,6 +112,35 @@ def outage(records: list[dict]) -> dict:
     }
 
 
+def failure_windows(records: list[dict], quiet: float) -> list[dict]:
+    """The stretches the client saw failing, each from the last success before it to the next success;
+    failures less than ``quiet`` seconds of successes apart are one stretch (a monitor sampling every
+    ``quiet`` seconds could not tell them apart). Each: start, end, seconds, failed, errors."""
+    windows: list[dict] = []
+    last_ok_end = records[0]["t"] if records else 0.0
+    for r in records:
+        if r["ok"]:
+            if windows and windows[-1]["open"]:
+                w = windows[-1]
+                w.update(end=r["t"] + r["d"], open=False)
+            last_ok_end = r["t"] + r["d"]
+            continue
+        w = windows[-1] if windows else None
+        if w and (w["open"] or r["t"] - w["end"] < quiet):
+            w["open"] = True
+        else:
+            w = {"start": last_ok_end, "end": float("inf"), "failed": 0, "errors": set(), "open": True}
+            windows.append(w)
+        w["failed"] += 1
+        w["errors"].add(r.get("error", "?").split(" (")[0][:60])
+    for w in windows:
+        if w.pop("open"):
+            w["end"] = float("inf")
+        w["seconds"] = round(w["end"] - w["start"], 3)
+        w["errors"] = sorted(w["errors"])
+    return windows
+
+
 def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: float = 3.0,
           write: bool = False) -> subprocess.Popen:
     """The probe in the internet namespace against https://<floating IP><path>, as a user's client;
