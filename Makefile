@@ -28,9 +28,10 @@ up: $(VENV)/.installed host-deps
 test: $(VENV)/.installed host-deps actionlint
 	$(BIN)/python -m pytest
 
-# The quick check, no lab and no root: the unit tests and the template tests (real
-# validators). It needs the venv and the validator programs that `make host-deps`
-# installs (that one needs root, so it is not a prerequisite here: run it once as root).
+# The quick check, no lab and no root: the unit tests, the template tests (real
+# validators) and the code checks (ruff, bandit, shellcheck: tests/checks). It needs
+# the venv and the validator programs that `make host-deps` installs (that one needs
+# root, so it is not a prerequisite here: run it once as root).
 # Not run as root, the tests run as root of an unprivileged user namespace with a network
 # and mounts of its own (loopback up, a fresh /run, temporary files in it): there nft -c,
 # keepalived --config-test and sshd -t get what they ask for without touching the host.
@@ -41,7 +42,7 @@ CHECK_NS := unshare --user --map-root-user --net --mount -- sh -c \
 	'ip link set lo up && mount -t tmpfs -o mode=0755 hastack-check /run && mkdir /run/tmp && TMPDIR=/run/tmp exec "$$@"' --
 endif
 check: $(VENV)/.installed actionlint
-	PATH="$$PATH:/usr/sbin:/sbin" $(CHECK_NS) $(BIN)/python -m pytest -m "unit or templates"
+	PATH="$$PATH:/usr/sbin:/sbin" $(CHECK_NS) $(BIN)/python -m pytest -m "unit or templates or checks"
 
 # Only the venv (.venv/bin/hastack and the Pulumi program's packages): no host packages, no root.
 install: $(VENV)/.installed

@@ -9,7 +9,7 @@ from hastack.stackfile import hastack_config, read_stack_file
 
 TESTS = Path(__file__).resolve().parent
 # the directory a test lives in names its layer; the markers are registered in pyproject.toml
-LAYERS = ("unit", "templates", "lab")
+LAYERS = ("unit", "templates", "checks", "lab")
 # the stacks' CA directories (pki/<stack>/) of this test run, never the checkout's; the hastack commands
 # the tests start inherit it
 os.environ["HASTACK_PKI_ROOT"] = tempfile.mkdtemp(prefix="hastack-test-pki-")
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
         parts = Path(item.path).resolve().relative_to(TESTS).parts
         layer = parts[0] if len(parts) > 1 else None
         if layer not in LAYERS:
-            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/templates or tests/lab")
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/templates, tests/checks or tests/lab")
         item.add_marker(getattr(pytest.mark, layer))
 
 
