@@ -388,7 +388,7 @@ def lab_ssh(host: str, stack: str = LabStack) -> None:
 
     lab = open_lab(stack)
     cmd = lab.ssh_command(host, batch=False)
-    os.execvp(cmd[0], cmd)
+    os.execvp(cmd[0], cmd)  # nosec B606  # the ssh argument list Lab.ssh_command builds, no shell
 
 
 @lab_app.command("s3")

@@ -30,7 +30,8 @@ _PLAIN_UNIT = re.compile(r"^[A-Za-z0-9_.@:-]+$")
 _AT_ONCE = 200  # arguments to one program: its command stays a few KiB
 
 # pyinfra's own stat format (its File fact's command), with the path in front to cut the output by
-assert LINUX_STAT_COMMAND.startswith("stat -c '") and LINUX_STAT_COMMAND.endswith("'"), LINUX_STAT_COMMAND
+if not (LINUX_STAT_COMMAND.startswith("stat -c '") and LINUX_STAT_COMMAND.endswith("'")):
+    raise RuntimeError(f"pyinfra's stat command is not `stat -c '<format>'` any more: {LINUX_STAT_COMMAND}")
 _STAT_FORMAT = "%n|" + LINUX_STAT_COMMAND[len("stat -c '"):-1]
 
 
@@ -106,7 +107,7 @@ def _units(members, units: list[str]) -> Batch:
         # systemctl prints one block per unit asked, in the order asked (an unknown unit too)
         if rc != "0" or len(blocks) != len(unique) or not all(b[0].startswith("Id=") for b in blocks):
             return [None] * len(members)
-        by_unit = dict(zip(unique, blocks))
+        by_unit = dict(zip(unique, blocks, strict=True))
         return [by_unit[u] for u in units]
 
     return Batch(members, script, split)

@@ -30,7 +30,7 @@ import importlib
 import json
 import logging
 import os
-import pickle
+import pickle  # nosec B403  # only this process's own pickles are read (see _get_fact)
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,7 +188,7 @@ class FactCache:
                 if lines and lines[-1] == "":
                     lines.pop()
                 item = items[index]
-                for (key, fact), out in zip(item.members, item.split(lines, rc)):
+                for (key, fact), out in zip(item.members, item.split(lines, rc), strict=True):
                     if out is None:
                         continue
                     try:
@@ -196,8 +196,8 @@ class FactCache:
                         # made faster than a deep copy of a host's package list
                         answers[key] = pickle.dumps(fact.process(out) if out else fact.default())
                         n += 1
-                    except Exception:  # pyinfra reports it when it asks live
-                        pass
+                    except Exception as e:  # not served: pyinfra asks it live, and reports what fails then
+                        log.debug("%s: fact %s not read from the batch: %s", host.name, key, e)
                 index = None
                 continue
             lines.append(line)
@@ -226,7 +226,9 @@ def _get_fact(state, host, cls, args=None, kwargs=None, ensure_hosts=None, apply
     if key is not None and key in answers:
         with cache.lock:
             cache.served[host.name] = cache.served.get(host.name, 0) + 1
-        return pickle.loads(answers[key])
+        # pickled above (_ask) by this process from pyinfra's parsed fact, kept in memory only (never
+        # written to disk: the record there is JSON of fact names and arguments): a fresh copy per ask
+        return pickle.loads(answers[key])  # nosec B301  # our own in-memory pickle, see above
     with cache.lock:
         cache.asked[host.name] = cache.asked.get(host.name, 0) + 1
     _asking.fact = True  # its command is a fact's, not a change

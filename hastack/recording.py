@@ -37,7 +37,7 @@ ACCOUNT_ID = "000000000000"
 ORGANIZATION = "organization"
 
 # Placeholder values a plan shows for secrets it cannot decrypt.
-PLACEHOLDER_SECRET = "<secret>"
+PLACEHOLDER_SECRET = "<secret>"  # nosec B105  # the text shown in place of a secret, not one
 
 
 @dataclass
@@ -132,7 +132,7 @@ class _Mocks(pulumi.runtime.Mocks):
         return str(n), state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
-        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":  # nosec B105  # a provider function's name
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/deployer",
                     "userId": "AIDAEXAMPLEDEPLOYER", "id": ACCOUNT_ID}
         raise RuntimeError(f"the program made an unexpected provider call: {args.token}")

@@ -126,8 +126,8 @@ def rotate_together(rotations, converge, say=print) -> list[str]:
 def _in_step(plans, converge, say) -> list[str]:
     """Converges ``plans`` ((steps, save) each, steps of one length) stage by stage, every state saved first."""
     done = []
-    for steps in zip(*(steps for steps, _ in plans)):
-        for step, (_, save) in zip(steps, plans):
+    for steps in zip(*(steps for steps, _ in plans), strict=True):
+        for step, (_, save) in zip(steps, plans, strict=True):
             save(step)
             say(f"{step.WHAT} rotation, {step.stage}: " + step.STAGE_TEXT[step.stage])
         converge(steps[0].stage)

@@ -780,7 +780,7 @@ def response_chart_svg(points: list[tuple[float, float]], width: int = 720, heig
     out.append(f'<text class="xlabel" x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">'
                f'time (UTC)</text>')
     # a gap in the data (no probes) breaks the line instead of bridging it
-    spacing = min((b[0] - a[0] for a, b in zip(points, points[1:])), default=span)
+    spacing = min((b[0] - a[0] for a, b in zip(points, points[1:], strict=False)), default=span)
     path, prev = [], None
     for t, v in points:
         cmd = "M" if prev is None or t - prev > 2.5 * spacing else "L"

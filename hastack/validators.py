@@ -194,7 +194,7 @@ def domain_problem(value: str) -> str | None:
         ascii_labels = [_alabel(label) for label in labels]
     except UnicodeError:
         return f"not a valid host name (a label cannot be encoded), {_EXAMPLE_DOMAIN}"
-    for label, ascii_label in zip(labels, ascii_labels):
+    for label, ascii_label in zip(labels, ascii_labels, strict=True):
         if len(ascii_label) > 63:
             return f"label {label[:20]!r}... is {len(ascii_label)} characters long (ASCII form); each label is at most 63"
     total = len(".".join(ascii_labels))

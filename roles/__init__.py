@@ -19,7 +19,8 @@ ALL_ROLES = ("base", "loadbalancer", "app", "mariadb", "redis", "cassandra", "mo
 HCLOUD_DEFAULTS = {
     "hcloud_api_endpoint": "https://api.hetzner.cloud/v1",
     "hcloud_api_ca": None,  # PEM of a private CA for the API (the lab's); None: system CAs
-    "hcloud_pip_source": ["hcloud==2.27.0"],  # pip arguments installing the Hetzner library
+    # pip's index options for the agents' locked packages (roles/agent-requirements.txt); none: PyPI
+    "agent_pip_index": [],
 }
 
 

@@ -4,6 +4,7 @@ its CA. Used by the load balancers (floating IP) and the MariaDB masters
 (fencing)."""
 
 from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.server import Command
@@ -12,7 +13,10 @@ from pyinfra.operations import files, server
 from roles import packages
 
 VENV = "/opt/hastack/venv"
-TOKEN_FILE = "/etc/hastack/hcloud-token"
+# the virtualenv's packages, each pinned to one wheel by its hash (scripts/lock_agent_requirements.py)
+LOCK = Path(__file__).with_name("agent-requirements.txt")
+LOCK_ON_HOST = "/opt/hastack/agent-requirements.txt"
+TOKEN_FILE = "/etc/hastack/hcloud-token"  # nosec B105  # the path of the token's file
 CA_FILE = "/etc/hastack/hcloud-api-ca.pem"
 
 
@@ -25,12 +29,16 @@ def install(system_site_packages: bool = False) -> None:
     # pip is the last thing venv installs: its absence means no usable virtualenv yet
     venv = server.shell(name="Agent virtualenv", commands=[f"rm -rf {VENV} && python3 -m venv{flag} {VENV}"],
                         _if=lambda: not host.get_fact(Command, f"test -x {VENV}/bin/pip && echo yes || true"))
+    lock = files.put(name="Agent requirements (hashed)", src=str(LOCK), dest=LOCK_ON_HOST,
+                     user="root", group="root", mode="0644")
+    # only the locked wheels, verified by hash: the host resolves nothing and builds nothing
     server.shell(
         name="Hetzner library for the agent",
-        commands=[f"{VENV}/bin/pip install --quiet --disable-pip-version-check {' '.join(d.hcloud_pip_source)}"],
-        # the pinned version's metadata in the virtualenv (cheaper than starting Python to import it)
-        _if=lambda: venv.did_change() or not host.get_fact(
-            Command, f"ls -d {VENV}/lib/python3*/site-packages/hcloud-{_pinned(d.hcloud_pip_source)}.dist-info "
+        commands=[f"{VENV}/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps "
+                  f"--only-binary=:all: {' '.join(d.agent_pip_index)} -r {LOCK_ON_HOST}"],
+        # the locked version's metadata in the virtualenv (cheaper than starting Python to import it)
+        _if=lambda: venv.did_change() or lock.did_change() or not host.get_fact(
+            Command, f"ls -d {VENV}/lib/python3*/site-packages/hcloud-{locked_version('hcloud')}.dist-info "
                      "2>/dev/null || true"),
     )
     files.directory(name="Agent config directory", path="/etc/hastack", user="root", group="root", mode="0700")
@@ -41,9 +49,12 @@ def install(system_site_packages: bool = False) -> None:
                   user="root", group="root", mode="0644")
 
 
-def _pinned(pip_arguments: list[str]) -> str:
-    """The hcloud version the pip arguments pin (``hcloud==X``); any version when they pin none."""
-    return next((a.split("==", 1)[1] for a in pip_arguments if a.startswith("hcloud==")), "*")
+def locked_version(package: str) -> str:
+    """The version of ``package`` in the lock."""
+    for line in LOCK.read_text().splitlines():
+        if line.startswith(f"{package}=="):
+            return line.split("==", 1)[1].split()[0]
+    raise KeyError(f"{package} is not in {LOCK}")
 
 
 def api_config() -> dict:

@@ -118,7 +118,8 @@ def bootstrap_go(cache: Path) -> str:
     url = f"{goproxy()}/golang.org/toolchain/@v/{version}.zip"
     zip_path = cache / f"{TOOLCHAIN}.{plat}.zip"
     say(f"no Go of 1.21 or later on this machine: fetching {url}")
-    with urllib.request.urlopen(url, timeout=600) as response, open(zip_path, "wb") as f:
+    # B310: goproxy() gives only an https:// or http:// proxy, and the download is checked against go.sum below
+    with urllib.request.urlopen(url, timeout=600) as response, open(zip_path, "wb") as f:  # nosec B310  # see above
         shutil.copyfileobj(response, f)
     got = module_h1(zip_path)
     if got != TOOLCHAIN_SUMS[plat]:

@@ -37,8 +37,9 @@ HEAD = ["scenario", "run", "acked", "lost", "2 writers", "out@fault", "out@retur
 
 
 def row(values: list[str]) -> str:
+    # not strict: an error row is shorter than COLUMNS (its error sits in the "failed" column)
     return "  ".join(str(v).ljust(w) if i == 0 or w == 0 else str(v).rjust(w)
-                     for i, (v, (_, w, _)) in enumerate(zip(values, COLUMNS)))
+                     for i, (v, (_, w, _)) in enumerate(zip(values, COLUMNS, strict=False)))
 
 
 def cells(r: dict) -> list[str]:
@@ -91,7 +92,8 @@ def main() -> int:
             print(row([name, 0, "-", "-", "-", "-", "-", "-", "-", f"{errors} errors"]))
             continue
 
-        def mw(key, fmt="{:.2f}", worst=max):
+        # this scenario's runs bound as a default: mw is for this iteration only
+        def mw(key, fmt="{:.2f}", worst=max, done=done):
             values = [r[key] for r in done]
             return f"{fmt.format(statistics.median(values))}/{fmt.format(worst(values))}"
 

@@ -43,7 +43,8 @@ def floor(entries) -> float:
     connect_all(state)
     names = {h.name: h.get_fact(Hostname) for h in state.inventory}
     disconnect_all(state)
-    assert all(names.values()), names
+    if not all(names.values()):
+        raise RuntimeError(f"a host told no host name: {names}")
     return time.monotonic() - t
 
 
@@ -74,13 +75,15 @@ def main() -> None:
         cold.append(time.monotonic() - t)
         phases.append(result["timings"])
         slowest = result["converge"].slowest
-        assert result["converge"].ok, "cold converge failed"
+        if not result["converge"].ok:
+            raise RuntimeError("cold converge failed")
 
     warm, floors, served, asked, warm_phases = [], [], [], [], []
     entries = lab.inventory_entries()
     for _ in range(args.runs):
         report = converge(entries)
-        assert report.ok and report.changes == 0, f"warm converge changed {report.changes} operations"
+        if not (report.ok and report.changes == 0):
+            raise RuntimeError(f"warm converge failed or changed {report.changes} operations")
         warm.append(report.seconds)
         warm_phases.append(report.phases)
         served.append(sum(r.facts_served for r in report.hosts.values()))

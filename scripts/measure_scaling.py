@@ -67,13 +67,15 @@ def main() -> None:
             boot = time.monotonic() - t
             entries = base_only(lab)
             first = converge(entries, after_roles=False)
-            assert first.ok, first.failure()
+            if not first.ok:
+                raise RuntimeError(first.failure())
             warm, floors, cpu = [], [], []
             for _ in range(args.runs):
                 before = _cpu_seconds()
                 report = converge(entries, after_roles=False)
                 cpu.append(_cpu_seconds() - before)
-                assert report.ok and report.changes == 0, f"{n} machines: a warm converge changed {report.changes}"
+                if not (report.ok and report.changes == 0):
+                    raise RuntimeError(f"{n} machines: a warm converge failed or changed {report.changes}")
                 warm.append(report.seconds)
                 floors.append(floor(entries))
             print(f"\n{n} machines (base role only)")

@@ -18,12 +18,11 @@ from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgro
 from hastack.lab.system import LabError, preflight
 from hastack.model import Topology
 from hastack.outputs import Provided, Server, stack_outputs
-from roles import role
+from roles import hcloud_agent, role
 
 __all__ = ["Lab", "LabError"]
 
 FLOATING_IP_ID = 1
-AGENT_REQUIREMENTS = ["hcloud==2.27.0"]
 
 
 class Lab:
@@ -57,7 +56,7 @@ class Lab:
         self.log("networks: private bridge, public bridge, one namespace per machine, the internet namespace")
         network.setup(self.addr)
         services.start(self.paths, self.addr)
-        services.fetch_wheels(self.paths, AGENT_REQUIREMENTS)
+        services.fetch_wheels(self.paths, hcloud_agent.LOCK)
         lab_secret(self.paths, "hcloud-token")
         first_lb = self.topo.floating_ip_hosts[0]
         services.start_hcloud_api(
@@ -84,7 +83,7 @@ class Lab:
         for m in to_boot:
             m.start()
         with ThreadPoolExecutor(max_workers=len(self.machines)) as pool:
-            states = dict(zip(self.machines, pool.map(lambda m: m.wait_booted(), self.machines.values())))
+            states = dict(zip(self.machines, pool.map(lambda m: m.wait_booted(), self.machines.values()), strict=True))
         degraded = [n for n, s in states.items() if s != "running"]
         for name in degraded:
             failed = self.machines[name].exec(["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
@@ -221,8 +220,8 @@ class Lab:
             "lab": True,
             "hcloud_api_endpoint": f"https://{self.addr.host_public}:{HCLOUD_API_PORT}/v1",
             "hcloud_api_ca": self.ca.ca_pem,
-            "hcloud_pip_source": ["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
-                                  "--trusted-host", self.addr.host_private, *AGENT_REQUIREMENTS],
+            "agent_pip_index": ["--no-index", "--find-links", f"{services.artifact_url(self.addr)}/wheels/",
+                                "--trusted-host", self.addr.host_private],
             # AWS's endpoint and the system CAs in production (roles/backup PROVIDED_DEFAULTS)
             "backup_s3_endpoint": s3.endpoint_url(self.addr.host_private, S3_PORT),
             "backup_s3_ca": self.ca.ca_pem,
@@ -327,4 +326,5 @@ def _at_least(sysctl: str, value: int) -> None:
 def _stale_host(name: str):
     from hastack.model import Host
 
-    return Host(name=name, role="-", index=1, location="-", server_type="-", private_ip="0.0.0.0")
+    # a placeholder address: the record only names a machine to remove, nothing binds or connects to it
+    return Host(name=name, role="-", index=1, location="-", server_type="-", private_ip="0.0.0.0")  # nosec B104  # placeholder, see above

@@ -48,7 +48,8 @@ def write_probe(url: str, ca: str, interval: float, duration: float, timeout: fl
         try:
             req = urllib.request.Request(url, method="POST", data=json.dumps({"request_id": request_id, "value": f"w{n}"}).encode(),
                                          headers={"Connection": "close", "Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=timeout, context=trust.context()) as resp:
+            # B310: the URL is the https://<floating IP><path> that start() gives the probe
+            with urllib.request.urlopen(req, timeout=timeout, context=trust.context()) as resp:  # nosec B310  # see above
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 201, status=resp.status, id=body.get("id"), host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point
@@ -86,7 +87,7 @@ def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -
         try:
             # a new connection every time: a client stuck on a dead server's keep-alive would hide the failover
             req = urllib.request.Request(url, headers={"Connection": "close"})
-            with urllib.request.urlopen(req, timeout=timeout, context=trust.context()) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=trust.context()) as resp:  # nosec B310  # as above
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 200, status=resp.status, host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point

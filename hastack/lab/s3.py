@@ -45,7 +45,7 @@ CREDENTIALS = "s3-credentials.json"  # in .lab/secrets, 0600
 ALLOW_ALL = json.dumps({"Version": "2012-10-17",
                         "Statement": [{"Sid": "LabAdministrator", "Effect": "Allow", "Action": "*", "Resource": "*"}]})
 # Any key signs requests while IAM checks are off (moto accepts them all then).
-SETUP_KEY = {"access_key_id": "lab-s3-setup", "secret_access_key": "lab-s3-setup"}
+SETUP_KEY = {"access_key_id": "lab-s3-setup", "secret_access_key": "lab-s3-setup"}  # nosec B105  # any key does, see above
 
 
 def credentials_path(paths: Paths) -> Path:
@@ -260,7 +260,8 @@ def enable_auth(url: str, ca_file: Path) -> None:
     request = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
                                      headers={"Content-Type": "text/plain"})
     context = ssl.create_default_context(cafile=str(ca_file))
-    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+    # B310: the URL is endpoint_url()'s https://<bind>:<port>, the lab's own S3
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:  # nosec B310  # see above
         answer = json.loads(response.read())
     if answer.get("status") != "ok":
         raise LabError(f"the lab's S3 did not switch IAM checks on: {answer}")

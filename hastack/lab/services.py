@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from hastack.lab.layout import APT_CACHE_PORT, ARTIFACT_PORT, DEBIAN_MIRROR, Addresses, Paths
 from hastack.lab.system import LabError, pid_alive, read_pid
@@ -101,18 +102,19 @@ def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floatin
     _wait_port(addr.host_public, HCLOUD_API_PORT, "hcloud-api")
 
 
-def fetch_wheels(paths: Paths, requirements: list[str]) -> None:
-    """Python packages the machines install (they reach no index), fetched once from PyPI."""
+def fetch_wheels(paths: Paths, lock: Path) -> None:
+    """The Python packages the machines install (they reach no index), fetched once from PyPI: exactly
+    the locked wheels, checked against the lock's hashes as the machines check them again."""
     marker = paths.wheels / ".requirements"
-    if marker.exists() and marker.read_text() == "\n".join(requirements):
+    if marker.exists() and marker.read_text() == lock.read_text():
         return
     paths.wheels.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                           "--only-binary=:all:", "--dest", str(paths.wheels), *requirements],
-                          capture_output=True, text=True)
+                           "--require-hashes", "--no-deps", "--only-binary=:all:", "--dest", str(paths.wheels),
+                           "-r", str(lock)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise LabError(f"could not fetch wheels {requirements}: {proc.stderr.strip()}")
-    marker.write_text("\n".join(requirements))
+        raise LabError(f"could not fetch the wheels of {lock}: {proc.stderr.strip()}")
+    marker.write_text(lock.read_text())
 
 
 def start_s3(paths: Paths, addr: Addresses, topo, cert, log=print) -> dict:

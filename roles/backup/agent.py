@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,6 +158,46 @@ def _manifest(cfg: dict, kind: str, key: str, result: dict, **extra) -> dict:
             "encryption": {"client": "age", "recipients": recipients_for(cfg, kind), "compression": "zstd"}, **extra}
 
 
+class ManifestError(ValueError):
+    pass
+
+
+# What a manifest's fields may hold. A manifest comes from the bucket, where any host that backs up
+# writes; its names and positions go into shell commands and SQL text of restores and test restores
+# (run as root), so a reader takes none that does not have exactly this form.
+_GTIDS = re.compile(r"^(\d+-\d+-\d+(,\d+-\d+-\d+)*)?$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+_MANIFEST_FORMS = {
+    "gtid": _GTIDS, "gtid_start": _GTIDS, "gtid_end": _GTIDS,
+    "binlog": _FILE_NAME, "tag": _FILE_NAME,
+    "database": re.compile(r"^[a-z][a-z0-9_]{0,63}$"),  # roles/mariadb MariaDBSettings.database
+    "sha256": re.compile(r"^[0-9a-f]{64}$"),
+}
+_CASSANDRA_TABLE = re.compile(r"^[A-Za-z0-9_]{1,48}\.[A-Za-z0-9_]{1,48}$")  # keyspace.table, CQL's own limits
+
+
+def checked_manifest(manifest: object, key: str) -> dict:
+    """The manifest of the backup at ``key``, read from the bucket, once each field a restore uses has its
+    form (ManifestError names the field otherwise): it must describe that object, in that object's kind."""
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{key}: its manifest is not a JSON object")
+    if manifest.get("object") != key:
+        raise ManifestError(f"{key}: its manifest describes {manifest.get('object')!r}, not this object")
+    if manifest.get("kind") not in KINDS or f"/{manifest['kind']}/" not in f"/{key}":
+        raise ManifestError(f"{key}: its manifest's kind {manifest.get('kind')!r} is not the object's")
+    point = (manifest.get("checksums") or {}).get("gtid") if isinstance(manifest.get("checksums"), dict) else None
+    if point is not None and not (isinstance(point, str) and _GTIDS.fullmatch(point)):
+        raise ManifestError(f"{key}: manifest field checksums.gtid={point!r} is not a GTID list")
+    for name, form in _MANIFEST_FORMS.items():
+        value = manifest.get(name)
+        if value is not None and not (isinstance(value, str) and form.fullmatch(value)):
+            raise ManifestError(f"{key}: manifest field {name}={value!r} does not have the form {form.pattern}")
+    for table in manifest.get("tables") or {}:
+        if manifest["kind"] == "cassandra-snapshot" and not _CASSANDRA_TABLE.fullmatch(str(table)):
+            raise ManifestError(f"{key}: manifest table {table!r} is not keyspace.table")
+    return manifest
+
+
 def recipients_for(cfg: dict, kind: str) -> list[str]:
     """The operators' keys; for MariaDB backups also the restore-verification key (the monitoring
     host's weekly test restore, roles/backup/verify_key.py)."""
@@ -179,14 +220,21 @@ def _query(conn, sql: str, args=None) -> list[tuple]:
         return list(cur.fetchall())
 
 
+def quoted_name(name: str) -> str:
+    """A MariaDB identifier, quoted: table and column names come from the database (the application
+    creates them), so a backquote in one is doubled and cannot end the quoting."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def digest_sql(database: str, table: str, columns: list[str]) -> str:
     """Row count and an order-independent digest of every row's values (NULL told apart from
     empty): the same query on two servers holding the same rows gives the same answer, whatever
     the storage layout (CHECKSUM TABLE's value depends on the row format)."""
-    quoted = [f"`{c}`" for c in columns]
+    quoted = [quoted_name(c) for c in columns]
     row = "CONCAT_WS('#', " + ", ".join(quoted + [f"ISNULL({q})" for q in quoted]) + ")"
+    # identifiers only, each quoted (MariaDB cannot bind identifiers); the database is the validated setting
     return (f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT(MD5({row}), 15), 16, 10) AS UNSIGNED)), 0) "
-            f"FROM `{database}`.`{table}`")
+            f"FROM {quoted_name(database)}.{quoted_name(table)}")  # nosec B608  # quoted identifiers, see above
 
 
 def tables_and_columns(conn, database: str) -> dict[str, list[str]]:
@@ -278,7 +326,7 @@ def mariadb_binlog(cfg: dict, bucket: Bucket) -> dict:
             log.warning("shipping every binlog from %s (at %s) on", first[0], first[1])
             shipped = set()
         closed = logs[:-1]  # the last one is being written
-        for name, after in zip(closed, logs[1:]):
+        for name, after in zip(closed, logs[1:], strict=True):
             if name in shipped:
                 continue
             start, end = _gtid_list(conn, name), _gtid_list(conn, after)
@@ -329,7 +377,7 @@ def _purge_shipped(conn, logs: list[str], shipped: set[str], basedir: str) -> No
 
 def _gtid_list(conn, binlog: str) -> str:
     """The GTID state at the start of a binlog file (its Gtid_list event), e.g. '0-1-5,1-2-9'."""
-    for row in _query(conn, f"SHOW BINLOG EVENTS IN %s LIMIT 4", (binlog,)):
+    for row in _query(conn, "SHOW BINLOG EVENTS IN %s LIMIT 4", (binlog,)):
         if row[2] == "Gtid_list":
             return row[5].strip("[]").replace(" ", "")
     raise JobError(f"{binlog} has no Gtid_list event")

@@ -25,7 +25,7 @@ VERIFY_SCHEDULE = "Sun *-*-* 05:30:00"  # after the daily backups of Sunday
 CONTINUOUS = ("mariadb-binlog",)
 # the Redis account that may copy an RDB (roles/redis: ROLE, SYNC)
 REDIS_USER = "backup"
-REDIS_PASSWORD_FILE = "/etc/hastack/backup-redis.password"
+REDIS_PASSWORD_FILE = "/etc/hastack/backup-redis.password"  # nosec B105  # the path of the password's file
 
 
 def daily_kinds(data: Mapping[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from roles.backup.agent import KINDS
+from roles.backup.agent import KINDS, checked_manifest
 
 CHUNK = 1024 * 1024
 AGE_KEY_ENV = "HASTACK_AGE_KEY"
@@ -128,7 +128,10 @@ class Source:
 
     def manifest(self, key: str) -> dict:
         body = self.s3.get_object(Bucket=self.bucket, Key=key + ".manifest.json")["Body"].read()
-        return json.loads(body)
+        try:
+            return checked_manifest(json.loads(body), key)
+        except ValueError as e:  # ManifestError, or not JSON
+            raise RestoreError(f"a manifest that cannot be trusted: {e}") from None
 
     def chunks(self, manifest: dict, identity: AgeIdentity, progress: "Progress") -> Iterator[bytes]:
         """The object's decrypted bytes (still zstd), as they arrive. The ciphertext's SHA-256 is

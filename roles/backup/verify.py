@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,8 @@ except ImportError:  # in the repository
 WORK = "/var/lib/hastack/verify"
 RESULT = "/var/lib/hastack/backup/verify-result.json"
 METRICS = os.path.join(agent.METRICS_DIR, "hastack_backup_verify.prom")
+# the application's database as the settings allow it (roles/mariadb/__init__.py MariaDBSettings.database)
+DATABASE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class VerifyError(RuntimeError):
@@ -55,7 +58,11 @@ def newest(s3, cfg: dict) -> tuple[dict, list[dict]]:
             objects[obj["Key"]] = obj
 
     def manifest(key: str) -> dict:
-        return json.loads(s3.get_object(Bucket=cfg["bucket"], Key=key + ".manifest.json")["Body"].read())
+        try:
+            return agent.checked_manifest(
+                json.loads(s3.get_object(Bucket=cfg["bucket"], Key=key + ".manifest.json")["Body"].read()), key)
+        except ValueError as e:  # ManifestError, or not JSON
+            raise VerifyError(f"a manifest that cannot be trusted: {e}") from None
 
     complete = {k[: -len(".manifest.json")]: o for k, o in objects.items()
                 if k.endswith(".manifest.json") and k[: -len(".manifest.json")] in objects}
@@ -117,7 +124,7 @@ def verify(cfg: dict) -> dict:
         os.makedirs(data, mode=0o700)
         fetch(s3, cfg, full, ["zstd", "-dc", "|", "mbstream", "-x", "-C", data])
         files = [os.path.join(logs, f"{i:06d}-{m['binlog']}") for i, m in enumerate(binlogs)]
-        for m, path in zip(binlogs, files):
+        for m, path in zip(binlogs, files, strict=True):
             fetch(s3, cfg, m, ["zstd", "-dc", ">", path])
         prep = subprocess.run(["mariadb-backup", "--prepare", f"--target-dir={data}"], capture_output=True, text=True)
         if prep.returncode:
@@ -151,10 +158,13 @@ def verify(cfg: dict) -> dict:
         if not agent.covers(reached, checkpoint["gtid"]):
             raise VerifyError(f"the binlogs reach {reached}, short of the verification point {checkpoint['gtid']}")
         database = full.get("database", "hastack")
+        if not (isinstance(database, str) and DATABASE_NAME.fullmatch(database)):  # from the bucket, and goes into SQL text below
+            raise VerifyError(f"{full['object']}: its manifest names no valid database: {database!r}")
         columns: dict[str, list[str]] = {}
+        # B608: the database is the name checked above, in SQL text: the mariadb client binds no parameters
         for table, column in sql(socket, "SELECT c.table_name, c.column_name FROM information_schema.columns c "
                                          "JOIN information_schema.tables t USING (table_schema, table_name) "
-                                         f"WHERE c.table_schema = '{database}' AND t.table_type = 'BASE TABLE' "
+                                         f"WHERE c.table_schema = '{database}' AND t.table_type = 'BASE TABLE' "  # nosec B608
                                          "ORDER BY c.table_name, c.ordinal_position"):
             columns.setdefault(table, []).append(column)
         got = {}

@@ -107,7 +107,7 @@ def _admins(tvars, data):
         server.user(
             name=f"{ACCESS} admin {admin['name']}",
             user=admin["name"],
-            shell="/bin/bash",
+            shell="/bin/bash",  # nosec B604  # the admin's login shell, not a command run through a shell
             groups=[group, "sudo"],
             create_home=True,
             public_keys=[admin["ssh_key"]],

@@ -32,7 +32,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import WhiteListRoundRobinPolicy
 
-DEFAULT_USER = DEFAULT_PASSWORD = "cassandra"
+DEFAULT_USER = DEFAULT_PASSWORD = "cassandra"  # nosec B105  # Cassandra's public default superuser, which this module disables
 REPLICATED_KEYSPACES = ("system_distributed", "system_traces")
 AUTH_KEYSPACE = "system_auth"  # replicated last (6. above)
 

@@ -6,7 +6,7 @@ variables from here, so the tests render exactly what hosts receive.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from roles.cassandra.bundle import agent_jar
 from hastack.pki import Issued

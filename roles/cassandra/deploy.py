@@ -81,7 +81,7 @@ def cassandra() -> None:
                   persist_file="/etc/sysctl.d/60-hastack-cassandra.conf")
     server.group(name="cassandra group", group="cassandra", system=True)
     server.user(name="cassandra user", user="cassandra", group="cassandra", system=True, home=DATA_DIR,
-                shell="/usr/sbin/nologin", create_home=False)
+                shell="/usr/sbin/nologin", create_home=False)  # nosec B604  # a login shell (none), not a command
     mount_data_volume(DATA_DIR)
     for path, mode in ((DATA_DIR, "0750"), (LOG_DIR, "0750"), (CONF_DIR, "0755"), (TLS_DIR, "0700")):
         files.directory(name=f"{path}", path=path, user="cassandra", group="cassandra", mode=mode)

@@ -404,7 +404,7 @@ class HetznerAPI:
             if attempt == self.cfg.max_attempts:
                 break
             delay = min(MAX_BACKOFF, self.cfg.initial_backoff * 2 ** (attempt - 1))
-            delay += random.uniform(0, delay / 2)
+            delay += random.uniform(0, delay / 2)  # nosec B311  # retry jitter, not security
             if rate_limited:
                 delay = max(delay, self.refill_wait())
             log.warning("%s failed (%s); attempt %d/%d, retrying in %.2fs",
@@ -427,7 +427,9 @@ class HetznerAPI:
             if time.monotonic() > deadline:
                 raise ApiError(f"{what}: action {action.id} still running after {ACTION_TIMEOUT:.0f}s")
             self.sleep(poll)
-            action = self.call(f"poll action {action.id}", lambda: self.client.actions.get_by_id(action.id))
+            # the id bound here, to say which action is polled (self.call runs it before `action` is rebound)
+            action = self.call(f"poll action {action.id}",
+                               lambda action_id=action.id: self.client.actions.get_by_id(action_id))
         if action.status != "success":
             err = action.error or {}
             raise ApiError(f"{what}: action {action.id} ended {action.status}: "

@@ -16,7 +16,7 @@ HEALTH_TIMEOUT = 300.0
 def slave_status(text: str) -> dict[str, str]:
     """`mariadb --batch -e 'SHOW SLAVE STATUS'` -> column -> value ({} when not a replica)."""
     lines = text.splitlines()
-    return dict(zip(lines[0].split("\t"), lines[1].split("\t"))) if len(lines) >= 2 else {}
+    return dict(zip(lines[0].split("\t"), lines[1].split("\t"), strict=True)) if len(lines) >= 2 else {}
 
 
 def healthy(run, name: str, data: Mapping) -> str | None:

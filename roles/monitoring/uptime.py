@@ -132,7 +132,7 @@ def write_config(u: Uptime, directory: Path) -> dict[str, Path]:
                         rules_file=str(paths["uptime.rules.yml"]), site=u.site)
     uptime_rules = render("monitoring", rules.UPTIME_RULES_FILE, **rules.uptime_rules_vars(u.site["https"]))
     alertmanager = render("monitoring", mc.ALERTMANAGER_YML, stack=u.stack, webhooks=list(u.webhooks), email=u.email)
-    for name, text in zip(FILES, (blackbox, prometheus, uptime_rules, alertmanager)):
+    for name, text in zip(FILES, (blackbox, prometheus, uptime_rules, alertmanager), strict=True):
         tmp = paths[name].with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(0o640)  # webhook URLs may hold tokens

@@ -19,7 +19,7 @@ from roles.redis import REDIS_PORT
 DATA = "/var/lib/redis"
 AOF_DIR = f"{DATA}/appendonlydir"
 STAGED = f"{DATA}/restore.rdb"
-BACKUP_PASSWORD = "/etc/hastack/backup-redis.password"  # roles/backup/config.py REDIS_PASSWORD_FILE
+BACKUP_PASSWORD = "/etc/hastack/backup-redis.password"  # nosec B105  # a file's path (roles/backup/config.py REDIS_PASSWORD_FILE)
 AOF_MANIFEST = ("file appendonly.aof.1.base.rdb seq 1 type b\n"
                 "file appendonly.aof.1.incr.aof seq 1 type i\n")
 

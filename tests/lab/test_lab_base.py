@@ -17,7 +17,7 @@ def ssh(lab, host, command="true", user=None, extra=()):
 
 def on_all(lab, fn):
     with ThreadPoolExecutor(max_workers=len(lab.machines)) as pool:
-        return dict(zip(lab.machines, pool.map(fn, lab.machines)))
+        return dict(zip(lab.machines, pool.map(fn, lab.machines), strict=True))
 
 
 def test_every_machine_runs_and_converged(lab, first_converge):
@@ -103,7 +103,7 @@ def test_host_firewall_matches_the_declarations(lab):
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda p: tcp(lab, p[0], p[1].private_ip, p[2]), probes))
-    wrong = [(src, dst.name, port, want, got) for (src, dst, port, want), got in zip(probes, results)
+    wrong = [(src, dst.name, port, want, got) for (src, dst, port, want), got in zip(probes, results, strict=True)
              if (want == "filtered") != (got == "filtered")]
     assert not wrong, wrong
 

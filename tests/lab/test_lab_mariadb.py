@@ -1,7 +1,5 @@
 """The MariaDB master-master pair on the lab's machines."""
 
-import json
-
 import pytest
 import requests
 

@@ -436,7 +436,7 @@ class Run:
         for s in self.samplers:
             s.start()
         self.marks["start"] = time.time()
-        for i in range(self.clients):
+        for _ in range(self.clients):
             self.writers.append(probe.start(self.lab, 900, path="/records", interval=self.interval,
                                             timeout=WRITE_TIMEOUT, write=True))
             time.sleep(self.interval / self.clients)  # staggered: the merged stream is evenly spaced

@@ -32,7 +32,7 @@ def writable(lab, host: str) -> bool | None:
 def slave_status(lab, host: str) -> dict[str, str]:
     proc = lab.exec(host, ["mariadb", "--batch", "-e", "SHOW SLAVE STATUS"])
     lines = proc.stdout.splitlines()
-    return dict(zip(lines[0].split("\t"), lines[1].split("\t"))) if len(lines) >= 2 else {}
+    return dict(zip(lines[0].split("\t"), lines[1].split("\t"), strict=True)) if len(lines) >= 2 else {}
 
 
 def settled(lab, timeout: float = 120) -> str:

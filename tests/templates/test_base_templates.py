@@ -20,12 +20,11 @@ import yaml
 
 from hastack.templating import render, template_path
 from roles import host_roles
-
-HOST_ROLES = host_roles()
 from roles.base import DEFAULTS, NODE_EXPORTER_PORT
 from roles.base import config as c
 from tests.templates.hostdata import host_data, topology
 
+HOST_ROLES = host_roles()
 STACKS = ("prod", "staging")
 # The first host of every role in every stack.
 CASES = [(stack, role) for stack in STACKS for role in HOST_ROLES]

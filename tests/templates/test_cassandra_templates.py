@@ -12,7 +12,6 @@ Prometheus agent.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import socket
@@ -283,7 +282,8 @@ def test_prod_node_config_as_rendered():
     v = _vars(host_data("prod", host, "cassandra"))
     conf = yaml.safe_load(render("cassandra", "/etc/cassandra/cassandra.yaml", **v))
     seeds = conf["seed_provider"][0]["parameters"][0]["seeds"].split(",")
-    assert seeds == [topo.host(n.host).private_ip for n in topo.cluster("cassandra").nodes if n.seed] and len(seeds) < len(topo.cluster("cassandra").nodes)
+    nodes = topo.cluster("cassandra").nodes
+    assert seeds == [topo.host(n.host).private_ip for n in nodes if n.seed] and len(seeds) < len(nodes)
     assert conf["listen_address"] == conf["rpc_address"] == host.private_ip
     assert conf["allocate_tokens_for_local_replication_factor"] == topo.cluster("cassandra").replication_factor == 3
     assert conf["num_tokens"] == 16 and conf["endpoint_snitch"] == "GossipingPropertyFileSnitch"

@@ -46,7 +46,7 @@ def test_masters_have_their_own_ids_and_hand_out_odd_and_even_keys(stack):
     assert len({cnf["gtid_domain_id"] for cnf in cnfs}) == 2
     assert [cnf["auto_increment_increment"] for cnf in cnfs] == ["2", "2"]
     assert sorted(cnf["auto_increment_offset"] for cnf in cnfs) == ["1", "2"]
-    for host, cnf in zip(pair, cnfs):
+    for host, cnf in zip(pair, cnfs, strict=True):
         assert cnf["bind_address"] == host.private_ip
         assert cnf["gtid_strict_mode"] == "ON" and cnf["binlog_format"] == "ROW" and cnf["log_slave_updates"] == "ON"
         assert cnf["innodb_flush_log_at_trx_commit"] == "1" and cnf["sync_binlog"] == "1"

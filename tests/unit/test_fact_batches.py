@@ -85,7 +85,7 @@ def test_unit_blocks_go_to_their_units_and_a_short_output_answers_none():
     out = ["Id=ssh.service", "SubState=running", "UnitFileState=enabled", "",
            "Id=gone.service", "SubState=dead", "UnitFileState=", ""]
     split = batch.split(out, "0")
-    answers = [fact.process(lines) for (_, fact), lines in zip(batch.members, split)]
+    answers = [fact.process(lines) for (_, fact), lines in zip(batch.members, split, strict=True)]
     assert answers == [{"ssh.service": True}, {"gone.service": False}, {"ssh.service": True}]
     assert batch.split(out[:4], "0") == [None, None, None]
     assert batch.split(out, "1") == [None, None, None]

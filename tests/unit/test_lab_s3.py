@@ -181,7 +181,7 @@ def test_writer_cannot_read_list_or_delete(writer, bucket, written):
 
 def test_writer_cannot_put_outside_its_prefix(writer, bucket):
     for key in (f"backups/{OTHER}/mariadb/x", "backups/x", f"backups/{HOST}", f"other/{HOST}/x", f"{HOST}/x"):
-        refused(lambda: writer.put_object(Bucket=bucket, Key=key, Body=b"x"), "AccessDenied")
+        refused(lambda key=key: writer.put_object(Bucket=bucket, Key=key, Body=b"x"), "AccessDenied")
     refused(lambda: writer.create_multipart_upload(Bucket=bucket, Key=f"backups/{OTHER}/x"), "AccessDenied")
 
 

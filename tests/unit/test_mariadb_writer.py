@@ -518,7 +518,7 @@ def test_no_fence_no_promotion_and_fences_are_retried_with_backoff_up_to_a_minut
     pair.power_off("db1")
     pair.run(250)
     tries = pair.nodes["db2"].fences
-    gaps = [round(b - a, 1) for a, b in zip(tries, tries[1:])]
+    gaps = [round(b - a, 1) for a, b in zip(tries, tries[1:], strict=False)]
     assert gaps[:6] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0], gaps
     assert set(gaps[4:]) == {60.0}
     assert pair.writable() == set()

@@ -419,7 +419,7 @@ def test_the_pack_has_one_mandatory_policy_per_rule():
     pack = policies(lambda: FACTS)
     assert [(p.name, p.description) for p in pack] == [(r.name, r.description) for r in policy.all_rules()]
     assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in pack)
-    for p, r in zip(pack, policy.all_rules()):
+    for p, r in zip(pack, policy.all_rules(), strict=True):
         expected = ResourceValidationPolicy if isinstance(r, policy.ResourceRule) else StackValidationPolicy
         assert isinstance(p, expected), p.name
 

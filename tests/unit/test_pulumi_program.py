@@ -6,13 +6,11 @@ import pulumi
 import pytest
 
 from hastack import recording
-from hastack.stackfile import read_stack_file
+from hastack.stackfile import load_stack, read_stack_file
 from roles import host_roles
 from tests.support import stack_ca
 
 HOST_ROLES = host_roles()
-from hastack.stackfile import load_stack
-
 TOKEN = "test-failover-token-7f3a"
 SEED = "test-seed-5d1e"
 SECRETS = {"hastack:failoverToken": TOKEN, "hastack:secretSeed": SEED, "hcloud:token": "test-hcloud-token-91bc",
@@ -92,7 +90,7 @@ def test_hetzner_firewalls_expose_only_web_and_admin_ssh(rec):
         rules = {(r["protocol"], r.get("port")): sorted(r["sourceIps"]) for r in fw.inputs["rules"]}
         assert all(r["direction"] == "in" for r in fw.inputs["rules"])
         assert rules[("tcp", "22")] == admin
-        for (proto, port), sources in rules.items():
+        for (_proto, port), sources in rules.items():
             if port == "22":
                 continue
             # nothing but 80/443 on the load balancers is reachable from outside

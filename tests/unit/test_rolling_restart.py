@@ -104,7 +104,7 @@ def assert_serialised(group: Group) -> None:
     """No restart while another host is down, and each restarted host healthy before the next restart."""
     assert group.overlaps == []
     restarted = [i for i, (_, e) in enumerate(group.events) if e == "restart"]
-    for a, b in zip(restarted, restarted[1:]):
+    for a, b in zip(restarted, restarted[1:], strict=False):
         host = group.events[a][0]
         assert (host, "healthy") in group.events[a:b], f"{host} restarted, next restart before it was healthy"
 

@@ -47,7 +47,7 @@ class FakeUptime:
     def _window(self, lo, hi):
         """Samples in (lo, hi]."""
         i, j = bisect.bisect_right(self.ts, lo), bisect.bisect_right(self.ts, hi)
-        return list(zip(self.ts[i:j], self.vs[i:j]))
+        return list(zip(self.ts[i:j], self.vs[i:j], strict=True))
 
     def query(self, expr, at=None):
         at = NOW if at is None else at

@@ -191,7 +191,8 @@ def test_overlapping_lab_and_private_ranges():
     config["lab"]["publicRange"] = "10.77.0.0/24"
     config["lab"]["floatingIp"] = "10.77.0.100"
     problems = problems_of(config, stack="lab", secrets=set())
-    assert "hastack:lab.publicRange = '10.77.0.0/24': overlaps hastack:network.ipRange (10.77.0.0/16); choose ranges that do not overlap" in problems
+    assert ("hastack:lab.publicRange = '10.77.0.0/24': overlaps hastack:network.ipRange (10.77.0.0/16); "
+            "choose ranges that do not overlap") in problems
 
 
 def test_malformed_cidr(prod_config):
@@ -361,19 +362,38 @@ def test_mappings_in_settings_add_to_the_defaults(prod_config):
 
 
 @pytest.mark.parametrize("settings, problem", [
-    ({"mariadb": {"failoverAfter": 0.2}}, "hastack:settings.mariadb.failoverAfter = 0.2: Input should be greater than or equal to 1"),
-    ({"mariadb": {"failoverSeconds": 2}}, "hastack:settings.mariadb.failoverSeconds: unknown key; valid keys here: database, innodbBufferPoolSize, failoverAfter"),
-    ({"webserver": {}}, "hastack:settings.webserver: unknown key; valid keys here: base, loadbalancer, app, mariadb, redis, cassandra, monitoring, sentinel, backup"),
-    ({"loadbalancer": {"certificate": "provided"}}, "hastack:settings.loadbalancer: certificate is 'provided': give certificateFile, the PEM (chain and key) on the operator's machine"),
-    ({"loadbalancer": {"certificate": "acme"}}, "hastack:settings.loadbalancer.certificate = 'acme': Input should be 'internal' or 'provided'"),
-    ({"base": {"sshd": {"PasswordAuthentication": "yes"}}}, "hastack:settings.base.sshd: PasswordAuthentication keep SSH key-only and cannot be changed (changeable: any other sshd option, e.g. MaxAuthTries)"),
-    ({"base": {"sysctl": {"kernel.x": "1\nkernel.y=2"}}}, "hastack:settings.base.sysctl: kernel.x: '1\\nkernel.y=2' must be a number or a one-line string without '#'"),
-    ({"cassandra": {"version": "4.1.0"}}, "hastack:settings.cassandra: version '4.1.0': the bundle is locked to 5.0.9 (roles/cassandra/bundle.lock); another version needs tarballUrl and tarballSha256"),
-    ({"app": {"exec": "python3 app.py"}}, "hastack:settings.app.exec = 'python3 app.py': one line starting with the program's absolute path, e.g. /usr/bin/python3 /opt/app/main.py"),
-    ({"monitoring": {"alertWebhooks": ["ftp://x"]}}, "hastack:settings.monitoring.alertWebhooks = ['ftp://x']: not http(s) URLs: ftp://x (expected e.g. https://hooks.example.com/alerts)"),
-    ({"monitoring": {"alertEmail": None, "alertWebhooks": []}}, "hastack:settings.monitoring: no receiver for alerts; give alertWebhooks (a list of http(s) URLs) and/or alertEmail ({to: [name@domain], from: name@domain, smarthost: host:port})"),
-    ({"monitoring": {"alertEmail": {"to": ["ops"], "from": "a@b.c", "smarthost": "smtp:25"}}}, "hastack:settings.monitoring.alertEmail.to = ['ops']: not email addresses: ops (expected name@domain)"),
-    ({"monitoring": {"scrapeInterval": "15"}}, "hastack:settings.monitoring.scrapeInterval = '15': '15' is not a duration: a number and a unit (ms, s, m, h, d, w, y), e.g. 15s or 30d"),
+    ({"mariadb": {"failoverAfter": 0.2}},
+     "hastack:settings.mariadb.failoverAfter = 0.2: Input should be greater than or equal to 1"),
+    ({"mariadb": {"failoverSeconds": 2}},
+     "hastack:settings.mariadb.failoverSeconds: unknown key; valid keys here: database, innodbBufferPoolSize, failoverAfter"),
+    ({"webserver": {}},
+     "hastack:settings.webserver: unknown key; valid keys here: base, loadbalancer, app, mariadb, redis, cassandra, monitoring, "
+     "sentinel, backup"),
+    ({"loadbalancer": {"certificate": "provided"}},
+     "hastack:settings.loadbalancer: certificate is 'provided': give certificateFile, the PEM (chain and key) on the operator's machine"),
+    ({"loadbalancer": {"certificate": "acme"}},
+     "hastack:settings.loadbalancer.certificate = 'acme': Input should be 'internal' or 'provided'"),
+    ({"base": {"sshd": {"PasswordAuthentication": "yes"}}},
+     "hastack:settings.base.sshd: PasswordAuthentication keep SSH key-only and cannot be changed (changeable: "
+     "any other sshd option, e.g. MaxAuthTries)"),
+    ({"base": {"sysctl": {"kernel.x": "1\nkernel.y=2"}}},
+     "hastack:settings.base.sysctl: kernel.x: '1\\nkernel.y=2' must be a number or a one-line string without '#'"),
+    ({"cassandra": {"version": "4.1.0"}},
+     "hastack:settings.cassandra: version '4.1.0': the bundle is locked to 5.0.9 (roles/cassandra/bundle.lock); "
+     "another version needs tarballUrl and tarballSha256"),
+    ({"app": {"exec": "python3 app.py"}},
+     "hastack:settings.app.exec = 'python3 app.py': one line starting with the program's absolute path, "
+     "e.g. /usr/bin/python3 /opt/app/main.py"),
+    ({"monitoring": {"alertWebhooks": ["ftp://x"]}},
+     "hastack:settings.monitoring.alertWebhooks = ['ftp://x']: not http(s) URLs: ftp://x (expected e.g. https://hooks.example.com/alerts)"),
+    ({"monitoring": {"alertEmail": None, "alertWebhooks": []}},
+     "hastack:settings.monitoring: no receiver for alerts; "
+     "give alertWebhooks (a list of http(s) URLs) and/or alertEmail ({to: [name@domain], from: name@domain, smarthost: host:port})"),
+    ({"monitoring": {"alertEmail": {"to": ["ops"], "from": "a@b.c", "smarthost": "smtp:25"}}},
+     "hastack:settings.monitoring.alertEmail.to = ['ops']: not email addresses: ops (expected name@domain)"),
+    ({"monitoring": {"scrapeInterval": "15"}},
+     "hastack:settings.monitoring.scrapeInterval = '15': '15' is not a duration: "
+     "a number and a unit (ms, s, m, h, d, w, y), e.g. 15s or 30d"),
 ])
 def test_bad_role_settings_are_refused_naming_the_key(prod_config, settings, problem):
     prod_config["settings"] |= settings
@@ -386,7 +406,7 @@ def test_every_setting_is_documented_in_the_example_stack():
 
     text = (Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.example.yaml").read_text()
     for r in all_roles():
-        for name, f in r.settings.model_fields.items():
+        for _name, f in r.settings.model_fields.items():
             assert f"{f.alias}:" in text, f"settings.{r.name}.{f.alias} is not in the example stack"
 
 
@@ -395,7 +415,7 @@ def test_every_top_level_key_is_documented_in_the_example_stack():
     from hastack.model.schema import stack_config_model
 
     text = (Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.example.yaml").read_text()
-    for name, f in stack_config_model().model_fields.items():
+    for _name, f in stack_config_model().model_fields.items():
         assert f"hastack:{f.alias}:" in text, f"hastack:{f.alias} is not in the example stack"
 
 

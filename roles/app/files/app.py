@@ -114,10 +114,10 @@ class Cache:
             try:
                 # HELLO needs no admin rights and tells the role (the app user may not run ROLE or INFO)
                 hello = client.execute_command("HELLO", "2")
-                fields = dict(zip(hello[::2], hello[1::2]))
+                fields = dict(zip(hello[::2], hello[1::2], strict=True))
                 if fields.get(b"role") == b"master":
                     return client
-            except Exception:
+            except Exception:  # nosec B110  # Redis is only a cache: a server that fails in any way is passed over
                 pass
             client.close()
         return None
