@@ -68,9 +68,10 @@ def test_join_command_is_valid_bash_and_only_the_preferred_master_initialises(st
         lines = text.splitlines()
         assert "DB=hastack" in lines and f"PEER={peer.private_ip}" in lines and f"PEER_NAME={peer.name}" in lines
         preferred = "yes" if host.name == writer else "no"
-        assert f'    [ "{preferred}" = yes ] && [ "$peer_has" = 0 ] || exit 0' in lines
+        assert any(line.startswith(f"PREFERRED={preferred} ") for line in lines), text[:600]
+        assert '    [ "$PREFERRED" = yes ] && [ "$peer_has" = 0 ] || exit 0' in lines
         assert f'OPENSSL:$PEER:{DONOR_PORT},' in text
-    assert sum('[ "yes" = yes ]' in render("mariadb", c.JOIN, **db_vars(stack, h)[c.JOIN]) for h in pair) == 1
+    assert sum("\nPREFERRED=yes " in render("mariadb", c.JOIN, **db_vars(stack, h)[c.JOIN]) for h in pair) == 1
 
 
 @pytest.mark.parametrize("stack", STACKS)
