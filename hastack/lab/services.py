@@ -106,9 +106,13 @@ def fetch_wheels(paths: Paths, lock: Path) -> None:
     """The Python packages the machines install (they reach no index), fetched once from PyPI: exactly
     the locked wheels, checked against the lock's hashes as the machines check them again."""
     marker = paths.wheels / ".requirements"
-    if marker.exists() and marker.read_text() == lock.read_text():
+    locked = [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
+    if marker.exists() and marker.read_text() == lock.read_text() and len(list(paths.wheels.glob("*.whl"))) == len(locked):
         return
-    paths.wheels.mkdir(parents=True, exist_ok=True)
+    # only the locked files: the machines' pip picks the best wheel it is offered (a find-links page
+    # gives no hashes to choose by), so an older or platform wheel left here would fail their hash check
+    shutil.rmtree(paths.wheels, ignore_errors=True)
+    paths.wheels.mkdir(parents=True)
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                            "--require-hashes", "--no-deps", "--only-binary=:all:", "--dest", str(paths.wheels),
                            "-r", str(lock)], capture_output=True, text=True)
