@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STACK ?= prod
 # host programs: the lab itself, and the real validators the template tests run (shellcheck and
 # node for the CI workflows: tests/templates/test_workflows.py)
-HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps \
+HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps kmod \
 	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd \
 	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium shellcheck nodejs
 # the lab runs its own instances of these (the uptime probe): the system services stay off

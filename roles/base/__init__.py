@@ -1,6 +1,7 @@
 """The base role, on every host: admin accounts, SSH, the host firewall, security
 updates, the journal, kernel settings, the node exporter, the stack CA."""
 
+import re
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -28,6 +29,16 @@ SSHD = {
     "X11Forwarding": "no",
     "MaxAuthTries": 3,
     "LoginGraceTime": 20,
+    # admins run commands: no tunnels or agents through the hosts (nothing of the stack forwards over SSH)
+    "AllowTcpForwarding": "no",
+    "AllowAgentForwarding": "no",
+    # the key fingerprint of every login in the journal: which admin's key opened a session
+    "LogLevel": "VERBOSE",
+    "ClientAliveInterval": 300,
+    "ClientAliveCountMax": 2,
+    "TCPKeepAlive": "no",  # the encrypted ClientAlive above tells a dead peer instead
+    "Compression": "no",
+    "Banner": "/etc/issue.net",
 }
 
 SYSCTL = {
@@ -52,9 +63,20 @@ SYSCTL = {
     "fs.protected_symlinks": 1,
     "fs.protected_fifos": 2,
     "fs.protected_regular": 2,
+    # no core dumps of set-uid programs (their memory holds other users' secrets)
+    "fs.suid_dumpable": 0,
+    "kernel.unprivileged_bpf_disabled": 1,
+    "net.core.bpf_jit_harden": 2,
+    "kernel.perf_event_paranoid": 3,
 }
 
 JOURNALD = {"Storage": "persistent", "SystemMaxUse": "1G"}
+
+BANNER = ("Authorised access only. Every session and command on this system is logged and monitored;\n"
+          "unauthorised access is prohibited and may be prosecuted under criminal and civil law.")
+# kernel modules no host of the stack uses: rare network protocols with a history of remote bugs, and
+# storage a cloud server never has plugged in
+BLOCKED_MODULES = ["dccp", "sctp", "rds", "tipc", "usb-storage", "firewire-core"]
 
 
 class UnattendedUpgrades(Section):
@@ -94,6 +116,26 @@ class BaseSettings(Settings):
     unattended_upgrades: UnattendedUpgrades = UnattendedUpgrades()
     # /etc/systemd/journald.conf.d/hastack.conf ([Journal] section)
     journald: dict[str, str | int] = JOURNALD
+    # /etc/issue and /etc/issue.net (shown before SSH logins): the legal notice
+    banner: str = Field(BANNER, min_length=20, max_length=2000)
+    # /etc/modprobe.d/hastack.conf: modules that may not load (a stack that needs SCTP lists the rest)
+    blocked_modules: list[str] = BLOCKED_MODULES
+
+    @field_validator("banner")
+    @classmethod
+    def _banner(cls, value: str) -> str:
+        # getty reads backslash sequences in /etc/issue (\n: the host name, ...): plain text only
+        if "\\" in value or any(not (c.isprintable() or c == "\n") for c in value):
+            raise ValueError("the banner is plain text: printable characters and line breaks, no backslashes")
+        return value
+
+    @field_validator("blocked_modules")
+    @classmethod
+    def _modules(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if not re.fullmatch(r"[a-z0-9_-]{1,64}", m)]
+        if bad:
+            raise ValueError(f"{bad}: kernel module names are lower-case letters, digits, '_' and '-', e.g. sctp")
+        return value
 
     @field_validator("sshd", mode="before")
     @classmethod

@@ -61,6 +61,18 @@ NODE_EXPORTER_UNIT = "/etc/systemd/system/prometheus-node-exporter.service.d/has
 HOSTNAME = "/etc/hostname"
 HOSTS = "/etc/hosts"
 CLOUD_INIT = "/etc/cloud/cloud.cfg.d/99-hastack.cfg"
+ISSUE = "/etc/issue"
+ISSUE_NET = "/etc/issue.net"
+MODPROBE = "/etc/modprobe.d/hastack.conf"
+NO_CORE_DUMPS = "/etc/security/limits.d/hastack.conf"
+# needrestart lists what runs old libraries and never restarts anything itself: a data service restarts
+# through its role (the pairs and the ring one node at a time), not because apt ran on every host at once
+NEEDRESTART = "/etc/needrestart/conf.d/hastack.conf"
+# /etc/login.defs: new files not world-readable, new homes private, password ages for any account that
+# ever gets a password (admins have none: keys only)
+LOGIN_DEFS = "/etc/login.defs"
+LOGIN_DEFS_SETTINGS = {"UMASK": "027", "HOME_MODE": "0750", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1",
+                       "SHA_CRYPT_MIN_ROUNDS": "65536"}
 
 _FAMILY = {4: ("ip", "ipv4"), 6: ("ip6", "ipv6")}
 
@@ -125,4 +137,35 @@ def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str,
         HOSTNAME: {"hostname": hostname},
         HOSTS: {"etc_hosts": data["etc_hosts"]},
         CLOUD_INIT: {},
+        ISSUE: {"banner": data["base_banner"]},
+        ISSUE_NET: {"banner": data["base_banner"]},
+        MODPROBE: {"modules": data["base_blocked_modules"]},
+        NO_CORE_DUMPS: {},
+        NEEDRESTART: {},
     }
+
+
+# the real assembler behind /usr/bin/as (per architecture), 0750 root through dpkg so upgrades keep it
+ASSEMBLER_MODE = "f=$(readlink -f /usr/bin/as 2>/dev/null) && [ -e \"$f\" ] && stat -c %a \"$f\" || true"
+ROOT_ONLY_ASSEMBLER = ('f=$(readlink -f /usr/bin/as) && { dpkg-statoverride --list "$f" >/dev/null '
+                       '|| dpkg-statoverride --update --add root root 0750 "$f"; } && chmod 0750 "$f"')
+
+
+def login_defs_read() -> str:
+    """A command printing the base role's /etc/login.defs settings as they are, one ``KEY VALUE`` a line."""
+    keys = "|".join(LOGIN_DEFS_SETTINGS)
+    return f"grep -E '^({keys})[[:space:]]' {LOGIN_DEFS} | awk '{{print $1, $2}}' | sort -u || true"
+
+
+def login_defs_wanted() -> str:
+    return "\n".join(sorted(f"{key} {value}" for key, value in LOGIN_DEFS_SETTINGS.items()))
+
+
+def login_defs_commands() -> list[str]:
+    """Each setting replaces its line (commented or not), or is added when the file has none."""
+    commands = []
+    for key, value in LOGIN_DEFS_SETTINGS.items():
+        commands.append(f"grep -qE '^#?{key}[[:space:]]' {LOGIN_DEFS} "
+                        f"&& sed -i -E 's/^#?{key}[[:space:]].*/{key}\\t{value}/' {LOGIN_DEFS} "
+                        f"|| printf '{key}\\t{value}\\n' >> {LOGIN_DEFS}")
+    return commands

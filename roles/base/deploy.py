@@ -41,6 +41,10 @@ PACKAGES = [
     "prometheus-node-exporter",
     # apt_info every 15 min: node_reboot_required and pending upgrades, for monitoring
     "prometheus-node-exporter-collectors",
+    "needrestart",  # which services and kernel run replaced libraries (listed, never restarted: see NEEDRESTART)
+    "debsums",  # checks installed files against their packages' checksums
+    "apt-show-versions",  # which installed packages have newer versions, and from where
+    "apt-listchanges",  # the changelog of what an upgrade brings, in the apt log
 ]
 
 SSHD_INCLUDE = "Include /etc/ssh/sshd_config.d/*.conf"
@@ -113,6 +117,9 @@ def _admins(tvars, data):
             public_keys=[admin["ssh_key"]],
             delete_keys=True,
         )
+        # private to its admin (useradd made it 0755 before login.defs said HOME_MODE 0750)
+        files.directory(name=f"{ACCESS} home of {admin['name']}", path=f"/home/{admin['name']}",
+                        user=admin["name"], group=admin["name"], mode="0750")
 
     # Former admins: still in the group but no longer configured.
     for name, user in sorted(host.get_fact(Users).items()):
@@ -140,6 +147,20 @@ def _admins(tvars, data):
     files.file(name=f"{ACCESS} no SSH keys for root", path="/root/.ssh/authorized_keys", present=False)
 
 
+def _hardening(tvars):
+    """The legal notice (the sshd Banner shows /etc/issue.net), blocked kernel modules, no core dumps, a
+    strict umask and private homes for new accounts."""
+    _template(tvars, c.ISSUE)
+    _template(tvars, c.ISSUE_NET)
+    _template(tvars, c.MODPROBE)
+    _template(tvars, c.NO_CORE_DUMPS)
+    server.shell(name="login.defs: umask, home mode, password ages", commands=c.login_defs_commands(),
+                 _if=lambda: host.get_fact(Command, c.login_defs_read()) != c.login_defs_wanted())
+    # the assembler (binutils, a dependency of needrestart) for root only: nothing on a server builds code
+    server.shell(name="Assembler for root only", commands=[c.ROOT_ONLY_ASSEMBLER],
+                 _if=lambda: host.get_fact(Command, c.ASSEMBLER_MODE) not in ("", "750"))
+
+
 def _sshd(tvars):
     include = None
     if not host.get_fact(FindInFile, path="/etc/ssh/sshd_config", pattern=r"^Include /etc/ssh/sshd_config\.d/\*\.conf"):
@@ -149,7 +170,9 @@ def _sshd(tvars):
             commands=[f"grep -qxF '{SSHD_INCLUDE}' /etc/ssh/sshd_config"
                       f" || sed -i '1i {SSHD_INCLUDE}' /etc/ssh/sshd_config"],
         )
-    dropin = _checked_install(tvars, c.SSHD_DROPIN, "0644", SSHD_CHECK)
+    files.file(name="sshd_config readable by root only", path="/etc/ssh/sshd_config", user="root", group="root",
+               mode="0600")
+    dropin = _checked_install(tvars, c.SSHD_DROPIN, "0600", SSHD_CHECK)
     systemd.service(name="Reload sshd", service="ssh", running=True, reloaded=True,
                     _if=_any_changed(include, dropin))
 
@@ -188,9 +211,14 @@ def base():
 
     files.put(name="apt waits for the dpkg lock", src=StringIO(c.APT_LOCK_WAIT_TEXT), dest=c.APT_LOCK_WAIT,
               user="root", group="root", mode="0644")
+    # before the packages: needrestart's apt hook reads it from its first run on
+    files.directory(name="needrestart configuration directory", path="/etc/needrestart/conf.d",
+                    user="root", group="root", mode="0755")
+    _template(tvars, c.NEEDRESTART)
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
     _stack_ca()
+    _hardening(tvars)
 
     _sshd(tvars)
     _firewall(tvars)

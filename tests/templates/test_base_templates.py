@@ -132,6 +132,9 @@ def test_sshd_accepts_the_dropin_and_allows_keys_only(sshd, stack, role):
     assert conf["x11forwarding"] == "no"
     assert conf["maxauthtries"] == "3"
     assert conf["logingracetime"] == "20"
+    # no forwarding through the hosts, every login's key in the journal, the legal notice before login
+    assert conf["allowtcpforwarding"] == "no" and conf["allowagentforwarding"] == "no"
+    assert conf["loglevel"] == "VERBOSE" and conf["banner"] == c.ISSUE_NET
 
 
 def test_a_later_dropin_enabling_passwords_does_not_win(sshd):
@@ -337,3 +340,44 @@ def test_access_gate_unit_passes_systemd_analyze_verify_and_runs_before_logins_a
     # ordering only: restarting sshd or MariaDB in a converge must not pull the gate in
     assert not [line for line in lines if line.startswith(("Requires=", "RequiredBy=", "BindsTo="))]
     assert "TimeoutStartSec=infinity" in lines and "RemainAfterExit=yes" in lines
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_blocked_modules_never_load_as_modprobe_reads_them(stack, tmp_path):
+    text = rendered(stack, "app")[c.MODPROBE]
+    conf = write(tmp_path / "hastack.conf", text)
+    modprobe = tool("modprobe")
+    shown = run(modprobe, "-C", conf, "--showconfig")
+    assert "ignoring bad line" not in shown.stderr, shown.stderr
+    for module in DEFAULTS["base_blocked_modules"]:
+        name = module.replace("-", "_")  # modprobe's own spelling of a module name
+        assert {f"install {name} /bin/true", f"blacklist {name}"} <= set(shown.stdout.splitlines())
+        # what `modprobe <module>` would do: run /bin/true, load nothing
+        assert run(modprobe, "-C", conf, "-n", "-v", module).stdout.split() == ["install", "/bin/true"]
+
+
+def test_the_banner_and_core_dump_limit_are_what_lynis_and_pam_read():
+    texts = rendered("prod", "mariadb")
+    assert texts[c.ISSUE] == texts[c.ISSUE_NET] == DEFAULTS["base_banner"] + "\n"
+    assert "\\" not in texts[c.ISSUE]  # getty would expand escapes in /etc/issue
+    assert [line.split() for line in texts[c.NO_CORE_DUMPS].splitlines() if not line.startswith("#")] == [
+        ["*", "hard", "core", "0"]]
+
+
+def test_login_defs_settings_apply_to_debians_file_once(tmp_path):
+    """On Debian 12's own /etc/login.defs: each setting replaces its line (UMASK 022, #HOME_MODE ...);
+    a second run changes nothing, and the check the deploy asks reads exactly what it wants."""
+    login_defs = write(tmp_path / "login.defs", Path("/etc/login.defs").read_text())
+    assert "UMASK\t\t022" in login_defs.read_text()
+
+    def apply():
+        for command in c.login_defs_commands():
+            run("sh", "-c", command.replace(c.LOGIN_DEFS, str(login_defs)))
+
+    apply()
+    first = login_defs.read_text()
+    apply()
+    assert login_defs.read_text() == first
+    read = run("sh", "-c", c.login_defs_read().replace(c.LOGIN_DEFS, str(login_defs))).stdout.strip()
+    assert read == c.login_defs_wanted()
+    assert len(first.splitlines()) <= len(Path("/etc/login.defs").read_text().splitlines()) + 2  # replaced, not added
