@@ -71,8 +71,13 @@ NEEDRESTART = "/etc/needrestart/conf.d/hastack.conf"
 # /etc/login.defs: new files not world-readable, new homes private, password ages for any account that
 # ever gets a password (admins have none: keys only)
 LOGIN_DEFS = "/etc/login.defs"
-LOGIN_DEFS_SETTINGS = {"UMASK": "027", "HOME_MODE": "0750", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1",
-                       "SHA_CRYPT_MIN_ROUNDS": "65536"}
+LOGIN_DEFS_SETTINGS = {
+    "UMASK": "027",
+    "HOME_MODE": "0750",
+    "PASS_MAX_DAYS": "365",  # nosec B105  # a password's maximum age in days, not a password
+    "PASS_MIN_DAYS": "1",  # nosec B105  # its minimum age in days
+    "SHA_CRYPT_MIN_ROUNDS": "65536",
+}
 
 _FAMILY = {4: ("ip", "ipv4"), 6: ("ip6", "ipv6")}
 
