@@ -6,7 +6,7 @@ Installs lynis (from Debian, through the lab's package cache) on each machine, r
 converged lab (`hastack lab up`), as root.
 
 Two indexes per machine: lynis as it comes, and with the tests a lab machine cannot pass skipped
-(`--lab-profile`, the default): a container shares the host's kernel, so it cannot set kernel or
+(the default; `--plain` for lynis as it comes): a container shares the host's kernel, so it cannot set kernel or
 network sysctls (/proc/sys is read-only there: KRNL-6000), run its own audit daemon (one per kernel:
 ACCT-9628), has no kernel image of its own (KRNL-5788) and no partitions (FILE-6310). On a cloud
 server those pass or are settled by the base role (its sysctl file, auditd).
