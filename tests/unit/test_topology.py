@@ -378,6 +378,12 @@ def test_mappings_in_settings_add_to_the_defaults(prod_config):
      "any other sshd option, e.g. MaxAuthTries)"),
     ({"base": {"sysctl": {"kernel.x": "1\nkernel.y=2"}}},
      "hastack:settings.base.sysctl: kernel.x: '1\\nkernel.y=2' must be a number or a one-line string without '#'"),
+    ({"base": {"banner": "Authorised use only \\l on \\n"}},
+     "hastack:settings.base.banner = 'Authorised use only \\\\l on \\\\n': the banner is plain text: printable "
+     "characters and line breaks, no backslashes"),
+    ({"base": {"blockedModules": ["sctp", "usb storage"]}},
+     "hastack:settings.base.blockedModules = ['sctp', 'usb storage']: ['usb storage']: kernel module names are "
+     "lower-case letters, digits, '_' and '-', e.g. sctp"),
     ({"cassandra": {"version": "4.1.0"}},
      "hastack:settings.cassandra: version '4.1.0': the bundle is locked to 5.0.9 (roles/cassandra/bundle.lock); "
      "another version needs tarballUrl and tarballSha256"),
