@@ -43,8 +43,6 @@ PACKAGES = [
     "prometheus-node-exporter-collectors",
     "needrestart",  # which services and kernel run replaced libraries (listed, never restarted: see NEEDRESTART)
     "debsums",  # checks installed files against their packages' checksums
-    "apt-show-versions",  # which installed packages have newer versions, and from where
-    "apt-listchanges",  # the changelog of what an upgrade brings, in the apt log
 ]
 
 SSHD_INCLUDE = "Include /etc/ssh/sshd_config.d/*.conf"
