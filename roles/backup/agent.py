@@ -185,7 +185,8 @@ def checked_manifest(manifest: object, key: str) -> dict:
         raise ManifestError(f"{key}: its manifest describes {manifest.get('object')!r}, not this object")
     if manifest.get("kind") not in KINDS or f"/{manifest['kind']}/" not in f"/{key}":
         raise ManifestError(f"{key}: its manifest's kind {manifest.get('kind')!r} is not the object's")
-    point = (manifest.get("checksums") or {}).get("gtid") if isinstance(manifest.get("checksums"), dict) else None
+    checksums = manifest.get("checksums")
+    point = checksums.get("gtid") if isinstance(checksums, dict) else None
     if point is not None and not (isinstance(point, str) and _GTIDS.fullmatch(point)):
         raise ManifestError(f"{key}: manifest field checksums.gtid={point!r} is not a GTID list")
     for name, form in _MANIFEST_FORMS.items():
