@@ -97,6 +97,28 @@ def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -
         time.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
 
+def held(url: str, ca: str, timeout: float) -> None:
+    """One connection opened (TLS handshake done) before a change and used after it: prints a ready line,
+    waits for a line on stdin, then sends one GET on that same connection and prints its answer."""
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=timeout, context=Trust(ca).context())
+    conn.connect()
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()
+    rec = {"t": time.time()}
+    try:
+        conn.request("GET", u.path or "/", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        rec.update(ok=resp.status == 200, status=resp.status)
+    except Exception as e:  # noqa: BLE001 - the failure is the answer
+        rec.update(ok=False, error=_describe(e))
+    print(json.dumps(rec), flush=True)
+
+
 def outage(records: list[dict]) -> dict:
     """The client-visible outage: from the last success before the first failure to the next success."""
     failures = [i for i, r in enumerate(records) if not r["ok"]]
@@ -160,6 +182,27 @@ def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: 
     return proc
 
 
+def start_held(lab, path: str = "/", timeout: float = 5.0) -> subprocess.Popen:
+    """`held` in the internet namespace: returns once its connection is open; `held_answer` uses it."""
+    from hastack.lab.layout import INTERNET_NS
+
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
+         f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.stack_trust_file), "--timeout", str(timeout),
+         "--held"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    ready = proc.stdout.readline()
+    if '"ready"' not in ready:
+        proc.kill()
+        raise RuntimeError(f"the held connection did not open: {ready!r}")
+    return proc
+
+
+def held_answer(proc: subprocess.Popen) -> dict:
+    """Sends the held connection's request now; its answer."""
+    out, _ = proc.communicate("go\n", timeout=30)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _die_with_parent() -> None:
     """A probe whose starter is killed stops too (PR_SET_PDEATHSIG, kept across exec): a stray
     writer would go on adding records to the site for its whole duration."""
@@ -184,6 +227,10 @@ if __name__ == "__main__":
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--write", action="store_true", help="POST records (the app's /records) instead of GETs")
+    p.add_argument("--held", action="store_true", help="one connection, opened now, its GET sent on a line of stdin")
     a = p.parse_args()
-    (write_probe if a.write else probe)(a.url, a.ca, a.interval, a.duration, a.timeout)
+    if a.held:
+        held(a.url, a.ca, a.timeout)
+    else:
+        (write_probe if a.write else probe)(a.url, a.ca, a.interval, a.duration, a.timeout)
     sys.exit(0)

@@ -167,13 +167,14 @@ def test_offboarding_an_admin_under_load_rotates_everything_they_knew(lab):
                                   capture_output=True, text=True, timeout=1800)
             took = time.monotonic() - started
             run.back()
+            run.extra["no_failure_allowed"] = True  # a failed write brings the machines' journals into the result
         result = run.result
         print(json.dumps({"offboard_s": round(took, 1), **{k: result[k] for k in
-                          ("requests", "acked", "failed", "lost", "errors", "duration_s")},
+                          ("requests", "acked", "failed", "lost", "errors", "failures", "duration_s")},
                           "health_samples": health.samples, "health_problems": health.problems}))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "offboarded labops from lab in" in proc.stdout and "[x] removed labops from hastack:admins" in proc.stdout
-        assert result["failed"] == 0 and result["lost"] == 0, result
+        assert result["failed"] == 0 and result["lost"] == 0, json.dumps(result, indent=1)
         assert health.samples > 10 and health.problems == [], health.problems
 
         # the CA: a new one, with name constraints; the old one verifies no service, the new one every service

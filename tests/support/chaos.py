@@ -485,6 +485,9 @@ class Run:
             "two_writers_at": [round(t - m["fault"], 2) for t in starts],  # s after the fault
             **outages(records, m["fault"], m["return"], m["end"]),
             "errors": distinct_errors(records),
+            # when the first failed writes started, after the fault, and why: to match the machines' journals
+            "failures": [{"at_s": round(r["t"] - m["fault"], 2), "error": r.get("error") or f"HTTP {r.get('status')}"}
+                         for r in sorted((r for r in records if not r.get("ok")), key=lambda r: r["t"])[:10]],
             "errors_at_return": distinct_errors(r for r in records if r["t"] >= m["return"]),
             # when the fault was injected (UTC, to match the machines' journals) and every moment after it
             "fault_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m["fault"])) + f".{int(m['fault'] % 1 * 1000):03d}Z",
@@ -685,6 +688,29 @@ def lb_power_cut(lab) -> dict:
     return run.result
 
 
+RELOADS = 20
+
+
+def lb_haproxy_reloads(lab) -> dict:
+    """The active load balancer's HAProxy is reloaded 20 times, one every half second (what a
+    certificate or CA rotation does to it): a reload is no fault, so no write may fail. A client that
+    opened its connection before the first reload and sends its request after the third is answered
+    too: the old process answers it."""
+    with Run(lab, "lb_haproxy_reloads") as run:
+        lb = run.lb_master
+        conn = probe.start_held(lab)
+        run.fault(victim=lb)
+        codes = []
+        for n in range(RELOADS):
+            codes.append(lab.exec(lb, ["systemctl", "reload", "haproxy.service"]).returncode)
+            time.sleep(0.5)
+            if n == 2:
+                run.extra["held_connection"] = probe.held_answer(conn)
+        run.back(reload_exit=codes)
+        run.extra["no_failure_allowed"] = True
+    return run.result
+
+
 def lb_private_link_cut(lab) -> dict:
     """The active load balancer's private interface drops everything both ways for ~10 s, then heals.
 
@@ -801,6 +827,7 @@ SCENARIOS: dict[str, Callable[[Any], dict]] = {
     "masters_restart_together": masters_restart_together,
     "lb_power_cut": lb_power_cut,
     "lb_private_link_cut": lb_private_link_cut,
+    "lb_haproxy_reloads": lb_haproxy_reloads,
     "redis_primary_power_cut": redis_primary_power_cut,
     "app_power_cut": app_power_cut,
     "cassandra_node_power_cut": cassandra_node_power_cut,
@@ -821,6 +848,10 @@ def goals(result: dict) -> list[str]:
                       f"writes failed (goal: none, < {NO_OUTAGE_S} s)")
     if not result["stall_return_s"] < MAX_STALL_S:
         missed.append(f"writes stalled at the return for {result['stall_return_s']} s (goal < {MAX_STALL_S} s)")
+    if result.get("no_failure_allowed") and result["failed"]:
+        missed.append(f"{result['failed']} writes failed ({', '.join(result['errors'])}; goal: none)")
+    if "held_connection" in result and not result["held_connection"].get("ok"):
+        missed.append(f"a connection opened before a reload was not answered after it: {result['held_connection']}")
     if result.get("cql_lost"):
         missed.append(f"{result['cql_lost']} acknowledged Cassandra rows lost")
     if result.get("cql_failed"):

@@ -361,7 +361,7 @@ def test_the_banner_and_core_dump_limit_are_what_lynis_and_pam_read():
     assert texts[c.ISSUE] == texts[c.ISSUE_NET] == DEFAULTS["base_banner"] + "\n"
     assert "\\" not in texts[c.ISSUE]  # getty would expand escapes in /etc/issue
     assert [line.split() for line in texts[c.NO_CORE_DUMPS].splitlines() if not line.startswith("#")] == [
-        ["*", "hard", "core", "0"]]
+        ["*", "hard", "core", "0"], ["root", "hard", "core", "0"]]  # "*" does not cover root
 
 
 def test_login_defs_settings_apply_to_debians_file_once(tmp_path):
