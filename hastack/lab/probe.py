@@ -164,19 +164,24 @@ def failure_windows(records: list[dict], quiet: float) -> list[dict]:
     return windows
 
 
+def _in_internet(lab, path: str, *args: str) -> list[str]:
+    """This file's command line, run in the internet namespace against https://<floating IP><path>."""
+    from hastack.lab.layout import INTERNET_NS  # here: the probe itself runs on the standard library alone
+
+    return ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
+            f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.stack_trust_file), *args]
+
+
 def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: float = 3.0,
           write: bool = False) -> subprocess.Popen:
     """The probe in the internet namespace against https://<floating IP><path>, as a user's client;
     ``write``: POST records instead of GETs. Read its answers with `records`."""
-    from hastack.lab.layout import INTERNET_NS  # here: the probe itself runs on the standard library alone
-
     # answers go to a file, not a pipe: nobody reads them before the end, and a full pipe
     # would stop the probe after about 64 kB (some 400 requests)
     out = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
-         f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.stack_trust_file), "--interval", str(interval),
-         "--duration", str(seconds), "--timeout", str(timeout), *(["--write"] if write else [])],
+        _in_internet(lab, path, "--interval", str(interval), "--duration", str(seconds), "--timeout", str(timeout),
+                     *(["--write"] if write else [])),
         stdout=out, text=True, preexec_fn=_die_with_parent)
     proc.answers = out
     return proc
@@ -184,12 +189,8 @@ def start(lab, seconds: float, path: str = "/", interval: float = 0.1, timeout: 
 
 def start_held(lab, path: str = "/", timeout: float = 5.0) -> subprocess.Popen:
     """`held` in the internet namespace: returns once its connection is open; `held_answer` uses it."""
-    from hastack.lab.layout import INTERNET_NS
-
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", INTERNET_NS, sys.executable, os.path.abspath(__file__),
-         f"https://{lab.addr.floating_ip}{path}", "--ca", str(lab.stack_trust_file), "--timeout", str(timeout),
-         "--held"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(_in_internet(lab, path, "--timeout", str(timeout), "--held"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
     ready = proc.stdout.readline()
     if '"ready"' not in ready:
         proc.kill()
