@@ -496,9 +496,9 @@ def serve(api: FakeHetznerAPI, host: str, port: int, certfile: str | None = None
         httpd.server_close()
 
 
-def command_hook(template: str) -> Callable[..., None]:
-    """A callback running `template` for (floating IP,) server, without a shell."""
-    words = shlex.split(template)
+def command_hook(*templates: str) -> Callable[..., None]:
+    """A callback running each of `templates` in turn for (floating IP,) server, without a shell."""
+    commands = [shlex.split(t) for t in templates]
 
     def run(*resources: dict[str, Any]) -> None:
         server = resources[-1]
@@ -506,11 +506,12 @@ def command_hook(template: str) -> Callable[..., None]:
         fields = {"ip": fip.get("ip", ""), "floating_ip_id": fip.get("id", ""), "server_id": server["id"],
                   "server_name": server["name"], "server_public_ip": server["public_net"]["ipv4"]["ip"],
                   "server_private_ip": server["private_net"][0]["ip"] if server["private_net"] else ""}
-        argv = [w.format(**fields) for w in words]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
-        log.info("ran %s", shlex.join(argv))
+        for words in commands:
+            argv = [w.format(**fields) for w in words]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+            log.info("ran %s", shlex.join(argv))
 
     return run
 
@@ -563,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state", required=True, help="JSON servers and floating IPs; changes are written back")
     p.add_argument("--cert", help="PEM certificate (chain): serve HTTPS")
     p.add_argument("--key", help="PEM private key of --cert")
-    p.add_argument("--on-assign-cmd", help="run on assign, e.g. 'ip route replace {ip}/32 via {server_public_ip}'")
+    p.add_argument("--on-assign-cmd", action="append", default=[],
+                   help="run on assign, e.g. 'ip route replace {ip}/32 via {server_public_ip}'; repeat for more, run in turn")
     p.add_argument("--on-poweroff-cmd", help="run on poweroff, e.g. 'machinectl poweroff {server_name}'")
     p.add_argument("--on-poweron-cmd", help="run on poweron, e.g. 'machinectl start {server_name}'")
     p.add_argument("--machines-dir", help="the lab's machines: a server runs while DIR/<name>/nspawn.pid is alive")
@@ -580,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             servers, fips = parse_state(json.load(f))
         except ValueError as e:
             p.error(f"{args.state}: {e}")
-    on_assign = command_hook(args.on_assign_cmd) if args.on_assign_cmd else None
+    on_assign = command_hook(*args.on_assign_cmd) if args.on_assign_cmd else None
     api = FakeHetznerAPI(token, servers, fips, on_assign=on_assign,
                          on_poweroff=command_hook(args.on_poweroff_cmd) if args.on_poweroff_cmd else None,
                          on_poweron=command_hook(args.on_poweron_cmd) if args.on_poweron_cmd else None,

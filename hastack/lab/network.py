@@ -58,10 +58,12 @@ def setup(addr: Addresses) -> None:
     ensure_veth(INTERNET_NS, f"{PREFIX}-inet", "eth0", PUBLIC_BRIDGE, f"{addr.internet}/{addr.public.prefixlen}")
 
 
-def route_floating_ip(floating_ip: str, target_public_ip: str) -> None:
-    """Send the floating IP to one machine, as Hetzner's routers do after an assign."""
-    run("ip", "-n", INTERNET_NS, "route", "replace", f"{floating_ip}/32", "via", target_public_ip)
-    run("ip", "route", "replace", f"{floating_ip}/32", "via", target_public_ip, "dev", PUBLIC_BRIDGE)
+def floating_ip_route_commands(floating_ip: str, target_public_ip: str) -> list[list[str]]:
+    """The commands that send the floating IP to one machine, as Hetzner's routers do after an assign:
+    from the internet namespace and from the host."""
+    return [["ip", "-n", INTERNET_NS, "route", "replace", f"{floating_ip}/32", "via", target_public_ip],
+            ["ip", "route", "replace", f"{floating_ip}/32", "via", target_public_ip, "dev", PUBLIC_BRIDGE]]
+
 
 
 def teardown() -> list[str]:
@@ -86,11 +88,3 @@ def leftovers() -> list[str]:
         if name.startswith(PREFIX):
             found.append(f"link {name}")
     return found
-
-
-if __name__ == "__main__":
-    # `python -m hastack.lab.network FLOATING_IP VIA`: the lab's Hetzner API runs
-    # this on an assign, re-routing the floating IP like Hetzner's routers.
-    import sys
-
-    route_floating_ip(sys.argv[1], sys.argv[2])

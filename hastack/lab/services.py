@@ -10,6 +10,7 @@ S3 stand-in (moto, TLS) the backups go to.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from hastack.lab import network
 from hastack.lab.layout import APT_CACHE_PORT, ARTIFACT_PORT, DEBIAN_MIRROR, Addresses, Paths
 from hastack.lab.system import LabError, pid_alive, read_pid
 
@@ -93,7 +95,10 @@ def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floatin
     _start(paths, "hcloud-api", [
         sys.executable, "-m", "hastack.lab.hcloud_api", "--bind", addr.host_public, "--port", str(HCLOUD_API_PORT),
         "--token-file", str(token_file), "--state", str(state), "--cert", str(cert_file), "--key", str(key_file),
-        "--on-assign-cmd", f"{sys.executable} -m hastack.lab.network {{ip}} {{server_public_ip}}",
+        # the re-route as two `ip` commands (network.route_floating_ip's), not a Python process: importing
+        # hastack took 1.3-2.8 s on a loaded lab, and a Hetzner re-route does not wait for that
+        *(arg for cmd in network.floating_ip_route_commands("{ip}", "{server_public_ip}")
+          for arg in ("--on-assign-cmd", shlex.join(cmd))),
         "--on-poweroff-cmd", f"{sys.executable} -m hastack.cli lab stop {{server_name}} --hard",
         "--on-poweron-cmd", f"{sys.executable} -m hastack.cli lab start {{server_name}}",
         # a server's status is its machine's: one started again by hand is running, as in Hetzner's API

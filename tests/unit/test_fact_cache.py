@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 from gevent.pool import Pool
 from pyinfra import host
@@ -142,3 +143,19 @@ def test_once_an_operation_changed_something_every_fact_is_asked_live(tmp_path):
     # nothing to change: every fact from the one command
     cache = converge_here(tmp_path / "facts", path, marker)
     assert not cache.changed and "@local" not in cache.asked and cache.served["@local"] >= 2
+
+
+def test_the_batched_reads_run_at_the_lowest_cpu_and_disk_priority(tmp_path):
+    """Asked live, a fact runs at the converge's own priority; from the batch, at nice 19 and the lowest
+    best-effort disk priority: the reads yield to the host's services."""
+    seen = {}
+
+    @deploy("priority")
+    def asking():
+        seen["nice"] = host.get_fact(Command, "nice")
+        seen["io"] = host.get_fact(Command, "ionice -p $$")
+
+    converge_locally(tmp_path / "facts", asking, run=False)
+    assert seen["nice"] == str(os.nice(0))
+    converge_locally(tmp_path / "facts", asking, run=False)
+    assert seen == {"nice": "19", "io": "best-effort: prio 7"}

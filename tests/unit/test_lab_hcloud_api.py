@@ -242,11 +242,14 @@ def test_state_file_shape_and_command_hook(tmp_path):
         parse_state({"servers": [{"id": 1, "name": "x"}], "floating_ips": []})
 
     out = tmp_path / "out"
-    hook = command_hook(f"sh -c 'echo route {{ip}}/32 via {{server_public_ip}} for {{server_name}} > {out}'")
+    hook = command_hook(f"sh -c 'echo route {{ip}}/32 via {{server_public_ip}} for {{server_name}} > {out}'",
+                        f"sh -c 'echo host route via {{server_public_ip}} >> {out}'")
     hook(fips[0], servers[0])
-    assert out.read_text() == f"route {FIP_IP}/32 via 198.18.0.11 for lb1\n"
+    assert out.read_text() == f"route {FIP_IP}/32 via 198.18.0.11 for lb1\nhost route via 198.18.0.11\n"
+    # a command that fails stops the ones after it, and fails the action
     with pytest.raises(RuntimeError, match="exited 3"):
-        command_hook("sh -c 'exit 3'")(servers[0])
+        command_hook("sh -c 'exit 3'", f"sh -c 'echo ran > {out}'")(servers[0])
+    assert out.read_text().startswith("route ")
 
 
 def test_cli_serves_applies_routes_and_writes_state_back(tmp_path):
