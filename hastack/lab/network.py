@@ -65,7 +65,6 @@ def floating_ip_route_commands(floating_ip: str, target_public_ip: str) -> list[
             ["ip", "route", "replace", f"{floating_ip}/32", "via", target_public_ip, "dev", PUBLIC_BRIDGE]]
 
 
-
 def teardown() -> list[str]:
     """Remove every namespace and bridge of the lab; returns what was removed."""
     removed = []

@@ -67,13 +67,12 @@ class _Handler(urllib.request.HTTPSHandler):
                             context=self._context)
 
 
-def _open(req: urllib.request.Request, trust: Trust, timeout: float, connect_timeout: float):
-    """urlopen, with the connect timeout and the stack's CA as it is now."""
-    return urllib.request.build_opener(_Handler(trust.context(), connect_timeout)).open(req, timeout=timeout)
+def _open(req: urllib.request.Request, trust: Trust, timeout: float):
+    """urlopen, with CONNECT_TIMEOUT and the stack's CA as it is now."""
+    return urllib.request.build_opener(_Handler(trust.context(), CONNECT_TIMEOUT)).open(req, timeout=timeout)
 
 
-def write_probe(url: str, ca: str, interval: float, duration: float, timeout: float,
-                connect_timeout: float = CONNECT_TIMEOUT) -> None:
+def write_probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
     """POST a record with a fresh request_id each time; 201 is an acknowledged write."""
     import uuid
 
@@ -88,7 +87,7 @@ def write_probe(url: str, ca: str, interval: float, duration: float, timeout: fl
         try:
             req = urllib.request.Request(url, method="POST", data=json.dumps({"request_id": request_id, "value": f"w{n}"}).encode(),
                                          headers={"Connection": "close", "Content-Type": "application/json"})
-            with _open(req, trust, timeout, connect_timeout) as resp:
+            with _open(req, trust, timeout) as resp:
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 201, status=resp.status, id=body.get("id"), host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point
@@ -116,8 +115,7 @@ def _describe(e: Exception) -> str:
     return text
 
 
-def probe(url: str, ca: str, interval: float, duration: float, timeout: float,
-          connect_timeout: float = CONNECT_TIMEOUT) -> None:
+def probe(url: str, ca: str, interval: float, duration: float, timeout: float) -> None:
     trust = Trust(ca)
     end = time.monotonic() + duration
     while time.monotonic() < end:
@@ -127,7 +125,7 @@ def probe(url: str, ca: str, interval: float, duration: float, timeout: float,
         try:
             # a new connection every time: a client stuck on a dead server's keep-alive would hide the failover
             req = urllib.request.Request(url, headers={"Connection": "close"})
-            with _open(req, trust, timeout, connect_timeout) as resp:
+            with _open(req, trust, timeout) as resp:
                 body = json.loads(resp.read() or b"{}")
                 rec.update(ok=resp.status == 200, status=resp.status, host=body.get("host"))
         except Exception as e:  # noqa: BLE001 - every failure is a data point

@@ -95,7 +95,7 @@ def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floatin
     _start(paths, "hcloud-api", [
         sys.executable, "-m", "hastack.lab.hcloud_api", "--bind", addr.host_public, "--port", str(HCLOUD_API_PORT),
         "--token-file", str(token_file), "--state", str(state), "--cert", str(cert_file), "--key", str(key_file),
-        # the re-route as two `ip` commands (network.route_floating_ip's), not a Python process: importing
+        # the re-route as the two `ip` commands themselves, not a Python process: importing
         # hastack took 1.3-2.8 s on a loaded lab, and a Hetzner re-route does not wait for that
         *(arg for cmd in network.floating_ip_route_commands("{ip}", "{server_public_ip}")
           for arg in ("--on-assign-cmd", shlex.join(cmd))),
