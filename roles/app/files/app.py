@@ -18,9 +18,12 @@ and systemd credentials (the unit).
 Serves TLS (1.2 and up) when given a certificate: the load balancers verify
 it against the stack's CA, so traffic stays encrypted on the private network.
 
-Stopped (SIGTERM: a restart, a new password), it stops accepting at once and
-lets the requests in flight finish: a new connection is refused, which the
-load balancers retry on another server, and no answer is cut off halfway.
+Stopped (SIGTERM: a restart, a new password), it first drains: for DRAIN_S its
+health path answers 404, which the load balancers (`http-check disable-on-404`)
+take as "send no new requests" while it still answers those on their way.
+Then it stops accepting and lets the requests in flight finish. Closing at
+once would leave requests in flight when the load balancers mark it down, and
+they cut a down server's sessions (a power cut must not hold them for 30 s).
 """
 
 import json
@@ -47,6 +50,9 @@ CA_FILE = os.environ.get("HASTACK_CA_FILE", "")
 REDIS_HOSTS = [h for h in os.environ.get("HASTACK_REDIS_HOSTS", "").split(",") if h]
 REDIS_USER = os.environ.get("HASTACK_REDIS_USER", "app")
 CACHE_TTL = 300
+# the load balancers check every 500 ms: four checks to see the 404 (templates/loadbalancer)
+DRAIN_S = 2.0
+DRAINING = threading.Event()
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS records (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -202,6 +208,8 @@ class Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/records/(\d{1,19})", self.path)
         if m:
             self._get_record(int(m.group(1)))
+        elif self.path == "/health" and DRAINING.is_set():
+            self._send(404, {"status": "draining", "host": HOST})
         elif self.path == "/health":
             checks = {d: check_dependency(d) for d in DEPENDENCIES}
             ok = all(checks.values())
@@ -253,8 +261,16 @@ class Server(ThreadingHTTPServer):
 def serve(server: Server) -> None:
     import signal
 
-    # shutdown() waits for serve_forever to return: from another thread than the one serving
-    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown, daemon=True).start())
+    def drain_then_stop() -> None:
+        time.sleep(DRAIN_S)
+        server.shutdown()  # waits for serve_forever to return: from another thread than the one serving
+
+    def stop(signum, frame) -> None:
+        if not DRAINING.is_set():
+            DRAINING.set()
+            threading.Thread(target=drain_then_stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
     server.serve_forever(poll_interval=0.05)
     server.server_close()  # the listening socket first, then it waits for the requests in flight
 
