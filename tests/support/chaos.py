@@ -758,6 +758,16 @@ def redis_primary_power_cut(lab) -> dict:
     return run.result
 
 
+def wait_app_in_rotation(lab, app: str) -> None:
+    """Until the active load balancer finds ``app`` healthy, and for its `rise 3` checks after."""
+    ip = lab.topo.host(app).private_ip
+    lb = failover.current_master(lab)
+    wait_for(lambda: lab.exec(lb, ["curl", "-sf", "--max-time", "2", "--cacert", "/etc/haproxy/certs/stack-ca.pem",
+                                   "--resolve", f"{app}:8080:{ip}", f"https://{app}:8080/health"]).returncode == 0,
+             60, f"{app} healthy again")
+    time.sleep(2)  # rise: back in rotation
+
+
 def app_power_cut(lab) -> dict:
     """An app server loses power, then starts again and returns to rotation."""
     with Run(lab, "app_power_cut") as run:
@@ -767,12 +777,27 @@ def app_power_cut(lab) -> dict:
         time.sleep(3)  # out of rotation (2 checks of 500 ms)
         run.back()
         lab.start(victim)
-        ip = lab.topo.host(victim).private_ip
-        lb = failover.current_master(lab)
-        wait_for(lambda: lab.exec(lb, ["curl", "-sf", "--max-time", "2", "--cacert", "/etc/haproxy/certs/stack-ca.pem",
-                                       "--resolve", f"{victim}:8080:{ip}", f"https://{victim}:8080/health"]).returncode == 0,
-                 60, f"{victim} healthy again")
-        time.sleep(2)  # rise: back in rotation
+        wait_app_in_rotation(lab, victim)
+    return run.result
+
+
+ROLLING_ROUNDS = 3
+
+
+def app_rolling_restarts(lab) -> dict:
+    """The application is restarted on one app server after the other, three rounds (what a new
+    password, certificate or release does): each drains before it stops, so no write may fail."""
+    with Run(lab, "app_rolling_restarts") as run:
+        run.fault(victim=",".join(apps(lab)))
+        took = []
+        for _ in range(ROLLING_ROUNDS):
+            for app in apps(lab):
+                t = time.monotonic()
+                lab.exec(app, ["systemctl", "restart", "hastack-app.service"], check=True)
+                took.append(round(time.monotonic() - t, 2))
+                wait_app_in_rotation(lab, app)
+        run.back(restart_s=took)
+        run.extra["no_failure_allowed"] = True
     return run.result
 
 
@@ -830,6 +855,7 @@ SCENARIOS: dict[str, Callable[[Any], dict]] = {
     "lb_haproxy_reloads": lb_haproxy_reloads,
     "redis_primary_power_cut": redis_primary_power_cut,
     "app_power_cut": app_power_cut,
+    "app_rolling_restarts": app_rolling_restarts,
     "cassandra_node_power_cut": cassandra_node_power_cut,
 }
 
