@@ -14,6 +14,7 @@ change something; nothing is run on any host and no after-roles step runs.
 from __future__ import annotations
 
 import functools
+from copy import copy
 import importlib
 import logging
 import time
@@ -30,6 +31,7 @@ from pyinfra.api import arguments as pyinfra_arguments
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy, deploy
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.host import HostData
 from pyinfra.api.command import StringCommand
 from pyinfra.api.operations import run_ops
 
@@ -45,6 +47,21 @@ log = logging.getLogger(__name__)
 # pyinfra works out the type hints of its global arguments (_sudo, _if, ...) again for every
 # operation and fact: a third of preparing a converge. They never change within a process.
 pyinfra_arguments.all_global_arguments = functools.cache(pyinfra_arguments.all_global_arguments)
+
+
+def _host_data(self, key: str):
+    """pyinfra's HostData lookup (each layer of a host's data in turn, a copy of the first value found)
+    without its generator and a KeyError per layer that lacks the key: most lookups are global arguments
+    that no layer has, some 15,000 per converge."""
+    for data in self.datas:
+        if callable(data):
+            data = data()
+        if key in data:
+            return copy(data[key])
+    raise AttributeError(f"Host `{self.host}` has no data `{key}`")
+
+
+HostData.__getattr__ = _host_data
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Stack outputs (as `pulumi stack output --json --show-secrets` prints them) -> pyinfra inventory."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -113,3 +114,43 @@ def test_connecting_as_an_account_the_converge_removes_is_refused(outputs):
     with pytest.raises(InventoryError, match=r"connects as 'bob' .*not an admin of the stack \(admins: alice\).*"
                                              "remove the account it logs in with"):
         host_entries(outputs, ssh_user="bob")
+
+
+def test_a_hosts_data_is_looked_up_as_pyinfra_does_with_the_groups_merged_once(outputs):
+    """hastack.converge replaces pyinfra's HostData lookup with a faster one, and the inventory merges a
+    host's groups' data once: the answers stay pyinfra's (layer order, a copy of the value, AttributeError)."""
+    import pyinfra.api.host as pyinfra_host
+    from pyinfra.api.inventory import Inventory
+
+    import hastack.converge  # noqa: F401 - installs the lookup
+
+    def pyinfras(data, key):  # pyinfra 3's HostData.__getattr__, as it ships
+        for layer in pyinfra_host.extract_callable_datas(data.datas):
+            try:
+                return copy.copy(layer[key])
+            except KeyError:
+                pass
+        raise AttributeError(key)
+
+    inv = inventory_from_outputs(outputs)
+    host = inv.get_host("prod-lb1")
+    merges = []
+    original = Inventory.get_groups_data
+    Inventory.get_groups_data = lambda self, groups: merges.append(tuple(groups)) or original(self, groups)
+    try:
+        host.data.private_ip = "10.9.9.9"  # an override comes first
+        for key in ["ssh_user", "private_ip", "roles", "groups", "_sudo", "_no_such_key", "secrets"]:
+            try:
+                want = pyinfras(host.data, key)
+            except AttributeError:
+                with pytest.raises(AttributeError):
+                    getattr(host.data, key)
+                continue
+            got = getattr(host.data, key)
+            assert got == want
+            if isinstance(got, (list, dict)):
+                assert got is not want and got is not pyinfras(host.data, key)  # a copy each time
+        assert host.data.private_ip == "10.9.9.9"
+        assert len(set(merges)) == len(merges) <= 1, merges  # merged the first time, then kept
+    finally:
+        Inventory.get_groups_data = original
