@@ -98,7 +98,7 @@ def test_a_stopping_app_server_finishes_the_requests_on_their_way(tmp_path):
     site = f"http://127.0.0.1:{front}"
     try:
         for p in ports:
-            wait_until(lambda: get(f"http://127.0.0.1:{p}/health", 1) == 200, 10, f"the app on {p}")
+            wait_until(lambda p=p: get(f"http://127.0.0.1:{p}/health", 1) == 200, 10, f"the app on {p}")
         time.sleep(2)  # rise 3 checks 500 ms apart: both in rotation
         assert get(f"{site}/") == 200
         with ThreadPoolExecutor(16) as pool:
