@@ -52,7 +52,7 @@ pyinfra_arguments.all_global_arguments = functools.cache(pyinfra_arguments.all_g
 def _host_data(self, key: str):
     """pyinfra's HostData lookup (each layer of a host's data in turn, a copy of the first value found)
     without its generator and a KeyError per layer that lacks the key: most lookups are global arguments
-    that no layer has, some 15,000 per converge."""
+    that no layer has, some 176,000 in a converge of the 12-host lab."""
     for data in self.datas:
         if callable(data):
             data = data()

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import roles.app as app_role
+from tests.support.lab import wait_for
 from tests.templates.hostdata import topology
 from tests.templates.test_loadbalancer_templates import haproxy_cfg, need
 
@@ -63,16 +64,12 @@ def get(url: str, timeout: float = 10) -> int:
         return e.code
 
 
-def wait_until(check, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def answers(url: str) -> int | None:
+    """Its status, or None while nothing listens yet."""
+    try:
+        return get(url, 1)
+    except OSError:
+        return None
 
 
 def test_a_stopping_app_server_finishes_the_requests_on_their_way(tmp_path):
@@ -98,7 +95,7 @@ def test_a_stopping_app_server_finishes_the_requests_on_their_way(tmp_path):
     site = f"http://127.0.0.1:{front}"
     try:
         for p in ports:
-            wait_until(lambda p=p: get(f"http://127.0.0.1:{p}/health", 1) == 200, 10, f"the app on {p}")
+            wait_for(lambda p=p: answers(f"http://127.0.0.1:{p}/health") == 200, 10, f"the app on {p}")
         time.sleep(2)  # rise 3 checks 500 ms apart: both in rotation
         assert get(f"{site}/") == 200
         with ThreadPoolExecutor(16) as pool:
