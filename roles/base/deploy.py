@@ -24,7 +24,7 @@ from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
 from roles.base.config import ACCESS
-from roles import packages
+from roles import journal_shipping, packages
 
 PACKAGES = [
     "ca-certificates",
@@ -43,6 +43,7 @@ PACKAGES = [
     "prometheus-node-exporter-collectors",
     "needrestart",  # which services and kernel run replaced libraries (listed, never restarted: see NEEDRESTART)
     "debsums",  # checks installed files against their packages' checksums
+    journal_shipping.PACKAGE,  # the journal shipped to the monitoring host: the audit trail off the host
 ]
 
 SSHD_INCLUDE = "Include /etc/ssh/sshd_config.d/*.conf"
@@ -216,6 +217,7 @@ def base():
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
     _stack_ca()
+    journal_shipping.upload()
     _hardening(tvars)
 
     _sshd(tvars)

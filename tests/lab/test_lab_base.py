@@ -175,10 +175,29 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     still = on_all(lab, lambda h: ssh(lab, h).returncode)
     assert set(still.values()) == {0}
 
+    # what the admin did with sudo is on record on the monitoring host, their account and home gone: the
+    # journal of lab-db1, in the file of lab-db1's address, readable by root (admins, through sudo) only
+    assert lab.exec("lab-db1", ["id", "labops"]).returncode != 0
+    assert lab.exec("lab-db1", ["test", "-e", "/home/labops"]).returncode != 0
+    assert any("labops : " in r and "COMMAND=/usr/bin/setsid nohup sh -c" in r and "held-connection" in r
+               for r in _shipped_sudo_records(lab, "lab-db1")), _shipped_sudo_records(lab, "lab-db1")[-5:]
+
     # putting the admin back restores access on the next converge
     assert converge(lab.inventory_entries()).ok
     again = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
     assert set(again.values()) == {0}, again
+
+
+def _shipped_sudo_records(lab, host) -> list[str]:
+    """sudo's records of ``host`` as the monitoring host keeps them (in the file named after its address)."""
+    from roles.journal_shipping import REMOTE_DIR
+
+    sink = lab.topo.hosts_with_role("monitoring")[0].name
+    assert lab.exec(sink, ["stat", "-c", "%a %U", REMOTE_DIR], check=True).stdout.split() == ["700", "systemd-journal-remote"]
+    assert lab.exec(sink, ["runuser", "-u", "nobody", "--", "ls", REMOTE_DIR]).returncode != 0
+    shipped = f"{REMOTE_DIR}/remote-{lab.topo.host(host).private_ip}.journal"
+    return lab.exec(sink, ["journalctl", "--file", shipped, "SYSLOG_IDENTIFIER=sudo", "-o", "cat", "--no-pager"],
+                    check=True).stdout.splitlines()
 
 
 def _logins_while_booting(lab, host, user, timeout=240.0) -> list[int]:
