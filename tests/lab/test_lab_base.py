@@ -195,7 +195,7 @@ def _shipped_sudo_records(lab, host) -> list[str]:
     sink = lab.topo.hosts_with_role("monitoring")[0].name
     assert lab.exec(sink, ["stat", "-c", "%a %U", REMOTE_DIR], check=True).stdout.split() == ["700", "systemd-journal-remote"]
     assert lab.exec(sink, ["runuser", "-u", "nobody", "--", "ls", REMOTE_DIR]).returncode != 0
-    shipped = f"{REMOTE_DIR}/remote-{lab.topo.host(host).private_ip}.journal"
+    shipped = f"{REMOTE_DIR}/remote-{lab.topo.host(host).private_ip}*.journal"  # also the archived ones
     return lab.exec(sink, ["journalctl", "--file", shipped, "SYSLOG_IDENTIFIER=sudo", "-o", "cat", "--no-pager"],
                     check=True).stdout.splitlines()
 
