@@ -146,6 +146,18 @@ def _admins(tvars, data):
     files.file(name=f"{ACCESS} no SSH keys for root", path="/root/.ssh/authorized_keys", present=False)
 
 
+def _security_updates():
+    """The security updates the package lists know of (apt-daily refreshes them), applied now rather than at
+    unattended-upgrades' next daily run; the replicated services that then run replaced code are marked for
+    their role's rolling restart, which this converge runs once every host has its roles."""
+    pending = (host.get_fact(Command, c.PENDING_SECURITY) or "").split()
+    if pending:
+        server.shell(name=f"Security updates ({len(pending)} packages)",
+                     commands=[c.SECURITY_UPGRADE.format(packages=" ".join(shlex.quote(p) for p in pending))])
+        server.shell(name="Services running replaced code marked for their rolling restart",
+                     commands=[c.mark_restarts_command()])
+
+
 def _hardening(tvars):
     """The legal notice (the sshd Banner shows /etc/issue.net), blocked kernel modules, no core dumps, a
     strict umask and private homes for new accounts."""
@@ -214,8 +226,11 @@ def base():
     files.directory(name="needrestart configuration directory", path="/etc/needrestart/conf.d",
                     user="root", group="root", mode="0755")
     _template(tvars, c.NEEDRESTART)
+    # before any package: an upgrade never stops or restarts a replicated service (policy-rc.d's comment)
+    _template(tvars, c.POLICY_RC, mode="0755")
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
+    _security_updates()
     _stack_ca()
     journal_shipping.upload()
     _hardening(tvars)
