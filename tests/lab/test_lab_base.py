@@ -26,6 +26,23 @@ def test_every_machine_runs_and_converged(lab, first_converge):
     assert not failed, failed
 
 
+def test_security_updates_reached_every_host_and_an_upgrade_restarts_no_replicated_service(lab, first_converge):
+    """The package cache serves the security suite; after the converge no host has a security update
+    pending. A maintainer script's restart of MariaDB (as an upgrade of mariadb-server runs it) is refused
+    by policy-rc.d: the server keeps running, the same process."""
+    from roles.base import config as c
+
+    suites = on_all(lab, lambda h: lab.exec(h, ["apt-cache", "policy"], check=True).stdout)
+    assert all("-security" in text for text in suites.values()), {h: t[-300:] for h, t in suites.items()}
+    pending = on_all(lab, lambda h: lab.exec(h, ["sh", "-c", c.PENDING_SECURITY], check=True).stdout.split())
+    assert pending == {h: [] for h in lab.machines}, pending
+    db = lab.topo.hosts_with_role("mariadb")[0].name
+    pid = lab.exec(db, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb.service"], check=True).stdout.strip()
+    lab.exec(db, ["deb-systemd-invoke", "restart", "mariadb.service"])
+    assert lab.exec(db, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb.service"],
+                    check=True).stdout.strip() == pid != "0"
+
+
 def test_a_second_converge_through_pulumi_ups_entry_point_reports_zero_changes(lab):
     """Idempotence: over the unchanged lab, the converge the dynamic resource of `pulumi up` runs (the very
     converge of `hastack converge`) changes nothing on any host."""
