@@ -72,9 +72,18 @@ def restart_marks() -> dict[str, str]:
 
 
 # security updates pending per the package lists (apt-daily refreshes them): the packages apt would
-# upgrade from a -security suite
-PENDING_SECURITY = ("apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null "
-                    "| sed -n 's/^Inst \\([^ ]*\\) .*-security.*/\\1/p' | sort")
+# upgrade from a -security suite. apt's simulation costs about a second of CPU per host, at every converge;
+# its answer is kept on the host (a cache, written even by a dry run) under a stamp of what it depends on
+# (the lists, dpkg's status, apt's sources and preferences), and apt is asked again once one of them changed.
+PENDING_SECURITY_CACHE = "/var/cache/hastack/pending-security"
+_PENDING_INPUTS = ("/var/lib/dpkg/status /var/lib/apt/lists/* /etc/apt/sources.list /etc/apt/sources.list.d/* "
+                   "/etc/apt/preferences /etc/apt/preferences.d/*")
+_ASK_APT = ("apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null "
+            "| sed -n 's/^Inst \\([^ ]*\\) .*-security.*/\\1/p' | sort")
+PENDING_SECURITY = (
+    f"c={PENDING_SECURITY_CACHE}; k=$(stat -c '%n %s %.9Y' {_PENDING_INPUTS} 2>/dev/null | md5sum); "
+    '[ "$(head -n 1 $c 2>/dev/null)" = "$k" ] || { mkdir -p "${c%/*}" && '
+    f'{{ echo "$k"; {_ASK_APT}; }} > $c.new && mv $c.new $c; }} && tail -n +2 $c')
 # in one apt run (unattended-upgrade takes the same packages in many small dpkg runs: minutes per host);
 # configuration files an admin changed are kept
 SECURITY_UPGRADE = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade --no-install-recommends "

@@ -152,7 +152,7 @@ def _security_updates():
     their role's rolling restart, which this converge runs once every host has its roles."""
     pending = (host.get_fact(Command, c.PENDING_SECURITY) or "").split()
     if pending:
-        server.shell(name=f"Security updates ({len(pending)} packages)",
+        server.shell(name=f"Security updates: {len(pending)} package{'s' if len(pending) > 1 else ''}",
                      commands=[c.SECURITY_UPGRADE.format(packages=" ".join(shlex.quote(p) for p in pending))])
         server.shell(name="Services running replaced code marked for their rolling restart",
                      commands=[c.mark_restarts_command()])

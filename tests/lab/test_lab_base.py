@@ -26,21 +26,47 @@ def test_every_machine_runs_and_converged(lab, first_converge):
     assert not failed, failed
 
 
-def test_security_updates_reached_every_host_and_an_upgrade_restarts_no_replicated_service(lab, first_converge):
-    """The package cache serves the security suite; after the converge no host has a security update
-    pending. A maintainer script's restart of MariaDB (as an upgrade of mariadb-server runs it) is refused
-    by policy-rc.d: the server keeps running, the same process."""
+def test_security_updates_reach_the_hosts_and_an_upgrade_restarts_no_replicated_service(lab, first_converge):
+    """The package cache serves the security suite. A host given back a package's release version (as an
+    image older than a security fix has it) is upgraded by the next converge, and then no host has a security
+    update pending. A maintainer script's restart of MariaDB (as an upgrade of mariadb-server runs it) is
+    refused by policy-rc.d: the server keeps running, the same process."""
     from roles.base import config as c
 
     suites = on_all(lab, lambda h: lab.exec(h, ["apt-cache", "policy"], check=True).stdout)
     assert all("-security" in text for text in suites.values()), {h: t[-300:] for h, t in suites.items()}
+
+    host = lab.topo.hosts_with_role("app")[0].name
+    package, release, fixed = _security_fixed_package(lab, host)
+    lab.exec(host, ["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{package}={release}"], check=True)
+    assert lab.exec(host, ["sh", "-c", c.PENDING_SECURITY], check=True).stdout.split() == [package]
+    report = converge(lab.inventory_entries())
+    assert report.ok, report
+    assert any(op.startswith("Security updates: 1 package") for op in report.hosts[host].changed_operations), \
+        report.hosts[host].changed_operations
+    installed = lab.exec(host, ["dpkg-query", "-W", "-f", "${Version}", package], check=True).stdout
+    assert installed == fixed, (package, installed, fixed)
     pending = on_all(lab, lambda h: lab.exec(h, ["sh", "-c", c.PENDING_SECURITY], check=True).stdout.split())
     assert pending == {h: [] for h in lab.machines}, pending
+
     db = lab.topo.hosts_with_role("mariadb")[0].name
     pid = lab.exec(db, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb.service"], check=True).stdout.strip()
     lab.exec(db, ["deb-systemd-invoke", "restart", "mariadb.service"])
     assert lab.exec(db, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb.service"],
                     check=True).stdout.strip() == pid != "0"
+
+
+def _security_fixed_package(lab, host) -> tuple[str, str, str]:
+    """A library on ``host`` with a security fix over its release version: (name, release, fixed)."""
+    for package in ("libexpat1", "libpcre2-8-0", "libbrotli1", "libssh2-1"):
+        versions = {}  # suite -> version, from lines "name | version | mirror suite/main arch Packages"
+        for line in lab.exec(host, ["apt-cache", "madison", package], check=True).stdout.splitlines():
+            _, version, source = (field.strip() for field in line.split("|"))
+            versions.setdefault(source.split()[1].split("/")[0], version)
+        release, fixed = versions.get("bookworm"), versions.get("bookworm-security")
+        if release and fixed and release != fixed:
+            return package, release, fixed
+    raise AssertionError("no installed library has a security fix over its release version")
 
 
 def test_a_second_converge_through_pulumi_ups_entry_point_reports_zero_changes(lab):
