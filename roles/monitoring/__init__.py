@@ -25,7 +25,7 @@ PORTS = (
     Port("witness", WITNESS_PORT, sources=("mariadb", "loadbalancer"),
          description="the pairs' third vote: writer epochs, load balancer tie-break (mutual TLS)"),
     Port("journal", JOURNAL_PORT, sources=(PRIVATE,),
-         description="every host's journal, shipped as it is written (mutual TLS): the audit trail"),
+         description="every host's journal, shipped as it is written over TLS (senders: the private addresses): the audit trail"),
 )
 
 PROM_DURATION = r"^\d+(ms|s|m|h|d|w|y)$"
