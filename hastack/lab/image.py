@@ -8,6 +8,9 @@ from pathlib import Path
 from hastack.lab.layout import BASE_PACKAGES, DEBIAN_MIRROR, DEBIAN_SUITE, Paths
 from hastack.lab.system import run
 
+# What the marker records: a change rebuilds the image.
+RECIPE = f"{BASE_PACKAGES} upgraded from {DEBIAN_SUITE}-updates and {DEBIAN_SUITE}-security"
+
 SOURCES = f"""\
 deb {DEBIAN_MIRROR} {DEBIAN_SUITE} main
 deb {DEBIAN_MIRROR} {DEBIAN_SUITE}-updates main
@@ -28,7 +31,7 @@ ssh_genkeytypes: []
 
 
 def is_built(paths: Paths) -> bool:
-    return paths.base_marker.exists() and paths.base_marker.read_text().strip() == BASE_PACKAGES
+    return paths.base_marker.exists() and paths.base_marker.read_text().strip() == RECIPE
 
 
 def build(paths: Paths, log=print) -> None:
@@ -47,14 +50,29 @@ def build(paths: Paths, log=print) -> None:
     (tmp / ".debootstrap-done").unlink()
     shutil.rmtree(paths.base, ignore_errors=True)
     tmp.rename(paths.base)
-    paths.base_marker.write_text(BASE_PACKAGES + "\n")
+    paths.base_marker.write_text(RECIPE + "\n")
 
 
 def finish(root: Path) -> None:
-    """Make the image a template: no identity of its own, the lab's cloud-init settings."""
+    """Make the image a template: no identity of its own, the lab's cloud-init settings, and the updates
+    published since the release (as a cloud's current image has them: machines do not each upgrade)."""
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()  # every machine gets its own host keys
     (root / "etc/machine-id").write_text("")
     (root / "etc/apt/sources.list").write_text(SOURCES)
     (root / "etc/cloud/cloud.cfg.d/90-hastack-lab.cfg").write_text(CLOUD_CFG)
+    _upgrade(root)
     run("chroot", str(root), "apt-get", "clean")
+
+
+def _upgrade(root: Path) -> None:
+    """apt-get upgrade in the image; its maintainer scripts start no service (policy-rc.d 101: not here)."""
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        run("chroot", str(root), "apt-get", "update", "-q", timeout=600)
+        run("chroot", str(root), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "upgrade", "-y", "-q",
+            "-o", "Dpkg::Options::=--force-confold", timeout=1200)
+    finally:
+        policy.unlink()

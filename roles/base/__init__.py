@@ -163,12 +163,19 @@ class BaseSettings(Settings):
         return value
 
 
+def _host_data(topo, host):
+    from roles.journal_shipping import sink_data
+
+    return sink_data(topo, host)
+
+
 ROLE = Role(
     name="base",
     ports=PORTS,
     settings=BaseSettings,
     settings_prefix="base_",
     runs_on=lambda topo, host: True,
+    host_data=_host_data,
 )
 
 DEFAULTS = ROLE.defaults

@@ -54,6 +54,50 @@ UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52hastack-unattended-upgrades"
 # apt waits for the dpkg lock (unattended-upgrades may hold it for minutes) instead of failing the converge
 APT_LOCK_WAIT = "/etc/apt/apt.conf.d/50hastack-lock-wait"
 APT_LOCK_WAIT_TEXT = 'DPkg::Lock::Timeout "900";\n'
+POLICY_RC = "/usr/sbin/policy-rc.d"
+# the services a package upgrade may not stop or restart (policy-rc.d): a pair's members would go down together
+UPGRADE_HELD_SERVICES = ("mariadb", "redis-server", "redis-sentinel", "haproxy", "keepalived")
+# after an upgrade, a service needrestart names goes to its role's rolling restart (one member at a time)
+def restart_marks() -> dict[str, str]:
+    """unit -> its role's rolling-restart mark (each role's own constant)."""
+    from roles.app import restart as app
+    from roles.cassandra import ring as cassandra
+    from roles.mariadb import restart as mariadb
+    from roles.redis import restart as redis
+    from roles.sentinel import restart as sentinel
+
+    return {"mariadb.service": mariadb.RESTART_MARK, "redis-server.service": redis.RESTART_MARK,
+            "redis-sentinel.service": sentinel.RESTART_MARK, app.SERVICE: app.RESTART_MARK,
+            "cassandra.service": cassandra.RESTART_MARK}
+
+
+# security updates pending per the package lists (apt-daily refreshes them): the packages apt would
+# upgrade from a -security suite. apt's simulation costs about a second of CPU per host, at every converge;
+# its answer is kept on the host (a cache, written even by a dry run) under a stamp of what it depends on
+# (the lists, dpkg's status, apt's sources and preferences), and apt is asked again once one of them changed.
+PENDING_SECURITY_CACHE = "/var/cache/hastack/pending-security"
+_PENDING_INPUTS = ("/var/lib/dpkg/status /var/lib/apt/lists/* /etc/apt/sources.list /etc/apt/sources.list.d/* "
+                   "/etc/apt/preferences /etc/apt/preferences.d/*")
+_ASK_APT = ("apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null "
+            "| sed -n 's/^Inst \\([^ ]*\\) .*-security.*/\\1/p' | sort")
+PENDING_SECURITY = (
+    f"c={PENDING_SECURITY_CACHE}; k=$(stat -c '%n %s %.9Y' {_PENDING_INPUTS} 2>/dev/null | md5sum); "
+    '[ "$(head -n 1 $c 2>/dev/null)" = "$k" ] || { mkdir -p "${c%/*}" && '
+    f'{{ echo "$k"; {_ASK_APT}; }} > $c.new && mv $c.new $c; }} && tail -n +2 $c')
+# in one apt run (unattended-upgrade takes the same packages in many small dpkg runs: minutes per host);
+# configuration files an admin changed are kept
+SECURITY_UPGRADE = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade --no-install-recommends "
+                    "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {packages}")
+# the services still running replaced code after it, each marked for its role's rolling restart
+MARK_RESTARTS = ("needrestart -b -r l 2>/dev/null | sed -n 's/^NEEDRESTART-SVC: //p' | while read -r unit; do "
+                 "case \"$unit\" in {cases} esac; done")
+
+
+def mark_restarts_command() -> str:
+    cases = " ".join(f'{unit}) mkdir -p {mark.rsplit("/", 1)[0]} && touch {mark} ;;' for unit, mark in restart_marks().items())
+    return MARK_RESTARTS.format(cases=cases + " *) ;;")
+
+
 JOURNALD = "/etc/systemd/journald.conf.d/hastack.conf"
 SYSCTL = "/etc/sysctl.d/90-hastack.conf"
 NODE_EXPORTER_ARGS = "/etc/default/prometheus-node-exporter"
@@ -147,6 +191,7 @@ def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str,
         MODPROBE: {"modules": data["base_blocked_modules"]},
         NO_CORE_DUMPS: {},
         NEEDRESTART: {},
+        POLICY_RC: {"services": UPGRADE_HELD_SERVICES},
     }
 
 

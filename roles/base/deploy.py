@@ -24,7 +24,7 @@ from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
 from roles.base.config import ACCESS
-from roles import packages
+from roles import journal_shipping, packages
 
 PACKAGES = [
     "ca-certificates",
@@ -43,6 +43,7 @@ PACKAGES = [
     "prometheus-node-exporter-collectors",
     "needrestart",  # which services and kernel run replaced libraries (listed, never restarted: see NEEDRESTART)
     "debsums",  # checks installed files against their packages' checksums
+    journal_shipping.PACKAGE,  # the journal shipped to the monitoring host: the audit trail off the host
 ]
 
 SSHD_INCLUDE = "Include /etc/ssh/sshd_config.d/*.conf"
@@ -145,6 +146,18 @@ def _admins(tvars, data):
     files.file(name=f"{ACCESS} no SSH keys for root", path="/root/.ssh/authorized_keys", present=False)
 
 
+def _security_updates():
+    """The security updates the package lists know of (apt-daily refreshes them), applied now rather than at
+    unattended-upgrades' next daily run; the replicated services that then run replaced code are marked for
+    their role's rolling restart, which this converge runs once every host has its roles."""
+    pending = (host.get_fact(Command, c.PENDING_SECURITY) or "").split()
+    if pending:
+        server.shell(name=f"Security updates: {len(pending)} package{'s' if len(pending) > 1 else ''}",
+                     commands=[c.SECURITY_UPGRADE.format(packages=" ".join(shlex.quote(p) for p in pending))])
+        server.shell(name="Services running replaced code marked for their rolling restart",
+                     commands=[c.mark_restarts_command()])
+
+
 def _hardening(tvars):
     """The legal notice (the sshd Banner shows /etc/issue.net), blocked kernel modules, no core dumps, a
     strict umask and private homes for new accounts."""
@@ -213,9 +226,13 @@ def base():
     files.directory(name="needrestart configuration directory", path="/etc/needrestart/conf.d",
                     user="root", group="root", mode="0755")
     _template(tvars, c.NEEDRESTART)
+    # before any package: an upgrade never stops or restarts a replicated service (policy-rc.d's comment)
+    _template(tvars, c.POLICY_RC, mode="0755")
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
     packages.install("Base packages", PACKAGES, no_recommends=True)
+    _security_updates()
     _stack_ca()
+    journal_shipping.upload()
     _hardening(tvars)
 
     _sshd(tvars)

@@ -8,9 +8,10 @@ import re
 
 from pydantic import Field, field_validator
 
-from hastack.ports import Port
+from hastack.ports import PRIVATE, Port
 from hastack.role import Placement, Role, Section, Settings
 from roles.loadbalancer import STATS_PORT as HAPROXY_METRICS_PORT
+from roles.journal_shipping import PORT as JOURNAL_PORT
 from roles.witness import WITNESS_PORT
 
 PROMETHEUS_PORT = 9090
@@ -23,6 +24,8 @@ PORTS = (
     Port("alertmanager", ALERTMANAGER_PORT, sources=("monitoring",), description="Alertmanager"),
     Port("witness", WITNESS_PORT, sources=("mariadb", "loadbalancer"),
          description="the pairs' third vote: writer epochs, load balancer tie-break (mutual TLS)"),
+    Port("journal", JOURNAL_PORT, sources=(PRIVATE,),
+         description="every host's journal, shipped as it is written over TLS (senders: the private addresses): the audit trail"),
 )
 
 PROM_DURATION = r"^\d+(ms|s|m|h|d|w|y)$"
@@ -60,6 +63,8 @@ class MonitoringSettings(Settings):
     retention_time: str = "30d"
     # null: half the filesystem holding Prometheus's data, measured on the host at converge
     retention_size: str | None = Field(None, pattern=r"^\d+(MB|GB|TB)$")
+    # the hosts' journals shipped here (logins, sudo and its commands, services): kept this many days
+    journal_retention_days: int = Field(90, ge=1, le=3650)
     # where alerts go: webhooks (Alertmanager's JSON) and/or email; at least one
     alert_webhooks: list[str] = Field(default_factory=list)
     alert_email: AlertEmail | None = None

@@ -19,7 +19,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 from hastack.templating import template_path
-from roles import witness
+from roles import journal_shipping, witness
 from roles.tls_files import issue, put_tls_files
 from roles.monitoring import DEFAULTS
 from roles.monitoring import config as c
@@ -66,6 +66,7 @@ def _args(tvars, target, service):
 def monitoring() -> None:
     files.directory(name="hastack configuration", path="/etc/hastack", user="root", group="root", mode="0700")
     install_witness()
+    journal_shipping.sink()
     prometheus = packages.install("Prometheus", packages=["prometheus"], no_recommends=True)
     # The package starts Prometheus at once with its example configuration (localhost targets, which
     # the stack's rules would see down): on a fresh install what it scraped is dropped.

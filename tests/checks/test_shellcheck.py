@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hastack.templating import render
+from roles.base import config as base
 from roles.cassandra import config as cassandra
 from roles.loadbalancer import config as loadbalancer
 from roles.mariadb import config as mariadb
@@ -43,11 +44,17 @@ def _mariadb_join(stack: str) -> str:
     return render("mariadb", mariadb.JOIN, **mariadb.join_vars(host.name, host_data(stack, host, "mariadb")))
 
 
+def _policy_rc(stack: str) -> str:
+    host = _first(stack, "mariadb")
+    return render("base", base.POLICY_RC, **base.template_vars(host.name, host_data(stack, host, "base"))[base.POLICY_RC])
+
+
 # the template (under templates/) -> how a host's copy is rendered
 RENDERERS = {
     "loadbalancer/usr/local/lib/hastack/check-haproxy.j2": _check_haproxy,
     "cassandra/usr/local/bin/nodetool.j2": _nodetool,
     "mariadb/usr/local/sbin/hastack-mariadb-join.j2": _mariadb_join,
+    "base/usr/sbin/policy-rc.d.j2": _policy_rc,
 }
 
 

@@ -26,6 +26,49 @@ def test_every_machine_runs_and_converged(lab, first_converge):
     assert not failed, failed
 
 
+def test_security_updates_reach_the_hosts_and_an_upgrade_restarts_no_replicated_service(lab, first_converge):
+    """The package cache serves the security suite. A host given back a package's release version (as an
+    image older than a security fix has it) is upgraded by the next converge, and then no host has a security
+    update pending. A maintainer script's restart of MariaDB (as an upgrade of mariadb-server runs it) is
+    refused by policy-rc.d: the server keeps running, the same process."""
+    from roles.base import config as c
+
+    suites = on_all(lab, lambda h: lab.exec(h, ["apt-cache", "policy"], check=True).stdout)
+    assert all("-security" in text for text in suites.values()), {h: t[-300:] for h, t in suites.items()}
+
+    host = lab.topo.hosts_with_role("app")[0].name
+    package, release, fixed = _security_fixed_package(lab, host)
+    lab.exec(host, ["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{package}={release}"], check=True)
+    assert lab.exec(host, ["sh", "-c", c.PENDING_SECURITY], check=True).stdout.split() == [package]
+    report = converge(lab.inventory_entries())
+    assert report.ok, report
+    assert any("Security updates: 1 package" in op for op in report.hosts[host].changed_operations), \
+        report.hosts[host].changed_operations
+    installed = lab.exec(host, ["dpkg-query", "-W", "-f", "${Version}", package], check=True).stdout
+    assert installed == fixed, (package, installed, fixed)
+    pending = on_all(lab, lambda h: lab.exec(h, ["sh", "-c", c.PENDING_SECURITY], check=True).stdout.split())
+    assert pending == {h: [] for h in lab.machines}, pending
+
+    db = lab.topo.hosts_with_role("mariadb")[0].name
+    pid = lab.exec(db, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb.service"], check=True).stdout.strip()
+    lab.exec(db, ["deb-systemd-invoke", "restart", "mariadb.service"])
+    assert lab.exec(db, ["systemctl", "show", "-p", "MainPID", "--value", "mariadb.service"],
+                    check=True).stdout.strip() == pid != "0"
+
+
+def _security_fixed_package(lab, host) -> tuple[str, str, str]:
+    """A library on ``host`` with a security fix over its release version: (name, release, fixed)."""
+    for package in ("libexpat1", "libpcre2-8-0", "libbrotli1", "libssh2-1"):
+        versions = {}  # suite -> version, from lines "name | version | mirror suite/main arch Packages"
+        for line in lab.exec(host, ["apt-cache", "madison", package], check=True).stdout.splitlines():
+            _, version, source = (field.strip() for field in line.split("|"))
+            versions.setdefault(source.split()[1].split("/")[0], version)
+        release, fixed = versions.get("bookworm"), versions.get("bookworm-security")
+        if release and fixed and release != fixed:
+            return package, release, fixed
+    raise AssertionError("no installed library has a security fix over its release version")
+
+
 def test_a_second_converge_through_pulumi_ups_entry_point_reports_zero_changes(lab):
     """Idempotence: over the unchanged lab, the converge the dynamic resource of `pulumi up` runs (the very
     converge of `hastack converge`) changes nothing on any host."""
@@ -175,10 +218,30 @@ def test_removing_an_admin_revokes_access_everywhere(lab):
     still = on_all(lab, lambda h: ssh(lab, h).returncode)
     assert set(still.values()) == {0}
 
+    # what the admin did with sudo is on record on the monitoring host, their account and home gone: the
+    # journal of lab-db1, in the file of lab-db1's address, readable by root (admins, through sudo) only
+    assert lab.exec("lab-db1", ["id", "labops"]).returncode != 0
+    assert lab.exec("lab-db1", ["test", "-e", "/home/labops"]).returncode != 0
+    records = _shipped_sudo_records(lab, "lab-db1")
+    assert any("labops : " in r and "COMMAND=/usr/bin/setsid nohup sh -c" in r and "held-connection" in r
+               for r in records), records[-5:]
+
     # putting the admin back restores access on the next converge
     assert converge(lab.inventory_entries()).ok
     again = on_all(lab, lambda h: ssh(lab, h, user="labops").returncode)
     assert set(again.values()) == {0}, again
+
+
+def _shipped_sudo_records(lab, host) -> list[str]:
+    """sudo's records of ``host`` as the monitoring host keeps them (in the file named after its address)."""
+    from roles.journal_shipping import REMOTE_DIR
+
+    sink = lab.topo.hosts_with_role("monitoring")[0].name
+    assert lab.exec(sink, ["stat", "-c", "%a %U", REMOTE_DIR], check=True).stdout.split() == ["700", "systemd-journal-remote"]
+    assert lab.exec(sink, ["runuser", "-u", "nobody", "--", "ls", REMOTE_DIR]).returncode != 0
+    shipped = f"{REMOTE_DIR}/remote-{lab.topo.host(host).private_ip}*.journal"  # also the archived ones
+    return lab.exec(sink, ["journalctl", "--file", shipped, "SYSLOG_IDENTIFIER=sudo", "-o", "cat", "--no-pager"],
+                    check=True).stdout.splitlines()
 
 
 def _logins_while_booting(lab, host, user, timeout=240.0) -> list[int]:

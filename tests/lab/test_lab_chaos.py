@@ -74,6 +74,11 @@ def test_lb_private_link_cut(lab):
     check(chaos.lb_private_link_cut(lab))
 
 
+def test_lb_haproxy_reloads(lab):
+    """The active load balancer's HAProxy is reloaded 20 times in 10 s; not one write fails."""
+    check(chaos.lb_haproxy_reloads(lab))
+
+
 def test_redis_primary_power_cut(lab):
     """The Redis primary loses power, then starts again."""
     check(chaos.redis_primary_power_cut(lab))

@@ -381,3 +381,15 @@ def test_login_defs_settings_apply_to_debians_file_once(tmp_path):
     read = run("sh", "-c", c.login_defs_read().replace(c.LOGIN_DEFS, str(login_defs))).stdout.strip()
     assert read == c.login_defs_wanted()
     assert len(first.splitlines()) <= len(Path("/etc/login.defs").read_text().splitlines()) + 2  # replaced, not added
+
+
+@pytest.mark.parametrize("args,code", [
+    (["mariadb", "restart"], 101), (["mariadb.service", "restart"], 101), (["--quiet", "redis-server", "stop"], 101),
+    (["haproxy", "force-reload", "restart"], 101), (["keepalived", "try-restart"], 101),
+    (["mariadb", "start"], 0), (["mariadb.service", "status"], 0),  # a fresh install starts it
+    (["ssh", "restart"], 0), (["cron.service", "stop"], 0), (["--list", "ssh", "2"], 0),
+])
+def test_package_upgrades_never_stop_or_restart_a_replicated_service(tmp_path, args, code):
+    """policy-rc.d as invoke-rc.d and deb-systemd-invoke call it in maintainer scripts: 101 forbids."""
+    script = write(tmp_path / "policy-rc.d", rendered("prod", "mariadb")[c.POLICY_RC], 0o755)
+    assert run(script, *args, ok=False).returncode == code

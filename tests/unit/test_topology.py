@@ -397,6 +397,10 @@ def test_mappings_in_settings_add_to_the_defaults(prod_config):
      "give alertWebhooks (a list of http(s) URLs) and/or alertEmail ({to: [name@domain], from: name@domain, smarthost: host:port})"),
     ({"monitoring": {"alertEmail": {"to": ["ops"], "from": "a@b.c", "smarthost": "smtp:25"}}},
      "hastack:settings.monitoring.alertEmail.to = ['ops']: not email addresses: ops (expected name@domain)"),
+    ({"monitoring": {"journalRetentionDays": "90d"}},
+     "hastack:settings.monitoring.journalRetentionDays = '90d': Input should be a valid integer, unable to parse string as an integer"),
+    ({"monitoring": {"journalRetentionDays": 0}},
+     "hastack:settings.monitoring.journalRetentionDays = 0: Input should be greater than or equal to 1"),
     ({"monitoring": {"scrapeInterval": "15"}},
      "hastack:settings.monitoring.scrapeInterval = '15': '15' is not a duration: "
      "a number and a unit (ms, s, m, h, d, w, y), e.g. 15s or 30d"),
