@@ -86,7 +86,7 @@ def start(paths: Paths, bind: str, port: int, cert) -> int:
     key_file.write_text(cert.key_pem)
     ca_file.write_text(cert.ca_pem)
     pid = _start(paths, NAME, server_command(bind, port, cert_file, key_file))
-    _wait_port(bind, port, NAME)
+    _wait_port(paths, bind, port, NAME)
     return pid
 
 

@@ -41,7 +41,10 @@ def _start(paths: Paths, name: str, cmd: list[str]) -> int:
     return proc.pid
 
 
-def _wait_port(host: str, port: int, name: str, timeout: float = 15) -> None:
+def _wait_port(paths: Paths, host: str, port: int, name: str, timeout: float = 120) -> None:
+    """Until ``name`` listens. A service that exits fails at once, with its log's end; one that starts slowly
+    (the first start of a fresh clone compiles its Python modules, on a machine busy with the lab) is given
+    time."""
     import socket
 
     deadline = time.monotonic() + timeout
@@ -50,8 +53,12 @@ def _wait_port(host: str, port: int, name: str, timeout: float = 15) -> None:
             with socket.create_connection((host, port), timeout=1):
                 return
         except OSError:
+            if not pid_alive(read_pid(paths.run / f"{name}.pid")):
+                tail = (paths.logs / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise LabError(f"{name} exited before listening on {host}:{port}; the end of its log:\n{tail}") from None
             time.sleep(0.2)
-    raise LabError(f"{name} did not start listening on {host}:{port}; see its log in .lab/logs/{name}.log")
+    raise LabError(f"{name} did not start listening on {host}:{port} in {timeout:.0f} s; "
+                   f"see its log in .lab/logs/{name}.log")
 
 
 def start(paths: Paths, addr: Addresses) -> None:
@@ -75,8 +82,8 @@ def start(paths: Paths, addr: Addresses) -> None:
         sys.executable, "-m", "http.server", "--bind", addr.host_private, "--directory", str(paths.artifacts),
         str(ARTIFACT_PORT),
     ])
-    _wait_port(addr.host_private, APT_CACHE_PORT, "apt-cacher-ng")
-    _wait_port(addr.host_private, ARTIFACT_PORT, "artifacts")
+    _wait_port(paths, addr.host_private, APT_CACHE_PORT, "apt-cacher-ng")
+    _wait_port(paths, addr.host_private, ARTIFACT_PORT, "artifacts")
 
 
 def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floating_ip: dict, cert, token_file) -> None:
@@ -104,7 +111,7 @@ def start_hcloud_api(paths: Paths, addr: Addresses, servers: list[dict], floatin
         # a server's status is its machine's: one started again by hand is running, as in Hetzner's API
         "--machines-dir", str(paths.machines),
     ])
-    _wait_port(addr.host_public, HCLOUD_API_PORT, "hcloud-api")
+    _wait_port(paths, addr.host_public, HCLOUD_API_PORT, "hcloud-api")
 
 
 def fetch_wheels(paths: Paths, lock: Path) -> None:
@@ -180,9 +187,9 @@ def start_monitoring(paths: Paths, addr: Addresses, stack: str, ca_file: Path | 
     _start(paths, "status-web", [
         sys.executable, "-m", "http.server", "--bind", addr.host_public, "--directory", str(out), str(STATUS_WEB_PORT),
     ])
-    _wait_port(addr.host_private, ALERT_RECEIVER_PORT, "alert-receiver")
-    _wait_port(addr.internet, UPTIME_PROMETHEUS_PORT, "uptime-prometheus", timeout=30)
-    _wait_port(addr.host_public, STATUS_WEB_PORT, "status-web")
+    _wait_port(paths, addr.host_private, ALERT_RECEIVER_PORT, "alert-receiver")
+    _wait_port(paths, addr.internet, UPTIME_PROMETHEUS_PORT, "uptime-prometheus")
+    _wait_port(paths, addr.host_public, STATUS_WEB_PORT, "status-web")
 
 
 def stop_service(paths: Paths, name: str) -> bool:
