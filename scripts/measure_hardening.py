@@ -9,7 +9,8 @@ Two indexes per machine: lynis as it comes, and with the tests a lab machine can
 (the default; `--plain` for lynis as it comes): a container shares the host's kernel, so it cannot set kernel or
 network sysctls (/proc/sys is read-only there: KRNL-6000), run its own audit daemon (one per kernel:
 ACCT-9628), has no kernel image of its own (KRNL-5788) and no partitions (FILE-6310). On a cloud
-server those pass or are settled by the base role (its sysctl file, auditd).
+server the sysctls pass (the base role's sysctl file); the base role installs no audit daemon yet (the lab
+could not test one: its machines share the host's kernel).
 """
 
 from __future__ import annotations
