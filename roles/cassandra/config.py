@@ -22,6 +22,9 @@ JMX_USER = "jmx"
 
 _PORT = {p.name: p.port for p in PORTS}
 
+# the Prometheus JMX exporter agent's rules (it reloads the file when it changes)
+EXPORTER_CONFIG = f"{CONF_DIR}/jmx-exporter.yaml"
+
 # target -> mode; owner cassandra. The JMX files must be readable by their owner alone
 # (the JVM refuses a password file others can read).
 CONFIG_FILES = {
@@ -31,7 +34,7 @@ CONFIG_FILES = {
     f"{CONF_DIR}/jvm17.options": "0644",
     f"{CONF_DIR}/logback.xml": "0644",
     f"{CONF_DIR}/logback-tools.xml": "0644",
-    f"{CONF_DIR}/jmx-exporter.yaml": "0644",
+    EXPORTER_CONFIG: "0644",
     f"{CONF_DIR}/jmxremote.access": "0400",
     f"{CONF_DIR}/jmxremote.password": "0400",
 }

@@ -20,7 +20,7 @@ from roles.cassandra import bundle as cassandra_bundle
 from roles.tls_files import issue
 from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
-from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, REPAIR_SERVICE,
+from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, EXPORTER_CONFIG, LOG_DIR, NODETOOL, REPAIR_SERVICE,
                                     REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
 from roles.cassandra.ring import AUTH_DONE, AUTH_SCRIPT, CQL_TOOL, OTHER_PASSWORDS, RESTART_MARK, STATE_DIR
 from roles import rolling_restart
@@ -92,8 +92,10 @@ def cassandra() -> None:
     v = template_vars(d, mem_mb, d.cassandra_passwords["jmx"])
     changed = []
     for target, mode in CONFIG_FILES.items():
-        changed.append(files.template(name=f"Cassandra {target.rsplit('/', 1)[1]}", src=template_path("cassandra", target),
-                                      dest=target, user="cassandra", group="cassandra", mode=mode, **v))
+        written = files.template(name=f"Cassandra {target.rsplit('/', 1)[1]}", src=template_path("cassandra", target),
+                                 dest=target, user="cassandra", group="cassandra", mode=mode, **v)
+        if target != EXPORTER_CONFIG:  # the exporter agent reads its file again at the next scrape: no restart
+            changed.append(written)
     issued = issue(f"cassandra-{host.name}", [f"{TLS_DIR}/node.pem"], dns=[host.name], ips=[d.private_ip],
                    client=True)
     tls = [files.put(name="Cassandra TLS key and chain", src=StringIO(node_pem(issued)),

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from roles.cassandra import CQL_PORT
 from roles.cassandra.config import TLS_DIR
 from roles.cassandra.ring import STATE_DIR, Ring
 
@@ -27,6 +28,28 @@ def runner(lab):
         return proc.returncode == 0, proc.stdout, proc.stderr
 
     return run
+
+
+def serves_cql(lab, node: str) -> bool:
+    """Whether ``node`` listens for CQL: it does from the moment it has joined (or rejoined) the ring to its
+    stop. A look at its sockets, cheap enough to poll, where `nodetool` starts a JVM each time."""
+    proc = lab.exec(node, ["ss", "-Htln", f"sport = :{CQL_PORT}"])
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def wait_all_normal(lab, via: str, nodes: list[str], timeout: float) -> None:
+    """Until every node of ``nodes`` is Up/Normal in ``via``'s view: each serving CQL first (polled
+    cheaply), then `nodetool status` every 3 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(serves_cql(lab, n) for n in nodes):
+            out = lab.exec(via, ["nodetool", "status"]).stdout
+            if sum(1 for line in out.splitlines() if line.startswith("UN")) == len(nodes):
+                return
+            time.sleep(3)
+        else:
+            time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for every Cassandra node Up/Normal")
 
 
 def ring(lab, topo=None) -> Ring:

@@ -823,8 +823,7 @@ def cassandra_node_power_cut(lab) -> dict:
             lab.start(victim)
             if not active(lab, victim, "cassandra.service"):
                 lab.exec(victim, ["systemctl", "start", "cassandra.service"])
-            wait_for(lambda: lab.exec(via, ["bash", "-c", "nodetool status | grep -c '^UN'"]).stdout.strip()
-                     == str(len(nodes)), 240, "every Cassandra node Up/Normal")
+            cassandra_ring.wait_all_normal(lab, via, nodes, 240)
             run.mark("cassandra_up")
             time.sleep(3)
         finally:
