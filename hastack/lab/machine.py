@@ -175,7 +175,9 @@ class Machine:
             "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
             f"--directory={self.root}", f"--machine={self.name}", f"--hostname={self.name}",
             f"--network-namespace-path=/run/netns/{netns(self.name)}",
-            "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+            # what a cloud server's root may do that a container's may not by default: its own firewall and
+            # addresses, and process accounting (per PID namespace: this machine's processes only)
+            "--capability=CAP_NET_ADMIN,CAP_NET_RAW,CAP_SYS_PACCT",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=pipe",
         ], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, preexec_fn=enter_cgroups)
         self.pidfile.write_text(str(proc.pid))

@@ -120,6 +120,8 @@ class BaseSettings(Settings):
     banner: str = Field(BANNER, min_length=20, max_length=2000)
     # /etc/modprobe.d/hastack.conf: modules that may not load (a stack that needs SCTP lists the rest)
     blocked_modules: list[str] = BLOCKED_MODULES
+    # /etc/profile.d/hastack.sh: an interactive shell left idle this long logs out (TMOUT; 0: never)
+    idle_logout_seconds: int = Field(900, ge=0, le=86400)
 
     @field_validator("banner")
     @classmethod

@@ -109,6 +109,9 @@ ISSUE = "/etc/issue"
 ISSUE_NET = "/etc/issue.net"
 MODPROBE = "/etc/modprobe.d/hastack.conf"
 NO_CORE_DUMPS = "/etc/security/limits.d/hastack.conf"
+# the same for systemd-coredump, should a package bring it, and for login shells (ulimit)
+NO_CORE_DUMPS_SYSTEMD = "/etc/systemd/coredump.conf.d/hastack.conf"
+SHELL_PROFILE = "/etc/profile.d/hastack.sh"
 # needrestart lists what runs old libraries and never restarts anything itself: a data service restarts
 # through its role (the pairs and the ring one node at a time), not because apt ran on every host at once
 NEEDRESTART = "/etc/needrestart/conf.d/hastack.conf"
@@ -190,6 +193,8 @@ def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str,
         ISSUE_NET: {"banner": data["base_banner"]},
         MODPROBE: {"modules": data["base_blocked_modules"]},
         NO_CORE_DUMPS: {},
+        NO_CORE_DUMPS_SYSTEMD: {},
+        SHELL_PROFILE: {"idle_logout_seconds": data["base_idle_logout_seconds"]},
         NEEDRESTART: {},
         POLICY_RC: {"services": UPGRADE_HELD_SERVICES},
     }

@@ -43,6 +43,8 @@ PACKAGES = [
     "prometheus-node-exporter-collectors",
     "needrestart",  # which services and kernel run replaced libraries (listed, never restarted: see NEEDRESTART)
     "debsums",  # checks installed files against their packages' checksums
+    "libpam-pwquality",  # a password set on a host (logins are keys only) must be a strong one
+    "acct",  # process accounting: every command that ran, by whom (lastcomm), kept a month on the host
     journal_shipping.PACKAGE,  # the journal shipped to the monitoring host: the audit trail off the host
 ]
 
@@ -160,11 +162,16 @@ def _security_updates():
 
 def _hardening(tvars):
     """The legal notice (the sshd Banner shows /etc/issue.net), blocked kernel modules, no core dumps, a
-    strict umask and private homes for new accounts."""
+    strict umask and private homes for new accounts, idle interactive shells logged out, process accounting."""
     _template(tvars, c.ISSUE)
     _template(tvars, c.ISSUE_NET)
     _template(tvars, c.MODPROBE)
     _template(tvars, c.NO_CORE_DUMPS)
+    files.directory(name="systemd-coredump configuration directory", path="/etc/systemd/coredump.conf.d",
+                    user="root", group="root", mode="0755")
+    _template(tvars, c.NO_CORE_DUMPS_SYSTEMD)
+    _template(tvars, c.SHELL_PROFILE)
+    systemd.service(name="Process accounting", service="acct.service", running=True, enabled=True)
     server.shell(name="login.defs: umask, home mode, password ages", commands=c.login_defs_commands(),
                  _if=lambda: host.get_fact(Command, c.login_defs_read()) != c.login_defs_wanted())
     # the assembler (binutils, a dependency of needrestart) for root only: nothing on a server builds code

@@ -18,7 +18,7 @@ from tests.templates.hostdata import host_data, topology
 
 ROOT = Path(__file__).resolve().parents[2]
 STACKS = ["prod", "staging"]
-SHELLS = ("#!/bin/sh", "#!/bin/bash", "#!/usr/bin/env sh", "#!/usr/bin/env bash")
+SHELLS = ("#!/bin/sh", "#!/bin/bash", "#!/usr/bin/env sh", "#!/usr/bin/env bash", "# shellcheck shell=sh")
 
 
 def _first(stack: str, role: str):
@@ -49,12 +49,19 @@ def _policy_rc(stack: str) -> str:
     return render("base", base.POLICY_RC, **base.template_vars(host.name, host_data(stack, host, "base"))[base.POLICY_RC])
 
 
+def _shell_profile(stack: str) -> str:
+    host = _first(stack, "app")
+    return render("base", base.SHELL_PROFILE,
+                  **base.template_vars(host.name, host_data(stack, host, "base"))[base.SHELL_PROFILE])
+
+
 # the template (under templates/) -> how a host's copy is rendered
 RENDERERS = {
     "loadbalancer/usr/local/lib/hastack/check-haproxy.j2": _check_haproxy,
     "cassandra/usr/local/bin/nodetool.j2": _nodetool,
     "mariadb/usr/local/sbin/hastack-mariadb-join.j2": _mariadb_join,
     "base/usr/sbin/policy-rc.d.j2": _policy_rc,
+    "base/etc/profile.d/hastack.sh.j2": _shell_profile,
 }
 
 

@@ -364,6 +364,21 @@ def test_the_banner_and_core_dump_limit_are_what_lynis_and_pam_read():
         ["*", "hard", "core", "0"], ["root", "hard", "core", "0"]]  # "*" does not cover root
 
 
+def test_login_shells_get_no_core_dumps_and_an_idle_logout_they_cannot_lift(tmp_path):
+    """The rendered profile script in a real login shell (bash, as an admin's): core dumps 0, TMOUT set and
+    readonly; with idleLogoutSeconds 0 no TMOUT at all. systemd-coredump keeps nothing either."""
+    coredump = rendered("prod", "app")[c.NO_CORE_DUMPS_SYSTEMD]
+    assert [line for line in coredump.splitlines() if line and not line.startswith("#")] == [
+        "[Coredump]", "Storage=none", "ProcessSizeMax=0"]
+    profile = write(tmp_path / "hastack.sh", rendered("prod", "app")[c.SHELL_PROFILE])
+    probe = f'. {profile}; ulimit -c; echo "$TMOUT"; (TMOUT=0) 2>/dev/null || echo refused'
+    assert run("bash", "-c", probe).stdout.split() == ["0", "900", "refused"]
+    never = write(tmp_path / "never.sh",
+                  rendered("prod", "app", {"base_idle_logout_seconds": 0})[c.SHELL_PROFILE])
+    assert run("bash", "-c", f'. {never}; echo "[$TMOUT]"').stdout.strip() == "[]"
+    assert run("dash", "-c", f". {profile}; ulimit -c").stdout.strip() == "0"
+
+
 def test_login_defs_settings_apply_to_debians_file_once(tmp_path):
     """On Debian 12's own /etc/login.defs: each setting replaces its line (UMASK 022, #HOME_MODE ...);
     a second run changes nothing, and the check the deploy asks reads exactly what it wants."""
