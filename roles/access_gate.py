@@ -13,9 +13,9 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.operations import files, systemd
 
-from hastack.templating import template_path
 from roles import witness
 from roles.base import DEFAULTS as BASE_DEFAULTS
+from roles.template_file import template_file
 
 PROGRAM = Path(__file__).resolve().parent / "base" / "access_gate.py"
 UNIT = "/etc/systemd/system/hastack-access-gate.service"
@@ -36,7 +36,6 @@ def install(group: str) -> None:
               mode="0644")
     files.put(name="Access gate configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
               dest=CONFIG, user="root", group="root", mode="0600")
-    unit = files.template(name="Access gate unit", src=template_path("base", UNIT), dest=UNIT, user="root",
-                          group="root", mode="0644")
+    unit = template_file("base", UNIT, name="Access gate unit")
     systemd.service(name="Access gate at boot", service="hastack-access-gate.service", enabled=True,
                     daemon_reload=unit.will_change)

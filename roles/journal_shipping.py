@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pyinfra import host
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
-from hastack.templating import template_path
 from roles.base.config import stack_ca_file
+from roles.template_file import template_file
 from roles.tls_files import issue, put_tls_files
 
 PORT = 19532
@@ -63,11 +63,6 @@ def sink_vars(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _template(role: str, target: str, tvars: Mapping[str, Any]):
-    return files.template(name=f"Write {target}", src=template_path(role, target), dest=target,
-                          user="root", group="root", mode="0644", **tvars[target])
-
-
 def upload() -> None:
     """On every host but the sink: ship the journal to it, from where this host's uploader stopped."""
     data = host.data.dict()
@@ -79,8 +74,8 @@ def upload() -> None:
                    dns=[host.name], ips=[data["private_ip"]], client=True)
     tls = put_tls_files("Journal upload", UPLOAD_TLS_DIR, "root", issued, dir_mode="0700",
                         names=("client.crt", "client.key", "ca.crt"))
-    conf = _template("base", UPLOAD_CONF, tvars)
-    unit = _template("base", UPLOAD_UNIT, tvars)
+    conf = template_file("base", UPLOAD_CONF, tvars)
+    unit = template_file("base", UPLOAD_UNIT, tvars)
     systemd.service(name="Journal upload running", service="systemd-journal-upload.service", running=True,
                     enabled=True, daemon_reload=unit.will_change,
                     restarted=any(op.will_change for op in (conf, unit, *tls)))
@@ -93,11 +88,11 @@ def sink() -> None:
     issued = issue(f"journal-remote-{host.name}", [f"{SINK_TLS_DIR}/{f}" for f in ("server.crt", "server.key")],
                    dns=[host.name], ips=[data["private_ip"]])
     tls = put_tls_files("Journal sink", SINK_TLS_DIR, "root", issued, dir_mode="0700")
-    conf = _template("monitoring", SINK_CONF, tvars)
-    unit = _template("monitoring", SINK_UNIT, tvars)
-    socket = _template("monitoring", SINK_SOCKET, tvars)
-    retention = _template("monitoring", RETENTION_SERVICE, tvars)
-    timer = _template("monitoring", RETENTION_TIMER, tvars)
+    conf = template_file("monitoring", SINK_CONF, tvars)
+    unit = template_file("monitoring", SINK_UNIT, tvars)
+    socket = template_file("monitoring", SINK_SOCKET, tvars)
+    retention = template_file("monitoring", RETENTION_SERVICE, tvars)
+    timer = template_file("monitoring", RETENTION_TIMER, tvars)
     reload = any(op.will_change for op in (unit, socket, retention, timer))
     systemd.service(name="Journal sink socket", service="systemd-journal-remote.socket", running=True,
                     enabled=True, daemon_reload=reload, restarted=socket.will_change)

@@ -7,8 +7,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
+from roles.template_file import template_file
 from roles.tls_files import issue, stack_ca
-from hastack.templating import template_path
 from roles.app import DEFAULTS
 from roles.app import config as c
 from roles import packages, rolling_restart
@@ -26,8 +26,7 @@ def app() -> None:
                  packages=["python3", "python3-pymysql", "python3-redis", "haproxy"], no_recommends=True)
 
     # -- the local proxy to the MariaDB writer
-    proxy = files.template(name="Local MariaDB proxy", src=template_path("app", c.PROXY_CFG), dest=c.PROXY_CFG,
-                           user="root", group="root", mode="0644", **tvars[c.PROXY_CFG])
+    proxy = template_file("app", c.PROXY_CFG, tvars, name="Local MariaDB proxy")
     server.shell(name="Check the local proxy configuration", commands=[f"haproxy -c -q -f {c.PROXY_CFG}"],
                  _if=proxy.did_change)
     systemd.service(name="Local MariaDB proxy running", service="haproxy.service", running=True, enabled=True,
@@ -59,8 +58,7 @@ def app() -> None:
         key = files.put(name="TLS key", src=StringIO(issued.key_pem), dest="/etc/hastack-app/tls.key",
                         user="root", group="root", mode="0600")
         tls_ops += [crt, key]
-    unit = files.template(name="Application unit", src=template_path("app", c.UNIT), dest=c.UNIT,
-                          user="root", group="root", mode="0644", **tvars[c.UNIT])
+    unit = template_file("app", c.UNIT, tvars, name="Application unit")
     # a running application is restarted by the rolling restart (roles/app/restart.py), one server at a time
     rolling_restart.running("Application", restart.SERVICE, restart.RESTART_MARK,
                             [unit, *tls_ops, *([code] if code is not None else []), *secrets],

@@ -9,10 +9,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
-from hastack.templating import template_path
 from roles.backup import DEFAULTS
 from roles.backup import config as c
 from roles import packages
+from roles.template_file import template_file
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "agent.py"
 VERIFY_SOURCE = Path(__file__).resolve().parent / "verify.py"
@@ -56,8 +56,7 @@ def verifier() -> None:
         files.put(name="S3 endpoint CA", src=StringIO(d.backup_s3_ca), dest=c.CA_FILE, user="root", group="root",
                   mode="0644")
     tvars = c.verify_template_vars(host.name)
-    units = [files.template(name=f"Test restore unit {Path(t).name}", src=template_path("backup", t), dest=t,
-                            user="root", group="root", mode="0644", **tvars[t])
+    units = [template_file("backup", t, tvars, name=f"Test restore unit {Path(t).name}")
              for t in (c.VERIFY_SERVICE, c.VERIFY_TIMER)]
     reload = any(u.will_change for u in units)
     systemd.service(name="Weekly test restore timer", service="hastack-backup-verify.timer", running=True,
@@ -91,8 +90,7 @@ def data_host() -> None:
                   dest=c.REDIS_PASSWORD_FILE, user="root", group="root", mode="0600")
 
     tvars = c.template_vars(data, host.name)
-    units = [files.template(name=f"Backup unit {Path(t).name}", src=template_path("backup", t), dest=t,
-                            user="root", group="root", mode="0644", **tvars[t])
+    units = [template_file("backup", t, tvars, name=f"Backup unit {Path(t).name}")
              for t in (c.SERVICE, c.DAILY_TIMER, c.BINLOG_TIMER)]
     reload = any(u.will_change for u in units)
     for kind in c.daily_kinds(data):

@@ -19,8 +19,8 @@ from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command, Hostname, Users
 from pyinfra.operations import files, server, systemd
 
+from roles.template_file import template_file
 from roles.tls_files import stack_ca
-from hastack.templating import template_path
 from roles.base import DEFAULTS
 from roles.base import config as c
 from roles.base.config import ACCESS
@@ -64,15 +64,7 @@ def _any_changed(*ops):
 
 
 def _template(tvars, target, mode="0644", dest=None):
-    return files.template(
-        name=f"Write {dest or target}",
-        src=template_path("base", target),
-        dest=dest or target,
-        user="root",
-        group="root",
-        mode=mode,
-        **tvars[target],
-    )
+    return template_file("base", target, tvars, mode=mode, dest=dest)
 
 
 def _checked_install(tvars, target, mode, check):

@@ -10,8 +10,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
+from roles.template_file import template_file
 from roles.tls_files import issue, stack_ca
-from hastack.templating import template_path
 from roles import hcloud_agent, witness
 from roles.loadbalancer import DEFAULTS
 from roles.loadbalancer import config as c
@@ -53,8 +53,7 @@ def loadbalancer() -> None:
     tvars = c.template_vars(host.name, host.data.dict(), interface=interface, public_interface=public_interface)
 
     def template(name, target, mode="0644"):
-        return files.template(name=name, src=template_path("loadbalancer", target), dest=target,
-                              user="root", group="root", mode=mode, **tvars[target])
+        return template_file("loadbalancer", target, tvars, name=name, mode=mode)
 
     packages.install("HAProxy and keepalived", packages=["haproxy", "keepalived", "curl"],
                  no_recommends=True)

@@ -20,6 +20,7 @@ from pyinfra.operations import files, server, systemd
 
 from hastack.templating import template_path
 from roles import journal_shipping, witness
+from roles.template_file import template_file
 from roles.tls_files import issue, put_tls_files
 from roles.monitoring import DEFAULTS
 from roles.monitoring import config as c
@@ -58,8 +59,7 @@ def _checked_install(tvars, target):
 
 
 def _args(tvars, target, service):
-    return files.template(name=f"{service} arguments", src=template_path("monitoring", target), dest=target,
-                          user="root", group="root", mode="0644", **tvars[target])
+    return template_file("monitoring", target, tvars, name=f"{service} arguments")
 
 
 @deploy("monitoring", data_defaults=DEFAULTS)
@@ -123,8 +123,7 @@ def install_witness() -> None:
     }
     cfg = files.put(name="Witness configuration", src=StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
                     dest="/etc/hastack/witness.json", user="root", group="root", mode="0600")
-    unit = files.template(name="Witness unit", src=template_path("monitoring", WITNESS_UNIT), dest=WITNESS_UNIT,
-                          user="root", group="root", mode="0644")
+    unit = template_file("monitoring", WITNESS_UNIT, name="Witness unit")
     systemd.service(name="Witness running", service="hastack-witness.service", running=True, enabled=True,
                     daemon_reload=unit.will_change,
                     restarted=any(op.will_change for op in (program, cfg, unit, *tls)))

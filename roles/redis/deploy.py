@@ -12,7 +12,6 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
-from hastack.templating import template_path
 from roles.redis import DEFAULTS
 from roles.redis import config as c
 from roles import rolling_restart
@@ -20,6 +19,7 @@ from roles.redis.restart import RESTART_MARK
 from roles.redis.tls import tls_files
 from roles.sentinel import SENTINEL_PORT
 from roles import packages
+from roles.template_file import template_file
 
 
 def current_primary(sentinels: list[str]) -> str | None:
@@ -46,8 +46,7 @@ def redis() -> None:
     tvars = c.template_vars(host.name, d.dict(), current_primary=current_primary(d.redis_sentinels))
 
     def template(name, target, user, group, mode):
-        return files.template(name=name, src=template_path("redis", target), dest=target,
-                              user=user, group=group, mode=mode, **tvars[target])
+        return template_file("redis", target, tvars, name=name, user=user, group=group, mode=mode)
 
     tls = tls_files()
     # lets this host ask the Sentinels who the primary is, without the password on a command line

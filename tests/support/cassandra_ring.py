@@ -9,7 +9,7 @@ from typing import Any
 
 from roles.cassandra import CQL_PORT
 from roles.cassandra.config import TLS_DIR
-from roles.cassandra.ring import STATE_DIR, Ring
+from roles.cassandra.ring import STATE_DIR, Ring, parse_status
 
 # the client runs on a Cassandra machine (python3 -, the file on stdin), with the node's
 # files as the cassandra role puts them there: the stack CA, the admin's password
@@ -43,8 +43,8 @@ def wait_all_normal(lab, via: str, nodes: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(serves_cql(lab, n) for n in nodes):
-            out = lab.exec(via, ["nodetool", "status"]).stdout
-            if sum(1 for line in out.splitlines() if line.startswith("UN")) == len(nodes):
+            members = parse_status(lab.exec(via, ["nodetool", "status"]).stdout)
+            if sum(1 for m in members.values() if m.state == "UN") == len(nodes):
                 return
             time.sleep(3)
         else:
