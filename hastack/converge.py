@@ -86,6 +86,7 @@ class ConvergeReport:
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)  # connect, facts, prepare, run, after roles: seconds
     slowest: list[tuple[str, float]] = field(default_factory=list)  # the longest operations: (name, seconds)
+    cpu: dict[str, float] = field(default_factory=dict)  # the same phases: this process's CPU seconds
 
     @property
     def ok(self) -> bool:
@@ -147,13 +148,14 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     reports = {name: HostReport(name) for name in entries}
     say = progress or (lambda _m: None)
     phases: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     slowest: list[tuple[str, float]] = []
-    lap = [started]
+    lap = [started, time.process_time()]
 
     def phase(name: str) -> None:
-        now = time.monotonic()
-        phases[name] = now - lap[0]
-        lap[0] = now
+        now, used = time.monotonic(), time.process_time()
+        phases[name], cpu[name] = now - lap[0], used - lap[1]
+        lap[:] = [now, used]
 
     say(f"connecting to {len(entries)} hosts")
     _fresh_host_keys()
@@ -171,14 +173,21 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             # are gathered in parallel; the state context is process-wide, so it is
             # set once around all of them.
             hosts = list(state.inventory.get_active_hosts())
-            # the facts the last converge asked, asked again in one command per host (hastack.fact_cache)
+            # the facts the last converge asked, asked again in one command per host (hastack.fact_cache);
+            # a host's operations are prepared as soon as its own answers are in, while other hosts answer
             facts = FactCache(fact_cache_dir())
-            with ctx_state.use(state):
-                Pool(len(hosts) or 1).map(facts.prefetch, hosts)
-            phase("facts")
+            waiting = [len(hosts)]
+
+            def prepare(h) -> None:
+                facts.prefetch(h)
+                waiting[0] -= 1
+                if not waiting[0]:
+                    phase("facts")  # the last host's answers: the rest of "prepare" is the operator's alone
+                add_deploy(state, deploy_fn, host=h)
+
             with serving(facts):
                 with ctx_state.use(state):
-                    Pool(len(hosts) or 1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+                    Pool(len(hosts) or 1).map(prepare, hosts)
                 phase("prepare")
                 if check:
                     say(f"asking {len(state.get_op_order())} operations whether they would change anything "
@@ -197,7 +206,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                 reports[h.name].facts_served = facts.served.get(h.name, 0)
                 facts.save(h.name)
             if check:
-                return ConvergeReport(reports, time.monotonic() - started, phases, slowest)
+                return ConvergeReport(reports, time.monotonic() - started, phases, slowest, cpu)
         except PyinfraError as e:
             for h in inventory:
                 if reports[h.name].failed is None and h in state.failed_hosts:
@@ -205,7 +214,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             if not any(r.failed for r in reports.values()):
                 raise
         if check:
-            return ConvergeReport(reports, time.monotonic() - started, phases, slowest)
+            return ConvergeReport(reports, time.monotonic() - started, phases, slowest, cpu)
         _collect(state, inventory, reports)
         if after_roles:
             _after_roles(state, inventory, reports, say, looks)
@@ -213,7 +222,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
     finally:
         gevent.killall(list(looks.values()))  # a converge that stopped early: no look-ahead left reading
         disconnect_all(state)
-    return ConvergeReport(reports, time.monotonic() - started, phases, slowest)
+    return ConvergeReport(reports, time.monotonic() - started, phases, slowest, cpu)
 
 
 @contextmanager

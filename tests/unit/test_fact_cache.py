@@ -61,11 +61,9 @@ def converge_locally(cache_dir, deploy_fn, run: bool) -> FactCache:
     try:
         hosts = list(state.inventory.get_active_hosts())
         cache = FactCache(cache_dir)
-        with ctx_state.use(state):
-            Pool(1).map(cache.prefetch, hosts)
         with serving(cache):
             with ctx_state.use(state):
-                Pool(1).map(lambda h: add_deploy(state, deploy_fn, host=h), hosts)
+                Pool(1).map(lambda h: (cache.prefetch(h), add_deploy(state, deploy_fn, host=h)), hosts)
             if run:
                 run_ops(state)
         cache.save("@local")
@@ -159,3 +157,49 @@ def test_the_batched_reads_run_at_the_lowest_cpu_and_disk_priority(tmp_path):
     assert seen["nice"] == str(os.nice(0))
     converge_locally(tmp_path / "facts", asking, run=False)
     assert seen == {"nice": "19", "io": "best-effort: prio 7"}
+
+
+def test_each_fact_is_run_as_pyinfra_would_run_it(tmp_path, monkeypatch):
+    """How a fact runs (sudo, environment, ...) is worked out once per operation, not once per fact: the
+    same as pyinfra's own answer for facts asked in a deploy, a nested deploy with its own arguments, an
+    operation with its own, a condition checked as operations run, and a fact with arguments of its own."""
+    from pyinfra.api import facts as pyinfra_facts
+    from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+    from pyinfra.operations import files, server
+
+    from hastack import fact_cache
+
+    fast, compared, differ = fact_cache._fact_arguments, [], []
+
+    def both(cache, state, host_, cls, args, kwargs):
+        mine = fast(cache, state, host_, cls, args, kwargs)
+        fact_kwargs, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host_, cls, args, kwargs)
+        fact_kwargs.pop("self", None)
+        theirs = (fact_kwargs, {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS})
+        compared.append(mine[1].get("_env"))
+        if mine != theirs:
+            differ.append((cls.__name__, mine, theirs))
+        return mine
+
+    monkeypatch.setattr(fact_cache, "_fact_arguments", both)
+    path = managed(tmp_path)
+    path.write_text("a\n")
+
+    @deploy("inner")
+    def inner():
+        host.get_fact(File, path=str(path))
+
+    @deploy("outer")
+    def outer():
+        host.get_fact(File, path=str(path))
+        inner(_env={"FROM": "deploy"})
+        files.directory(name="a directory", path=str(path.parent), _env={"FROM": "operation"})
+        host.get_fact(Command, "true", _env={"FROM": "fact"})
+        server.shell(name="a condition", commands=["true"],
+                     _if=lambda: host.get_fact(Sha1File, path=str(path)) is not None)
+        host.get_fact(Sha1File, path=str(path))
+
+    converge_locally(tmp_path / "facts", outer, run=True)
+    assert not differ
+    assert {"FROM": "deploy"} in compared and {"FROM": "operation"} in compared and {"FROM": "fact"} in compared
+    assert compared.count({}) >= 3
