@@ -66,14 +66,6 @@ def fact_cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hastack" / "facts"
 
 
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value, sort_keys=True)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 class FactCache:
     """Per host: the facts recorded (``recorded``), and the answers taken at the start (``answers``)."""
 
@@ -85,7 +77,7 @@ class FactCache:
         self.served: dict[str, int] = {}
         self.asked: dict[str, int] = {}
         self.changed = False  # an operation ran a command somewhere: every fact is asked live from now on
-        # per host: the operation (or deploy) its last fact was asked in, and how facts run there (sudo, ...)
+        # per host: the deploy its last fact outside an operation was asked in, and how facts run there
         self.executors: dict[str, tuple] = {}
 
     # -- the record, on disk between converges
@@ -120,9 +112,12 @@ class FactCache:
 
     def record(self, host_name: str, cls, fact_kwargs: dict, executor: dict) -> str | None:
         """The fact's key; None when it cannot be recorded (arguments that are not plain data)."""
-        if not (_jsonable(fact_kwargs) and _jsonable(executor)) or "." in cls.__qualname__:
+        if "." in cls.__qualname__:
             return None
-        key = self.key(cls, fact_kwargs, executor)
+        try:  # self.key's, for arguments that are plain data (one pass: some 5,000 facts in a converge)
+            key = json.dumps([cls.__module__, cls.__qualname__, fact_kwargs, executor], sort_keys=True)
+        except (TypeError, ValueError):
+            return None
         with self.lock:
             self.recorded.setdefault(host_name, {})[key] = {
                 "module": cls.__module__, "name": cls.__qualname__, "kwargs": fact_kwargs, "executor": executor}
@@ -247,22 +242,30 @@ _original_get_fact = pyinfra_facts._get_fact
 def _fact_arguments(cache: FactCache, state, host, cls, args, kwargs) -> tuple[dict, dict]:
     """A fact's own arguments, and how it is run (sudo or not, ...): pyinfra's _handle_fact_kwargs, with the
     global arguments worked out once per operation (or deploy) instead of once per fact: reading each of
-    them from the host's data for each of some 5,000 facts was a fifth of a no-op converge's CPU."""
+    them from the host's data for each of some 5,000 facts was a fifth of a no-op converge's CPU.
+    ``tests/unit/test_fact_cache.py`` holds it to pyinfra's answer."""
     kwargs = kwargs or {}
     if not _global_keys().isdisjoint(kwargs):  # the fact is asked with its own sudo (or other) settings
         fact_kwargs, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host, cls, args, kwargs)
         fact_kwargs.pop("self", None)
         return fact_kwargs, {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
-    # the same objects as for the host's last fact: the same operation (or deploy), the same answer
-    context = (host, host.current_op_global_arguments, host.current_deploy_kwargs, host.current_deploy_data)
-    last = cache.executors.get(host.name)
-    if last is None or any(a is not b for a, b in zip(last[:4], context, strict=True)):
-        global_kwargs, _ = pop_global_arguments(state, host, dict(context[1] or {}))
-        last = cache.executors[host.name] = (*context, {k: v for k, v in global_kwargs.items()
-                                                         if k in CONNECTOR_ARGUMENT_KEYS})
+    op_arguments = host.current_op_global_arguments
+    if op_arguments is not None:
+        # inside an operation: pyinfra has made its global arguments already (the one with a handler,
+        # _env, gives the same value when handled again)
+        executor = {k: op_arguments[k] for k in CONNECTOR_ARGUMENT_KEYS}
+    else:
+        # outside one: the same objects as for the host's last fact (the same deploy), the same answer
+        context = (host, host.current_deploy_kwargs, host.current_deploy_data)
+        last = cache.executors.get(host.name)
+        if last is None or any(a is not b for a, b in zip(last[:3], context, strict=True)):
+            global_kwargs, _ = pop_global_arguments(state, host, {})
+            last = cache.executors[host.name] = (*context, {k: v for k, v in global_kwargs.items()
+                                                             if k in CONNECTOR_ARGUMENT_KEYS})
+        executor = dict(last[3])
     fact_kwargs = getcallargs(cls().command, *(args or []), **kwargs) if args or kwargs else {}
     fact_kwargs.pop("self", None)
-    return fact_kwargs, dict(last[4])
+    return fact_kwargs, executor
 
 
 @functools.cache
