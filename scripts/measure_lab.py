@@ -4,9 +4,10 @@
 cold:   from no machines (lab down) to every machine booted and converged;
         the base image and the apt cache are kept, as on a second day.
         --from-scratch also removes the base image and the apt cache.
-warm:   a converge over the unchanged lab (must report zero changes), phase by phase; the facts
-        it took from one command per host (hastack.fact_cache) and those it
-        asked one by one.
+warm:   a converge over the unchanged lab (must report zero changes), phase by phase (facts: until
+        the last host's answers are in, its operations prepared as each host's arrive); this
+        process's CPU; the facts it took from one command per host (hastack.fact_cache) and
+        those it asked one by one.
 floor:  the least a converge can cost: connect to every host over SSH and
         gather one trivial fact (the hostname), with the same pyinfra setup.
 
@@ -78,7 +79,7 @@ def main() -> None:
         if not result["converge"].ok:
             raise RuntimeError("cold converge failed")
 
-    warm, floors, served, asked, warm_phases = [], [], [], [], []
+    warm, floors, served, asked, warm_phases, warm_cpu = [], [], [], [], [], []
     entries = lab.inventory_entries()
     for _ in range(args.runs):
         report = converge(entries)
@@ -86,6 +87,7 @@ def main() -> None:
             raise RuntimeError(f"warm converge failed or changed {report.changes} operations")
         warm.append(report.seconds)
         warm_phases.append(report.phases)
+        warm_cpu.append(report.cpu)
         served.append(sum(r.facts_served for r in report.hosts.values()))
         asked.append(sum(r.facts_asked for r in report.hosts.values()))
         floors.append(floor(entries))
@@ -101,6 +103,9 @@ def main() -> None:
     show("warm re-converge (0 changes)", warm)
     for key in ("connect", "facts", "prepare", "run", "after roles"):
         show(f"  of which {key}", [p[key] for p in warm_phases if key in p])
+    show("  the operator's CPU", [sum(c.values()) for c in warm_cpu])
+    for key in ("facts", "run"):
+        show(f"    of which {key}", [c[key] for c in warm_cpu if key in c])
     show("floor (1 fact per host)", floors)
     print(f"facts while preparing (all hosts, last run): {served[-1]} from one command per host, "
           f"{asked[-1]} asked one by one")
