@@ -108,15 +108,15 @@ class FactCache:
     # -- keys
     @staticmethod
     def key(cls, fact_kwargs: dict, executor: dict) -> str:
-        return json.dumps([cls.__module__, cls.__qualname__, fact_kwargs, executor], sort_keys=True, default=repr)
+        return json.dumps([cls.__module__, cls.__qualname__, fact_kwargs, executor], sort_keys=True)
 
     def record(self, host_name: str, cls, fact_kwargs: dict, executor: dict) -> str | None:
         """The fact's key; None when it cannot be recorded (arguments that are not plain data)."""
         if "." in cls.__qualname__:
             return None
-        try:  # self.key's, for arguments that are plain data (one pass: some 5,000 facts in a converge)
-            key = json.dumps([cls.__module__, cls.__qualname__, fact_kwargs, executor], sort_keys=True)
-        except (TypeError, ValueError):
+        try:
+            key = self.key(cls, fact_kwargs, executor)
+        except (TypeError, ValueError):  # not plain data
             return None
         with self.lock:
             self.recorded.setdefault(host_name, {})[key] = {

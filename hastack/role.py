@@ -75,14 +75,16 @@ class AfterRoles:
     looked: Any = None
 
 
-def on_each(run: Callable[[str, str, float], tuple[bool, str, str]], names: Iterable[str], command: str,
-            timeout: float = 30) -> dict[str, tuple[bool, str, str]]:
-    """``command`` on each of ``names`` at once, each over its host's own connection: name -> (ok, stdout,
-    stderr). A converge's steps read their hosts' marks this way: one round trip for all, not one per host."""
+def holds_on_each(run: Callable[[str, str, float], tuple[bool, str, str]], names: Iterable[str],
+                  condition: str) -> dict[str, bool]:
+    """Whether the shell ``condition`` holds on each of ``names``, asked of all at once, each over its host's
+    own connection. A converge's steps read their hosts' marks this way: one round trip for all, not one per
+    host."""
     from gevent.pool import Pool  # the converge's connections are gevent's (hastack.launch)
 
     names = list(names)
-    return dict(zip(names, Pool(len(names) or 1).map(lambda name: run(name, command, timeout), names), strict=True))
+    answers = Pool(len(names) or 1).map(lambda name: run(name, f"{condition} && echo yes || true", 30), names)
+    return {name: out.strip() == "yes" for name, (_, out, _) in zip(names, answers, strict=True)}
 
 
 class AfterRolesError(RuntimeError):

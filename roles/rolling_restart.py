@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
-from hastack.role import AfterRoles, AfterRolesError, on_each
+from hastack.role import AfterRoles, AfterRolesError, holds_on_each
 
 # host -> what is not healthy yet, or None when healthy
 Health = Callable[[Callable[[str, str, float], tuple[bool, str, str]], str, Mapping], str | None]
@@ -89,8 +89,8 @@ class RollingRestart:
     clock: Callable[[], float] = time.monotonic
 
     def marked(self, step: AfterRoles) -> list[str]:
-        found = on_each(step.run, step.hosts, f"test -e {self.mark} && echo yes || true")
-        return [name for name in step.hosts if found[name][1].strip() == "yes"]
+        found = holds_on_each(step.run, step.hosts, f"test -e {self.mark}")
+        return [name for name in step.hosts if found[name]]
 
     def wait_healthy(self, step: AfterRoles, names: Iterable[str]) -> dict[str, str]:
         """Until each of ``names`` is healthy, or the timeout: what is still wrong, by host ({} when all are)."""

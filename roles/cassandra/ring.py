@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from hastack.role import AfterRoles, AfterRolesError, on_each
+from hastack.role import AfterRoles, AfterRolesError, holds_on_each
 
 Run = Callable[[str, str, float], tuple[bool, str, str]]
 
@@ -79,11 +79,6 @@ class Ring:
 
     def _test(self, name: str, condition: str) -> bool:
         return self.run(name, f"{condition} && echo yes || true", 30)[1].strip() == "yes"
-
-    def _test_each(self, names: list[str], condition: str) -> dict[str, bool]:
-        """``_test`` on every node of ``names`` at once."""
-        return {name: out.strip() == "yes"
-                for name, (_, out, _) in on_each(self.run, names, f"{condition} && echo yes || true").items()}
 
     def active(self, name: str) -> bool:
         return self._test(name, "systemctl is-active --quiet cassandra.service")
@@ -174,7 +169,7 @@ class Ring:
             via, ring = self.view()
 
         # starting one node does not start or stop another: which run is read once, for all
-        active = self._test_each(names, "systemctl is-active --quiet cassandra.service")
+        active = holds_on_each(self.run, names, "systemctl is-active --quiet cassandra.service")
         for name in names:
             address = self.nodes[name]
             if active[name]:
@@ -208,7 +203,7 @@ class Ring:
             via, ring = self.view()
 
         # the deploy marks nodes, this step only removes marks: read once, for all
-        marked = self._test_each(names, f"test -e {RESTART_MARK}")
+        marked = holds_on_each(self.run, names, f"test -e {RESTART_MARK}")
         for name in names:
             if marked[name]:
                 _, ring = self.view(exclude=name)
@@ -236,7 +231,7 @@ class Ring:
                 actions.append((names[0], "secured: " + "; ".join(out.strip().splitlines())))
             self._ok(names[0], f"touch {AUTH_DONE}")
 
-        cleanup = self._test_each(names, f"test -e {CLEANUP_MARK}")
+        cleanup = holds_on_each(self.run, names, f"test -e {CLEANUP_MARK}")
         for name in names:
             if cleanup[name]:
                 self.log(f"{name}: nodetool cleanup (ranges moved)")
