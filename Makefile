@@ -8,7 +8,7 @@ STACK ?= prod
 # node for the CI workflows: tests/templates/test_workflows.py)
 HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps kmod \
 	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd \
-	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium shellcheck nodejs
+	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium shellcheck nodejs aide
 # the lab runs its own instances of these (the uptime probe): the system services stay off
 HOST_SERVICES_OFF := prometheus prometheus-alertmanager prometheus-blackbox-exporter
 

@@ -132,6 +132,10 @@ def converge_host() -> None:
         fn = role_deploy(role)
         if fn is not None:
             fn()
+    if "base" in host.data.roles:
+        from roles.base.deploy import renew_integrity_baseline
+
+        renew_integrity_baseline()  # last: it looks at every operation before it
 
 
 def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,

@@ -13,12 +13,15 @@ from pyinfra import host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt
 
+from roles.base.config import CONVERGE_ENV
+
 LISTS_MAX_AGE = 3600  # seconds
 
 
 def install(name: str, packages: list[str], **kwargs):
-    """apt.packages for ``packages`` (its keyword arguments pass through); returns the operation."""
+    """apt.packages for ``packages`` (its keyword arguments pass through); returns the operation. The
+    converge renews the file integrity baseline once at its end, not after each package run."""
     installed = host.get_fact(DebPackages) or {}
     missing = [p for p in packages if p not in installed]
     return apt.packages(name=name, packages=packages, update=bool(missing),
-                        cache_time=LISTS_MAX_AGE if missing else None, **kwargs)
+                        cache_time=LISTS_MAX_AGE if missing else None, _env=CONVERGE_ENV, **kwargs)

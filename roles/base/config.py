@@ -86,7 +86,7 @@ PENDING_SECURITY = (
     f'{{ echo "$k"; {_ASK_APT}; }} > $c.new && mv $c.new $c; }} && tail -n +2 $c')
 # in one apt run (unattended-upgrade takes the same packages in many small dpkg runs: minutes per host);
 # configuration files an admin changed are kept
-SECURITY_UPGRADE = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade --no-install-recommends "
+SECURITY_UPGRADE = ("HASTACK_CONVERGE=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade --no-install-recommends "
                     "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {packages}")
 # the services still running replaced code after it, each marked for its role's rolling restart
 MARK_RESTARTS = ("needrestart -b -r l 2>/dev/null | sed -n 's/^NEEDRESTART-SVC: //p' | while read -r unit; do "
@@ -115,6 +115,26 @@ SHELL_PROFILE = "/etc/profile.d/hastack.sh"
 # needrestart lists what runs old libraries and never restarts anything itself: a data service restarts
 # through its role (the pairs and the ring one node at a time), not because apt ran on every host at once
 NEEDRESTART = "/etc/needrestart/conf.d/hastack.conf"
+# File integrity (hastack-integrity): AIDE over what no package owns, debsums over what packages own.
+# A daily check; a converge that changed the host, and a package run outside a converge (unattended
+# upgrades), take their changes into the baseline; what they took in is logged and shipped off the host.
+AIDE_CONF = "/etc/aide/aide.conf"
+AIDE_DB = "/var/lib/aide/aide.db"
+INTEGRITY = "/usr/local/sbin/hastack-integrity"
+INTEGRITY_UNIT = "/etc/systemd/system/hastack-integrity.service"
+INTEGRITY_TIMER = "/etc/systemd/system/hastack-integrity.timer"
+INTEGRITY_METRICS = "/var/lib/prometheus/node-exporter/hastack_integrity.prom"
+INTEGRITY_APT_HOOK = "/etc/apt/apt.conf.d/90hastack-integrity"
+# a converge's package runs set it: the converge renews the baseline once, at its end
+CONVERGE_ENV = {"HASTACK_CONVERGE": "1"}
+# what AIDE watches (regular expressions): configuration, local programs, SSH keys, crontabs
+INTEGRITY_PATHS = ("/etc", "/usr/local", "/opt", r"/root/\.ssh", r"/home/[^/]+/\.ssh", "/var/spool/cron")
+# what the system or a service rewrites as it runs (Sentinel records the primary it follows)
+INTEGRITY_EXCLUDED = ("/etc/mtab", "/etc/adjtime", r"/etc/ld\.so\.cache", r"/etc/resolv\.conf",
+                      r"/etc/redis/sentinel\.conf")
+# the last operation of a converge: runs only when an earlier one changed the host
+INTEGRITY_ACCEPT_CONVERGE = f"{INTEGRITY} accept converge"
+
 # /etc/login.defs: new files not world-readable, new homes private, password ages for any account that
 # ever gets a password (admins have none: keys only)
 LOGIN_DEFS = "/etc/login.defs"
@@ -197,6 +217,11 @@ def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str,
         SHELL_PROFILE: {"idle_logout_seconds": data["base_idle_logout_seconds"]},
         NEEDRESTART: {},
         POLICY_RC: {"services": UPGRADE_HELD_SERVICES},
+        AIDE_CONF: {"database": AIDE_DB, "paths": INTEGRITY_PATHS, "excluded": INTEGRITY_EXCLUDED},
+        INTEGRITY: {"config": AIDE_CONF, "database": AIDE_DB, "metrics": INTEGRITY_METRICS},
+        INTEGRITY_UNIT: {"script": INTEGRITY},
+        INTEGRITY_TIMER: {},
+        INTEGRITY_APT_HOOK: {"script": INTEGRITY, "converge_env": next(iter(CONVERGE_ENV))},
     }
 
 

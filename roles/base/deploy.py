@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from io import StringIO
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
 from pyinfra.api import deploy
 from pyinfra.facts.files import Directory, File, FindInFile, Sha1File
 from pyinfra.facts.server import Command, Hostname, Users
@@ -42,7 +42,8 @@ PACKAGES = [
     # apt_info every 15 min: node_reboot_required and pending upgrades, for monitoring
     "prometheus-node-exporter-collectors",
     "needrestart",  # which services and kernel run replaced libraries (listed, never restarted: see NEEDRESTART)
-    "debsums",  # checks installed files against their packages' checksums
+    "debsums",  # checks installed files against their packages' checksums (hastack-integrity)
+    "aide",  # and what no package owns (without aide-common: the configuration and the timer are ours)
     "libpam-pwquality",  # a password set on a host (logins are keys only) must be a strong one
     "acct",  # process accounting: every command that ran, by whom (lastcomm), kept a month on the host
     journal_shipping.PACKAGE,  # the journal shipped to the monitoring host: the audit trail off the host
@@ -171,6 +172,32 @@ def _hardening(tvars):
                  _if=lambda: host.get_fact(Command, c.ASSEMBLER_MODE) not in ("", "750"))
 
 
+def _integrity(tvars):
+    """The file integrity check (config.py: File integrity): AIDE's configuration, the script, its daily
+    timer, and the apt hook that renews the baseline after a package run outside a converge."""
+    files.directory(name="AIDE configuration directory", path="/etc/aide", user="root", group="root", mode="0755")
+    files.directory(name="AIDE database directory", path="/var/lib/aide", user="root", group="root", mode="0700")
+    _template(tvars, c.AIDE_CONF, mode="0600")
+    _template(tvars, c.INTEGRITY, mode="0700")
+    _template(tvars, c.INTEGRITY_APT_HOOK)
+    unit = _template(tvars, c.INTEGRITY_UNIT)
+    timer = _template(tvars, c.INTEGRITY_TIMER)
+    systemd.service(name="Integrity check timer", service="hastack-integrity.timer", running=True, enabled=True,
+                    daemon_reload=unit.will_change or timer.will_change, restarted=timer.will_change)
+
+
+def renew_integrity_baseline():
+    """A converge's last operation: when an earlier one changed this host, what changed becomes the file
+    integrity baseline, each difference logged (and shipped off the host). Nothing runs otherwise."""
+    me, run = host._get_module(), state._get_module()  # the objects: the check runs after this deploy's context
+
+    def changed_earlier() -> bool:
+        return any(d.operation_meta.is_complete() and d.operation_meta.did_change() for d in run.ops[me].values())
+
+    server.shell(name="Integrity baseline: this converge's changes taken in", commands=[c.INTEGRITY_ACCEPT_CONVERGE],
+                 _if=changed_earlier)
+
+
 def _sshd(tvars):
     include = None
     if not host.get_fact(FindInFile, path="/etc/ssh/sshd_config", pattern=r"^Include /etc/ssh/sshd_config\.d/\*\.conf"):
@@ -233,6 +260,7 @@ def base():
     _stack_ca()
     journal_shipping.upload()
     _hardening(tvars)
+    _integrity(tvars)
 
     _sshd(tvars)
     _firewall(tvars)

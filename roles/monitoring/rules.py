@@ -17,6 +17,8 @@ ALERTS: dict[str, str] = {
     "DiskAlmostFull": "A real filesystem is more than 85 % full.",
     "DiskFillingUp": "A filesystem will be full within 24 h at the rate of the last 6 h.",
     "RebootRequired": "A host needs a reboot to apply installed updates.",
+    "HostFilesChanged": "Files differ from the host's integrity baseline (AIDE) or from their packages (debsums).",
+    "IntegrityCheckTooOld": "A host's daily file integrity check has not run to its end for 26 h.",
     "LoadBalancerFloatingIPOwners": "Not exactly one load balancer holds the floating IP.",
     "FloatingIPMoved": "The floating IP moved to another load balancer in the last 10 minutes.",
     "FloatingIPWithheld": "A MASTER load balancer has not taken the floating IP from its peer for a minute.",

@@ -55,6 +55,11 @@ def _shell_profile(stack: str) -> str:
                   **base.template_vars(host.name, host_data(stack, host, "base"))[base.SHELL_PROFILE])
 
 
+def _integrity(stack: str) -> str:
+    host = _first(stack, "redis")
+    return render("base", base.INTEGRITY, **base.template_vars(host.name, host_data(stack, host, "base"))[base.INTEGRITY])
+
+
 # the template (under templates/) -> how a host's copy is rendered
 RENDERERS = {
     "loadbalancer/usr/local/lib/hastack/check-haproxy.j2": _check_haproxy,
@@ -62,6 +67,7 @@ RENDERERS = {
     "mariadb/usr/local/sbin/hastack-mariadb-join.j2": _mariadb_join,
     "base/usr/sbin/policy-rc.d.j2": _policy_rc,
     "base/etc/profile.d/hastack.sh.j2": _shell_profile,
+    "base/usr/local/sbin/hastack-integrity.j2": _integrity,
 }
 
 

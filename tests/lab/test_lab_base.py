@@ -407,3 +407,40 @@ def test_the_stack_ca_is_trusted_by_the_services_only(lab):
     system = lab.exec("lab-app1", ["openssl", "verify", "-CAfile", "/etc/ssl/certs/ca-certificates.crt",
                                    "/etc/hastack-app/tls.crt"])
     assert system.returncode != 0 and "unable to get local issuer certificate" in system.stdout + system.stderr
+
+
+def test_a_file_added_by_hand_is_found_by_the_integrity_check_alerted_and_on_record_off_the_host(lab):
+    """A cron job dropped by hand (what an intruder or a departing admin might leave): the daily check finds it,
+    Prometheus alerts on that host, and the difference is in the host's journal on the monitoring host. Taken
+    away again, the next check is clean and the alert goes."""
+    import time
+
+    from roles.base.config import INTEGRITY_METRICS
+    from roles.journal_shipping import REMOTE_DIR
+    from tests.support.lab import wait_for
+    from tests.support.monitoring import firing, monitoring_host
+
+    victim, planted = "lab-redis2", "/etc/cron.d/hastack-test-planted"
+
+    def check() -> dict[str, float]:
+        started = time.monotonic()
+        lab.exec(victim, ["systemctl", "start", "hastack-integrity.service"], check=True)
+        print(f"integrity check on {victim}: {time.monotonic() - started:.1f} s")
+        text = lab.exec(victim, ["cat", INTEGRITY_METRICS], check=True).stdout
+        return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("hastack_integrity_changes{")}
+
+    assert check() == {"added": 0, "removed": 0, "changed": 0, "package": 0}
+    lab.exec(victim, ["sh", "-c", f"echo '* * * * * root true' > {planted}"], check=True)
+    try:
+        assert check() == {"added": 1, "removed": 0, "changed": 0, "package": 0}
+        wait_for(lambda: ("HostFilesChanged", victim) in firing(lab), 90, f"HostFilesChanged on {victim}")
+        sink = monitoring_host(lab)
+        shipped = f"{REMOTE_DIR}/remote-{lab.topo.host(victim).private_ip}*.journal"
+        wait_for(lambda: planted in lab.exec(sink, ["journalctl", "--file", shipped, "SYSLOG_IDENTIFIER=hastack-integrity",
+                                                    "-o", "cat", "--no-pager"]).stdout,
+                 60, f"the check's record of {planted} on {sink}")
+    finally:
+        lab.exec(victim, ["rm", "-f", planted], check=True)
+    assert check() == {"added": 0, "removed": 0, "changed": 0, "package": 0}
+    wait_for(lambda: ("HostFilesChanged", victim) not in firing(lab), 90, f"HostFilesChanged on {victim} to end")

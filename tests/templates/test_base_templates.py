@@ -1,7 +1,7 @@
 """The base role's templates, rendered with real stack data and checked by the
-programs that read them on hosts: sshd, nft, visudo, apt-config.
+programs that read them on hosts: sshd, nft, visudo, apt-config, aide.
 
-These tests need those programs (openssh-server, nftables, sudo, apt) and root
+These tests need those programs (openssh-server, nftables, sudo, apt, aide) and root
 (nft -c talks to the kernel; sshd -t wants its privilege separation
 directory); a missing program fails the test instead of skipping it.
 """
@@ -408,3 +408,35 @@ def test_package_upgrades_never_stop_or_restart_a_replicated_service(tmp_path, a
     """policy-rc.d as invoke-rc.d and deb-systemd-invoke call it in maintainer scripts: 101 forbids."""
     script = write(tmp_path / "policy-rc.d", rendered("prod", "mariadb")[c.POLICY_RC], 0o755)
     assert run(script, *args, ok=False).returncode == code
+
+
+# ------------------------------------------------------------------ file integrity
+def test_aide_configuration_passes_aide_and_watches_what_no_package_owns(tmp_path):
+    aide = tool("aide")
+    text = rendered("prod", "mariadb")[c.AIDE_CONF]
+    run(aide, "--config", write(tmp_path / "aide.conf", text, 0o600), "-D")
+    # aide does catch a broken file, so the template's check means something
+    broken = write(tmp_path / "broken.conf", text + "/srv NoSuchGroup\n", 0o600)
+    assert run(aide, "--config", broken, "-D", ok=False).returncode != 0
+    selected = [line.split()[0] for line in text.splitlines() if line.startswith("/")]
+    assert set(selected) == set(c.INTEGRITY_PATHS) and "/usr/bin" not in selected  # package files: debsums
+    assert f"database_in=file:{c.AIDE_DB}" in text and "sha512" in text
+
+
+def test_package_runs_renew_the_integrity_baseline_except_a_converges(tmp_path):
+    """The apt hook as apt reads it, run as dpkg runs it: outside a converge it renews the baseline, in one
+    (whose package runs set the variable) it leaves that to the converge's end."""
+    hook = write(tmp_path / "90hastack-integrity", rendered("prod", "app")[c.INTEGRITY_APT_HOOK])
+    dumped = run(tool("apt-config"), "-c", hook, "dump", "DPkg::Post-Invoke").stdout
+    ours = [cmd for cmd in re.findall(r'^DPkg::Post-Invoke:: "(.*)";$', dumped, re.M) if c.INTEGRITY in cmd]
+    assert len(ours) == 1, dumped  # (the host's own hooks are in the dump too)
+    command = ours[0]
+    ran = tmp_path / "ran"
+    fake = write(tmp_path / "hastack-integrity", f"#!/bin/sh\necho \"$@\" >> {ran}\n", 0o755)
+    command = command.replace(c.INTEGRITY, str(fake))
+    env = {"PATH": "/usr/bin:/bin"}
+    subprocess.run(["sh", "-c", command], env={**env, **c.CONVERGE_ENV}, check=True)
+    assert not ran.exists()
+    subprocess.run(["sh", "-c", command], env=env, check=True)
+    assert ran.read_text() == "accept packages\n"
+    assert "HASTACK_CONVERGE=1 " in c.SECURITY_UPGRADE  # the converge's own upgrade: no renewal per run

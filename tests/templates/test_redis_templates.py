@@ -53,7 +53,7 @@ def test_redis_listens_on_tls_only_on_the_private_address(stack):
     for host in topo.hosts_with_role("redis"):
         data = host_data(stack, host, "redis")
         lines = render("redis", rc.SETTINGS, **redis_vars(stack, host)[rc.SETTINGS]).splitlines()
-        assert f"bind {host.private_ip} 127.0.0.1" in lines and "port 0" in lines
+        assert f"bind 127.0.0.1 {host.private_ip}" in lines and "port 0" in lines
         assert f"tls-port {REDIS_PORT}" in lines and "tls-replication yes" in lines
         assert "protected-mode yes" in lines and f"replica-announce-ip {host.private_ip}" in lines
         assert "masteruser replica" in lines and f"masterauth {data['redis_passwords']['replica']}" in lines
