@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from gevent.pool import Pool
+
 from hastack.role import AfterRoles, AfterRolesError, holds_on_each
 
 Run = Callable[[str, str, float], tuple[bool, str, str]]
@@ -113,8 +115,10 @@ class Ring:
                 continue
             ring = self.status(name)
             if ring and ring.get(address) and ring[address].state == "UN":
-                others = [n for n in self.nodes if n != name and self.active(n)]
-                views = [self.status(n) for n in others]
+                running = holds_on_each(self.run, [n for n in self.nodes if n != name],
+                                        "systemctl is-active --quiet cassandra.service")
+                others = [n for n, up in running.items() if up]
+                views = Pool(len(others) or 1).map(self.status, others)  # a JVM each: all at once
                 if all(v and v.get(address) and v[address].state == "UN" for v in views):
                     return
                 last = "not yet Up/Normal for every member"
@@ -224,10 +228,10 @@ class Ring:
                 # roles are then missing on some replicas; copy them there and try once more
                 self.log(f"{names[0]}: securing the ring failed ({(err or out).strip()[-200:]}); "
                          "repairing system_auth and trying again")
-                self._repair_auth(names)
+                self._repair_auth(names, replication_factor)
                 out = self._ok(names[0], secure, 300)
             if out.strip():
-                self._repair_auth(names)  # the auth data on every new replica
+                self._repair_auth(names, replication_factor)  # the auth data on every new replica
                 actions.append((names[0], "secured: " + "; ".join(out.strip().splitlines())))
             self._ok(names[0], f"touch {AUTH_DONE}")
 
@@ -240,8 +244,10 @@ class Ring:
                 actions.append((name, "cleaned up ranges it no longer owns"))
         return actions
 
-    def _repair_auth(self, names: list[str]) -> None:
-        for name in names:
+    def _repair_auth(self, names: list[str], replication_factor: int) -> None:
+        # a full repair on one node syncs every range that node holds: with no more nodes than the
+        # replication factor, each holds them all, so one repair covers the ring
+        for name in names if len(names) > replication_factor else names[:1]:
             self._ok(name, "nodetool repair --full system_auth", 1800)
 
     def decommission(self, name: str, replication_factor: int) -> None:

@@ -10,15 +10,20 @@ from roles.cassandra import auth
 from roles.cassandra.ring import AUTH_DONE, AUTH_SCRIPT, Ring, RingError
 
 NODES = {"c1": "10.0.1.80", "c2": "10.0.1.81", "c3": "10.0.1.82"}
-STATUS = "\n".join(f"UN  {a}  1 MiB  16  ?  {i:08d}-0000-0000-0000-000000000000  rack1"
-                   for i, a in enumerate(NODES.values()))
+FOUR = {**NODES, "c4": "10.0.1.83"}
+
+
+def status(nodes: dict[str, str]) -> str:
+    return "\n".join(f"UN  {a}  1 MiB  16  ?  {i:08d}-0000-0000-0000-000000000000  rack1"
+                     for i, a in enumerate(nodes.values()))
 
 
 class FakeRing:
-    """Three running Up/Normal nodes; the auth script fails `failures` times, then secures."""
+    """Running Up/Normal nodes (three unless told); the auth script fails `failures` times, then secures."""
 
-    def __init__(self, failures: int):
+    def __init__(self, failures: int, nodes: dict[str, str] = NODES):
         self.failures = failures
+        self.status = status(nodes)
         self.commands: list[tuple[str, str]] = []
 
     def run(self, name: str, command: str, timeout: float):
@@ -26,7 +31,7 @@ class FakeRing:
         if command.startswith("systemctl is-active") or "sport = :" in command:
             return True, "yes\n", ""
         if command == "nodetool status":
-            return True, STATUS, ""
+            return True, self.status, ""
         if command.startswith("test "):  # no marks, no data: nothing to start, restart or clean up
             return True, "", ""
         if command.startswith(f"python3 {AUTH_SCRIPT}"):
@@ -37,13 +42,18 @@ class FakeRing:
         return True, "", ""
 
 
-def test_a_failed_secure_repairs_system_auth_on_every_node_then_tries_once_more():
-    fake = FakeRing(failures=1)
-    actions = Ring(dict(NODES), fake.run, poll=0).converge(3, "dc")
+@pytest.mark.parametrize("nodes,repaired", [(NODES, ["c1"]), (FOUR, list(FOUR))], ids=["3-nodes", "4-nodes"])
+def test_a_failed_secure_repairs_system_auth_then_tries_once_more(nodes, repaired):
+    """The repair between the tries covers every range: on one node when each holds all of them (no more
+    nodes than the replication factor, 3), on every node otherwise."""
+    fake = FakeRing(failures=1, nodes=nodes)
+    actions = Ring(dict(nodes), fake.run, poll=0).converge(3, "dc")
     scripts = [i for i, (_, c) in enumerate(fake.commands) if c.startswith(f"python3 {AUTH_SCRIPT}")]
     assert len(scripts) == 2
     between = fake.commands[scripts[0] + 1:scripts[1]]
-    assert [n for n, c in between if c == "nodetool repair --full system_auth"] == list(NODES)
+    assert [n for n, c in between if c == "nodetool repair --full system_auth"] == repaired
+    after = fake.commands[scripts[1] + 1:]  # the auth data on the replicas: the same rule
+    assert [n for n, c in after if c == "nodetool repair --full system_auth"] == repaired
     assert ("c1", "secured: replicated system_auth (dc: 3)") in actions
     assert ("c1", f"touch {AUTH_DONE}") in fake.commands
 
@@ -113,7 +123,7 @@ def test_the_ring_step_starts_from_the_look_ahead_and_reads_the_ring_itself_with
     from hastack.role import AfterRoles
 
     step = AfterRoles(hosts={n: {"cassandra_nodes": NODES} for n in NODES},
-                      run=lambda name, command, timeout=120: (True, STATUS, ""), log=lambda m: None)
+                      run=lambda name, command, timeout=120: (True, status(NODES), ""), log=lambda m: None)
     via, seen = look_ahead(step)
     assert via == "c1" and [m.state for m in seen.values()] == ["UN"] * 3
     down = AfterRoles(hosts=step.hosts, run=lambda name, command, timeout=120: (False, "", "inactive"), log=print)
