@@ -10,6 +10,7 @@ are restarted or reloaded only when a file they read has changed.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from io import StringIO
 
@@ -175,8 +176,10 @@ def _hardening(tvars):
 def _integrity(tvars):
     """The file integrity check (config.py: File integrity): AIDE's configuration, the script, its daily
     timer, and the apt hook that renews the baseline after a package run outside a converge."""
-    files.directory(name="AIDE configuration directory", path="/etc/aide", user="root", group="root", mode="0755")
-    files.directory(name="AIDE database directory", path="/var/lib/aide", user="root", group="root", mode="0700")
+    files.directory(name="AIDE configuration directory", path=posixpath.dirname(c.AIDE_CONF), user="root",
+                    group="root", mode="0755")
+    files.directory(name="AIDE database directory", path=posixpath.dirname(c.AIDE_DB), user="root", group="root",
+                    mode="0700")
     _template(tvars, c.AIDE_CONF, mode="0600")
     _template(tvars, c.INTEGRITY, mode="0700")
     _template(tvars, c.INTEGRITY_APT_HOOK)
