@@ -225,6 +225,44 @@ def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str,
     }
 
 
+# Nothing runs from shared memory or from the device files, and neither holds set-uid programs (nor, for
+# /dev/shm, device files). The fstab lines are what every boot applies (systemd remounts its API file
+# systems as fstab says); a running host mounted otherwise is remounted by the converge.
+FSTAB = "/etc/fstab"
+RESTRICTED_MOUNTS = {  # mount point -> (file system, options)
+    "/dev/shm": ("tmpfs", ("nosuid", "nodev", "noexec")),  # nosec B108: a mount point, no file made there
+    "/dev": ("devtmpfs", ("nosuid", "noexec")),
+}
+
+
+def fstab_line(mount: str) -> str:
+    fs, options = RESTRICTED_MOUNTS[mount]
+    return f"{fs} {mount} {fs} rw,{','.join(options)} 0 0"
+
+
+def fstab_match(mount: str) -> str:
+    """An extended regular expression for a line of fstab that mounts `mount` (not a comment)."""
+    return rf"^[^#[:space:]]+[[:space:]]+{mount}[[:space:]]"
+
+
+def mounted_options(mount: str) -> str:
+    """A command printing which of `mount`'s options it is mounted with, sorted: `wanted_options` when all."""
+    options = RESTRICTED_MOUNTS[mount][1]
+    return (f"findmnt -no OPTIONS --mountpoint {mount} | tr , '\\n' | grep -xE '{'|'.join(options)}' "
+            f"| sort | paste -sd, -")
+
+
+def wanted_options(mount: str) -> str:
+    return ",".join(sorted(RESTRICTED_MOUNTS[mount][1]))
+
+
+def remount(mount: str) -> str:
+    return f"mount -o remount,{','.join(RESTRICTED_MOUNTS[mount][1])} {mount}"
+
+
+# cron's job directories: root's only (cron runs as root and reads them; nobody else needs to)
+CRON_DIRS = ("/etc/cron.d", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cron.monthly")
+
 # the real assembler behind /usr/bin/as (per architecture), 0750 root through dpkg so upgrades keep it
 ASSEMBLER_MODE = "f=$(readlink -f /usr/bin/as 2>/dev/null) && [ -e \"$f\" ] && stat -c %a \"$f\" || true"
 ROOT_ONLY_ASSEMBLER = ('f=$(readlink -f /usr/bin/as) && { dpkg-statoverride --list "$f" >/dev/null '

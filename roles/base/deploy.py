@@ -156,7 +156,8 @@ def _security_updates():
 
 def _hardening(tvars):
     """The legal notice (the sshd Banner shows /etc/issue.net), blocked kernel modules, no core dumps, a
-    strict umask and private homes for new accounts, idle interactive shells logged out, process accounting."""
+    strict umask and private homes for new accounts, idle interactive shells logged out, process accounting,
+    shared memory and device files that run nothing."""
     _template(tvars, c.ISSUE)
     _template(tvars, c.ISSUE_NET)
     _template(tvars, c.MODPROBE)
@@ -168,6 +169,13 @@ def _hardening(tvars):
     systemd.service(name="Process accounting", service="acct.service", running=True, enabled=True)
     server.shell(name="login.defs: umask, home mode, password ages", commands=c.login_defs_commands(),
                  _if=lambda: host.get_fact(Command, c.login_defs_read()) != c.login_defs_wanted())
+    for mount in c.RESTRICTED_MOUNTS:
+        files.line(name=f"{mount} mounted without programs or set-uid at boot", path=c.FSTAB,
+                   line=c.fstab_match(mount), replace=c.fstab_line(mount), extended_regex=True)
+        server.shell(name=f"{mount} without programs or set-uid now", commands=[c.remount(mount)],
+                     _if=lambda m=mount: host.get_fact(Command, c.mounted_options(m)) != c.wanted_options(m))
+    for directory in c.CRON_DIRS:
+        files.directory(name=f"{directory} root's only", path=directory, user="root", group="root", mode="0700")
     # the assembler (binutils, a dependency of needrestart) for root only: nothing on a server builds code
     server.shell(name="Assembler for root only", commands=[c.ROOT_ONLY_ASSEMBLER],
                  _if=lambda: host.get_fact(Command, c.ASSEMBLER_MODE) not in ("", "750"))

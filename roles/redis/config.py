@@ -13,7 +13,11 @@ from roles.redis import acl_hash
 from roles.redis import REDIS_PORT
 
 USERS_ACL = "/etc/redis/users.acl"
-SETTINGS = "/etc/redis/hastack.conf"    # what never changes at runtime; redis.conf includes it
+# what never changes at runtime; redis.conf includes it. In a directory of its own: lynis takes every
+# *.conf directly in /etc/redis for one more Redis configuration, and would count each finding twice.
+SETTINGS_DIR = "/etc/redis/conf.d"
+SETTINGS = f"{SETTINGS_DIR}/hastack.conf"
+FORMER_SETTINGS = "/etc/redis/hastack.conf"  # where earlier versions put it
 REDIS_CONF = "/etc/redis/redis.conf"    # the include and the replication line
 EXPORTER_ARGS = "/etc/default/prometheus-redis-exporter"
 SENTINEL_AUTH = "/etc/redis/.sentinel-auth"  # lets the converge ask the Sentinels, root only
@@ -45,7 +49,8 @@ def settings_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redis_conf_vars(hostname: str, data: Mapping[str, Any], current_primary: str | None = None) -> dict[str, Any]:
-    return {"hostname": hostname, "primary_ip": replica_of(data, current_primary), "port": REDIS_PORT}
+    return {"hostname": hostname, "primary_ip": replica_of(data, current_primary), "port": REDIS_PORT,
+            "settings": SETTINGS}
 
 
 def exporter_vars(data: Mapping[str, Any]) -> dict[str, Any]:

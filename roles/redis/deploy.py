@@ -53,8 +53,12 @@ def redis() -> None:
     files.put(name="Sentinel credential", src=StringIO(pw["sentinel"]), dest=c.SENTINEL_AUTH,
               user="root", group="root", mode="0600")
     acl = template("Redis users", c.USERS_ACL, "redis", "redis", "0640")
-    conf = template("Redis settings", c.SETTINGS, "redis", "redis", "0640")
+    files.directory(name="Redis settings directory", path=c.SETTINGS_DIR, user="root", group="redis",
+                    mode="2750")  # set-group-ID, as /etc/redis has it: chmod keeps it on directories
+    conf = template("Redis settings", c.SETTINGS, "root", "redis", "0640")
     template("Redis configuration", c.REDIS_CONF, "root", "redis", "0640")
+    files.file(name="Redis settings: none left where earlier versions put them", path=c.FORMER_SETTINGS,
+               present=False)
     # a new replication line alone needs no restart: Sentinel already made it so at runtime
     # a running Redis is restarted by the rolling restart (roles/redis/restart.py), one host at a time
     rolling_restart.running("Redis", "redis-server.service", RESTART_MARK, [*tls, acl, conf])

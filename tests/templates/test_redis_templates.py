@@ -73,7 +73,7 @@ def test_persistence_and_memory_limit_are_the_role_defaults():
 def test_replica_line_only_on_replicas_of_the_topology_primary(stack):
     topo, primary, replicas = redis_hosts(stack)
     text = render("redis", rc.REDIS_CONF, **redis_vars(stack, primary)[rc.REDIS_CONF])
-    assert "include /etc/redis/hastack.conf" in text.splitlines() and "replicaof" not in text
+    assert f"include {rc.SETTINGS}" in text.splitlines() and "replicaof" not in text
     for replica in replicas:
         text = render("redis", rc.REDIS_CONF, **redis_vars(stack, replica)[rc.REDIS_CONF])
         assert f"replicaof {primary.private_ip} {REDIS_PORT}" in text.splitlines()
