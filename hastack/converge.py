@@ -190,7 +190,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                 add_deploy(state, deploy_fn, host=h)
 
             with serving(facts):
-                with ctx_state.use(state):
+                with ctx_state.use(state), own_operation_names(state):
                     Pool(len(hosts) or 1).map(prepare, hosts)
                 phase("prepare")
                 if check:
@@ -360,6 +360,36 @@ def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: C
             first.failed = str(e)
 
 
+@contextmanager
+def own_operation_names(state: State):
+    """pyinfra tells operations apart by the line numbers of their calls alone, so operations of different
+    roles on different hosts can share one identity, and pyinfra's set of names for it holds all of theirs:
+    each host's own name is kept here, for the reports to say what changed on that host."""
+    # the module, not the `operation` decorator that pyinfra.api also exports under its name
+    pyinfra_operation = importlib.import_module("pyinfra.api.operation")
+    original = pyinfra_operation.solve_operation_consistency
+    names = state.hastack_own_names = {}
+
+    def solve(op_names, solving_state, h):
+        op_order, op_hash = original(op_names, solving_state, h)
+        # pyinfra passes its context's proxy of the state: the object behind it is this converge's
+        if getattr(solving_state, "_get_module", lambda: solving_state)() is state:
+            names[(h.name, op_hash)] = ", ".join(sorted(op_names))
+        return op_order, op_hash
+
+    pyinfra_operation.solve_operation_consistency = solve
+    try:
+        yield
+    finally:
+        pyinfra_operation.solve_operation_consistency = original
+
+
+def _operation_name(state: State, h, op_hash: str) -> str:
+    """The name of the operation as this host has it (own_operation_names), else pyinfra's names for it."""
+    own = getattr(state, "hastack_own_names", {}).get((h.name, op_hash))
+    return own or ", ".join(sorted(state.get_op_meta(op_hash).names))
+
+
 def _would_change(state: State, h, report: HostReport) -> None:
     """Which of a host's prepared operations would change something, as pyinfra knows before running
     one: its facts against what the operation wants (the operation's commands are generated, not run).
@@ -368,7 +398,7 @@ def _would_change(state: State, h, report: HostReport) -> None:
     with ctx_host.use(h):
         for op_hash in h.op_hash_order:
             data = state.get_op_data_for_host(h, op_hash)
-            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            name = _operation_name(state, h, op_hash)
             report.operations += 1
             if data.global_arguments.get("_if"):
                 report.conditional += 1
@@ -390,7 +420,7 @@ def _collect(state: State, inventory, reports: dict[str, HostReport]) -> None:
         report.access_settled = h in state.activated_hosts
         for op_hash in h.op_hash_order:
             meta = state.get_op_data_for_host(h, op_hash).operation_meta
-            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            name = _operation_name(state, h, op_hash)
             report.operations += 1
             # a name is "deploy | role | operation"
             if name.rsplit(" | ", 1)[-1].startswith(ACCESS) and (not meta.is_complete() or meta.did_error()):

@@ -95,3 +95,23 @@ def test_a_failed_access_operation_names_the_host_where_access_may_remain():
     report = converge({"@local": {"access": "false"}}, deploy_fn=access_then_more, after_roles=False)
     assert not report.hosts["@local"].access_settled
     assert "access not settled on @local: an admin removed from the stack may still log in there" in report.failure()
+
+
+def test_each_host_reports_its_own_name_for_an_operation_that_shares_its_identity_with_anothers():
+    """pyinfra tells operations apart by the line numbers of their calls: one call naming a different
+    operation on each host gives one identity whose set of names holds both. The report takes each host's own."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.operation import add_op
+
+    from hastack.converge import _operation_name, own_operation_names
+
+    state = State(Inventory((["one", "two"], {})), Config())
+    with own_operation_names(state):
+        for h in state.inventory:
+            add_op(state, server.shell, name=f"the step of {h.name}", commands=["true"], host=h)
+    one, two = state.inventory
+    (op_hash,) = one.op_hash_order
+    assert two.op_hash_order == [op_hash]
+    assert state.get_op_meta(op_hash).names == {"the step of one", "the step of two"}
+    assert (_operation_name(state, one, op_hash), _operation_name(state, two, op_hash)) == \
+        ("the step of one", "the step of two")
