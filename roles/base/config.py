@@ -129,9 +129,10 @@ INTEGRITY_APT_HOOK = "/etc/apt/apt.conf.d/90hastack-integrity"
 CONVERGE_ENV = {"HASTACK_CONVERGE": "1"}
 # what AIDE watches (regular expressions): configuration, local programs, SSH keys, crontabs
 INTEGRITY_PATHS = ("/etc", "/usr/local", "/opt", r"/root/\.ssh", r"/home/[^/]+/\.ssh", "/var/spool/cron")
-# what the system or a service rewrites as it runs (Sentinel records the primary it follows)
+# what the system or a service rewrites as it runs (Sentinel records the primary it follows, and has
+# Redis write its running settings into redis.conf at a failover; the settings file it includes is watched)
 INTEGRITY_EXCLUDED = ("/etc/mtab", "/etc/adjtime", r"/etc/ld\.so\.cache", r"/etc/resolv\.conf",
-                      r"/etc/redis/sentinel\.conf")
+                      r"/etc/redis/sentinel\.conf", r"/etc/redis/redis\.conf")
 # the last operation of a converge: runs only when an earlier one changed the host
 INTEGRITY_ACCEPT_CONVERGE = f"{INTEGRITY} accept converge"
 
