@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hastack.lab import Lab  # noqa: E402
-from hastack.lab.lynis import CONTAINER_ONLY, audit  # noqa: E402
+from hastack.lab.lynis import CONTAINER_ONLY, audit_each_role  # noqa: E402
 
 
 def main() -> int:
@@ -27,18 +26,16 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true", help="lynis as it comes (no lab profile)")
     args = parser.parse_args()
     lab = Lab()
-    firsts = {h.role: h.name for h in reversed(lab.topo.hosts)}  # the first host of each role
     skip = () if args.plain else CONTAINER_ONLY
-    with ThreadPoolExecutor(len(firsts)) as pool:
-        results = dict(zip(firsts, pool.map(lambda n: audit(lab, n, skip), firsts.values()), strict=True))
+    results = audit_each_role(lab, skip)
     print(f"lynis hardening index per role ({'as it comes' if args.plain else 'skipping ' + ', '.join(skip)})")
     for role in sorted(results):
-        r = results[role]
-        print(f"  {role:<13} {firsts[role]:<11} index {r.index:>3}   warnings {', '.join(r.warnings) or '-'}")
-    every = sorted(set.intersection(*(set(r.suggestions) for r in results.values())))
+        name, r = results[role]
+        print(f"  {role:<13} {name:<11} index {r.index:>3}   warnings {', '.join(r.warnings) or '-'}")
+    every = sorted(set.intersection(*(set(r.suggestions) for _name, r in results.values())))
     print(f"suggested on every machine ({len(every)}): {', '.join(every)}")
     for role in sorted(results):
-        own = sorted(set(results[role].suggestions) - set(every))
+        own = sorted(set(results[role][1].suggestions) - set(every))
         if own:
             print(f"  only on {role}: {', '.join(own)}")
     return 0

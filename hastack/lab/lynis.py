@@ -10,6 +10,7 @@ file).
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 CONTAINER_ONLY = ("KRNL-6000", "ACCT-9628", "KRNL-5788", "FILE-6310")
@@ -60,3 +61,11 @@ def audit(lab, name: str, skip: tuple[str, ...] = CONTAINER_ONLY) -> Audit:
     found = _FINDING.findall(out)
     return Audit(int(index.group(1)), tuple(sorted({t for k, _, t in found if k == "!"})),
                  tuple(sorted({t for k, _, t in found if k == "*"})))
+
+
+def audit_each_role(lab, skip: tuple[str, ...] = CONTAINER_ONLY) -> dict[str, tuple[str, Audit]]:
+    """role -> (its first machine, lynis's audit of it), the machines audited at once."""
+    firsts = {h.role: h.name for h in reversed(lab.topo.hosts)}
+    with ThreadPoolExecutor(max_workers=len(firsts)) as pool:
+        audits = pool.map(lambda name: audit(lab, name, skip), firsts.values())
+        return {role: (name, a) for (role, name), a in zip(firsts.items(), audits, strict=True)}

@@ -455,11 +455,9 @@ def test_every_role_reaches_a_lynis_hardening_index_of_80_with_no_warning_and_on
     """lynis, Debian's, on the first machine of each role, the tests a container cannot pass skipped
     (hastack/lab/lynis.py says which): an index of at least 80, no warning (vulnerable packages among them),
     and every suggestion left one of the accepted ones, each with its reason."""
-    from hastack.lab.lynis import ACCEPTED, MINIMUM_INDEX, audit
+    from hastack.lab.lynis import ACCEPTED, MINIMUM_INDEX, audit_each_role
 
-    firsts = {h.role: h.name for h in reversed(lab.topo.hosts)}
-    with ThreadPoolExecutor(max_workers=len(firsts)) as pool:
-        audits = dict(zip(firsts, pool.map(lambda name: audit(lab, name), firsts.values()), strict=True))
+    audits = {role: a for role, (_name, a) in audit_each_role(lab).items()}
     assert {role: a.index for role, a in audits.items() if a.index < MINIMUM_INDEX} == {}, audits
     assert {role: a.warnings for role, a in audits.items() if a.warnings} == {}, audits
     unexplained = {role: sorted(set(a.suggestions) - set(ACCEPTED)) for role, a in audits.items()}
