@@ -24,6 +24,11 @@ _PORT = {p.name: p.port for p in PORTS}
 
 # the Prometheus JMX exporter agent's rules (it reloads the file when it changes)
 EXPORTER_CONFIG = f"{CONF_DIR}/jmx-exporter.yaml"
+JMX_PASSWORD_FILE = f"{CONF_DIR}/jmxremote.password"
+# Files a running node reads again by itself, so a change needs no restart: the exporter agent its rules at
+# the next scrape, the JVM's JMX login module the password file at every login (a new JMX password logs in
+# at once and the old one is refused; the access file, by contrast, is read at start only).
+READ_AGAIN_WHEN_USED = (EXPORTER_CONFIG, JMX_PASSWORD_FILE)
 
 # target -> mode; owner cassandra. The JMX files must be readable by their owner alone
 # (the JVM refuses a password file others can read).
@@ -36,7 +41,7 @@ CONFIG_FILES = {
     f"{CONF_DIR}/logback-tools.xml": "0644",
     EXPORTER_CONFIG: "0644",
     f"{CONF_DIR}/jmxremote.access": "0400",
-    f"{CONF_DIR}/jmxremote.password": "0400",
+    JMX_PASSWORD_FILE: "0400",
 }
 UNIT = "/etc/systemd/system/cassandra.service"
 NODETOOL = "/usr/local/bin/nodetool"

@@ -20,8 +20,8 @@ from roles.cassandra import bundle as cassandra_bundle
 from roles.tls_files import issue
 from hastack.templating import template_path
 from roles.cassandra import DEFAULTS
-from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, EXPORTER_CONFIG, LOG_DIR, NODETOOL, REPAIR_SERVICE,
-                                    REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
+from roles.cassandra.config import (CONF_DIR, CONFIG_FILES, DATA_DIR, LOG_DIR, NODETOOL, READ_AGAIN_WHEN_USED,
+                                    REPAIR_SERVICE, REPAIR_TIMER, TLS_DIR, UNIT, node_pem, repair_timer_vars, template_vars)
 from roles.cassandra.ring import AUTH_DONE, AUTH_SCRIPT, CQL_TOOL, OTHER_PASSWORDS, RESTART_MARK, STATE_DIR
 from roles import rolling_restart
 from roles.data_volume import mount_data_volume
@@ -94,7 +94,7 @@ def cassandra() -> None:
     for target, mode in CONFIG_FILES.items():
         written = files.template(name=f"Cassandra {target.rsplit('/', 1)[1]}", src=template_path("cassandra", target),
                                  dest=target, user="cassandra", group="cassandra", mode=mode, **v)
-        if target != EXPORTER_CONFIG:  # the exporter agent reads its file again at the next scrape: no restart
+        if target not in READ_AGAIN_WHEN_USED:  # a new JMX password (the seed rotating) restarts no node
             changed.append(written)
     issued = issue(f"cassandra-{host.name}", [f"{TLS_DIR}/node.pem"], dns=[host.name], ips=[d.private_ip],
                    client=True)
