@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hastack.stackfile import hastack_config, read_stack_file
+from tests.support import lab_start
 
 TESTS = Path(__file__).resolve().parent
 # the directory a test lives in names its layer; the markers are registered in pyproject.toml
@@ -24,6 +25,23 @@ def pytest_collection_modifyitems(config, items):
         if layer not in LAYERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/templates, tests/checks or tests/lab")
         item.add_marker(getattr(pytest.mark, layer))
+    # the lab's tests last (each file's in its order: the teardown test stays the last): the others run
+    # while the lab starts
+    items.sort(key=lambda item: item.get_closest_marker("lab") is not None)
+
+
+def pytest_collection_finish(session):
+    """A run of lab tests and others starts the lab now, in the background (tests/support/lab_start.py):
+    the others run meanwhile, and the lab fixture waits for it. A lab test alone starts it in the fixture."""
+    if session.config.option.collectonly or os.geteuid() != 0:
+        return
+    lab = [item.get_closest_marker("lab") is not None for item in session.items]
+    if any(lab) and not all(lab):
+        lab_start.begin()
+
+
+def pytest_sessionfinish(session):
+    lab_start.abandon()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ Usage: python -m roles.cassandra.bundle [--lock] [--cache DIR]
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gzip
 import hashlib
 import io
@@ -256,6 +257,14 @@ def build(cache_dir: Path = DEFAULT_CACHE, lock_path: Path = LOCK_PATH, version:
     checksums become the new lock; otherwise they must match it."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # one build at a time per cache (two commands at once would run Maven in the same directory); the
+    # second finds the first's tarball
+    with (cache_dir / ".build.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _build(cache_dir, lock_path, version, agent_version, write_lock, mvn)
+
+
+def _build(cache_dir: Path, lock_path: Path, version: str, agent_version: str, write_lock: bool, mvn: str) -> Path:
     archive = cache_dir / bundle_name(version)
     lock = None if write_lock else read_lock(lock_path)
     if lock is not None and _cached(archive, lock):

@@ -1,4 +1,5 @@
-"""The lab tests share one lab: brought up once, converged, and torn down by the last test.
+"""The lab tests share one lab: brought up once, converged, and torn down by the last test. In a run
+with other tests, it starts in the background while they run (tests/support/lab_start.py).
 
 If the lab cannot start, every test here fails with the reason; none is skipped.
 """
@@ -6,6 +7,7 @@ If the lab cannot start, every test here fails with the reason; none is skipped.
 import pytest
 
 from hastack.lab import Lab, LabError
+from tests.support import lab_start
 
 _state: dict = {}
 
@@ -15,6 +17,10 @@ def lab():
     if "error" in _state:
         pytest.fail(f"the lab could not start: {_state['error']}")
     if "lab" not in _state:
+        failed = lab_start.wait()  # a start in the background, while the tests without a lab ran
+        if failed:
+            _state["error"] = failed
+            pytest.fail(f"the lab could not start: {failed}")
         try:
             lab = Lab("lab")
             result = lab.up(converge=True)
