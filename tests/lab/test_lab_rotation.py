@@ -41,11 +41,13 @@ def cassandra_login(lab, host: str, user: str, password: str) -> bool:
 def jmx_login(lab, host: str, password: str) -> bool:
     """Whether nodetool logs in to the node's JMX with ``password`` (the wrapper given a password file of its
     own, in place of the node's)."""
-    wrapper = lab.exec(host, ["cat", "/usr/local/bin/nodetool"], check=True).stdout
+    from roles.cassandra.config import JMX_PASSWORD_FILE, JMX_USER, NODETOOL
+
+    wrapper = lab.exec(host, ["cat", NODETOOL], check=True).stdout
     probe = "/run/hastack-jmx-probe"
     script = f"umask 077 && cat > {probe} && sh -c \"$1\" nodetool version; rc=$?; rm -f {probe}; exit $rc"
-    return lab.exec(host, ["sh", "-c", script, "probe", wrapper.replace("/etc/cassandra/jmxremote.password", probe)],
-                    input=f"jmx {password}\n").returncode == 0
+    return lab.exec(host, ["sh", "-c", script, "probe", wrapper.replace(JMX_PASSWORD_FILE, probe)],
+                    input=f"{JMX_USER} {password}\n").returncode == 0
 
 
 def logins(lab, seed: str) -> dict[str, bool]:

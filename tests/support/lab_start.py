@@ -7,6 +7,7 @@ its output: the fixture does not try again, which could hide a cold converge tha
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,8 +21,9 @@ _started: dict = {}
 
 def begin(stack: str = "lab") -> Path:
     """Starts `hastack lab up` in the background; returns its log file."""
-    log = Path(tempfile.mkstemp(prefix="hastack-lab-up-", suffix=".log")[1])
-    with log.open("wb") as out:
+    fd, name = tempfile.mkstemp(prefix="hastack-lab-up-", suffix=".log")
+    log = Path(name)
+    with os.fdopen(fd, "wb") as out:
         _started["proc"] = subprocess.Popen([sys.executable, "-m", "hastack.cli", "lab", "up", "--stack", stack],
                                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     _started["log"] = log
