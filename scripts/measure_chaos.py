@@ -6,7 +6,8 @@ the floating IP), lets the stack return and settle, then counts acknowledged
 writes, the ones lost on either master, the seconds with two writable
 masters, and the write outage at the fault and at the return (how each is
 measured: tests/support/chaos.py). Prints every run as a table, then the
-median and the worst per scenario; --json writes every run's full result.
+median and the worst per scenario; --json writes every run's full result. A
+run during which the lab host itself stalled says so (chaos.HostSampler).
 
     .venv/bin/python scripts/measure_chaos.py --runs 3 [--only writer_power_cut,lb_power_cut] [--json out.json]
 
@@ -48,6 +49,8 @@ def cells(r: dict) -> list[str]:
     out = [fmt.format(r[key]) for key, _, fmt in COLUMNS[:-1]]
     missed = chaos.goals(r)
     extra = f" (cql: {r['cql_failed']} failed, {r['cql_lost']} lost of {r['cql_requests']})" if "cql_requests" in r else ""
+    if r.get("host", {}).get("stalled"):  # the lab host's own stall: the test suite runs such a scenario again
+        extra += f" [the lab host {chaos.describe_host(r['host'])}]"
     return out + [("; ".join(missed) or "none") + extra]
 
 
@@ -98,9 +101,11 @@ def main() -> int:
             return f"{fmt.format(statistics.median(values))}/{fmt.format(worst(values))}"
 
         missing = sum(1 for r in done if chaos.goals(r))
+        stalled = sum(1 for r in done if r.get("host", {}).get("stalled"))
         print(row([name, len(done), mw("acked", "{:.0f}", min), mw("lost", "{:.0f}"), mw("two_writers_s"),
                    mw("outage_fault_s"), mw("outage_return_s"), mw("stall_return_s"), mw("failed", "{:.0f}"),
-                   f"{missing} of {len(done)} runs" + (f", {errors} errors" if errors else "")]))
+                   f"{missing} of {len(done)} runs" + (f", {errors} errors" if errors else "")
+                   + (f"; the host stalled in {stalled}" if stalled else "")]))
     return 0 if all("error" not in r and not chaos.goals(r) for r in results) else 1
 
 
