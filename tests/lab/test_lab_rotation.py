@@ -190,7 +190,8 @@ def test_offboarding_an_admin_under_load_rotates_everything_they_knew(lab):
                           "health_samples": health.samples, "health_problems": health.problems}))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "offboarded labops from lab in" in proc.stdout and "[x] removed labops from hastack:admins" in proc.stdout
-        assert result["failed"] == 0 and result["lost"] == 0, json.dumps(result, indent=1)
+        assert result["failed"] == 0 and result["lost"] == 0, (f"the lab host {chaos.describe_host(result['host'])}\n"
+                                                               + json.dumps(result, indent=1))
         assert health.samples > 10 and health.problems == [], health.problems
 
         # the CA: a new one, with name constraints; the old one verifies no service, the new one every service
