@@ -77,7 +77,7 @@ MAX_STALL_S = MAX_FAULT_OUTAGE_S
 
 # The lab host's own stalls (HostSampler): the twelve machines and the harness share its cores and its disk,
 # so a host that stops scheduling for a second stops every machine at once, which no set of separate servers
-# does. A run during which the host stalled that long is the host's result, not the stack's (check_scenario).
+# does. A run during which the host stalled that long is the host's result, not the stack's (run_against_goals).
 HOST_TICK = 0.1
 HOST_WINDOW = 3.0
 HOST_STALLED_S = 1.0
@@ -962,10 +962,21 @@ SCENARIOS: dict[str, Callable[[Any], dict]] = {
 }
 
 
+def safety_goals(result: dict) -> list[str]:
+    """The safety goals a scenario's result misses: a write acknowledged and lost, two writable masters, a
+    Cassandra row lost. No stall of any machine, the host's included, may cause one of those."""
+    missed = []
+    if result["lost"]:
+        missed.append(f"{result['lost']} acknowledged writes lost")
+    if result["two_writers_s"] > 0:
+        missed.append(f"two writers for {result['two_writers_s']} s")
+    if result.get("cql_lost"):
+        missed.append(f"{result['cql_lost']} acknowledged Cassandra rows lost")
+    return missed
+
+
 def safety_missed(result: dict) -> bool:
-    """Whether a safety goal was missed: a write acknowledged and lost, two writable masters, a Cassandra
-    row lost. No stall of any machine, the host's included, may cause one of those."""
-    return bool(result["lost"] or result["two_writers_s"] > 0 or result.get("cql_lost"))
+    return bool(safety_goals(result))
 
 
 def run_against_goals(scenario: Callable[[Any], dict], lab) -> tuple[dict, list[str]]:
@@ -983,12 +994,8 @@ def run_against_goals(scenario: Callable[[Any], dict], lab) -> tuple[dict, list[
 
 
 def goals(result: dict) -> list[str]:
-    """The goals a scenario's result misses (empty: all met)."""
-    missed = []
-    if result["lost"]:
-        missed.append(f"{result['lost']} acknowledged writes lost")
-    if result["two_writers_s"] > 0:
-        missed.append(f"two writers for {result['two_writers_s']} s")
+    """The goals a scenario's result misses (empty: all met): the safety goals, then the time goals."""
+    missed = safety_goals(result)
     if not result["outage_fault_s"] < MAX_FAULT_OUTAGE_S:
         missed.append(f"write outage at the fault {result['outage_fault_s']} s (goal < {MAX_FAULT_OUTAGE_S} s)")
     if not result["outage_return_s"] < NO_OUTAGE_S:
@@ -1000,8 +1007,6 @@ def goals(result: dict) -> list[str]:
         missed.append(f"{result['failed']} writes failed ({', '.join(result['errors'])}; goal: none)")
     if "held_connection" in result and not result["held_connection"].get("ok"):
         missed.append(f"a connection opened before a reload was not answered after it: {result['held_connection']}")
-    if result.get("cql_lost"):
-        missed.append(f"{result['cql_lost']} acknowledged Cassandra rows lost")
     if result.get("cql_failed"):
         missed.append(f"{result['cql_failed']} QUORUM requests failed")
     return missed
