@@ -276,6 +276,11 @@ def _print_converge(report) -> None:
     for r in report.hosts.values():
         table.add_row(r.name, str(r.operations), str(r.changed), f"[red]FAILED {r.failed}[/red]" if r.failed else "ok")
     console.print(table)
+    # where a long converge's time went: its phases, and the operations that held every host longest
+    if report.phases:
+        console.print("phases: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.phases.items()))
+    if report.slowest:
+        console.print("slowest operations: " + "; ".join(f"{name} {seconds:.0f}s" for name, seconds in report.slowest))
 
 
 def _print_drift(report) -> None:
@@ -311,8 +316,6 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
                  f"{t.get('converge: after roles', 0):.0f}s" if "converge" in t else "")
     console.print(f"lab up took {t['total']:.0f}s (image {t['image']:.0f}s, network {t['network']:.0f}s, "
                   f"boot {t['boot']:.0f}s, package lists {t['apt']:.0f}s{converged})")
-    if report is not None and report.slowest:
-        console.print("slowest operations: " + "; ".join(f"{name} {seconds:.0f}s" for name, seconds in report.slowest))
     console.print(f"log in: [bold]hastack lab ssh {lab.topo.hosts[0].name}[/bold]  "
                   f"(or ssh -i {lab.paths.admin_key(lab.admin)} {lab.admin}@<public IP>); "
                   f"the site: https://{lab.addr.floating_ip}/ from the hsl-internet namespace; "

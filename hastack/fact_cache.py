@@ -12,10 +12,16 @@ but they hardly change between two converges. So:
 * the next converge first runs all the facts recorded for the host in one
   command and keeps the answers; a fact with an answer is served from it,
   any other is asked as before (and recorded for the next time);
-* answers are served only while nothing has changed: once anything has run
-  a command on any host that is not a fact's (an operation's command, an
-  upload), every fact is asked live again, as pyinfra always does, so an
-  operation sees what it and the ones before it did.
+* answers are served only while nothing they depend on has changed: once
+  an operation has run a command on a host that is not a fact's, that
+  host's facts are asked live again, as pyinfra always does, so an
+  operation sees what it and the ones before it did. Only the paths an
+  upload or a plain file command (mv, chmod, chown, mkdir, touch, rm, ln,
+  cp, with absolute paths) touched are known; after those, a fact about
+  other paths is still served. After any other command (a package, a
+  service, a script) every fact of that host is asked live. Another
+  host's commands change nothing here: each host's operations change
+  that host.
 
 A converge that changes nothing therefore asks its facts in one command per
 host, and sees what it would have seen asking one by one a few seconds
@@ -32,6 +38,8 @@ import json
 import logging
 import os
 import pickle  # nosec B403  # only this process's own pickles are read (see _get_fact)
+import posixpath
+import shlex
 import threading
 from contextlib import contextmanager
 from inspect import getcallargs
@@ -55,6 +63,106 @@ _END = "@@hastack-fact-rc "
 _COMMAND_BYTES = 64 * 1024
 
 
+EVERYTHING = object()  # FactCache.touched: a command whose effect is not known
+
+_SYSTEMD = ("/etc/systemd", "/run/systemd", "/lib/systemd", "/usr/lib/systemd")
+# pyinfra's facts that read no path of their arguments, and the paths they read: a file written under one of
+# these makes them asked live; so does a command whose effect is not known (a package installed, a script)
+_IMPLICIT_PATHS = {
+    "pyinfra.facts.systemd.SystemdStatus": _SYSTEMD,
+    "pyinfra.facts.systemd.SystemdEnabled": _SYSTEMD,
+    "pyinfra.facts.server.Users": ("/etc/passwd", "/etc/shadow", "/etc/group", "/home"),
+    "pyinfra.facts.server.Groups": ("/etc/group",),
+    "pyinfra.facts.server.Hostname": ("/etc/hostname",),
+    "pyinfra.facts.server.Os": ("/etc/os-release", "/usr/lib/os-release"),
+    "pyinfra.facts.deb.DebPackages": ("/var/lib/dpkg",),
+}
+# facts that read the paths given in their arguments, and nothing else
+_PATH_FACT_MODULES = ("pyinfra.facts.files",)
+_PATH_FACTS = ("pyinfra.facts.server.AuthorizedKeys",)
+# the plain file commands pyinfra's file operations run: what they change is the paths they are given (after
+# a mode or an owner: how many words come first)
+_FILE_COMMANDS = {"mv": 0, "cp": 0, "rm": 0, "mkdir": 0, "touch": 0, "ln": 0, "chmod": 1, "chown": 1, "chgrp": 1}
+# systemctl's verbs that change or read units: what they change is systemd's state. A service (re)started
+# may write its own files, as it may at any moment; an operation reads those as they were when the converge
+# began, which is what pyinfra's facts always were until it asked them as operations run
+_SYSTEMCTL = {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart", "enable", "disable",
+              "daemon-reload", "is-active", "is-enabled", "mask", "unmask"}
+
+
+def fact_paths(cls, fact_kwargs: dict) -> tuple[str, ...] | None:
+    """The paths a fact reads, or None when they are not known (a command of its own, a fact of a role)."""
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if name in _IMPLICIT_PATHS:
+        return _IMPLICIT_PATHS[name]
+    if cls.__module__ in _PATH_FACT_MODULES or name in _PATH_FACTS:
+        paths = tuple(posixpath.normpath(v) for v in fact_kwargs.values() if isinstance(v, str) and v.startswith("/"))
+        return paths or None
+    return None
+
+
+def _related(touched: str, read: str) -> bool:
+    """A path written changes what is read at it, above it (a directory's listing) or below it."""
+    return touched == read or touched.startswith(read.rstrip("/") + "/") or read.startswith(touched.rstrip("/") + "/")
+
+
+def uploaded_paths(_src=None, remote_filename=None, remote_temp_filename=None, *_args, **kwargs) -> tuple[str, ...] | None:
+    """The paths an upload writes: its destination and its temporary file."""
+    remote = remote_filename or kwargs.get("remote_filename")
+    temp = remote_temp_filename or kwargs.get("remote_temp_filename")
+    paths = tuple(str(p) for p in (remote, temp) if p)
+    return paths if paths and all(p.startswith("/") for p in paths) else None
+
+
+def command_paths(command) -> tuple[str, ...] | None:
+    """The paths a command changes when it is made of plain file commands (mv, cp, rm, mkdir, touch, ln with
+    their flags; chmod, chown, chgrp after their mode or owner; every path absolute), systemctl's unit verbs
+    and ``true``, joined by ``&&``, ``||`` or ``;``; None for any other command (its effect is not known)."""
+    try:
+        raw = command.get_raw_value() if hasattr(command, "get_raw_value") else command
+        lexer = shlex.shlex(str(raw), posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+    except ValueError:
+        return None
+    if not words:
+        return None
+    paths: list[str] = []
+    part: list[str] = []
+    for word in [*words, ";"]:
+        if word not in ("&&", "||", ";"):
+            part.append(word)
+            continue
+        changed = _part_paths(part)
+        if changed is None:
+            return None
+        paths += changed
+        part = []
+    return tuple(paths)
+
+
+def _part_paths(part: list[str]) -> list[str] | None:
+    """What one simple command of ``command_paths`` changes; None when not known."""
+    if not part:
+        return None
+    if part == ["true"]:
+        return []
+    flags = [w for w in part[1:] if w.startswith("-")]
+    operands = [w for w in part[1:] if not w.startswith("-")]
+    if any(set(w) <= set("();<>|&") for w in part):  # a pipe, a redirection, a subshell
+        return None
+    if part[0] == "systemctl":
+        if set(flags) - {"--quiet", "-q", "--no-block"} or not operands or operands[0] not in _SYSTEMCTL:
+            return None
+        return list(_SYSTEMD)
+    if part[0] not in _FILE_COMMANDS:
+        return None
+    operands = operands[_FILE_COMMANDS[part[0]]:]
+    if not operands or not all(o.startswith("/") for o in operands):
+        return None
+    return operands
+
+
 def fact_cache_dir() -> Path | None:
     """Where the record is kept: $HASTACK_FACT_CACHE ("off": nowhere), else the user's cache directory.
     It holds fact names, paths and commands, never their answers."""
@@ -76,7 +184,9 @@ class FactCache:
         self.answers: dict[str, dict[str, Any]] = {}
         self.served: dict[str, int] = {}
         self.asked: dict[str, int] = {}
-        self.changed = False  # an operation ran a command somewhere: every fact is asked live from now on
+        # per host, what an operation's commands changed since the answers were taken: the paths touched,
+        # or EVERYTHING (a command whose effect is not known: every fact of the host is asked live)
+        self.touched: dict[str, set[str] | object] = {}
         # per host: the deploy its last fact outside an operation was asked in, and how facts run there
         self.executors: dict[str, tuple] = {}
 
@@ -104,6 +214,30 @@ class FactCache:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(list(self.recorded[host_name].values()), sort_keys=True))
         tmp.replace(path)
+
+    @property
+    def changed(self) -> bool:
+        """Whether an operation ran a command on any host."""
+        return bool(self.touched)
+
+    def touch(self, host_name: str, paths: tuple[str, ...] | None) -> None:
+        """An operation's command on the host: it changed ``paths`` only, or (None) anything."""
+        with self.lock:
+            seen = self.touched.get(host_name, set())
+            if paths is None or seen is EVERYTHING:
+                self.touched[host_name] = EVERYTHING
+            else:
+                self.touched[host_name] = seen | {posixpath.normpath(p) for p in paths}
+
+    def current(self, host_name: str, cls, fact_kwargs: dict) -> bool:
+        """Whether the answer taken at the start still holds: nothing the fact reads was touched since."""
+        touched = self.touched.get(host_name)
+        if not touched:
+            return True
+        if touched is EVERYTHING:
+            return False
+        reads = fact_paths(cls, fact_kwargs)
+        return reads is not None and not any(_related(t, r) for t in touched for r in reads)
 
     # -- keys
     @staticmethod
@@ -279,8 +413,8 @@ def _get_fact(state, host, cls, args=None, kwargs=None, ensure_hosts=None, apply
         return _original_get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
     fact_kwargs, executor = _fact_arguments(cache, state, host, cls, args, kwargs)
     key = cache.record(host.name, cls, fact_kwargs, executor)
-    answers = {} if cache.changed else cache.answers.get(host.name, {})
-    if key is not None and key in answers:
+    answers = cache.answers.get(host.name, {})
+    if key is not None and key in answers and cache.current(host.name, cls, fact_kwargs):
         with cache.lock:
             cache.served[host.name] = cache.served.get(host.name, 0) + 1
         # pickled above (_ask) by this process from pyinfra's parsed fact, kept in memory only (never
@@ -297,8 +431,8 @@ def _get_fact(state, host, cls, args=None, kwargs=None, ensure_hosts=None, apply
 
 @contextmanager
 def serving(cache: FactCache):
-    """Facts from ``cache`` (and recorded into it) until anything runs a command on a host that is not a
-    fact's (an operation's command, an upload: the host may have changed)."""
+    """Facts from ``cache`` (and recorded into it), each until an operation's command or upload on its host
+    may have changed what it reads."""
     global _active
     _active = cache
     pyinfra_facts._get_fact = _get_fact
@@ -307,7 +441,8 @@ def serving(cache: FactCache):
     def watched(name):
         def call(self, *args, **kwargs):
             if not getattr(_asking, "fact", False):
-                cache.changed = True
+                cache.touch(self.name, uploaded_paths(*args, **kwargs) if name == "put_file"
+                            else command_paths(args[0] if args else kwargs.get("command")))
             return originals[name](self, *args, **kwargs)
         return call
 

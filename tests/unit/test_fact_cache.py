@@ -143,6 +143,89 @@ def test_once_an_operation_changed_something_every_fact_is_asked_live(tmp_path):
     assert not cache.changed and "@local" not in cache.asked and cache.served["@local"] >= 2
 
 
+def converge_watching(cache_dir, written, other, then_command: str | None):
+    """A converge on this machine: ``written`` uploaded; then, as the next operation runs, facts about
+    ``written``, about ``other`` and a command of its own asked (each noted as served from the first command
+    or asked live, with its answer); ``then_command`` run after that, and ``other`` asked once more."""
+    from io import StringIO
+
+    from pyinfra.operations import files, server
+
+    from hastack import fact_cache
+
+    seen = []
+
+    def ask(what, cls, *args, **kwargs):
+        before = fact_cache._active.asked.get("@local", 0)
+        answer = host.get_fact(cls, *args, **kwargs)
+        seen.append((what, "live" if fact_cache._active.asked.get("@local", 0) > before else "served", answer))
+        return True
+
+    @deploy("write")
+    def writing():
+        files.put(name="the file", src=StringIO("new\n"), dest=str(written))
+        server.shell(name="after the file", commands=[f"touch {written}"],  # a plain file command: its path
+                     _if=lambda: ask("written", Sha1File, path=str(written)) and ask("other", File, path=str(other))
+                     and ask("command", Command, "echo same"))
+        if then_command:
+            server.shell(name="a command", commands=[then_command])
+        server.shell(name="last", commands=["true"], _if=lambda: ask("other again", File, path=str(other)))
+
+    converge_locally(cache_dir, writing, run=True)
+    return seen
+
+
+def test_a_file_written_makes_only_the_facts_about_its_path_asked_live(tmp_path):
+    """After an upload, a fact about the uploaded path is asked live (and sees the new content); a fact
+    about another path is still served; a fact with a command of its own is asked live. Any other command
+    (a service restarted, a package installed: what it changes is not known) makes every fact asked live."""
+    written, other = managed(tmp_path), tmp_path / "other.conf"
+    other.write_text("other\n")
+    written.write_text("old\n")
+    converge_watching(tmp_path / "facts", written, other, None)  # recorded
+    written.write_text("old\n")
+    seen = converge_watching(tmp_path / "facts", written, other, None)
+    new_sha1 = hashlib.sha1(b"new\n").hexdigest()
+    assert [(what, how) for what, how, _ in seen] == [
+        ("written", "live"), ("other", "served"), ("command", "live"), ("other again", "served")]
+    assert seen[0][2] == new_sha1 and seen[1][2]["size"] == len("other\n")
+
+    written.write_text("old\n")
+    converge_watching(tmp_path / "facts", written, other, "date")  # the command's facts recorded
+    written.write_text("old\n")
+    seen = converge_watching(tmp_path / "facts", written, other, "date")
+    assert [(what, how) for what, how, _ in seen] == [
+        ("written", "live"), ("other", "served"), ("command", "live"), ("other again", "live")]
+
+
+def test_what_a_command_changes_is_known_only_for_plain_file_commands():
+    """The commands pyinfra's file operations run, with their paths; anything else: not known (None)."""
+    from pyinfra.api.command import QuoteString, StringCommand
+    from pyinfra.operations.util import files as file_utils
+
+    from pyinfra.facts.systemd import SystemdStatus
+
+    from hastack.fact_cache import command_paths, fact_paths
+
+    assert command_paths(StringCommand("mv", QuoteString("/tmp/x y"), QuoteString("/etc/a b.conf"))) == \
+        ("/tmp/x y", "/etc/a b.conf")
+    assert command_paths(file_utils.chmod("/etc/a", "0600")) == ("/etc/a",)
+    assert command_paths(file_utils.chown("/etc/a", "root", "adm")) == ("/etc/a",)
+    assert command_paths("mkdir -p /etc/d && chmod 700 /etc/d") == ("/etc/d", "/etc/d")
+    assert command_paths(StringCommand("rm", "-rf", QuoteString("/opt/x"))) == ("/opt/x",)
+    # systemctl's unit verbs change systemd's state (what SystemdStatus and SystemdEnabled read)
+    assert command_paths("systemctl is-active --quiet x.service && touch /var/lib/x/mark || true") == \
+        (*fact_paths(SystemdStatus, {}), "/var/lib/x/mark")
+    for unknown in ("apt-get install -y x", "echo x > /etc/a", "mv a /etc/b", "touch -d @1 /etc/a", "chmod 600",
+                    "mv /a /b; apt-get install x", "sh -c 'mv /a /b'", "mv /a /b | tee", "(mv /a /b)",
+                    "systemctl --user restart x", "systemctl set-property x CPUQuota=1%", "mv '/a", ""):
+        assert command_paths(unknown) is None, unknown
+    # the paths facts read: their own for file facts, the known ones for a few others, else not known
+    assert fact_paths(File, {"path": "/etc/a/"}) == ("/etc/a",)
+    assert fact_paths(Command, {"command": "cat /etc/a"}) is None
+    assert "/etc/systemd" in fact_paths(SystemdStatus, {"services": ["x"]})
+
+
 def test_the_batched_reads_run_at_the_lowest_cpu_and_disk_priority(tmp_path):
     """Asked live, a fact runs at the converge's own priority; from the batch, at nice 19 and the lowest
     best-effort disk priority: the reads yield to the host's services."""
