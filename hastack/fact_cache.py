@@ -151,6 +151,8 @@ def _part_paths(part: list[str]) -> list[str] | None:
     operands = [w for w in part[1:] if not w.startswith("-")]
     if any(set(w) <= set("();<>|&") for w in part):  # a pipe, a redirection, a subshell
         return None
+    if any(c in w for w in part for c in "$`*?[{~"):  # a path the shell expands: which one is not known here
+        return None
     if part[0] == "systemctl":
         if set(flags) - {"--quiet", "-q", "--no-block"} or not operands or operands[0] not in _SYSTEMCTL:
             return None

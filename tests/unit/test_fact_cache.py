@@ -218,7 +218,8 @@ def test_what_a_command_changes_is_known_only_for_plain_file_commands():
         (*fact_paths(SystemdStatus, {}), "/var/lib/x/mark")
     for unknown in ("apt-get install -y x", "echo x > /etc/a", "mv a /etc/b", "touch -d @1 /etc/a", "chmod 600",
                     "mv /a /b; apt-get install x", "sh -c 'mv /a /b'", "mv /a /b | tee", "(mv /a /b)",
-                    "systemctl --user restart x", "systemctl set-property x CPUQuota=1%", "mv '/a", ""):
+                    "systemctl --user restart x",
+                    "rm -rf /var/lib/$x", "rm /etc/*.conf", "systemctl set-property x CPUQuota=1%", "mv '/a", ""):
         assert command_paths(unknown) is None, unknown
     # the paths facts read: their own for file facts, the known ones for a few others, else not known
     assert fact_paths(File, {"path": "/etc/a/"}) == ("/etc/a",)
