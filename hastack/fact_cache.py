@@ -15,13 +15,13 @@ but they hardly change between two converges. So:
 * answers are served only while nothing they depend on has changed: once
   an operation has run a command on a host that is not a fact's, that
   host's facts are asked live again, as pyinfra always does, so an
-  operation sees what it and the ones before it did. Only the paths an
-  upload or a plain file command (mv, chmod, chown, mkdir, touch, rm, ln,
-  cp, with absolute paths) touched are known; after those, a fact about
-  other paths is still served. After any other command (a package, a
-  service, a script) every fact of that host is asked live. Another
-  host's commands change nothing here: each host's operations change
-  that host.
+  operation sees what it and the ones before it did. What is known is the
+  paths an upload or a plain file command (mv, chmod, chown, mkdir, touch,
+  rm, ln, cp, with absolute paths) touched, and systemd's state after
+  systemctl's unit verbs; after those, a fact about anything else is still
+  served. After any other command (a package, a script, a validator) every
+  fact of that host is asked live. Another host's commands change nothing
+  here: each host's operations change that host.
 
 A converge that changes nothing therefore asks its facts in one command per
 host, and sees what it would have seen asking one by one a few seconds
