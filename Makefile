@@ -4,11 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= prod
-# host programs: the lab itself, and the real validators the template tests run (shellcheck and
+# host programs: the lab itself (qemu-system-x86: its virtual machine with a kernel of its own, for the
+# audit trail), and the real validators the template tests run (shellcheck and
 # node for the CI workflows: tests/templates/test_workflows.py)
 HOST_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 util-linux procps kmod \
 	openssh-client openssh-server sudo nftables haproxy keepalived openjdk-17-jre-headless maven age zstd \
-	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium shellcheck nodejs aide
+	prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium shellcheck nodejs aide \
+	qemu-system-x86
 # the lab runs its own instances of these (the uptime probe): the system services stay off
 HOST_SERVICES_OFF := prometheus prometheus-alertmanager prometheus-blackbox-exporter
 

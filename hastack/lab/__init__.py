@@ -129,6 +129,9 @@ class Lab:
                 if stale.name not in self.machines:
                     Machine(self.paths, self.addr, _stale_host(stale.name)).remove()
                     removed.append(f"machine {stale.name}")
+        from hastack.lab.vm import remove_all as remove_virtual_machines
+
+        removed += [f"virtual machine {name}" for name in remove_virtual_machines(self.paths)]
         for root in cgroup_roots():
             if (root / CGROUP_GROUP).exists():
                 remove_cgroup_tree(root / CGROUP_GROUP)
@@ -154,6 +157,8 @@ class Lab:
                     continue
                 if cmd and cmd[0].endswith(b"systemd-nspawn") and any(str(self.paths.machines).encode() in c for c in cmd):
                     found.append(f"process systemd-nspawn ({proc.name})")
+                if cmd and cmd[0].endswith(b"qemu-system-x86_64") and any(str(self.paths.root).encode() in c for c in cmd):
+                    found.append(f"process qemu-system-x86_64 ({proc.name})")
         return found
 
     # ------------------------------------------------------------ day to day

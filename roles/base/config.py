@@ -112,6 +112,58 @@ NO_CORE_DUMPS = "/etc/security/limits.d/hastack.conf"
 # the same for systemd-coredump, should a package bring it, and for login shells (ulimit)
 NO_CORE_DUMPS_SYSTEMD = "/etc/systemd/coredump.conf.d/hastack.conf"
 SHELL_PROFILE = "/etc/profile.d/hastack.sh"
+# The audit trail on the host (auditd): who changed accounts, sudo's rules, sshd's settings, the audit
+# rules or the stack's secrets; every set-uid program an admin ran; every program run as root from an
+# admin's login (sudo, root shells: each command, not only the shell's start). journald reads the same
+# records from the kernel, so the journal shipping carries them off the host. In a container the
+# kernel's audit belongs to its host: auditd skips itself there (its unit's drop-in).
+AUDIT_RULES = "/etc/audit/rules.d/hastack.rules"
+AUDITD_DROPIN = "/etc/systemd/system/auditd.service.d/hastack.conf"
+AUDIT_LOADED = "/var/lib/hastack/audit-rules.loaded"  # what `auditctl -l` listed after the converge loaded them
+FIRST_ADMIN_UID = 1000  # cloud-init's first regular account; system services have no login uid at all
+AUDIT_WATCHES = {  # key -> paths whose writes and attribute changes are recorded, by anyone
+    "identity": ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow", "/etc/security/opasswd"),
+    "sudoers": ("/etc/sudoers", "/etc/sudoers.d/"),
+    "sshd": ("/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/"),
+    "audit-config": ("/etc/audit/",),
+}
+SECRET_DIRS = {  # role -> where it keeps keys, passwords and tokens (key "hastack-secrets")
+    "base": ("/etc/hastack/",),  # the agents' settings and tokens, the journal upload's key
+    "app": ("/etc/hastack-app/",),
+    "monitoring": ("/etc/hastack-witness/",),
+    "loadbalancer": ("/etc/haproxy/certs/",),
+    "redis": ("/etc/redis/tls/",),
+    "mariadb": ("/etc/mysql/tls/",),
+    "cassandra": ("/etc/cassandra/tls/",),
+}
+# role -> the set-uid and set-gid programs its packages bring (tests/lab: a converged host has no other). A
+# rule for a program must find its directory, so each comes with the role that installs it.
+MARIADB_PAM_TOOL = "/usr/lib/mysql/plugin/auth_pam_tool_dir/auth_pam_tool"
+PRIVILEGED_PROGRAMS = {
+    "base": ("/usr/bin/chage", "/usr/bin/chfn", "/usr/bin/chsh", "/usr/bin/expiry", "/usr/bin/gpasswd",
+             "/usr/bin/mount", "/usr/bin/newgrp", "/usr/bin/passwd", "/usr/bin/ssh-agent", "/usr/bin/su",
+             "/usr/bin/sudo", "/usr/bin/umount", "/usr/lib/dbus-1.0/dbus-daemon-launch-helper",
+             "/usr/lib/openssh/ssh-keysign", "/usr/sbin/unix_chkpwd"),
+    "mariadb": (MARIADB_PAM_TOOL,),
+    "monitoring": (MARIADB_PAM_TOOL,),  # the weekly test restore's own MariaDB (roles/backup: verifier)
+}
+# whether the rules the kernel holds are those the converge last loaded (rules removed by hand are put back)
+AUDIT_DRIFT = f"auditctl -l 2>/dev/null | cmp -s - {AUDIT_LOADED} && echo loaded || echo differs"
+AUDIT_LOAD = f"augenrules --load && install -d -m 0700 /var/lib/hastack && auditctl -l > {AUDIT_LOADED}"
+
+
+def _by_role(table: Mapping[str, tuple[str, ...]], roles) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p for role in ("base", *roles) for p in table.get(role, ())))
+
+
+def audit_template_vars(roles) -> dict[str, dict[str, Any]]:
+    """The audit rules of a host with ``roles``: the fixed watches, its roles' secrets and programs."""
+    watches = {**AUDIT_WATCHES, "hastack-secrets": _by_role(SECRET_DIRS, roles)}
+    return {AUDIT_RULES: {"watches": watches, "privileged": _by_role(PRIVILEGED_PROGRAMS, roles),
+                          "first_uid": FIRST_ADMIN_UID},
+            AUDITD_DROPIN: {}}
+
+
 # needrestart lists what runs old libraries and never restarts anything itself: a data service restarts
 # through its role (the pairs and the ring one node at a time), not because apt ran on every host at once
 NEEDRESTART = "/etc/needrestart/conf.d/hastack.conf"
@@ -222,6 +274,7 @@ def template_vars(hostname: str, data: Mapping[str, Any]) -> dict[str, dict[str,
         INTEGRITY: {"config": AIDE_CONF, "database": AIDE_DB, "metrics": INTEGRITY_METRICS},
         INTEGRITY_UNIT: {"script": INTEGRITY},
         INTEGRITY_TIMER: {},
+        **audit_template_vars(data["roles"]),
         INTEGRITY_APT_HOOK: {"script": INTEGRITY, "converge_env": next(iter(CONVERGE_ENV))},
     }
 

@@ -47,6 +47,7 @@ PACKAGES = [
     "aide",  # and what no package owns (without aide-common: the configuration and the timer are ours)
     "libpam-pwquality",  # a password set on a host (logins are keys only) must be a strong one
     "acct",  # process accounting: every command that ran, by whom (lastcomm), kept a month on the host
+    "auditd",  # the audit trail: config.py's rules (skipped in a container, whose kernel is its host's)
     journal_shipping.PACKAGE,  # the journal shipped to the monitoring host: the audit trail off the host
 ]
 
@@ -197,6 +198,42 @@ def _integrity(tvars):
                     daemon_reload=unit.will_change or timer.will_change, restarted=timer.will_change)
 
 
+_AUDIT_RULES_OPS: dict[str, object] = {}  # host -> this converge's operation writing its audit rules
+
+
+def _in_container() -> bool:
+    return host.get_fact(Command, command="systemd-detect-virt --container || true") not in ("", "none")
+
+
+def audit_before_packages(tvars):
+    """Before the packages: auditd's package starts it, which a container's kernel would refuse."""
+    files.directory(name="auditd unit drop-in directory", path=posixpath.dirname(c.AUDITD_DROPIN),
+                    user="root", group="root", mode="0755")
+    _template(tvars, c.AUDITD_DROPIN)
+
+
+def audit(tvars):
+    """auditd and its rules (config.py: The audit trail); the rules are loaded after every role
+    (load_audit_rules), once the directories they watch exist."""
+    in_container = _in_container()
+    files.directory(name="Audit rules directory", path=posixpath.dirname(c.AUDIT_RULES), user="root",
+                    group="root", mode="0750")
+    _AUDIT_RULES_OPS[host.name] = _template(tvars, c.AUDIT_RULES, mode="0640")
+    systemd.service(name="Audit daemon", service="auditd.service", running=None if in_container else True,
+                    enabled=True)
+
+
+def load_audit_rules():
+    """After every role: the audit rules loaded into the kernel when this converge changed them, or when
+    the kernel holds other rules than the converge last loaded (removed or added by hand)."""
+    if _in_container():
+        return
+    rules = _AUDIT_RULES_OPS.get(host.name)
+    drift = host.get_fact(Command, c.AUDIT_DRIFT)
+    server.shell(name="Audit rules loaded", commands=[c.AUDIT_LOAD],
+                 _if=lambda: drift != "loaded" or (rules is not None and rules.did_change()))
+
+
 def renew_integrity_baseline():
     """A converge's last operation: when an earlier one changed this host, what changed becomes the file
     integrity baseline, each difference logged (and shipped off the host). Nothing runs otherwise."""
@@ -263,6 +300,7 @@ def base():
     files.directory(name="needrestart configuration directory", path="/etc/needrestart/conf.d",
                     user="root", group="root", mode="0755")
     _template(tvars, c.NEEDRESTART)
+    audit_before_packages(tvars)
     # before any package: an upgrade never stops or restarts a replicated service (policy-rc.d's comment)
     _template(tvars, c.POLICY_RC, mode="0755")
     # No recommends: they pull in hardware daemons (IPMI, NVMe-oF) a cloud server has no use for.
@@ -272,6 +310,7 @@ def base():
     journal_shipping.upload()
     _hardening(tvars)
     _integrity(tvars)
+    audit(tvars)
 
     _sshd(tvars)
     _firewall(tvars)
@@ -281,9 +320,7 @@ def base():
 
     # systemd-timesyncd skips itself inside containers (ConditionVirtualization=!container
     # in its unit: the host keeps the clock), so there it is only enabled, never started.
-    virt = host.get_fact(Command, command="systemd-detect-virt --container || true")
-    in_container = virt not in ("", "none")
-    systemd.service(name="Time sync", service="systemd-timesyncd", running=None if in_container else True,
+    systemd.service(name="Time sync", service="systemd-timesyncd", running=None if _in_container() else True,
                     enabled=True)
 
     journald = _template(tvars, c.JOURNALD)

@@ -7,13 +7,13 @@ If the lab cannot start, every test here fails with the reason; none is skipped.
 import pytest
 
 from hastack.lab import Lab, LabError
-from tests.support import lab_start
+from tests.support import lab_start, vm_start
 
 _state: dict = {}
 
 
 @pytest.fixture(scope="session")
-def lab():
+def lab(request):
     if "error" in _state:
         pytest.fail(f"the lab could not start: {_state['error']}")
     if "lab" not in _state:
@@ -29,6 +29,8 @@ def lab():
             pytest.fail(f"the lab could not start: {e}")
         _state["lab"] = lab
         _state["first_converge"] = result["converge"]
+        if any(item.path.name == "test_lab_vm_audit.py" for item in request.session.items):
+            vm_start.begin(lab)  # boots while the tests before its own run
     return _state["lab"]
 
 

@@ -451,6 +451,26 @@ def test_a_file_added_by_hand_is_found_by_the_integrity_check_alerted_and_on_rec
     wait_for(lambda: ("HostFilesChanged", victim) not in firing(lab), 90, f"HostFilesChanged on {victim} to end")
 
 
+def test_every_privileged_program_is_in_the_audit_rules_and_auditd_leaves_a_container_to_its_host(lab):
+    """Every set-uid or set-gid program of every converged host has its rule (a package that brings a new
+    one fails this until config.PRIVILEGED_PROGRAMS names it); auditd is enabled but skips itself in a
+    container, whose kernel's audit records are its host's (tests/lab/test_lab_audit.py runs it)."""
+    from roles.base import config as c
+
+    def look(host):
+        programs = lab.exec(host, ["find", "/", "-xdev", "-type", "f", "-perm", "/6000"], check=True).stdout.split()
+        rules = lab.exec(host, ["cat", c.AUDIT_RULES], check=True).stdout
+        shown = lab.exec(host, ["systemctl", "show", "-p", "UnitFileState,ConditionResult,ActiveState",
+                                "auditd.service"], check=True).stdout
+        unit = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        return [p for p in programs if f"-F path={p} -F perm=x" not in rules], unit
+
+    found = on_all(lab, look)
+    assert {h: missing for h, (missing, _) in found.items() if missing} == {}
+    skipped = {"UnitFileState": "enabled", "ConditionResult": "no", "ActiveState": "inactive"}
+    assert {h: unit for h, (_, unit) in found.items() if unit != skipped} == {}
+
+
 def test_every_role_reaches_a_lynis_hardening_index_of_80_with_no_warning_and_only_accepted_suggestions(lab):
     """lynis, Debian's, on the first machine of each role, the tests a container cannot pass skipped
     (hastack/lab/lynis.py says which): an index of at least 80, no warning (vulnerable packages among them),
