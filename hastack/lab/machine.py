@@ -38,6 +38,25 @@ def remove_cgroup_tree(path: Path) -> None:
             pass
 
 
+def write_first_boot(root: Path, name: str, user_data: str, proxy: str) -> None:
+    """A machine's identity over the base image: name, host keys, machine id, the lab's package cache, and
+    the cloud-init seed (``user_data``) it reads at its first boot."""
+    (root / "etc/hostname").write_text(name + "\n")
+    # what Hetzner's image writes at first boot; the base role then writes every host's name
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {name}\n::1 localhost ip6-localhost ip6-loopback\n")
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    run("ssh-keygen", "-A", "-f", str(root))
+    # A lab machine is thrown away, never repaired: dpkg need not flush every file it unpacks
+    # to the host's disk while a dozen machines install at once.
+    (root / "etc/dpkg/dpkg.cfg.d/hastack-lab-unsafe-io").write_text("force-unsafe-io\n")
+    (root / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(
+        f'Acquire::http::Proxy "{proxy}";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n')
+    seed = root / "var/lib/cloud/seed/nocloud"
+    seed.mkdir(parents=True, exist_ok=True)
+    (seed / "user-data").write_text(user_data)
+    (seed / "meta-data").write_text(f"instance-id: {name}-{uuid.uuid4().hex[:8]}\nlocal-hostname: {name}\n")
+
+
 class Machine:
     def __init__(self, paths: Paths, addr: Addresses, host: Host):
         self.paths = paths
@@ -78,21 +97,7 @@ class Machine:
         for d in ("upper", "work"):
             shutil.rmtree(self.dir / d, ignore_errors=True)
         self.mount()
-        r = self.root
-        (r / "etc/hostname").write_text(self.name + "\n")
-        # what Hetzner's image writes at first boot; the base role then writes every host's name
-        (r / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n::1 localhost ip6-localhost ip6-loopback\n")
-        (r / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
-        run("ssh-keygen", "-A", "-f", str(r))
-        # A lab machine is thrown away, never repaired: dpkg need not flush every file it unpacks
-        # to the host's disk while a dozen machines install at once.
-        (r / "etc/dpkg/dpkg.cfg.d/hastack-lab-unsafe-io").write_text("force-unsafe-io\n")
-        (r / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(
-            f'Acquire::http::Proxy "{proxy_url(self.addr)}";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n')
-        seed = r / "var/lib/cloud/seed/nocloud"
-        seed.mkdir(parents=True, exist_ok=True)
-        (seed / "user-data").write_text(render_user_data(topo, self.host))
-        (seed / "meta-data").write_text(f"instance-id: {self.name}-{uuid.uuid4().hex[:8]}\nlocal-hostname: {self.name}\n")
+        write_first_boot(self.root, self.name, render_user_data(topo, self.host), proxy_url(self.addr))
         self.prepared_marker.write_text("")
 
     def apt_lists_fresh(self, max_age: float = 3000) -> bool:

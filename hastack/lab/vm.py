@@ -13,12 +13,12 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from hastack.lab.layout import Paths
+from hastack.lab.machine import write_first_boot
 from hastack.lab.system import LabError, pid_alive, read_pid, run
 from hastack.templating import render_user_data
 
@@ -128,18 +128,8 @@ class VirtualMachine:
         run("mount", "-t", "overlay", f"{self.name}-overlay", "-o",
             f"lowerdir={self.kernel_root},upperdir={upper},workdir={work}", str(staging))
         try:
-            (staging / "etc/hostname").write_text(self.name + "\n")
-            (staging / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n")
-            (staging / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
-            run("ssh-keygen", "-A", "-f", str(staging))
-            (staging / "etc/dpkg/dpkg.cfg.d/hastack-lab-unsafe-io").write_text("force-unsafe-io\n")
-            (staging / "etc/apt/apt.conf.d/01hastack-lab-proxy").write_text(
-                f'Acquire::http::Proxy "{self.proxy}";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n')
-            seed = staging / "var/lib/cloud/seed/nocloud"
-            seed.mkdir(parents=True, exist_ok=True)
-            (seed / "user-data").write_text(render_user_data(self.topo, SimpleNamespace(name=self.name)))
-            (seed / "meta-data").write_text(f"instance-id: {self.name}-{uuid.uuid4().hex[:8]}\n"
-                                            f"local-hostname: {self.name}\n")
+            write_first_boot(staging, self.name, render_user_data(self.topo, SimpleNamespace(name=self.name)),
+                             self.proxy)
             key = (staging / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
             self._host_key = f"{key[0]} {key[1]}"
             # sparse: the file takes the space its files use
