@@ -20,8 +20,9 @@ TOKEN_FILE = "/etc/hastack/hcloud-token"  # nosec B105  # the path of the token'
 CA_FILE = "/etc/hastack/hcloud-api-ca.pem"
 
 
-def install(system_site_packages: bool = False) -> None:
-    """The agents' virtualenv; with the system's packages where an agent also uses Debian's (PyMySQL)."""
+def install(system_site_packages: bool = False) -> list:
+    """The agents' virtualenv; with the system's packages where an agent also uses Debian's (PyMySQL).
+    Returns the operations that change what a running agent has loaded (its restart's reasons)."""
     d = host.data
     packages.install("Python virtualenvs", packages=["python3-venv"], no_recommends=True)
     files.directory(name="Agent directory", path="/opt/hastack", user="root", group="root", mode="0755")
@@ -32,7 +33,7 @@ def install(system_site_packages: bool = False) -> None:
     lock = files.put(name="Agent requirements (hashed)", src=str(LOCK), dest=LOCK_ON_HOST,
                      user="root", group="root", mode="0644")
     # only the locked wheels, verified by hash: the host resolves nothing and builds nothing
-    server.shell(
+    library = server.shell(
         name="Hetzner library for the agent",
         commands=[f"{VENV}/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps "
                   f"--only-binary=:all: {' '.join(d.agent_pip_index)} -r {LOCK_ON_HOST}"],
@@ -47,6 +48,7 @@ def install(system_site_packages: bool = False) -> None:
     if d.hcloud_api_ca:
         files.put(name="Hetzner API CA", src=StringIO(d.hcloud_api_ca), dest=CA_FILE,
                   user="root", group="root", mode="0644")
+    return [venv, library]
 
 
 def locked_version(package: str) -> str:

@@ -42,7 +42,8 @@ class LoadBalancerSettings(Settings):
     vrrp_advert_int: float = Field(0.2, ge=0.01, le=40.95)
     vrrp_priority_gap: int = Field(10, ge=1, le=100)
     vrrp_check_weight: int = Field(0, ge=-253, le=253)
-    # the failover agent's reconcile timer (a systemd time span); each run costs one or two API requests
+    # how often the failover agent's reconcile service runs a round (a systemd time span); each round
+    # costs one or two API requests
     reconcile_interval: str = Field("30s", pattern=SYSTEMD_TIMESPAN)
     poweroff_peer_on_takeover: bool = False
 

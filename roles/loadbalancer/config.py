@@ -6,6 +6,8 @@ variables from here, so the tests render exactly what hosts receive.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Mapping
 
 import roles.app as app_role
@@ -21,6 +23,7 @@ KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 FAILOVER_COMMAND = "/usr/local/sbin/hastack-failover"
 NOTIFY_COMMAND = f"{FAILOVER_COMMAND} notify"
 RECONCILE_SERVICE = "/etc/systemd/system/hastack-failover-reconcile.service"
+# the reconcile ran from a timer before it ran in one process: the timer goes
 RECONCILE_TIMER = "/etc/systemd/system/hastack-failover-reconcile.timer"
 FAILOVER_CONFIG = "/etc/hastack/failover.json"
 FAILOVER_STATE = "/run/hastack/failover-state.json"
@@ -90,8 +93,8 @@ def template_vars(hostname: str, data: Mapping[str, Any], interface: str,
         CHECK_SCRIPT: {"stats_port": STATS_PORT},
         HAPROXY_CFG: haproxy_vars(hostname, data),
         KEEPALIVED_CONF: keepalived_vars(hostname, data, interface, public_interface),
-        RECONCILE_SERVICE: {},
-        RECONCILE_TIMER: {"interval": data["lb_reconcile_interval"]},
+        RECONCILE_SERVICE: {"interval": data["lb_reconcile_interval"],
+                            "seconds": f"{timespan_seconds(data['lb_reconcile_interval']):g}"},
         FAILOVER_METRICS_TMPFILES: {"metrics_file": FAILOVER_METRICS},
     }
 
@@ -117,3 +120,12 @@ def failover_config(hostname: str, data: Mapping[str, Any], public_interface: st
         "poweroff_peer_on_takeover": bool(data["lb_poweroff_peer_on_takeover"]),
         "metrics_file": FAILOVER_METRICS,
     }
+
+
+def timespan_seconds(span: str) -> float:
+    """A systemd time span as roles.loadbalancer.SYSTEMD_TIMESPAN allows it ("5s", "1.5min", "500ms") in
+    seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|min|h)", span)
+    if not m:
+        raise ValueError(f"{span!r} is not a time span such as 500ms, 5s, 1min or 1h")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2)]

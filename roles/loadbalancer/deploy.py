@@ -19,7 +19,7 @@ from roles import packages
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "failover_agent.py"
 WRAPPER = """#!/bin/sh
-# Managed by hastack: the failover agent (keepalived notify, reconcile timer, operators).
+# Managed by hastack: the failover agent (keepalived notify, the reconcile service, operators).
 exec {venv}/bin/python /opt/hastack/failover_agent.py --config {config} "$@"
 """
 
@@ -78,10 +78,10 @@ def loadbalancer() -> None:
         _if=lambda: cfg.did_change() or cert.did_change() or trust.did_change())
 
     # -- the failover agent
-    hcloud_agent.install()
-    files.put(name="Failover agent", src=str(AGENT_SOURCE), dest="/opt/hastack/failover_agent.py",
-              user="root", group="root", mode="0644")
-    files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV, config=c.FAILOVER_CONFIG)),
+    library = hcloud_agent.install()
+    agent = files.put(name="Failover agent", src=str(AGENT_SOURCE), dest="/opt/hastack/failover_agent.py",
+                      user="root", group="root", mode="0644")
+    command = files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV, config=c.FAILOVER_CONFIG)),
               dest=c.FAILOVER_COMMAND, user="root", group="root", mode="0755")
     witness.put_client_tls()  # the agent asks the witness before taking the IP from a live-looking peer
     config = c.failover_config(host.name, d.dict(), public_interface, api=hcloud_agent.api_config(),
@@ -98,7 +98,15 @@ def loadbalancer() -> None:
                     restarted=ka.will_change or check.will_change)
 
     # -- reconcile: keepalived does not always re-run notify after a split brain
+    # (it ran from a timer, a process each round, before it ran in one process: the timer goes)
+    timer = systemd.service(name="Reconcile timer of earlier versions stopped", service="hastack-failover-reconcile.timer",
+                            running=False, enabled=False)
+    files.file(name="Reconcile timer of earlier versions removed", path=c.RECONCILE_TIMER, present=False)
     svc = template("Reconcile service", c.RECONCILE_SERVICE)
-    timer = template("Reconcile timer", c.RECONCILE_TIMER)
-    systemd.service(name="Reconcile timer running", service="hastack-failover-reconcile.timer", running=True, enabled=True,
-                    daemon_reload=svc.will_change or timer.will_change, restarted=timer.will_change)
+    started = systemd.service(name="Reconcile running", service="hastack-failover-reconcile.service", running=True,
+                              enabled=True, daemon_reload=svc.will_change or timer.will_change)
+    # a running loop keeps the code it started with: new code or a new unit, a restart (the token and
+    # the config it reads again every round)
+    systemd.service(name="Reconcile restarted for its new code", service="hastack-failover-reconcile.service",
+                    restarted=True, _if=lambda: not started.did_change() and any(
+                        op.did_change() for op in (svc, agent, command, *library)))

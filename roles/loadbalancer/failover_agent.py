@@ -10,6 +10,7 @@ Commands:
   notify INSTANCE_TYPE NAME STATE [PRIORITY]  what keepalived passes to a notify script
   take [--force]                               move the floating IP here (idempotent)
   reconcile                                    compare keepalived's state with the API; repair or alert
+  watch --every SECONDS                        reconcile every SECONDS, in one process (the reconcile service)
   status                                       print local state, API owner and the witness's view as JSON
 
 Exit codes: 0 done, 1 mismatch alert, failed action or takeover withheld (see
@@ -766,6 +767,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--force", action="store_true",
                    help="take it from the peer without asking the witness (operator override)")
     sub.add_parser("reconcile", help="compare keepalived's state with the API: repair (MASTER) or alert (exit 1)")
+    w = sub.add_parser("watch", help="reconcile every --every seconds, in this one process")
+    w.add_argument("--every", type=float, required=True, help="seconds from the start of one round to the next")
     sub.add_parser("status", help="print local state and the API's owner as JSON")
     return p.parse_args(argv)
 
@@ -774,6 +777,11 @@ def run(argv: list[str] | None = None, runner: Runner = run_ip,
         sleep: Callable[[float], None] = time.sleep, action_poll: float = 1.0) -> int:
     """Everything but logging setup, so that it can run in-process."""
     args = parse_args(argv)
+    if args.command == "watch":
+        if not args.every > 0:
+            log.error("config error: --every must be a number of seconds above 0, not %s", args.every)
+            return EXIT_CONFIG
+        return watch(args.config, args.every, runner, sleep, action_poll)
     try:
         cfg = load_config(args.config)
         agent = FailoverAgent(cfg, read_token(cfg.token_file), runner, sleep, action_poll)
@@ -800,11 +808,54 @@ def run(argv: list[str] | None = None, runner: Runner = run_ip,
         return EXIT_MISMATCH
 
 
+class SaidLastRound(logging.Filter):
+    """The watch loop's INFO lines: one said in the round before is not said again, so a steady state is
+    logged when it begins, not every few seconds; warnings and errors always are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before: set[str] = set()
+        self.now: set[str] = set()
+
+    def next_round(self) -> None:
+        self.before, self.now = self.now, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        self.now.add(message)
+        return message not in self.before
+
+
+def watch(config: str, every: float, runner: Runner = run_ip, sleep: Callable[[float], None] = time.sleep,
+          action_poll: float = 1.0, rounds: int | None = None) -> int:
+    """`reconcile` every ``every`` seconds in this one process (the reconcile service; a process started
+    for each round spent a third of a second of CPU importing the Hetzner library). The config and the
+    token are read again every round: a rotated token is used from the next round on. ``rounds``: stop
+    after that many (tests); the service runs until stopped."""
+    quiet = SaidLastRound()
+    log.addFilter(quiet)
+    try:
+        done = 0
+        while rounds is None or done < rounds:
+            started = time.monotonic()
+            run(["--config", config, "reconcile"], runner, sleep, action_poll)
+            quiet.next_round()
+            done += 1
+            if rounds is None or done < rounds:
+                sleep(max(0.0, every - (time.monotonic() - started)))
+    finally:
+        log.removeFilter(quiet)
+    return EXIT_OK
+
+
 def setup_logging() -> None:
     log.setLevel(logging.INFO)
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter("hastack-failover: %(message)s"))
-    log.addHandler(stderr)
+    if not os.environ.get("JOURNAL_STREAM"):  # under systemd standard error is the journal: syslog is enough
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("hastack-failover: %(message)s"))
+        log.addHandler(stderr)
     if os.path.exists("/dev/log"):
         syslog = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         syslog.setFormatter(logging.Formatter("hastack-failover[%(process)d]: %(message)s"))

@@ -114,7 +114,7 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
                  "both sides to believe they are master")
         time.sleep(8)
         # the witness still reaches both: neither takes the IP from the other (no flapping), whatever
-        # keepalived and the reconcile timer (every 5 s here) say
+        # keepalived and the reconcile service (a round every 5 s here) say
         assert len(assigns(lab)) == moves_before, assigns(lab)[moves_before:]
     finally:
         subprocess.run(["nft", "delete", "table", "bridge", "hastack_test_cut"], check=True)
@@ -127,7 +127,7 @@ def test_split_brain_heals_to_one_master_that_owns_the_ip(settled):
     healed = wait_for(one_master_one_backup, 30, "exactly one MASTER and one BACKUP after the cut heals")
     master = next(name for name, state in healed.items() if state == "MASTER")
     backup = other(lab, master)
-    # ... the API routes the floating IP to that master (the agent or its reconcile timer assigns it) ...
+    # ... the API routes the floating IP to that master (the agent or its reconcile service assigns it) ...
     wait_for(lambda: owner(lab) == master, 20, f"the API to name the master {master} as the floating IP's owner")
     # ... and it holds: one MASTER, the API's owner; the other BACKUP, without the address
     assert states(lab) == {master: "MASTER", backup: "BACKUP"}

@@ -141,15 +141,24 @@ def test_keepalived_check_asks_the_haproxy_monitor_listener():
 
 
 @pytest.mark.parametrize("stack,interval", [("prod", "30s"), ("staging", "30s")])
-def test_reconcile_timer_runs_at_the_role_interval(stack, interval):
+def test_reconcile_service_runs_one_process_at_the_role_interval(stack, interval):
     host = topology(stack).hosts_with_role("loadbalancer")[0]
-    v = lb_vars(stack, host)
-    timer = render("loadbalancer", c.RECONCILE_TIMER, **v[c.RECONCILE_TIMER]).splitlines()
-    assert f"OnBootSec={interval}" in timer and f"OnUnitActiveSec={interval}" in timer
-    lab = lb_vars(stack, host, lb_reconcile_interval="5s")
-    assert "OnUnitActiveSec=5s" in render("loadbalancer", c.RECONCILE_TIMER, **lab[c.RECONCILE_TIMER]).splitlines()
-    service = render("loadbalancer", c.RECONCILE_SERVICE, **v[c.RECONCILE_SERVICE]).splitlines()
-    assert f"ExecStart={c.FAILOVER_COMMAND} reconcile" in service
+    service = render("loadbalancer", c.RECONCILE_SERVICE, **lb_vars(stack, host)[c.RECONCILE_SERVICE]).splitlines()
+    assert f"ExecStart={c.FAILOVER_COMMAND} watch --every 30" in service
+    assert "Restart=always" in service and f"RestartSec={interval}" in service
+    lab = lb_vars(stack, host, lb_reconcile_interval="1.5min")
+    assert f"ExecStart={c.FAILOVER_COMMAND} watch --every 90" in render(
+        "loadbalancer", c.RECONCILE_SERVICE, **lab[c.RECONCILE_SERVICE]).splitlines()
+
+
+@pytest.mark.parametrize("span,seconds", [("500ms", 0.5), ("5s", 5), ("1.5min", 90), ("2h", 7200)])
+def test_time_spans_in_seconds(span, seconds):
+    assert c.timespan_seconds(span) == seconds
+
+
+def test_a_time_span_systemd_would_not_take_is_refused_with_examples():
+    with pytest.raises(ValueError, match="'5 s' is not a time span such as 500ms, 5s, 1min or 1h"):
+        c.timespan_seconds("5 s")
 
 
 NETNS = "hstest-keepalived"

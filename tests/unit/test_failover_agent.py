@@ -290,6 +290,34 @@ def test_reconcile_consistent_backup_drops_a_stale_local_address(env):
     assert env.posts() == [] and env.ip.addrs == set()
 
 
+def test_watch_reconciles_every_round_in_one_process_and_says_a_steady_state_once(env, caplog_info):
+    """The reconcile service: round one repairs a MASTER without the IP; the rounds after find it
+    consistent and say so once; a state keepalived records between rounds is what the next round acts on."""
+    env.set_state("MASTER")
+    between = []
+
+    def sleep(seconds):
+        if seconds > 1:  # between rounds (the agent's own waits are action_poll, 0.01 s)
+            between.append(seconds)
+            if len(between) == 3:
+                env.set_state("BACKUP")  # keepalived handed over: the next round releases
+        else:
+            time.sleep(seconds)
+
+    assert agent.watch(str(env.config), 5, runner=env.ip, sleep=sleep, action_poll=0.01, rounds=5) == 0
+    assert len(between) == 4 and all(4 < s <= 5 for s in between), between
+    assert env.posts() == [("assign", {"server": LB1}, 201), ("assign", {"server": LB2}, 201)]
+    said = [r.message for r in caplog_info.records if r.levelno == logging.INFO and r.message.startswith("consistent")]
+    assert said == [f"consistent: MASTER and holding floating IP {FIP_IP}",
+                    f"consistent: BACKUP and floating IP {FIP_IP} is on server {LB2}"], said
+    assert agent.log.filters == []  # the watch's filter goes with it
+
+
+def test_watch_refuses_an_interval_that_is_not_a_positive_number(env, caplog_info):
+    assert env.run("watch", "--every", "0") == agent.EXIT_CONFIG
+    assert "--every must be a number of seconds above 0" in caplog_info.text
+
+
 def test_status_prints_json(env, capsys):
     env.set_state("BACKUP")
     assert env.run("status") == 0
