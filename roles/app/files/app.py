@@ -31,6 +31,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -248,6 +249,13 @@ class Server(ThreadingHTTPServer):
             return sock, addr
         sock.settimeout(5)  # a client that never finishes its handshake does not hold a thread for long
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        # a client gone before its answer was written (the load balancers' health checks read the status
+        # and close, every 500 ms each): nothing to report. socketserver printed a traceback each time.
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLEOFError)):
+            return
+        super().handle_error(request, client_address)
 
     def finish_request(self, request, client_address):
         if self.context is not None:
