@@ -73,6 +73,9 @@ def test_stats_and_metrics_only_on_the_private_network(settled):
     assert tcp(lab, mon.name, lb.private_ip, STATS_PORT) == "open"
     metrics = lab.exec(mon.name, ["curl", "-sf", f"http://{lb.private_ip}:{STATS_PORT}/metrics"], check=True).stdout
     assert "haproxy_backend_active_servers" in metrics
+    # keepalived's checks (twice a second) and the scrapes leave no access log: the site's requests do
+    logged = lab.exec(lb.name, ["journalctl", "-t", "haproxy", "--since", "-20s", "-o", "cat"], check=True).stdout
+    assert " stats stats/" not in logged, logged[-1000:]
     # another private host (an app server) gets no answer: dropped by the load balancer's firewall
     assert tcp(lab, app.name, lb.private_ip, STATS_PORT) == "filtered"
     # from the internet the same address answers HTTPS, and drops the stats port
