@@ -7,11 +7,10 @@ variables from here, so the tests render exactly what hosts receive.
 from __future__ import annotations
 
 import re
-
 from typing import Any, Mapping
 
 import roles.app as app_role
-from roles.loadbalancer import STATS_PORT
+from roles.loadbalancer import STATS_PORT, SYSTEMD_TIMESPAN
 
 CERT_DIR = "/etc/haproxy/certs"
 CERT = f"{CERT_DIR}/site.pem"          # the site's chain and key, one PEM (HAProxy's crt)
@@ -123,9 +122,9 @@ def failover_config(hostname: str, data: Mapping[str, Any], public_interface: st
 
 
 def timespan_seconds(span: str) -> float:
-    """A systemd time span as roles.loadbalancer.SYSTEMD_TIMESPAN allows it ("5s", "1.5min", "500ms") in
-    seconds."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|min|h)", span)
+    """A systemd time span as the settings allow it (SYSTEMD_TIMESPAN: "5s", "1.5min", "500ms") in seconds."""
+    m = re.fullmatch(SYSTEMD_TIMESPAN, span)
     if not m:
         raise ValueError(f"{span!r} is not a time span such as 500ms, 5s, 1min or 1h")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2)]
+    unit = m.group(2)
+    return float(span[:-len(unit)]) * {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}[unit]

@@ -81,8 +81,9 @@ def loadbalancer() -> None:
     library = hcloud_agent.install()
     agent = files.put(name="Failover agent", src=str(AGENT_SOURCE), dest="/opt/hastack/failover_agent.py",
                       user="root", group="root", mode="0644")
-    command = files.put(name="Failover agent command", src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV, config=c.FAILOVER_CONFIG)),
-              dest=c.FAILOVER_COMMAND, user="root", group="root", mode="0755")
+    command = files.put(name="Failover agent command",
+                        src=StringIO(WRAPPER.format(venv=hcloud_agent.VENV, config=c.FAILOVER_CONFIG)),
+                        dest=c.FAILOVER_COMMAND, user="root", group="root", mode="0755")
     witness.put_client_tls()  # the agent asks the witness before taking the IP from a live-looking peer
     config = c.failover_config(host.name, d.dict(), public_interface, api=hcloud_agent.api_config(),
                                witness=witness.client_config())
