@@ -14,7 +14,7 @@ from hastack.lab import image, network, s3, services
 from hastack.lab.layout import (HCLOUD_API_PORT, S3_PORT, Addresses, Paths, default_paths, lab_api_tokens,
                                 lab_ca_state, lab_secret, lab_seed_state, lab_stack_pki, lab_topology,
                                 write_lab_stack_trust)
-from hastack.lab.machine import CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
+from hastack.lab.machine import APT_STAMP, CGROUP_GROUP, Machine, cgroup_roots, remove_cgroup_tree
 from hastack.lab.system import LabError, preflight
 from hastack.model import Topology
 from hastack.outputs import Provided, Server, stack_outputs
@@ -90,16 +90,21 @@ class Lab:
             self.log(f"warning: {name} booted degraded: {failed.strip()}")
         timings["boot"] = time.monotonic() - t
 
-        # apt-cacher-ng races when many clients fetch the same index at once
-        # (a fresh InRelease is renamed under a second-resolution name), so
-        # the package lists are fetched one machine at a time; the converge
-        # then finds them fresh and the .deb downloads run in parallel.
+        # One machine fetches the package lists through the apt cache; the others get its files. The
+        # converge then finds them fresh and the .deb downloads run in parallel. (Fetched by every
+        # machine, the lists cost a dozen parses of the whole archive, and apt-cacher-ng races when many
+        # clients fetch the same index at once: a fresh InRelease is renamed under a second-resolution name.)
         t = time.monotonic()
         stale = [m for m in self.machines.values() if not m.apt_lists_fresh()]
         if stale:
-            self.log(f"fetching package lists through the apt cache, one machine at a time ({len(stale)})")
-        for m in stale:
-            m.exec(["apt-get", "update", "-qq"], timeout=300)
+            self.log(f"fetching package lists through the apt cache on {stale[0].name}, "
+                     f"copied to {len(stale) - 1} more")
+            # the stamp apt.packages(cache_time=...) reads, touched as pyinfra's own update touches it:
+            # without it the converge's first install fetches the lists again on every machine
+            stale[0].exec(["sh", "-c", f"apt-get update -qq && mkdir -p {APT_STAMP.rsplit('/', 1)[0]} "
+                                       f"&& touch {APT_STAMP}"], timeout=300)
+            for m in stale[1:]:
+                m.take_apt_lists_from(stale[0])
         timings["apt"] = time.monotonic() - t
 
         result: dict[str, Any] = {"timings": timings}

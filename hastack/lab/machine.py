@@ -11,6 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
+from pyinfra.operations.apt import APT_UPDATE_FILENAME
+
 from hastack.templating import render_user_data
 from hastack.lab.layout import Addresses, Paths, netns, veth
 from hastack.lab.services import proxy_url
@@ -19,6 +21,8 @@ from hastack.model import Host, Topology
 
 
 CGROUP_GROUP = "hastack-lab"
+# apt.packages(cache_time=...) fetches the package lists again unless this file is younger than that
+APT_STAMP = APT_UPDATE_FILENAME
 
 
 def cgroup_roots() -> list[Path]:
@@ -103,8 +107,21 @@ class Machine:
     def apt_lists_fresh(self, max_age: float = 3000) -> bool:
         """Package lists fetched recently enough that a converge will not fetch them again."""
         # the stamp apt touches after a successful update; pyinfra's cache_time reads it too
-        stamp = self.root / "var/lib/apt/periodic/update-success-stamp"
+        stamp = self.root / APT_STAMP.lstrip("/")
         return stamp.exists() and time.time() - stamp.stat().st_mtime < max_age
+
+    def take_apt_lists_from(self, other: "Machine") -> None:
+        """The package lists ``other`` just fetched (and apt's caches built from them), copied in with their
+        times: apt reads them as fetched here, and an install finds them fresh. Every machine runs the same
+        image, sources and architecture, so the lists are the same files."""
+        for rel in ("var/lib/apt/lists", "var/cache/apt"):
+            source, target = other.root / rel, self.root / rel
+            for item in source.iterdir():
+                if item.is_file() and item.name != "lock":
+                    shutil.copy2(item, target / item.name)
+        stamp = APT_STAMP.lstrip("/")
+        (self.root / stamp).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(other.root / stamp, self.root / stamp)
 
     def host_key_line(self) -> str:
         key = (self.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
