@@ -42,7 +42,7 @@ import posixpath
 import shlex
 import threading
 from contextlib import contextmanager
-from inspect import getcallargs
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -399,9 +399,20 @@ def _fact_arguments(cache: FactCache, state, host, cls, args, kwargs) -> tuple[d
             last = cache.executors[host.name] = (*context, {k: v for k, v in global_kwargs.items()
                                                              if k in CONNECTOR_ARGUMENT_KEYS})
         executor = dict(last[3])
-    fact_kwargs = getcallargs(cls().command, *(args or []), **kwargs) if args or kwargs else {}
-    fact_kwargs.pop("self", None)
-    return fact_kwargs, executor
+    return (_command_arguments(cls, tuple(args or ()), kwargs) if args or kwargs else {}), executor
+
+
+@functools.cache
+def _command_signature(cls) -> inspect.Signature:
+    return inspect.signature(cls().command)  # a bound method's: without self
+
+
+def _command_arguments(cls, args: tuple, kwargs: dict) -> dict:
+    """What inspect.getcallargs gives for the fact's command (every parameter, its default when not given),
+    from its signature read once per class rather than once per fact (a tenth of the operator's CPU)."""
+    bound = _command_signature(cls).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 @functools.cache

@@ -115,3 +115,32 @@ def test_each_host_reports_its_own_name_for_an_operation_that_shares_its_identit
     assert state.get_op_meta(op_hash).names == {"the step of one", "the step of two"}
     assert (_operation_name(state, one, op_hash), _operation_name(state, two, op_hash)) == \
         ("the step of one", "the step of two")
+
+
+def test_commands_made_from_a_remembered_split_are_pyinfras_commands():
+    """hastack.converge gives pyinfra's command module a split that remembers each template: the commands
+    made are those of shlex's own split, for every fact template in pyinfra.facts.files and a quoted one."""
+    import shlex
+
+    from pyinfra.api import command as pyinfra_command
+    from pyinfra.api.command import QuoteString, make_formatted_string_command
+    from pyinfra.facts import files as file_facts
+
+    from hastack import converge as converge_module
+
+    templates = [getattr(file_facts, name)._raw_cmd for name in dir(file_facts)
+                 if isinstance(getattr(getattr(file_facts, name), "_raw_cmd", None), str)]
+    templates += ["! test -e {0} || (echo 'a \"b\"' && stat {0} {1})", "cp {0} {1} && chmod 0600 {1}"]
+    assert len(templates) >= 5
+    assert pyinfra_command.shlex.split is converge_module._split_once
+    for template in templates:
+        args = (QuoteString("/etc/a b"), QuoteString("/tmp/c'd"))
+        remembered = make_formatted_string_command(template, *args).get_raw_value()
+        remembered_again = make_formatted_string_command(template, *args).get_raw_value()
+        pyinfra_command.shlex = shlex
+        try:
+            theirs = make_formatted_string_command(template, *args).get_raw_value()
+        finally:
+            pyinfra_command.shlex = converge_module._shlex
+        assert remembered == remembered_again == theirs
+    assert converge_module._split_once.cache_info().hits >= len(templates)
