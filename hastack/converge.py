@@ -58,8 +58,8 @@ def _split_once(template: str) -> tuple[str, ...]:
 
 
 # pyinfra splits a command's template with shlex each time a fact or an operation makes its command
-# (46,000 tokens in a no-op converge of the lab, a fifth of its CPU there): the templates are a few
-# dozen constant strings. Its command module alone gets the remembering split.
+# (46,000 tokens in a no-op converge of the lab): the templates are a few dozen constant strings.
+# Its command module alone gets the remembering split.
 _shlex = types.ModuleType("shlex")
 _shlex.__dict__.update(vars(shlex))
 _shlex.split = _split_once

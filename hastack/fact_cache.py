@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -42,7 +43,6 @@ import posixpath
 import shlex
 import threading
 from contextlib import contextmanager
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -409,7 +409,7 @@ def _command_signature(cls) -> inspect.Signature:
 
 def _command_arguments(cls, args: tuple, kwargs: dict) -> dict:
     """What inspect.getcallargs gives for the fact's command (every parameter, its default when not given),
-    from its signature read once per class rather than once per fact (a tenth of the operator's CPU)."""
+    from its signature read once per class rather than once per fact."""
     bound = _command_signature(cls).bind(*args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)

@@ -246,7 +246,8 @@ def test_the_batched_reads_run_at_the_lowest_cpu_and_disk_priority(tmp_path):
 def test_each_fact_is_run_as_pyinfra_would_run_it(tmp_path, monkeypatch):
     """How a fact runs (sudo, environment, ...) is worked out once per operation, not once per fact: the
     same as pyinfra's own answer for facts asked in a deploy, a nested deploy with its own arguments, an
-    operation with its own, a condition checked as operations run, and a fact with arguments of its own."""
+    operation with its own, a condition checked as operations run, and facts with arguments of their own (one
+    left at its default)."""
     from pyinfra.api import facts as pyinfra_facts
     from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
     from pyinfra.operations import files, server
@@ -279,6 +280,7 @@ def test_each_fact_is_run_as_pyinfra_would_run_it(tmp_path, monkeypatch):
         inner(_env={"FROM": "deploy"})
         files.directory(name="a directory", path=str(path.parent), _env={"FROM": "operation"})
         host.get_fact(Command, "true", _env={"FROM": "fact"})
+        host.get_fact(FindInFile, str(path), "a", extended_regex=True)  # interpolate_variables left at its default
         server.shell(name="a condition", commands=["true"],
                      _if=lambda: host.get_fact(Sha1File, path=str(path)) is not None)
         host.get_fact(Sha1File, path=str(path))
