@@ -2,9 +2,9 @@
 
 The same entry point serves the lab (addresses from the lab) and a real
 stack (addresses from `pulumi stack output`). Each host runs the roles its
-data lists (``base``, its own, those beside it), in that order; a role
-without a deploy module has nothing to configure yet. Then each role's
-after-roles step runs (hastack.role.Role.after_roles).
+data lists (``base``, its own, those beside it), in that order, at its own
+pace (hastack.host_runs); a role without a deploy module has nothing to
+configure yet. Then each role's after-roles step runs (hastack.role.Role.after_roles).
 
 ``check=True`` is the dry run (`hastack converge --check`): the operations are
 prepared as for a converge (facts gathered) and each is asked whether it would
@@ -36,10 +36,10 @@ from pyinfra.api.deploy import add_deploy, deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import HostData
 from pyinfra.api.command import StringCommand
-from pyinfra.api.operations import run_ops
 
 from hastack.converge_progress import Progress
 from hastack.fact_cache import FactCache, fact_cache_dir, serving
+from hastack.host_runs import run_each_host
 from hastack.inventory import make_inventory
 from hastack.role import AfterRoles, AfterRolesError
 from roles import all_roles
@@ -220,7 +220,7 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                     say(f"running {len(state.get_op_order())} operations")
                     with Progress(state, say) as progress_lines:
                         state.add_callback_handler(progress_lines)
-                        run_ops(state)
+                        run_each_host(state)  # each host at its own pace (hastack.host_runs)
                     slowest[:] = progress_lines.slowest()
                     phase("run")
             for h in hosts:

@@ -19,6 +19,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
+from hastack.host_runs import in_step
 from hastack.templating import template_path
 from roles import hcloud_agent, rolling_restart
 from roles.data_volume import mount_data_volume
@@ -118,9 +119,10 @@ def peer_client_cnf(d) -> str:
 
 
 def _apply_sql(name: str, path: str, sql: str, force: bool = False):
+    """Returns the operation that applies the SQL."""
     put = files.put(name=f"{name} (SQL)", src=StringIO(sql), dest=path, user="root", group="root", mode="0600")
-    server.shell(name=name, commands=[f"{WAIT_FOR_UPGRADE}; mariadb --batch < {path}"],
-                 _if=lambda: force or put.did_change())
+    return server.shell(name=name, commands=[f"{WAIT_FOR_UPGRADE}; mariadb --batch < {path}"],
+                        _if=lambda: force or put.did_change())
 
 
 @deploy("mariadb", data_defaults=DEFAULTS)
@@ -167,15 +169,17 @@ def mariadb() -> None:
         files.file(name="Hold writes until the restore", path=HOLD_FILE, user="root", group="root", mode="0600",
                    touch=True)
     if not member:
-        # every host runs `init` before any runs `seed`: pyinfra runs an operation on all hosts before the next.
-        # Only a fresh master is seeded; the join command refuses one holding other databases, or running
-        # writable, and moves the data directory it replaces aside.
-        server.shell(name="Initialise the pair (preferred master of a new pair)", commands=[f"{JOIN} init"])
-        server.shell(name="Seed from the peer (mariabackup)", commands=[f"{JOIN} seed"])
+        # In step with the peer (hastack.host_runs): both fresh masters of a new pair are set up and
+        # answering before either asks the other whether it holds the pair's data, and `init` has run on
+        # both before either runs `seed`. Only a fresh master is seeded; the join command refuses one
+        # holding other databases, or running writable, and moves the data directory it replaces aside.
+        in_step(server.shell(name="Initialise the pair (preferred master of a new pair)", commands=[f"{JOIN} init"]))
+        in_step(server.shell(name="Seed from the peer (mariabackup)", commands=[f"{JOIN} seed"]))
         # the copy brought the peer's accounts and replication settings: this node's own go back on top
         _apply_sql("MariaDB accounts after seeding", f"{SQL_DIR}/users.sql", users_sql(d), force=True)
-    _apply_sql("Replication from the other master", f"{SQL_DIR}/replication.sql", replication_sql(d),
-               force=not member)
+    # in step: a new pair's seeded master has its copy before the other starts replicating from it
+    in_step(_apply_sql("Replication from the other master", f"{SQL_DIR}/replication.sql", replication_sql(d),
+                       force=not member))
 
     # -- the single writer
     hcloud_agent.install(system_site_packages=True)  # PyMySQL from Debian, hcloud from pip
