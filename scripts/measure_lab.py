@@ -4,6 +4,9 @@
 cold:   from no machines (lab down) to every machine booted and converged;
         the base image and the apt cache are kept, as on a second day.
         --from-scratch also removes the base image and the apt cache.
+        --compare-in-step alternates each cold run with one whose operations run in
+        pyinfra's own way (each on all its hosts before the next, not each host at its
+        own pace: hastack.host_runs), and prints both.
 warm:   a converge over the unchanged lab (must report zero changes), phase by phase (facts: until
         the last host's answers are in, its operations prepared as each host's arrive); this
         process's CPU; the facts it took from one command per host (hastack.fact_cache) and
@@ -33,6 +36,9 @@ from pyinfra.api import Config, State  # noqa: E402
 from pyinfra.api.connect import connect_all, disconnect_all  # noqa: E402
 from pyinfra.facts.server import Hostname  # noqa: E402
 
+from pyinfra.api.operations import run_ops  # noqa: E402
+
+import hastack.converge  # noqa: E402
 from hastack.converge import converge  # noqa: E402
 from hastack.inventory import make_inventory  # noqa: E402
 from hastack.lab import Lab  # noqa: E402
@@ -61,23 +67,35 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5, help="warm converge and floor runs")
     parser.add_argument("--from-scratch", action="store_true")
+
+    parser.add_argument("--compare-in-step", action="store_true",
+                        help="alternate each cold run with one in pyinfra's own way, operation by operation")
     args = parser.parse_args()
 
     lab = Lab("lab", log=lambda m: None)
     cold, phases = [], []
+    in_step, in_step_phases = [], []
+    host_by_host = hastack.converge.run_each_host
+    ways = [(host_by_host, cold, phases)] + ([(run_ops, in_step, in_step_phases)] if args.compare_in_step else [])
     for i in range(args.cold_runs):
-        lab.down()
-        if args.from_scratch and i == 0:
-            shutil.rmtree(lab.paths.base, ignore_errors=True)
-            lab.paths.base_marker.unlink(missing_ok=True)
-            shutil.rmtree(lab.paths.apt_cache, ignore_errors=True)
-        t = time.monotonic()
-        result = lab.up(converge=True)
-        cold.append(time.monotonic() - t)
-        phases.append(result["timings"])
-        slowest = result["converge"].slowest
-        if not result["converge"].ok:
-            raise RuntimeError("cold converge failed")
+        for run_way, times, timings in ways:
+            lab.down()
+            if args.from_scratch and i == 0 and run_way is host_by_host:
+                shutil.rmtree(lab.paths.base, ignore_errors=True)
+                lab.paths.base_marker.unlink(missing_ok=True)
+                shutil.rmtree(lab.paths.apt_cache, ignore_errors=True)
+            hastack.converge.run_each_host = run_way
+            try:
+                t = time.monotonic()
+                result = lab.up(converge=True)
+                times.append(time.monotonic() - t)
+            finally:
+                hastack.converge.run_each_host = host_by_host
+            timings.append(result["timings"])
+            if run_way is host_by_host:
+                slowest = result["converge"].slowest
+            if not result["converge"].ok:
+                raise RuntimeError("cold converge failed")
 
     warm, floors, served, asked, warm_phases, warm_cpu = [], [], [], [], [], []
     entries = lab.inventory_entries()
@@ -93,13 +111,22 @@ def main() -> None:
         floors.append(floor(entries))
 
     print(f"lab: {len(lab.machines)} machines, {len(lab.machines)} hosts converged in parallel")
-    show("cold lab up", cold)
-    for key in ("image", "network", "boot", "apt", "converge", "converge: connect", "converge: facts",
-                "converge: prepare", "converge: run", "converge: after roles"):
-        show(f"  of which {key}", [p[key] for p in phases if key in p])
+    for label, times, timings in (("cold lab up", cold, phases), ("cold lab up, in step", in_step, in_step_phases)):
+        if not times:
+            continue
+        show(label, times)
+        for key in ("image", "network", "boot", "apt", "converge", "converge: connect", "converge: facts",
+                    "converge: prepare", "converge: run", "converge: after roles"):
+            show(f"  of which {key}", [p[key] for p in timings if key in p])
     if phases:
         print("  slowest operations of the last cold converge: "
               + "; ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest))
+    if in_step:
+        runs_each = [statistics.median(p["converge: run"] for p in t) for t in (phases, in_step_phases)]
+        print(f"host by host / in step (medians): {statistics.median(cold) / statistics.median(in_step):.2f}x "
+              f"the cold lab up, {runs_each[0] / runs_each[1]:.2f}x its operations")
+    if not args.runs:
+        return
     show("warm re-converge (0 changes)", warm)
     for key in ("connect", "facts", "prepare", "run", "after roles"):
         show(f"  of which {key}", [p[key] for p in warm_phases if key in p])
