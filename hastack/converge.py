@@ -37,7 +37,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import HostData
 from pyinfra.api.command import StringCommand
 
-from hastack.converge_progress import Progress
+from hastack.converge_progress import Progress, operation_names
 from hastack.fact_cache import FactCache, fact_cache_dir, serving
 from hastack.host_runs import run_each_host
 from hastack.inventory import make_inventory
@@ -404,8 +404,7 @@ def own_operation_names(state: State):
 
 def _operation_name(state: State, h, op_hash: str) -> str:
     """The name of the operation as this host has it (own_operation_names), else pyinfra's names for it."""
-    own = getattr(state, "hastack_own_names", {}).get((h.name, op_hash))
-    return own or ", ".join(sorted(state.get_op_meta(op_hash).names))
+    return ", ".join(operation_names(state, h.name, op_hash))
 
 
 def _would_change(state: State, h, report: HostReport) -> None:

@@ -14,6 +14,13 @@ import gevent
 from pyinfra.api.state import BaseStateCallback
 
 
+def operation_names(state, host_name: str, op_hash: str) -> list[str]:
+    """One operation in the order may be a different one per role: the host's own name for it
+    (hastack.converge.own_operation_names) where known, else pyinfra's names for it."""
+    own = getattr(state, "hastack_own_names", {}).get((host_name, op_hash))
+    return [own] if own else sorted(state.get_op_meta(op_hash).names)
+
+
 class Progress(BaseStateCallback):
     """A pyinfra state callback (``state.add_callback_handler``); ``say`` gets a line every ``every`` seconds
     at most while operations run."""
@@ -29,11 +36,8 @@ class Progress(BaseStateCallback):
         self._ticker = None
 
     def _shown(self, host_name: str, op_hash: str) -> str:
-        # one operation in the order may be a different one per role: the host's own name for it
-        # (hastack.converge.own_operation_names) where known, else pyinfra's names
-        own = getattr(self.state, "hastack_own_names", {}).get((host_name, op_hash))
         names = sorted({n.removeprefix("hastack | ").replace(" | ", ": ", 1)
-                        for n in ([own] if own else self.state.get_op_meta(op_hash).names)})
+                        for n in operation_names(self.state, host_name, op_hash)})
         return ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "") or op_hash[:8]
 
     # -- pyinfra's callbacks (instance methods: pyinfra calls them with the state first)

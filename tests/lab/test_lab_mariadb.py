@@ -155,8 +155,8 @@ def test_writes_move_to_the_other_master_when_the_writer_dies_and_none_is_lost(p
     journal = lab.exec(passive, ["journalctl", "-u", "hastack-mariadb-writer", "--since", f"@{started}", "-o", "cat",
                                  "--no-pager"]).stdout
     server = lab.server_id(writer)
-    fenced = (f"{writer} (server {server}) is already off" if f"{writer} (server {server}) is already off" in journal
-              else f"fencing {writer}: powering off server {server}")
+    already_off = f"{writer} (server {server}) is already off"
+    fenced = already_off if already_off in journal else f"fencing {writer}: powering off server {server}"
     assert fenced in journal and journal.index(fenced) < journal.index(f"promoting {passive} to writer"), journal
     if "powering off" in fenced:
         assert any(e["path"] == f"/v1/servers/{server}/actions/poweroff" and e["time"] >= started for e in log), log
