@@ -312,8 +312,11 @@ def lab_up(stack: str = LabStack, no_converge: bool = typer.Option(False, "--no-
         _print_converge(report)
     _print_status(lab)
     t = result["timings"]
+    ahead = t.get("converge: after roles, ahead", 0)
     converged = (f", converge {t['converge']:.0f}s of which the steps after the roles (the Cassandra ring) "
-                 f"{t.get('converge: after roles', 0):.0f}s" if "converge" in t else "")
+                 f"{t.get('converge: after roles', 0) + ahead:.0f}s"
+                 + (f", {ahead:.0f}s of them while other hosts still ran their operations" if ahead >= 0.5 else "")
+                 if "converge" in t else "")
     console.print(f"lab up took {t['total']:.0f}s (image {t['image']:.0f}s, network {t['network']:.0f}s, "
                   f"boot {t['boot']:.0f}s, package lists {t['apt']:.0f}s{converged})")
     console.print(f"log in: [bold]hastack lab ssh {lab.topo.hosts[0].name}[/bold]  "

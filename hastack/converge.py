@@ -104,6 +104,8 @@ class ConvergeReport:
     phases: dict[str, float] = field(default_factory=dict)  # connect, facts, prepare, run, after roles: seconds
     slowest: list[tuple[str, float]] = field(default_factory=list)  # the longest operations: (name, seconds)
     cpu: dict[str, float] = field(default_factory=dict)  # the same phases: this process's CPU seconds
+    # role name -> seconds its after-roles step ran while other hosts still ran operations (StepsAhead)
+    ran_ahead: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -187,6 +189,8 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             reports[h.name].failed = "connect: could not connect over SSH"
     phase("connect")
     looks = _look_ahead(state, inventory, say) if after_roles and not check else {}
+    ahead: StepsAhead | None = None
+    context_before = ctx_state.get()
     try:
         try:
             say("preparing operations (gathering facts)")
@@ -218,9 +222,14 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
                         Pool(len(hosts) or 1).map(lambda h: _would_change(state, h, reports[h.name]), hosts)
                 else:
                     say(f"running {len(state.get_op_order())} operations")
+                    if after_roles:
+                        ahead = StepsAhead(state, inventory, say, looks)
                     with Progress(state, say) as progress_lines:
                         state.add_callback_handler(progress_lines)
-                        run_each_host(state)  # each host at its own pace (hastack.host_runs)
+                        # each host at its own pace (hastack.host_runs)
+                        run_each_host(state, when_done=ahead.host_done if ahead else None)
+                    if ahead:
+                        ahead.hosts_finished()
                     slowest[:] = progress_lines.slowest()
                     phase("run")
             for h in hosts:
@@ -239,12 +248,16 @@ def converge(entries: dict[str, dict[str, Any]], parallel: int | None = None,
             return ConvergeReport(reports, time.monotonic() - started, phases, slowest, cpu)
         _collect(state, inventory, reports)
         if after_roles:
-            _after_roles(state, inventory, reports, say, looks)
+            _after_roles(state, inventory, reports, say, looks, ahead)
             phase("after roles")
     finally:
         gevent.killall(list(looks.values()))  # a converge that stopped early: no look-ahead left reading
+        if ahead:
+            gevent.joinall(list(ahead.started.values()))  # a ring step is not cut off half-way
+            ctx_state.set(context_before)  # their commands set pyinfra's process-wide state beside the run's
         disconnect_all(state)
-    return ConvergeReport(reports, time.monotonic() - started, phases, slowest, cpu)
+    return ConvergeReport(reports, time.monotonic() - started, phases, slowest, cpu,
+                          ahead.ran_ahead if ahead else {})
 
 
 @contextmanager
@@ -350,11 +363,13 @@ def _quietly(look: Callable[[AfterRoles], Any], step: AfterRoles) -> Any:
 
 
 def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: Callable[[str], None],
-                 looks: dict[str, Any] | None = None) -> None:
+                 looks: dict[str, Any] | None = None, ahead: "StepsAhead | None" = None) -> None:
     """Each role's step after every host has its roles (the Cassandra ring: one node at a time).
 
     A step runs only when every host of the role converged; it changes nothing otherwise. It is given
-    what its look-ahead read when no operation changed anything on the role's hosts."""
+    what its look-ahead read when no operation changed anything on the role's hosts. A step that
+    already ran while other hosts ran their operations (``ahead``) has its results taken here, in the
+    roles' order."""
     for r in all_roles():
         step = r.after_roles_step()
         members = _role_hosts(inventory, r.name)
@@ -365,17 +380,88 @@ def _after_roles(state: State, inventory, reports: dict[str, HostReport], say: C
         if failed:
             first.failed = first.failed or f"{r.name}: not changed, because {', '.join(failed)} did not converge"
             continue
-        hosts = {h.name: h.data.dict() for h in members}
-        looked = None
-        look = (looks or {}).get(r.name)
-        if look is not None and not any(reports[h.name].changed for h in members):
-            looked = look.get()
-        try:
-            for name, change in step(AfterRoles(hosts=hosts, run=runner(state), log=say, looked=looked)):
-                reports[name].changed += 1
-                reports[name].changed_operations.append(change)
-        except AfterRolesError as e:
-            first.failed = str(e)
+        started = ahead.started.get(r.name) if ahead else None
+        if started is not None:
+            changes, error = started.get()
+        else:
+            changed = any(reports[h.name].changed for h in members)
+            changes, error = _run_step(state, step, members, say, None if changed else (looks or {}).get(r.name))
+        for name, change in changes:
+            reports[name].changed += 1
+            reports[name].changed_operations.append(change)
+        if error:
+            first.failed = error
+
+
+def _run_step(state: State, step: Callable[[AfterRoles], Any], members: list, say: Callable[[str], None],
+              look: Any = None) -> tuple[list[tuple[str, str]], str | None]:
+    """Run one role's after-roles step: the (host, change) it made, and why it stopped if it failed.
+    ``look``: its look-ahead's greenlet, when no operation changed anything on the role's hosts."""
+    changes: list[tuple[str, str]] = []
+    hosts = {h.name: h.data.dict() for h in members}
+    try:
+        for name, change in step(AfterRoles(hosts=hosts, run=runner(state), log=say,
+                                            looked=look.get() if look is not None else None)):
+            changes.append((name, change))
+    except AfterRolesError as e:
+        return changes, str(e)
+    return changes, None
+
+
+class StepsAhead:
+    """The after-roles steps of roles that need nothing of other roles' hosts (``Role.after_roles_alone``):
+    each starts as soon as every host of its role has run all its operations, while the other hosts still
+    run theirs (the Cassandra ring forms while the monitoring host installs its tools)."""
+
+    def __init__(self, state: State, inventory, say: Callable[[str], None], looks: dict[str, Any]):
+        self.state, self.say, self.looks = state, say, looks
+        self.hosts = len(list(inventory))
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+        self.waiting: dict[str, tuple[Any, list]] = {}  # role name -> (role, its hosts)
+        self.started: dict[str, gevent.Greenlet] = {}  # role name -> its step: (changes, error)
+        self.ran_ahead: dict[str, float] = {}  # role name -> seconds its step ran while other hosts ran
+        self._run_started: dict[str, float] = {}
+        for r in all_roles():
+            members = _role_hosts(inventory, r.name)
+            if r.after_roles_alone and r.after_roles_step() is not None and members:
+                self.waiting[r.name] = (r, members)
+
+    def host_done(self, host, ok: bool) -> None:
+        """hastack.host_runs calls this as each host's run ends."""
+        self.done.add(host.name)
+        if not ok or _host_ran(self.state, host)[1]:
+            self.failed.add(host.name)
+        for name, (r, members) in list(self.waiting.items()):
+            names = {h.name for h in members}
+            if names & self.failed:
+                del self.waiting[name]  # the step does not run: _after_roles says why
+            elif names <= self.done:
+                del self.waiting[name]
+                still = self.hosts - len(self.done)
+                if still:
+                    self.say(f"{r.name}: its hosts have run their operations; its step after the roles starts "
+                             f"while {still} other hosts run theirs")
+                self._run_started[name] = time.monotonic()
+                self.started[name] = gevent.spawn(self._run, r, members)
+
+    def _run(self, r, members: list) -> tuple[list[tuple[str, str]], str | None]:
+        changed = any(_host_ran(self.state, h)[0] for h in members)
+        return _run_step(self.state, r.after_roles_step(), members, self.say,
+                         None if changed else self.looks.get(r.name))
+
+    def hosts_finished(self) -> None:
+        """Every host's run has ended: how long each step started ahead has run meanwhile."""
+        now = time.monotonic()
+        self.ran_ahead = {name: now - start for name, start in self._run_started.items()}
+
+
+def _host_ran(state: State, h) -> tuple[bool, bool]:
+    """Whether an operation changed something on host ``h``, and whether one failed, as _collect will
+    count them (read as soon as the host's run ends)."""
+    metas = [state.get_op_data_for_host(h, op_hash).operation_meta for op_hash in h.op_hash_order]
+    done = [m for m in metas if m.is_complete()]
+    return any(m.did_change() and not m.did_error() for m in done), any(m.did_error() for m in done)
 
 
 @contextmanager

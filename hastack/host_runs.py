@@ -15,6 +15,8 @@ once the peer has been set up and initialised).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import gevent
 from pyinfra import state as current_state
 from pyinfra.api.operations import run_host_op
@@ -36,9 +38,10 @@ def in_step(op):
     return op
 
 
-def run_each_host(state) -> None:
+def run_each_host(state, when_done: Callable[[object, bool], None] | None = None) -> None:
     """Run the prepared operations of every active host, each host in its own greenlet; a host whose
-    operation fails stops there and is failed afterwards (as pyinfra does, FAIL_PERCENT applies)."""
+    operation fails stops there and is failed afterwards (as pyinfra does, FAIL_PERCENT applies).
+    ``when_done(host, ok)`` is called as each host's run ends, ``ok`` when it ran every operation."""
     order = state.get_op_order()
     steps = getattr(state, IN_STEP, set())
     hosts = list(state.inventory.get_active_hosts())
@@ -50,6 +53,7 @@ def run_each_host(state) -> None:
         return all(at[other] >= i for other in hosts if other is not host and op_hash in state.ops[other])
 
     def run(host) -> None:
+        ok = False
         try:
             with ctx_host.use(host):
                 for i, op_hash in enumerate(order):
@@ -62,8 +66,11 @@ def run_each_host(state) -> None:
                     if not run_host_op(state, host, op_hash):
                         failed.add(host)
                         return
+            ok = True
         finally:
             at[host] = len(order)  # done, failed or stopped: no host waits for it any more
+            if when_done is not None:
+                when_done(host, ok)
 
     state.is_executing = True
     with ctx_state.use(state):

@@ -115,6 +115,9 @@ class Role:
     # sysctl name -> the host data key giving the minimum
     host_kernel: Mapping[str, str] = field(default_factory=dict)
     after_roles: str | None = None  # "module:function" taking AfterRoles, yielding (host, change)
+    # its step needs only its own hosts to have run their operations: it starts as soon as they have,
+    # while other roles' hosts still run theirs (hastack.converge.StepsAhead)
+    after_roles_alone: bool = False
     # "module:function" taking AfterRoles (``run`` only reads), run while the roles are prepared and run:
     # a slow read the after-roles step needs (the ring's status), handed to it as ``looked``
     after_roles_look: str | None = None

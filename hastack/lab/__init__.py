@@ -117,6 +117,8 @@ class Lab:
             timings["converge"] = time.monotonic() - t
             for phase, seconds in report.phases.items():  # the converge's own phases, the ring among them
                 timings[f"converge: {phase}"] = seconds
+            # the ring's part that ran while other hosts still ran their operations (in "run" above)
+            timings["converge: after roles, ahead"] = sum(report.ran_ahead.values())
             result["converge"] = report
         timings["total"] = time.monotonic() - t0
         return result

@@ -178,6 +178,7 @@ ROLE = Role(
     from_outputs=_from_outputs,
     host_kernel={"vm.max_map_count": "cassandra_vm_max_map_count"},
     after_roles="roles.cassandra.ring:after_roles",
+    after_roles_alone=True,  # the ring needs only its nodes: it forms while other hosts still converge
     after_roles_look="roles.cassandra.ring:look_ahead",
     cli="roles.cassandra.cli:app",
     restore="roles.cassandra.restore:restore",
