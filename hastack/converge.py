@@ -421,7 +421,7 @@ class StepsAhead:
         self.waiting: dict[str, tuple[Any, list]] = {}  # role name -> (role, its hosts)
         self.started: dict[str, gevent.Greenlet] = {}  # role name -> its step: (changes, error)
         self.ran_ahead: dict[str, float] = {}  # role name -> seconds its step ran while other hosts ran
-        self._run_started: dict[str, float] = {}
+        self._span: dict[str, list[float]] = {}  # role name -> [start, end] of its step (monotonic)
         for r in all_roles():
             members = _role_hosts(inventory, r.name)
             if r.after_roles_alone and r.after_roles_step() is not None and members:
@@ -442,18 +442,21 @@ class StepsAhead:
                 if still:
                     self.say(f"{r.name}: its hosts have run their operations; its step after the roles starts "
                              f"while {still} other hosts run theirs")
-                self._run_started[name] = time.monotonic()
+                self._span[name] = [time.monotonic(), float("inf")]
                 self.started[name] = gevent.spawn(self._run, r, members)
 
     def _run(self, r, members: list) -> tuple[list[tuple[str, str]], str | None]:
         changed = any(_host_ran(self.state, h)[0] for h in members)
-        return _run_step(self.state, r.after_roles_step(), members, self.say,
-                         None if changed else self.looks.get(r.name))
+        try:
+            return _run_step(self.state, r.after_roles_step(), members, self.say,
+                             None if changed else self.looks.get(r.name))
+        finally:
+            self._span[r.name][1] = time.monotonic()
 
     def hosts_finished(self) -> None:
         """Every host's run has ended: how long each step started ahead has run meanwhile."""
         now = time.monotonic()
-        self.ran_ahead = {name: now - start for name, start in self._run_started.items()}
+        self.ran_ahead = {name: min(end, now) - start for name, (start, end) in self._span.items()}
 
 
 def _host_ran(state: State, h) -> tuple[bool, bool]:

@@ -145,10 +145,22 @@ def test_a_step_of_its_own_hosts_starts_when_they_are_done_not_when_every_host_i
     ahead, reports, said = run(state, {("cass2", "java"): 0.2, ("db1", "mariadb"): 1.0}, monkeypatch)
     assert started["ring"] == pytest.approx(0.2, abs=0.15)  # cass2's last operation, not db1's
     assert started["restart"] == pytest.approx(1.0, abs=0.15)  # a step not marked waits for every host
-    assert ahead.ran_ahead["cassandra"] == pytest.approx(0.8, abs=0.15)  # the run's time, not the ring's own
+    assert ahead.ran_ahead["cassandra"] == pytest.approx(0.3, abs=0.15)  # all of the ring's own 0.3 s
     assert reports["cass1"].changed_operations == ["Cassandra ring: joined"]
     assert reports["db1"].changed_operations == ["MariaDB restarted"]
     assert any("its step after the roles starts while 1 other hosts run theirs" in m for m in said)
+
+
+def test_a_step_that_outlasts_the_other_hosts_counts_ahead_only_until_they_end(monkeypatch):
+    state = FakeState({"cass1": (["cassandra"], ["java"]), "db1": (["mariadb"], ["base"])})
+
+    def ring(step):
+        gevent.sleep(0.6)
+        return []
+
+    roles_with(monkeypatch, FakeRole("cassandra", ring, True))
+    ahead, _, _ = run(state, {("db1", "base"): 0.3}, monkeypatch)
+    assert ahead.ran_ahead["cassandra"] == pytest.approx(0.3, abs=0.1)  # from 0.01 s to db1's end at 0.3 s
 
 
 def test_a_step_whose_host_failed_does_not_start_and_says_why(monkeypatch):
