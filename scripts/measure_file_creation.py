@@ -21,9 +21,14 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hastack.lab.machine import mount_disk  # noqa: E402
 
 
 def create(directory: Path, count: int) -> float:
@@ -55,11 +60,8 @@ def on_host(base: Path, files: int, removed: int) -> tuple[float, float]:
 
 def on_disk(base: Path, files: int, removed: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(dir=base, prefix="file-creation-") as d:
-        image, mount = Path(d) / "disk.img", Path(d) / "disk"
-        mount.mkdir()
-        subprocess.run(["truncate", "-s", "40G", str(image)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-        subprocess.run(["mount", "-o", "loop,noatime", str(image), str(mount)], check=True)
+        mount = Path(d) / "disk"
+        mount_disk(Path(d) / "disk.img", mount)  # as a lab machine's
         try:
             return after_removal(mount, files, removed)
         finally:

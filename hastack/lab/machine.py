@@ -40,6 +40,17 @@ def mounted_at(path: Path) -> bool:
     return any(line.split()[4] == target for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
+def mount_disk(image: Path, mountpoint: Path, label: str = "") -> None:
+    """Mount the ext4 file system in ``image`` at ``mountpoint``; a new, empty one if ``image`` is missing."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if not image.exists():
+        made = image.with_suffix(".new")  # a crash while formatting leaves no half-made disk
+        run("truncate", "-s", DISK_SIZE, str(made))
+        run("mkfs.ext4", "-q", "-F", *(["-L", label] if label else []), str(made))
+        made.rename(image)
+    run("mount", "-o", "loop,noatime", str(image), str(mountpoint))
+
+
 def remove_cgroup_tree(path: Path) -> None:
     if not path.exists():
         return
@@ -102,15 +113,8 @@ class Machine:
             f"lowerdir={self.paths.base},upperdir={self.disk / 'upper'},workdir={self.disk / 'work'}", str(self.root))
 
     def _mount_disk(self) -> None:
-        if mounted_at(self.disk):
-            return
-        self.disk.mkdir(parents=True, exist_ok=True)
-        if not self.disk_image.exists():
-            made = self.disk_image.with_suffix(".new")  # a crash while formatting leaves no half-made disk
-            run("truncate", "-s", DISK_SIZE, str(made))
-            run("mkfs.ext4", "-q", "-F", "-L", self.name[-16:], str(made))
-            made.rename(self.disk_image)
-        run("mount", "-o", "loop,noatime", str(self.disk_image), str(self.disk))
+        if not mounted_at(self.disk):
+            mount_disk(self.disk_image, self.disk, label=self.name[-16:])
 
     def unmount(self) -> None:
         if self.mounted():
