@@ -4,6 +4,8 @@ file system in a sparse file), as a cloud server has one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -89,6 +91,7 @@ class Machine:
         self.dir = paths.machine(host.name)
         self.root = self.dir / "root"
         self.pidfile = self.dir / "nspawn.pid"
+        self.power_lockfile = self.dir / "power.lock"
         self.prepared_marker = self.dir / "prepared"
         # A disk of its own, with a journal: removing a machine is removing one file, and the next machine's
         # files are created at once. On a host file system without a journal, ext4 skips every inode freed
@@ -208,7 +211,21 @@ class Machine:
         while self.orphans() and time.monotonic() < deadline:
             time.sleep(0.1)
 
+    @contextlib.contextmanager
+    def _power_lock(self):
+        """One start or stop of this machine at a time, across processes: the API's power-on (a writer agent
+        restarting the peer it fenced) and an operator's `lab start` may come at once, and two nspawn on
+        one directory leave the pid file naming the one that was refused."""
+        with open(self.power_lockfile, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._power_lock():
+            self._start()
+
+    def _start(self) -> None:
         if self.running():
             return
         self.kill_orphans()  # a machine whose nspawn died must not run twice
@@ -255,6 +272,12 @@ class Machine:
 
     def stop(self, hard: bool = False, timeout: float = 60) -> None:
         """Power off (SIGTERM makes nspawn shut the machine down cleanly) or, hard, kill it like a power cut."""
+        if not self.dir.exists():
+            return  # removed, or never made: nothing runs
+        with self._power_lock():
+            self._stop(hard, timeout)
+
+    def _stop(self, hard: bool, timeout: float) -> None:
         pid = self.nspawn_pid()
         if pid is None:
             return
