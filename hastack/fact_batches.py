@@ -85,10 +85,53 @@ def _files(members, paths) -> Batch:
                     lambda line: tuple(line.split("|", 1)) if "|" in line else ("", line))
 
 
-def _hashes(members, paths) -> Batch:
+def _hash_line(line: str) -> tuple[str, str]:
     # the fact's command prints sha1sum's line as it is ("<hash>  <path>")
-    return _by_path(members, paths, "sha1sum",
-                    lambda line: (line.split("  ", 1)[1], line) if "  " in line else ("", line))
+    return (line.split("  ", 1)[1], line) if "  " in line else ("", line)
+
+
+def _hashes(members, paths) -> Batch:
+    return _by_path(members, paths, "sha1sum", _hash_line)
+
+
+# A hash the record does not hold is taken ahead only of a regular file smaller than this (find's -size);
+# a larger one is asked when an operation wants it, as before.
+_EXPECTED_BELOW = "1024k"
+
+
+def expected_hashes(facts: list[tuple[str, Any, dict]], key: Callable[[type, dict], str]) -> list[Batch]:
+    """The hashes the next converge will want that the record lacks. A converge that creates a file asks
+    only whether it exists (File); the next one finds it and compares it by its hash (Sha1File), hundreds
+    of facts asked one by one after every converge that wrote files. So for each recorded File without its
+    Sha1File, the hash is asked with the rest: served for an existing small regular file, and for any other
+    path not served at all (asked when wanted). ``key(cls, kwargs)``: the key the fact is served under."""
+    files = [kwargs["path"] for _key, fact, kwargs in facts if type(fact) is File and _path(kwargs)]
+    hashed = {kwargs.get("path") for _key, fact, kwargs in facts if type(fact) is Sha1File}
+    paths = [p for p in dict.fromkeys(files) if p not in hashed]
+    made = []
+    for start in range(0, len(paths), _AT_ONCE):
+        chunk = paths[start:start + _AT_ONCE]
+        members = []
+        for path in chunk:
+            fact = Sha1File()
+            fact.command(path=path)  # the instance keeps the path its output is read against
+            members.append((key(Sha1File, {"path": path}), fact))
+        script = (f"find {' '.join(shlex.quote(p) for p in chunk)} -maxdepth 0 -type f -size -{_EXPECTED_BELOW} "
+                  "-exec sha1sum -- {} +")
+
+        def split(lines: list[str], rc: str, chunk=chunk) -> list[list[str] | None]:
+            if rc not in ("0", "1"):  # 1: a path is missing
+                return [None] * len(chunk)
+            found: dict[str, str] = {}
+            for line in lines:
+                path, text = _hash_line(line)
+                if path in found or path not in chunk:
+                    return [None] * len(chunk)
+                found[path] = text
+            return [[found[p]] if p in found else None for p in chunk]
+
+        made.append(Batch(members, script, split))
+    return made
 
 
 def _units(members, units: list[str]) -> Batch:

@@ -12,6 +12,10 @@ but they hardly change between two converges. So:
 * the next converge first runs all the facts recorded for the host in one
   command and keeps the answers; a fact with an answer is served from it,
   any other is asked as before (and recorded for the next time);
+* a file the last converge created was only asked whether it exists; the
+  next converge compares it by its hash, so that hash is asked with the
+  rest too (``expected_hashes``): after a converge that wrote files, the
+  next one does not ask hundreds of hashes one by one;
 * answers are served only while nothing they depend on has changed: once
   an operation has run a command on a host that is not a fact's, that
   host's facts are asked live again, as pyinfra always does, so an
@@ -53,7 +57,7 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, all_global_arguments,
 from pyinfra.api.command import StringCommand
 from pyinfra.api.host import Host
 
-from hastack.fact_batches import Batch, batches
+from hastack.fact_batches import Batch, batches, expected_hashes
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +290,7 @@ class FactCache:
         for executor_json, facts in groups.items():
             executor = json.loads(executor_json)
             together, alone = batches(facts)
+            together += expected_hashes(facts, lambda cls, kwargs, e=executor: self.key(cls, kwargs, e))
             items = together + [Batch([(key, fact)], scripts[key], _one) for key, fact in alone]
             chunk: list[Batch] = []
             for item in items:

@@ -108,6 +108,37 @@ def test_without_a_record_every_fact_is_asked_live(tmp_path):
     assert cache.asked["@local"] == 8 and seen["file"] is not None
 
 
+def test_a_hash_the_record_lacks_is_asked_with_the_rest_for_a_small_file(tmp_path):
+    """A converge that creates files asks only whether each exists; the next one compares them by their
+    hashes. Those are asked in the one command too: served for a small file, not for a larger one (it is
+    asked when wanted, as before: nothing large is hashed ahead) nor for a path still missing."""
+    facts, small, big, gone = tmp_path / "facts", managed(tmp_path), tmp_path / "etc" / "big.bin", tmp_path / "gone"
+    paths = (small, big, gone)
+
+    @deploy("creating")
+    def creating():
+        for p in paths:
+            host.get_fact(File, path=str(p))
+
+    converge_locally(facts, creating, run=False)
+    small.write_text("a\n")
+    big.write_bytes(b"x" * (2 << 20))
+    seen = {}
+
+    @deploy("comparing")
+    def comparing():
+        for p in paths:
+            seen[p] = (host.get_fact(File, path=str(p)), host.get_fact(Sha1File, path=str(p)))
+
+    cache = converge_locally(facts, comparing, run=False)
+    assert cache.served["@local"] == 4 and cache.asked["@local"] == 2  # the three files, the small one's hash
+    assert seen[small][1] == hashlib.sha1(b"a\n").hexdigest()
+    assert seen[big][1] == hashlib.sha1(b"x" * (2 << 20)).hexdigest() and seen[gone] == (None, None)
+    # now recorded: every fact from the one command
+    cache = converge_locally(facts, comparing, run=False)
+    assert cache.served["@local"] == 6 and "@local" not in cache.asked
+
+
 def converge_here(cache_dir, path, marker):
     """A converge on this machine: a file written, then a command that runs only if a fact, asked as the
     operations run, sees the new content."""
