@@ -61,23 +61,29 @@ def _unit(kwargs: dict) -> str | None:
     return services if isinstance(services, str) and _PLAIN_UNIT.match(services) else None
 
 
-def _by_path(members, args: list[str], program: str, cut: Callable[[str], tuple[str, str]]) -> Batch:
-    """A program that prints one line per existing path and nothing for a missing one (status 1)."""
-    unique = list(dict.fromkeys(args))
-    script = f"{program} -- {' '.join(shlex.quote(a) for a in unique)}"
+def _cut_by_path(args: list[str], cut: Callable[[str], tuple[str, str]], absent: list[str] | None):
+    """Reads the output of a program that prints one line per path found (status 1 if some is missing):
+    each path's line, or ``absent`` for a path it printed nothing for ([]: missing; None: not served)."""
+    unique = set(args)
 
     def split(lines: list[str], rc: str) -> list[list[str] | None]:
         if rc not in ("0", "1"):  # 1: some path is missing; anything else: the program itself failed
-            return [None] * len(members)
+            return [None] * len(args)
         found: dict[str, str] = {}
         for line in lines:
             path, text = cut(line)
             if path in found or path not in unique:
-                return [None] * len(members)  # not what was asked: nothing is served from it
+                return [None] * len(args)  # not what was asked: nothing is served from it
             found[path] = text
-        return [[found[a]] if a in found else [] for a in args]
+        return [[found[a]] if a in found else absent for a in args]
 
-    return Batch(members, script, split)
+    return split
+
+
+def _by_path(members, args: list[str], program: str, cut: Callable[[str], tuple[str, str]]) -> Batch:
+    """A program that prints one line per existing path and nothing for a missing one (status 1)."""
+    script = f"{program} -- {' '.join(shlex.quote(a) for a in dict.fromkeys(args))}"
+    return Batch(members, script, _cut_by_path(args, cut, absent=[]))
 
 
 def _files(members, paths) -> Batch:
@@ -118,19 +124,7 @@ def expected_hashes(facts: list[tuple[str, Any, dict]], key: Callable[[type, dic
             members.append((key(Sha1File, {"path": path}), fact))
         script = (f"find {' '.join(shlex.quote(p) for p in chunk)} -maxdepth 0 -type f -size -{_EXPECTED_BELOW} "
                   "-exec sha1sum -- {} +")
-
-        def split(lines: list[str], rc: str, chunk=chunk) -> list[list[str] | None]:
-            if rc not in ("0", "1"):  # 1: a path is missing
-                return [None] * len(chunk)
-            found: dict[str, str] = {}
-            for line in lines:
-                path, text = _hash_line(line)
-                if path in found or path not in chunk:
-                    return [None] * len(chunk)
-                found[path] = text
-            return [[found[p]] if p in found else None for p in chunk]
-
-        made.append(Batch(members, script, split))
+        made.append(Batch(members, script, _cut_by_path(chunk, _hash_line, absent=None)))
     return made
 
 
