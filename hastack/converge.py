@@ -152,8 +152,9 @@ def converge_host() -> None:
         if fn is not None:
             fn()
     if "base" in host.data.roles:
-        from roles.base.deploy import load_audit_rules, renew_integrity_baseline
+        from roles.base.deploy import load_audit_rules, renew_integrity_baseline, reread_pending_security
 
+        reread_pending_security()  # after every role's packages
         load_audit_rules()  # after the roles: the directories its rules watch exist
         renew_integrity_baseline()  # last: it looks at every operation before it
 

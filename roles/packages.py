@@ -9,6 +9,9 @@ no longer has).
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 from pyinfra import host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt
@@ -17,11 +20,27 @@ from roles.base.config import CONVERGE_ENV
 
 LISTS_MAX_AGE = 3600  # seconds
 
+# a host -> the operations of this converge that change its packages (each converge has new host objects)
+_CHANGING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def install(name: str, packages: list[str], **kwargs):
     """apt.packages for ``packages`` (its keyword arguments pass through); returns the operation. The
     converge renews the file integrity baseline once at its end, not after each package run."""
     installed = host.get_fact(DebPackages) or {}
     missing = [p for p in packages if p not in installed]
-    return apt.packages(name=name, packages=packages, update=bool(missing),
-                        cache_time=LISTS_MAX_AGE if missing else None, _env=CONVERGE_ENV, **kwargs)
+    return changes_packages(apt.packages(name=name, packages=packages, update=bool(missing),
+                                         cache_time=LISTS_MAX_AGE if missing else None, _env=CONVERGE_ENV,
+                                         **kwargs))
+
+
+def changes_packages(op):
+    """Records ``op`` (an operation of this host that may install, upgrade or remove packages); returns it."""
+    _CHANGING.setdefault(host._get_module(), []).append(op)
+    return op
+
+
+def changed() -> Callable[[], bool]:
+    """For ``_if``: whether an operation recorded so far on this host changed its packages."""
+    ops = list(_CHANGING.get(host._get_module(), []))
+    return lambda: any(op.did_change() for op in ops)

@@ -80,8 +80,10 @@ _PENDING_INPUTS = ("/var/lib/dpkg/status /var/lib/apt/lists/* /etc/apt/sources.l
                    "/etc/apt/preferences /etc/apt/preferences.d/*")
 _ASK_APT = ("apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null "
             "| sed -n 's/^Inst \\([^ ]*\\) .*-security.*/\\1/p' | sort")
+# what the cached answer depends on, as one line
+PENDING_SECURITY_KEY = f"stat -c '%n %s %.9Y' {_PENDING_INPUTS} 2>/dev/null | md5sum"
 PENDING_SECURITY = (
-    f"c={PENDING_SECURITY_CACHE}; k=$(stat -c '%n %s %.9Y' {_PENDING_INPUTS} 2>/dev/null | md5sum); "
+    f"c={PENDING_SECURITY_CACHE}; k=$({PENDING_SECURITY_KEY}); "
     '[ "$(head -n 1 $c 2>/dev/null)" = "$k" ] || { mkdir -p "${c%/*}" && '
     f'{{ echo "$k"; {_ASK_APT}; }} > $c.new && mv $c.new $c; }} && tail -n +2 $c')
 # in one apt run (unattended-upgrade takes the same packages in many small dpkg runs: minutes per host);

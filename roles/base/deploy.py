@@ -149,8 +149,9 @@ def _security_updates():
     their role's rolling restart, which this converge runs once every host has its roles."""
     pending = (host.get_fact(Command, c.PENDING_SECURITY) or "").split()
     if pending:
-        server.shell(name=f"Security updates: {len(pending)} package{'s' if len(pending) > 1 else ''}",
-                     commands=[c.SECURITY_UPGRADE.format(packages=" ".join(shlex.quote(p) for p in pending))])
+        packages.changes_packages(server.shell(
+            name=f"Security updates: {len(pending)} package{'s' if len(pending) > 1 else ''}",
+            commands=[c.SECURITY_UPGRADE.format(packages=" ".join(shlex.quote(p) for p in pending))]))
         server.shell(name="Services running replaced code marked for their rolling restart",
                      commands=[c.mark_restarts_command()])
 
@@ -232,6 +233,15 @@ def load_audit_rules():
     drift = host.get_fact(Command, c.AUDIT_DRIFT)
     server.shell(name="Audit rules loaded", commands=[c.AUDIT_LOAD],
                  _if=lambda: drift != "loaded" or (rules is not None and rules.did_change()))
+
+
+def reread_pending_security():
+    """After the roles, once this converge changed packages: the pending security updates asked of apt again
+    (its simulation: about a second of CPU per host), so that the next converge finds the answer cached
+    under the new package state. Before, the first converge after one that installed packages ran apt's
+    simulation on every host. Nothing runs when no package changed."""
+    server.shell(name="Pending security updates read again after the package changes",
+                 commands=[f"{c.PENDING_SECURITY} >/dev/null"], _if=packages.changed())
 
 
 def renew_integrity_baseline():

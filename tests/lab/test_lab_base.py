@@ -46,6 +46,11 @@ def test_security_updates_reach_the_hosts_and_an_upgrade_restarts_no_replicated_
         report.hosts[host].changed_operations
     installed = lab.exec(host, ["dpkg-query", "-W", "-f", "${Version}", package], check=True).stdout
     assert installed == fixed, (package, installed, fixed)
+    # the answer asked of apt again after the upgrade: the next converge finds it cached under the new state
+    assert any(op.endswith("Pending security updates read again after the package changes")
+               for op in report.hosts[host].changed_operations), report.hosts[host].changed_operations
+    cached = lab.exec(host, ["sh", "-c", f'[ "$(head -n 1 {c.PENDING_SECURITY_CACHE})" = "$({c.PENDING_SECURITY_KEY})" ]'])
+    assert cached.returncode == 0, "the pending security updates' cache is stale after the converge"
     pending = on_all(lab, lambda h: lab.exec(h, ["sh", "-c", c.PENDING_SECURITY], check=True).stdout.split())
     assert pending == {h: [] for h in lab.machines}, pending
 
