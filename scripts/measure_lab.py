@@ -14,6 +14,10 @@ warm:   a converge over the unchanged lab (must report zero changes), phase by p
         those it asked one by one.
 floor:  the least a converge can cost: connect to every host over SSH and
         gather one trivial fact (the hostname), with the same pyinfra setup.
+machine's CPU: the CPU time this machine's cores were busy (/proc/stat: the operator, every lab
+        machine, the lab's services, the kernel) during each cold lab up and warm converge, and
+        in 10 s of the idle lab before the warm runs; busy / cores is the least time that work
+        takes on these cores, however it is spread.
 
 Prints each figure's runs, median, minimum and maximum. Run as root.
 """
@@ -21,6 +25,7 @@ Prints each figure's runs, median, minimum and maximum. Run as root.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -56,6 +61,15 @@ def floor(entries) -> float:
     return time.monotonic() - t
 
 
+IDLE_SECONDS = 10
+
+
+def machine_busy() -> float:
+    """CPU seconds this machine's cores have been busy since boot (all but idle and I/O wait)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def show(label: str, runs: list[float]) -> None:
     if not runs:
         return
@@ -74,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     lab = Lab("lab", log=lambda m: None)
-    cold, phases = [], []
+    cold, phases, cold_busy = [], [], []
     in_step, in_step_phases = [], []
     host_by_host = hastack.converge.run_each_host
     # in step, no host's run ends before the others': every step after the roles waits for all hosts
@@ -89,9 +103,10 @@ def main() -> None:
                 shutil.rmtree(lab.paths.apt_cache, ignore_errors=True)
             hastack.converge.run_each_host = run_way
             try:
-                t = time.monotonic()
+                t, busy = time.monotonic(), machine_busy()
                 result = lab.up(converge=True)
                 times.append(time.monotonic() - t)
+                cold_busy.append(machine_busy() - busy)
             finally:
                 hastack.converge.run_each_host = host_by_host
             timings.append(result["timings"])
@@ -100,10 +115,15 @@ def main() -> None:
             if not result["converge"].ok:
                 raise RuntimeError("cold converge failed")
 
-    warm, floors, served, asked, warm_phases, warm_cpu = [], [], [], [], [], []
+    warm, floors, served, asked, warm_phases, warm_cpu, warm_busy = [], [], [], [], [], [], []
     entries = lab.inventory_entries()
+    idle_busy = machine_busy()
+    time.sleep(IDLE_SECONDS if args.runs else 0)
+    idle_busy = (machine_busy() - idle_busy) / IDLE_SECONDS
     for _ in range(args.runs):
+        busy = machine_busy()
         report = converge(entries)
+        warm_busy.append(machine_busy() - busy)
         if not (report.ok and report.changes == 0):
             raise RuntimeError(f"warm converge failed or changed {report.changes} operations")
         warm.append(report.seconds)
@@ -121,6 +141,11 @@ def main() -> None:
         for key in ("image", "network", "boot", "apt", "converge", "converge: connect", "converge: facts",
                     "converge: prepare", "converge: run", "converge: after roles", "converge: after roles, ahead"):
             show(f"  of which {key}", [p[key] for p in timings if key in p])
+    if cold:
+        show("  the machine's CPU busy", cold_busy)
+        print(f"  on {os.cpu_count()} cores: at least {statistics.median(cold_busy) / os.cpu_count():.0f} s "
+              f"for that work, {statistics.median(cold_busy) / os.cpu_count() / statistics.median(cold):.0%} "
+              "of the lab up's time")
     if phases:
         print("  slowest operations of the last cold converge: "
               + "; ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest))
@@ -136,6 +161,10 @@ def main() -> None:
     show("  the operator's CPU", [sum(c.values()) for c in warm_cpu])
     for key in ("facts", "run"):
         show(f"    of which {key}", [c[key] for c in warm_cpu if key in c])
+    show("  the machine's CPU busy", warm_busy)
+    cores = os.cpu_count()
+    print(f"    on {cores} cores, at least {statistics.median(warm_busy) / cores:.2f} s for that work; the idle lab "
+          f"alone keeps them busy {idle_busy:.2f} CPU-s a second")
     show("floor (1 fact per host)", floors)
     print(f"facts while preparing (all hosts, last run): {served[-1]} from one command per host, "
           f"{asked[-1]} asked one by one")
