@@ -459,6 +459,16 @@ def read_state(path: str) -> dict[str, Any]:
         return {}
 
 
+def notify_order() -> list[int]:
+    """This process's place among keepalived's notifies: when it started (clock ticks since boot), then
+    its pid. keepalived starts one notify per transition, in the transitions' order, and does not wait
+    for them; on a busy host a later one can reach the state file first (BACKUP recorded, then the
+    MASTER before it). The order they were started in is keepalived's."""
+    with open("/proc/self/stat", encoding="ascii") as f:
+        after_name = f.read().rsplit(")", 1)[1].split()  # the name, in parentheses, may hold spaces
+    return [int(after_name[19]), os.getpid()]  # starttime is the stat file's 22nd field
+
+
 def write_state(path: str, data: dict[str, Any]) -> None:
     """Atomically: readers see the old state or the new one, never half of it."""
     d = os.path.dirname(path)
@@ -490,10 +500,11 @@ class FailoverAgent:
         self.withheld = False  # this run refused to take the IP from the peer (published as a metric)
 
     @contextmanager
-    def _lock(self):
-        # keepalived starts notify scripts without waiting; one agent acts at a time.
+    def _lock(self, what: str = ""):
+        # keepalived starts notify scripts without waiting; one agent acts at a time (and, with
+        # what=".record", one records its state at a time, held only for that)
         os.makedirs(os.path.dirname(self.cfg.state_file), mode=0o755, exist_ok=True)
-        with open(self.cfg.state_file + ".lock", "a") as f:
+        with open(self.cfg.state_file + what + ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
@@ -661,8 +672,14 @@ class FailoverAgent:
         log.info("keepalived notify: %s %s is %s (priority %s)", instance_type, name, state, priority)
         # Recorded before taking the lock: with notifies in quick succession the
         # file holds keepalived's latest word, and whoever acts acts on that.
-        write_state(self.cfg.state_file, {"state": state, "instance_type": instance_type, "name": name,
-                                          "priority": priority, "updated": time.time()})
+        order = notify_order()
+        with self._lock(".record"):
+            later = read_state(self.cfg.state_file)
+            if list(later.get("order") or [0, 0]) > order:
+                log.info("a later notify (%s) is recorded already; not recording %s", later.get("state"), state)
+            else:
+                write_state(self.cfg.state_file, {"state": state, "instance_type": instance_type, "name": name,
+                                                  "priority": priority, "updated": time.time(), "order": order})
         with self._lock():
             current = read_state(self.cfg.state_file).get("state", state)
             if current != state:

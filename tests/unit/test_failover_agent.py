@@ -8,9 +8,12 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import ssl
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -241,6 +244,29 @@ def test_notify_acts_on_the_latest_recorded_state(env, caplog_info, monkeypatch)
     monkeypatch.setattr(agent, "write_state", lambda path, data: None)  # BACKUP's write came after ours
     assert env.run("notify", "INSTANCE", "VI_1", "MASTER", "150") == 0
     assert env.posts() == [] and "acting on BACKUP" in caplog_info.text
+
+
+def test_a_notify_started_before_the_recorded_one_does_not_overwrite_it(env, caplog_info, monkeypatch):
+    """keepalived went MASTER then BACKUP; the BACKUP notify, started second, recorded its state first."""
+    monkeypatch.setattr(agent, "notify_order", lambda: [500, 41])
+    assert env.run("notify", "INSTANCE", "web", "BACKUP", "90") == 0
+    monkeypatch.setattr(agent, "notify_order", lambda: [500, 40])
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "90") == 0
+    assert json.loads(env.state.read_text())["state"] == "BACKUP"
+    assert "a later notify (BACKUP) is recorded already; not recording MASTER" in caplog_info.text
+    assert env.posts() == [] and "acting on BACKUP" in caplog_info.text
+    monkeypatch.setattr(agent, "notify_order", lambda: [501, 7])  # a later transition: recorded
+    assert env.run("notify", "INSTANCE", "web", "MASTER", "90") == 0
+    assert json.loads(env.state.read_text())["state"] == "MASTER"
+
+
+def test_the_notify_order_is_the_order_processes_were_started_in():
+    mine = agent.notify_order()
+    assert mine[1] == os.getpid()
+    out = subprocess.run([sys.executable, "-c", "import json, failover_agent as a; print(json.dumps(a.notify_order()))"],
+                         capture_output=True, text=True, check=True, cwd=Path(agent.__file__).parent).stdout
+    later = json.loads(out)
+    assert later > mine and later[0] >= mine[0], (mine, later)
 
 
 def test_reconcile_repairs_master_that_does_not_hold_the_ip(env, caplog_info):
