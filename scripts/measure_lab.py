@@ -141,10 +141,11 @@ def main() -> None:
         for key in ("image", "network", "boot", "apt", "converge", "converge: connect", "converge: facts",
                     "converge: prepare", "converge: run", "converge: after roles", "converge: after roles, ahead"):
             show(f"  of which {key}", [p[key] for p in timings if key in p])
+    cores = os.cpu_count()
     if cold:
         show("  the machine's CPU busy", cold_busy)
-        print(f"  on {os.cpu_count()} cores: at least {statistics.median(cold_busy) / os.cpu_count():.0f} s "
-              f"for that work, {statistics.median(cold_busy) / os.cpu_count() / statistics.median(cold):.0%} "
+        least = statistics.median(cold_busy) / cores
+        print(f"  on {cores} cores: at least {least:.0f} s for that work, {least / statistics.median(cold):.0%} "
               "of the lab up's time")
     if phases:
         print("  slowest operations of the last cold converge: "
@@ -162,7 +163,6 @@ def main() -> None:
     for key in ("facts", "run"):
         show(f"    of which {key}", [c[key] for c in warm_cpu if key in c])
     show("  the machine's CPU busy", warm_busy)
-    cores = os.cpu_count()
     print(f"    on {cores} cores, at least {statistics.median(warm_busy) / cores:.2f} s for that work; the idle lab "
           f"alone keeps them busy {idle_busy:.2f} CPU-s a second")
     show("floor (1 fact per host)", floors)

@@ -670,8 +670,8 @@ class FailoverAgent:
 
     def notify(self, instance_type: str, name: str, state: str, priority: int | None) -> int:
         log.info("keepalived notify: %s %s is %s (priority %s)", instance_type, name, state, priority)
-        # Recorded before taking the lock: with notifies in quick succession the
-        # file holds keepalived's latest word, and whoever acts acts on that.
+        # Recorded before taking the acting lock (under a short one of its own): with notifies in
+        # quick succession the file holds keepalived's latest word, and whoever acts acts on that.
         order = notify_order()
         with self._lock(".record"):
             later = read_state(self.cfg.state_file)
